@@ -1,0 +1,57 @@
+"""Post-training compression of a distilled student: one method per family, chained in order.
+
+* :mod:`compress.prune` — unstructured magnitude pruning (Han et al. 2015, "Learning both Weights and
+  Connections for Efficient Neural Networks").
+* :mod:`compress.factorize` — truncated-SVD low-rank factorization (Denton et al. 2014, "Exploiting
+  Linear Structure Within Convolutional Networks for Efficient Evaluation").
+* :mod:`compress.quantize` — round-to-nearest symmetric per-output-channel int8 weights (the RTN
+  baseline of Dettmers et al. 2022, "LLM.int8()", and Frantar et al. 2023, "GPTQ").
+* :mod:`compress.artifact` saves/loads the result as safetensors plus a JSON manifest (no pickle);
+  :mod:`compress.eval` measures parameters, bytes and perplexity; :mod:`compress.stage` runs the chain.
+
+Only the ``nn.Linear`` layers of the decoder blocks are touched: embeddings and the LM head are tied in
+the models eakd uses, so compressing one would silently compress the other.
+
+Run: ``python -c "from compress.stage import compress_student; ..."`` — normally reached through ``eakd``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def target_linears(model: nn.Module, skip: tuple[str, ...] = ("lm_head",),
+                   include_low_rank: bool = True) -> list[tuple[str, nn.Linear]]:
+    """The ``nn.Linear`` layers compression may touch, as ``(qualified name, module)`` in model order.
+
+    Excludes the output embedding (whatever it is called), any module whose last name component is in
+    ``skip``, and — when ``include_low_rank`` is False — the ``down``/``up`` factors of a
+    :class:`compress.factorize.LowRankLinear` (factorizing a factor again makes no sense).
+    """
+    from compress.factorize import LowRankLinear
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    low_rank_children: set[int] = set()
+    if not include_low_rank:
+        for module in model.modules():
+            if isinstance(module, LowRankLinear):
+                low_rank_children.update((id(module.down), id(module.up)))
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or module is output:
+            continue
+        if name.rsplit(".", 1)[-1] in skip or id(module) in low_rank_children:
+            continue
+        out.append((name, module))
+    return out
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Swap the submodule at dotted ``name`` for ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

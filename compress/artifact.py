@@ -1,0 +1,193 @@
+"""Save and load compressed models as safetensors plus a JSON manifest — never pickle.
+
+A compressed model folder holds:
+
+* ``model.safetensors`` — the state dict, except that each quantized linear stores
+  ``<name>.weight_int8`` (int8 [out, in]) and ``<name>.weight_scale`` (fp32 [out]) instead of
+  ``<name>.weight`` (so the bytes on disk really shrink), factorized linears store ``<name>.down.weight``
+  and ``<name>.up.weight``/``.bias``, and a tied tensor (``lm_head.weight`` = ``embed_tokens.weight``)
+  is stored once;
+* ``config.json`` (+ ``generation_config.json``) — the unchanged Hugging Face architecture config;
+* the tokenizer files;
+* ``eakd_compression.json`` — the manifest::
+
+    {"format": "eakd-compressed/v1", "dtype": "bfloat16",
+     "factorized": {"model.layers.0.mlp.up_proj": 288},
+     "quantized": {"model.layers.0.mlp.up_proj.down": {"bits": 8, "scheme": "rtn-sym-per-channel"}},
+     "tied": {"lm_head.weight": "model.embed_tokens.weight"},
+     "steps": [{"method": "svd", ...}, {"method": "rtn_int8", ...}]}
+
+:func:`load_compressed` rebuilds the architecture from ``config.json``, re-applies the low-rank structure
+the manifest names, dequantizes the int8 tensors and re-ties shared weights. A folder without a manifest
+is a plain Hugging Face model and loads through :func:`distill.models.load_causal_lm`.
+
+Run: ``python -c "from compress.artifact import load_compressed; print(load_compressed('runs/x/01-svd'))"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from compress.factorize import apply_low_rank_structure
+from compress.quantize import SCHEME, dequantize, quantize_rtn_int8
+from distill.config import ConfigError
+from distill.models import check_model_dir, load_causal_lm
+
+log = logging.getLogger(__name__)
+
+FORMAT = "eakd-compressed/v1"
+MANIFEST_NAME = "eakd_compression.json"
+WEIGHTS_NAME = "model.safetensors"
+INT8_SUFFIX = ".weight_int8"
+SCALE_SUFFIX = ".weight_scale"
+
+
+def new_manifest(dtype: str | None = None) -> dict[str, Any]:
+    """An empty manifest: nothing factorized or quantized yet."""
+    return {"format": FORMAT, "dtype": dtype, "factorized": {}, "quantized": {}, "tied": {}, "steps": []}
+
+
+def quant_entry() -> dict[str, Any]:
+    return {"bits": 8, "scheme": SCHEME}
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The manifest of an eakd-compressed folder, or None for a plain Hugging Face folder."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc}); the artifact is damaged, re-run the compress step")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ConfigError(f"{path}: format is {got!r}, this eakd reads {FORMAT!r}; re-run the compress step")
+    for key, default in new_manifest().items():
+        manifest.setdefault(key, default)
+    return manifest
+
+
+def _dedup_tied(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Drop tensors that alias an earlier one (safetensors refuses shared storage); return the aliases."""
+    kept: dict[str, Tensor] = {}
+    tied: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in state.items():
+        key = (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if t.numel() and key in seen:
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        kept[name] = t
+    return kept, tied
+
+
+def compressed_tensors(model: nn.Module, manifest: dict[str, Any],
+                       dtype: str | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors to write for ``model`` under ``manifest`` and the tied aliases that were dropped.
+
+    Quantized linears are re-quantized from their current weights; that is exact when the weights came
+    from :func:`compress.quantize.quantize_model` (they sit on the int8 grid). Other floating tensors are
+    cast to ``dtype`` when given.
+    """
+    tensors, tied = _dedup_tied(model.state_dict())
+    target = getattr(torch, dtype) if dtype else None
+    out: dict[str, Tensor] = {}
+    for name, t in tensors.items():
+        out[name] = t.detach().to(target) if target is not None and t.is_floating_point() else t.detach()
+    for module_name in manifest.get("quantized", {}):
+        key = f"{module_name}.weight"
+        if key not in out:
+            raise ValueError(f"manifest marks {module_name!r} as quantized but the model has no {key!r}; "
+                             "a later step replaced it — drop it from manifest['quantized']")
+        w = tensors[key].detach()
+        q, scale = quantize_rtn_int8(w)
+        if not torch.equal(dequantize(q, scale, w.dtype), w):
+            log.warning("%s is not on its int8 grid (changed after quantization?); saving it re-quantized, "
+                        "so the artifact differs slightly from the model in memory", module_name)
+        del out[key]
+        out[module_name + INT8_SUFFIX] = q
+        out[module_name + SCALE_SUFFIX] = scale
+    return {k: v.contiguous().cpu() for k, v in out.items()}, tied
+
+
+def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer: Any, manifest: dict[str, Any],
+                    dtype: str | None = None) -> Path:
+    """Write ``model`` as an eakd-compressed folder at ``out_dir`` (created); returns ``out_dir``.
+
+    ``dtype`` (e.g. ``"bfloat16"``) is the storage dtype of the non-quantized floating tensors; None keeps
+    them as they are in memory. ``tokenizer`` may be None. Not atomic on its own: callers that need a
+    crash-safe folder write to a temp dir and rename it (see :mod:`compress.stage`).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors, tied = compressed_tensors(model, manifest, dtype)
+    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "eakd": FORMAT})
+    config = copy.deepcopy(model.config)
+    if dtype:
+        config.dtype = dtype
+    config.save_pretrained(out)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    record = {**new_manifest(), **manifest, "format": FORMAT, "tied": tied}
+    if dtype:
+        record["dtype"] = dtype
+    (out / MANIFEST_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def load_compressed(folder: str | Path, dtype: str = "float32", device: str = "cpu") -> nn.Module:
+    """Load an eakd-compressed folder (or a plain Hugging Face safetensors folder) as a causal LM."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(folder)
+    check_model_dir(path)
+    manifest = read_manifest(path)
+    if manifest is None:
+        return load_causal_lm(path, dtype=dtype, device=device).eval()
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ConfigError(f"{path} has {MANIFEST_NAME} but no {WEIGHTS_NAME}; the artifact is incomplete")
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    # Build in fp32: dequantized int8 values (q * scale) are exact only there; cast at the end.
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    apply_low_rank_structure(model, manifest["factorized"])
+    tensors = load_file(str(weights))
+    for module_name in manifest["quantized"]:
+        try:
+            q = tensors.pop(module_name + INT8_SUFFIX)
+            scale = tensors.pop(module_name + SCALE_SUFFIX)
+        except KeyError:
+            raise ConfigError(f"{weights}: manifest marks {module_name!r} as int8 but its "
+                              f"{INT8_SUFFIX}/{SCALE_SUFFIX} tensors are missing; re-run the compress step") from None
+        tensors[f"{module_name}.weight"] = dequantize(q, scale, torch.float32)
+    tied: dict[str, str] = manifest.get("tied", {})
+    result = model.load_state_dict(tensors, strict=False)
+    missing = set(result.missing_keys) - set(tied)
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"{weights} does not match {path / 'config.json'} + {MANIFEST_NAME}: "
+                          f"missing {sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]}")
+    state = model.state_dict()
+    with torch.no_grad():
+        for alias, source in tied.items():
+            # from_config usually re-ties these already; copying keeps an untied layout correct too.
+            if state[alias].data_ptr() != state[source].data_ptr():
+                state[alias].copy_(tensors[source])
+    return model.to(device=device, dtype=getattr(torch, dtype)).eval()
+
+
+def safetensors_bytes(folder: str | Path) -> int:
+    """Sum of the sizes of ``*.safetensors`` files in ``folder`` (the weights' bytes on disk)."""
+    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))

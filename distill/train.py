@@ -1,0 +1,277 @@
+"""The train stage: sequence-level KD — fine-tune a student on the teacher's outputs (Kim & Rush, 2016).
+
+The loss is next-token cross-entropy on the assistant tokens only (the prompt is context, not a
+target). LoRA via ``peft`` (or full fine-tuning), bf16 autocast on CPU (this CPU does bf16 matmuls
+~4x faster than fp32; the loss itself is computed in fp32).
+
+A compact loop rather than ``transformers.Trainer``: the whole step fits on one screen, and the loss
+projects only the assistant positions through the LM head (prompt positions never build
+``vocab``-wide logits), which is where most of a step's memory would go on few-shot prompts.
+
+The student starts from ``train.student`` (a model folder or ``bundled``), optionally depth-pruned
+to ``keep_layers`` evenly spaced decoder layers, so the distilled model is smaller than its teacher.
+
+Run: ``eakd train flows/configs/demo.yaml`` (or the ``pipeline`` flow).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from distill.config import ConfigError, StageConfig, dump_config
+from distill.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+class LoraConfig(StageConfig):
+    enabled: bool = Field(True, description="LoRA adapters (peft); false = full fine-tuning")
+    r: int = Field(16, ge=1, le=1024, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="adapter scale numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names that get adapters")
+
+
+class TrainConfig(StageConfig):
+    student: str = Field("bundled", description="base model folder, or 'bundled'")
+    keep_layers: int | None = Field(None, ge=1, description="depth-prune the student to N evenly spaced layers")
+    lora: LoraConfig = LoraConfig()
+    epochs: int = Field(1, ge=1, le=1000, description="passes over the train split")
+    max_steps: int | None = Field(None, ge=1, description="stop after N optimizer steps (overrides epochs)")
+    batch_size: int = Field(4, ge=1, description="sequences per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0, lt=1, description="peak learning rate (linear warmup, cosine decay)")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_length: int = Field(512, ge=16, description="truncate sequences to this many tokens")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="matmul precision: bf16 autocast where the hardware has native bf16, else fp32")
+    save_dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="dtype of the saved student")
+    log_every: int = Field(5, ge=1, description="log one line every N steps")
+    seed: int = Field(0, description="shuffling and init seed")
+
+
+def depth_prune(model, keep: int):
+    """Keep ``keep`` evenly spaced decoder layers (first and last included); returns the model."""
+    layers = model.model.layers
+    n = len(layers)
+    if keep > n:
+        raise ConfigError(f"train.keep_layers={keep} but the student has only {n} layers")
+    if keep == n:
+        return model
+    idx = sorted({round(i * (n - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [0]
+    model.model.layers = torch.nn.ModuleList([layers[i] for i in idx])
+    for new_i, layer in enumerate(model.model.layers):
+        if hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = new_i
+    model.config.num_hidden_layers = len(idx)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in idx]
+    log.info("student depth-pruned: kept layers %s of %d", idx, n)
+    return model
+
+
+def tokenize_row(tok, messages: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
+    """(input_ids, labels) with labels = IGNORE on everything but the final assistant turn."""
+    if not messages or messages[-1]["role"] != "assistant":
+        return None
+    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    ids = (p_ids + a_ids)[:max_length]
+    labels = ([IGNORE] * len(p_ids) + a_ids)[:max_length]
+    if all(x == IGNORE for x in labels):
+        return None
+    return ids, labels
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, int]:
+    """Mean next-token CE over labelled positions; (loss, n_tokens).
+
+    Only labelled positions go through the LM head: hidden [B, L, H] -> selected [N, H] -> logits [N, V].
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ctx = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else torch.autocast("cpu", enabled=False)
+    with ctx:
+        hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    h = hidden[:, :-1][keep]
+    with ctx:
+        logits = base.lm_head(h)
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="mean")
+    return loss, int(keep.sum())
+
+
+@torch.no_grad()
+def eval_loss(model, rows: list, pad_id: int, batch_size: int, autocast_dtype) -> float | None:
+    if not rows:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        loss, n = assistant_loss(model, collate(rows[i : i + batch_size], pad_id), autocast_dtype)
+        total += float(loss) * n
+        count += n
+    model.train()
+    return total / max(1, count)
+
+
+def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path) -> Path:
+    """Fine-tune the student on ``dataset_dir``'s train split; save a merged safetensors model at ``out_dir``."""
+    from datasets import load_from_disk
+
+    from distill.provenance import code_version
+
+    out = Path(out_dir)
+    if (out / "metrics.json").exists():
+        raise ConfigError(f"{out} already holds a trained student; remove it or choose another output folder")
+    ds_path = Path(dataset_dir)
+    if not (ds_path / "dataset_dict.json").exists():
+        raise ConfigError(f"{ds_path} is not an eakd dataset (no dataset_dict.json); run `eakd generate` first")
+    dd = load_from_disk(str(ds_path))
+    model_path = resolve_model_path(cfg.student)
+    tok = load_tokenizer(model_path)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def encode(split: str) -> list:
+        if split not in dd or "messages" not in dd[split].column_names:
+            return []
+        return [r for r in (tokenize_row(tok, m, cfg.max_length) for m in dd[split]["messages"]) if r]
+
+    train_rows, val_rows = encode("train"), encode("validation")
+    if not train_rows:
+        raise ConfigError(f"{ds_path}: the train split has no usable rows (see its stats.json for what was removed)")
+
+    torch.manual_seed(cfg.seed)
+    model = load_causal_lm(model_path, dtype="float32")
+    if cfg.keep_layers:
+        model = depth_prune(model, cfg.keep_layers)
+    if cfg.lora.enabled:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        model = get_peft_model(model, PeftLoraConfig(
+            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    compute = resolve_dtype(cfg.dtype)
+    autocast_dtype = torch.bfloat16 if compute == "bfloat16" else None
+
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum)))
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+    log.info("training: %d rows (%d validation), %d steps, %d trainable params, autocast %s",
+             len(train_rows), len(val_rows), total_steps, n_trainable, compute)
+
+    val_before = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype)
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    tokens_seen = 0
+    window_tokens, window_t = 0, time.perf_counter()
+    for step in range(total_steps):
+        lr = _lr_at(step, total_steps, warmup, cfg.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        step_loss, step_tokens = 0.0, 0
+        micro = []
+        for _ in range(cfg.grad_accum):
+            if len(order) < cfg.batch_size:
+                fresh = list(range(len(train_rows)))
+                rng.shuffle(fresh)
+                order += fresh
+            micro.append(collate([train_rows[order.pop(0)] for _ in range(cfg.batch_size)], pad_id))
+        n_total = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
+        for m in micro:
+            loss, n = assistant_loss(model, m, autocast_dtype)
+            # weight by token count so accumulation equals one big batch
+            (loss * n / n_total).backward()
+            step_loss += loss.item() * n
+            step_tokens += int(m["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens_seen += step_tokens
+        window_tokens += step_tokens
+        history.append({"step": step + 1, "loss": round(step_loss / n_total, 5), "lr": lr})
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
+            rate = window_tokens / max(1e-9, time.perf_counter() - window_t)
+            log.info("step %d | loss %.4f | lr %.2e | tok/s %.0f", step + 1, step_loss / n_total, lr, rate)
+            window_tokens, window_t = 0, time.perf_counter()
+    seconds = time.perf_counter() - t0
+    val_after = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype)
+
+    if cfg.lora.enabled:
+        model = model.merge_and_unload()
+    model = model.to(getattr(torch, cfg.save_dtype))
+    model.config.dtype = cfg.save_dtype
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    first = sum(h["loss"] for h in history[: max(1, len(history) // 5)]) / max(1, len(history[: max(1, len(history) // 5)]))
+    last = sum(h["loss"] for h in history[-max(1, len(history) // 5):]) / max(1, len(history[-max(1, len(history) // 5):]))
+    metrics = {
+        "mode": "sft_sequence_kd", "eakd_version": code_version(), "dataset": str(ds_path),
+        "base": cfg.student, "layers": model.config.num_hidden_layers, "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": n_trainable, "steps": total_steps, "train_rows": len(train_rows), "val_rows": len(val_rows),
+        "tokens": tokens_seen, "seconds": round(seconds, 2), "tokens_per_s": round(tokens_seen / max(1e-9, seconds), 1),
+        "autocast": compute, "loss_first": round(first, 4), "loss_last": round(last, 4),
+        "val_loss_before": None if val_before is None else round(val_before, 4),
+        "val_loss_after": None if val_after is None else round(val_after, 4), "history": history,
+    }
+    dump_config(cfg, tmp / "train_config.yaml")
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (tmp / "README.md").write_text(
+        f"# eakd student\n\nSequence-level KD (SFT on teacher outputs) from `{ds_path.name}`; base `{cfg.student}`"
+        f" with {model.config.num_hidden_layers} layers, LoRA={cfg.lora.enabled} (merged).\n\n"
+        f"- steps {total_steps}, tokens {tokens_seen}, compute {compute}\n- train loss {first:.4f} -> {last:.4f}\n"
+        f"- validation loss {metrics['val_loss_before']} -> {metrics['val_loss_after']}\n- eakd {code_version()}\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    log.info("student saved to %s (loss %.4f -> %.4f)", out, first, last)
+    return out

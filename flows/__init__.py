@@ -1,0 +1,16 @@
+"""Prefect flows that compose eakd's stages, the pipeline config, and the ``eakd`` CLI.
+
+Library code (``distill/``, ``compress/``) never imports Prefect; this package wraps the stage
+functions as tasks and flows.
+"""
+
+import os
+
+from distill.config import eakd_home
+
+# Prefect reads these at import: keep its database per eakd home (a database written by another
+# Prefect version breaks start-up) and forward the library loggers to the Prefect run logs.
+os.environ.setdefault("PREFECT_HOME", str(eakd_home() / "prefect"))
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "distill,compress,flows")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_UI_ENABLED", "false")

