@@ -39,6 +39,7 @@ def measure(model: nn.Module, tokenizer: Any, text: str, out_dir: Path | None,
         "nll": ppl["nll"],
         "tokens": ppl["tokens"],
         "windows": ppl["windows"],
+        "dtype": ppl["dtype"],  # the resolved compute dtype ("auto" never reaches a report)
         "seconds": ppl["seconds"],
         "tokens_per_s": ppl["tokens_per_s"],
     }

@@ -85,6 +85,9 @@ class CompressConfig(StageConfig):
     # Storage dtype of the non-int8 tensors; "auto" keeps the source model's (bf16 for the bundled teacher),
     # so byte counts compare with the baseline instead of doubling from the fp32 working copy.
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # true: each step starts from the previous step's output (the deployable chain);
+    # false: each step starts from the source model (the families compared side by side).
+    chain: bool = True
 
 
 def _source_dtype(model_dir: Path, manifest: dict[str, Any] | None) -> str:
@@ -192,15 +195,21 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         "baseline": baseline,
         "steps": [],
         "eval": {**cfg.eval.model_dump(mode="json"), "protocol": "full" if cfg.eval.max_windows is None else "quick",
-                 "windows": baseline["windows"], "tokens": baseline["tokens"]},
+                 "windows": baseline["windows"], "tokens": baseline["tokens"], "dtype": baseline["dtype"]},
         "save_dtype": storage,
+        "chain": cfg.chain,
         "complete": False,
     }
     before = baseline
+    source_state = (copy.deepcopy(manifest), list(recipe))
     for index, step in enumerate(cfg.steps, start=1):
         dirname = f"{index:02d}-{step.method}"
         name = step.name or dirname
         start = time.perf_counter()
+        if not cfg.chain and index > 1:  # side by side: every step from the source model
+            model = load_compressed(model_dir, dtype="float32")
+            manifest, recipe = copy.deepcopy(source_state[0]), list(source_state[1])
+            before = baseline
         stats = _apply(model, step, manifest)
         _round_to_storage(model, storage, manifest)
         manifest["steps"].append({"name": name, "method": step.method, "params": step.params(), "stats": stats})

@@ -77,7 +77,7 @@ def select_demos(seed: Seed, pool: list[Seed], k: int, rng_seed: int) -> list[tu
     """
     if seed.demos:
         return [(f"{seed.id}/demo-{i}", d) for i, d in enumerate(seed.demos[:k])]
-    candidates = [s for s in pool if s.task == seed.task and s.id != seed.id and s.answer]
+    candidates = sorted((s for s in pool if s.task == seed.task and s.id != seed.id and s.answer), key=lambda s: s.id)
     rng = random.Random(f"{rng_seed}:{seed.id}")
     chosen = rng.sample(candidates, min(k, len(candidates)))
     return [(s.id, {"input": s.input or s.instruction, "output": s.answer}) for s in chosen]

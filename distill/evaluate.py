@@ -97,7 +97,6 @@ def perplexity(model: nn.Module, tokenizer: Any, text: str, window: int = 512, m
     if windows.shape[0] == 0:
         raise ConfigError(f"eval text has {ids.numel()} tokens, fewer than one window of {window}; "
                           "use a longer text or a smaller eval.window")
-    device = next(model.parameters()).device
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if dtype == "bfloat16"
                 else contextlib.nullcontext())
     was_training = model.training

@@ -22,6 +22,15 @@ from distill.models import BUNDLED_ALIAS, BUNDLED_NAME, resolve_model_path
 log = logging.getLogger(__name__)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (for tests and ad-hoc servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def server_command(model: str, port: int, host: str = "127.0.0.1", max_model_len: int = 2048,
                    enforce_eager: bool = True, dtype: str = "auto", extra: list[str] | None = None) -> list[str]:
     import torch

@@ -137,8 +137,10 @@ class TeacherStats:
     sent: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     retries: int = 0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # paid for in this run
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # served from the cache (paid for by an earlier run)
+    cached_completion_tokens: int = 0
     wall_s: float = 0.0
 
     @property
@@ -219,7 +221,10 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
     for k in keys:
         if k in found:
             resp = TeacherResponse.from_dict(found[k], cached=k not in unique_pending)
-            if not resp.cached and k not in counted:  # tokens paid for in this call, once per request
+            if resp.cached:
+                stats.cached_prompt_tokens += resp.prompt_tokens
+                stats.cached_completion_tokens += resp.completion_tokens
+            elif k not in counted:  # tokens paid for in this call, once per request
                 counted.add(k)
                 stats.prompt_tokens += resp.prompt_tokens
                 stats.completion_tokens += resp.completion_tokens

@@ -62,6 +62,7 @@ class TrainConfig(StageConfig):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="matmul precision: bf16 autocast where the hardware has native bf16, else fp32")
     save_dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="dtype of the saved student")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
     log_every: int = Field(5, ge=1, description="log one line every N steps")
     seed: int = Field(0, description="shuffling and init seed")
 
@@ -121,7 +122,9 @@ def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.
     Only labelled positions go through the LM head: hidden [B, L, H] -> selected [N, H] -> logits [N, V].
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    ctx = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else torch.autocast("cpu", enabled=False)
+    device = next(base.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(device.type, enabled=False)
     with ctx:
         hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
@@ -145,6 +148,23 @@ def eval_loss(model, rows: list, pad_id: int, batch_size: int, autocast_dtype) -
         count += n
     model.train()
     return total / max(1, count)
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random, group: int = 8) -> list[list[int]]:
+    """One epoch of batches: shuffle, sort within groups of ``group`` batches by length, shuffle the batches.
+
+    Batches then hold sequences of similar length, so little compute goes to padding (ICL prompts are
+    several times longer than instruction prompts); the order stays random across the epoch.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * group
+    batches = []
+    for i in range(0, len(order), span):
+        chunk = sorted(order[i : i + span], key=lambda j: lengths[j])
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -180,8 +200,11 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     if not train_rows:
         raise ConfigError(f"{ds_path}: the train split has no usable rows (see its stats.json for what was removed)")
 
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
     torch.manual_seed(cfg.seed)
-    model = load_causal_lm(model_path, dtype="float32")
+    model = load_causal_lm(model_path, dtype="float32", device=device)
     if cfg.keep_layers:
         model = depth_prune(model, cfg.keep_layers)
     if cfg.lora.enabled:
@@ -195,18 +218,19 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    compute = resolve_dtype(cfg.dtype)
+    compute = resolve_dtype(cfg.dtype, device)
     autocast_dtype = torch.bfloat16 if compute == "bfloat16" else None
 
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum)))
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size / cfg.grad_accum))
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
-    log.info("training: %d rows (%d validation), %d steps, %d trainable params, autocast %s",
-             len(train_rows), len(val_rows), total_steps, n_trainable, compute)
+    log.info("training on %s: %d rows (%d validation), %d steps, %d trainable params, compute %s",
+             device, len(train_rows), len(val_rows), total_steps, n_trainable, compute)
 
     val_before = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype)
     rng = random.Random(cfg.seed)
-    order: list[int] = []
+    lengths = [len(ids) for ids, _ in train_rows]
+    queue: list[list[int]] = []
     history: list[dict] = []
     t0 = time.perf_counter()
     tokens_seen = 0
@@ -218,11 +242,9 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         step_loss, step_tokens = 0.0, 0
         micro = []
         for _ in range(cfg.grad_accum):
-            if len(order) < cfg.batch_size:
-                fresh = list(range(len(train_rows)))
-                rng.shuffle(fresh)
-                order += fresh
-            micro.append(collate([train_rows[order.pop(0)] for _ in range(cfg.batch_size)], pad_id))
+            if not queue:
+                queue = length_grouped_batches(lengths, cfg.batch_size, rng)
+            micro.append(collate([train_rows[j] for j in queue.pop()], pad_id))
         n_total = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
         for m in micro:
             loss, n = assistant_loss(model, m, autocast_dtype)
@@ -245,7 +267,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
 
     if cfg.lora.enabled:
         model = model.merge_and_unload()
-    model = model.to(getattr(torch, cfg.save_dtype))
+    model = model.to("cpu", getattr(torch, cfg.save_dtype))
     model.config.dtype = cfg.save_dtype
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -258,7 +280,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         "base": cfg.student, "layers": model.config.num_hidden_layers, "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": n_trainable, "steps": total_steps, "train_rows": len(train_rows), "val_rows": len(val_rows),
         "tokens": tokens_seen, "seconds": round(seconds, 2), "tokens_per_s": round(tokens_seen / max(1e-9, seconds), 1),
-        "autocast": compute, "loss_first": round(first, 4), "loss_last": round(last, 4),
+        "autocast": compute, "device": device, "loss_first": round(first, 4), "loss_last": round(last, 4),
         "val_loss_before": None if val_before is None else round(val_before, 4),
         "val_loss_after": None if val_after is None else round(val_after, 4), "history": history,
     }

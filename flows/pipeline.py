@@ -110,8 +110,33 @@ def _tasks():
     return generate_task, train_task, compress_task, report_task
 
 
+def preflight(cfg: PipelineConfig) -> None:
+    """Cheap checks of every input before any expensive work (or a Prefect run) starts."""
+    from distill.models import BUNDLED_ALIAS, check_model_dir
+    from distill.seeds import load_seeds
+    from prompts import TemplateError, load_template
+
+    stages = cfg.run.stages
+    if "generate" in stages:
+        load_seeds(cfg.generate.seeds)
+        for style in cfg.generate.styles:
+            try:
+                load_template(cfg.generate.templates.get(style, style))
+            except TemplateError as exc:
+                raise ConfigError(f"generate.templates.{style}: {exc}") from None
+        if cfg.teacher.backend == "vllm" and cfg.teacher.model != BUNDLED_ALIAS:
+            check_model_dir(Path(cfg.teacher.model))
+        if cfg.teacher.backend == "openai" and not cfg.teacher.base_url:
+            raise ConfigError("teacher.base_url is required for the openai backend (e.g. http://127.0.0.1:8000/v1)")
+    if ("train" in stages or "compress" in stages) and cfg.train.student != BUNDLED_ALIAS:
+        check_model_dir(Path(cfg.train.student))
+    if "compress" in stages and cfg.compress.eval.text_path and not Path(cfg.compress.eval.text_path).is_file():
+        raise ConfigError(f"compress.eval.text_path: file not found: {cfg.compress.eval.text_path}")
+
+
 def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> Path:
-    """Run the configured stages as a Prefect flow; returns the run directory."""
+    """Check inputs, then run the configured stages as a Prefect flow; returns the run directory."""
+    preflight(cfg)
     from prefect import flow
 
     generate_task, train_task, compress_task, report_task = _tasks()

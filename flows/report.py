@@ -58,9 +58,10 @@ def render_markdown(report: dict) -> str:
                   f"{g['rows']['removed']} removed {json.dumps(g['removed_by_reason'])}",
                   f"- kept per style: {json.dumps(g['kept_per_style'])}",
                   f"- gold-match rate per style: {json.dumps(g['gold_match_rate'])}",
-                  f"- teacher: {t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens, "
-                  f"{t['completion_tokens_per_s']} completion tok/s, cache hits {t['cache_hits']}/{t['requests']}, "
-                  f"retries {t['retries']}, failures {json.dumps(t['failures'])}"]
+                  f"- teacher, paid this run: {t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens "
+                  f"({t['completion_tokens_per_s']} completion tok/s over {t['wall_s']:.1f} s); from the cache: "
+                  f"{t.get('cached_prompt_tokens', 0)} + {t.get('cached_completion_tokens', 0)} "
+                  f"({t['cache_hits']}/{t['requests']} requests); retries {t['retries']}, failures {json.dumps(t['failures'])}"]
     if s := report.get("train"):
         lines += ["", "## Train (sequence-level KD)", "",
                   f"- student: {s['base']} with {s['layers']} layers, {_params(s['parameters'])} parameters "
@@ -70,7 +71,9 @@ def render_markdown(report: dict) -> str:
                   f"- validation loss (assistant tokens): {s['val_loss_before']} → {s['val_loss_after']}"]
     if c := report.get("compress"):
         ev = c.get("eval", {})
-        lines += ["", "## Compress", "",
+        mode = "a chain: each step starts from the previous one" if c.get("chain", True) else \
+            "side by side: each step starts from the source model"
+        lines += ["", "## Compress", "", f"Steps run as {mode}.",
                   f"Perplexity on {c.get('eval_text_source', ev.get('text_path'))}: {ev.get('protocol')} protocol, "
                   f"{ev.get('windows')} windows × {ev.get('window')} tokens, {ev.get('dtype')}.", "",
                   "| step | method | params | nonzero | bytes on disk | perplexity | seconds |", "|---|---|---|---|---|---|---|"]

@@ -64,7 +64,9 @@ def _error_line(exc: BaseException, template: Template) -> str:
         if tb.tb_frame.f_code.co_filename == "<template>":
             line = tb.tb_lineno
         tb = tb.tb_next
-    return f"{template.name}:{line}" if line else template.name
+    if line is None:
+        return template.name
+    return f"{template.name}:{template.compiled.get_corresponding_lineno(line)}"  # python line -> template line
 
 
 def render_messages(template: Template, variables: dict[str, Any]) -> list[dict[str, str]]:

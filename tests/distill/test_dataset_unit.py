@@ -1,0 +1,49 @@
+"""Prompt building and demonstration selection (no teacher needed)."""
+
+from distill.dataset import GenerateConfig, build_requests, select_demos
+from distill.seeds import Seed, load_seeds
+
+
+def pool(n=8):
+    return [Seed(id=f"s{i}", instruction="Add.", input=f"{i}+1", answer=str(i + 1), task="add") for i in range(n)] + [
+        Seed(id="other", instruction="Name it.", input="x", answer="y", task="names")]
+
+
+def test_demo_never_leaks_into_its_target():
+    seeds = pool()
+    for s in seeds:
+        demos = select_demos(s, seeds, 3, rng_seed=0)
+        ids = [i for i, _ in demos]
+        assert s.id not in ids
+        assert all(next(p for p in seeds if p.id == i).task == s.task for i in ids)
+        assert len(ids) == len(set(ids))  # without replacement
+
+
+def test_demo_selection_is_seeded_and_order_independent():
+    seeds = pool()
+    a = select_demos(seeds[0], seeds, 3, rng_seed=1)
+    b = select_demos(seeds[0], list(reversed(seeds)), 3, rng_seed=1)
+    c = select_demos(seeds[0], seeds, 3, rng_seed=2)
+    assert a == b  # same demos, same order, whatever the seed file's order
+    assert a != c
+
+
+def test_seed_own_demos_take_precedence():
+    s = Seed(id="x", instruction="i", demos=[{"input": "a", "output": "b"}])
+    assert select_demos(s, pool(), 3, 0) == [("x/demo-0", {"input": "a", "output": "b"})]
+
+
+def test_build_requests_all_styles_and_provenance(repo_root):
+    seeds = load_seeds(repo_root / "flows/configs/demo_seeds.jsonl")
+    cfg = GenerateConfig(seeds="unused", erase_demos=True)
+    plans, templates = build_requests(seeds, cfg, "M")
+    live = [p for p in plans if "request" in p]
+    assert {p["style"] for p in live} == {"icl", "cot", "instruct"}
+    # open-ended seeds have no gold answers, so no ICL demos: skipped and counted, not faked
+    assert {p["seed"].task for p in plans if p.get("skip") == "no_demos"} == {"open"}
+    icl = next(p for p in live if p["style"] == "icl")
+    assert icl["request"].template_sha == templates["icl"].sha256
+    assert "Example 1:" in icl["request"].messages[-1]["content"]
+    # prompt erasure: the student's prompt has no demonstrations
+    assert "Example 1:" not in icl["student_prompt"][-1]["content"]
+    assert len({p["request"].key() for p in live}) == len(live)

@@ -1,0 +1,65 @@
+"""Pure parts of the teacher layer: request keys and the response cache (no engine here)."""
+
+import dataclasses
+import multiprocessing as mp
+
+from distill.cache import ResponseCache
+from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse
+
+
+def req(**kw):
+    base = dict(messages=[{"role": "user", "content": "hi"}], model="m", style="instruct", template="instruct",
+                template_sha="abc")
+    return TeacherRequest(**(base | kw))
+
+
+def test_key_covers_every_field():
+    base = req()
+    changes = {"messages": [{"role": "user", "content": "hi!"}], "model": "m2", "style": "cot", "template": "t",
+               "template_sha": "def", "temperature": 0.5, "top_p": 0.9, "max_tokens": 1, "n": 2, "seed": 1,
+               "stop": ["x"], "top_logprobs": 5}
+    assert set(changes) == {f.name for f in dataclasses.fields(TeacherRequest)}
+    keys = {base.key()} | {dataclasses.replace(base, **{k: v}).key() for k, v in changes.items()}
+    assert len(keys) == len(changes) + 1
+
+
+def test_key_is_stable_and_order_independent():
+    assert req().key() == req().key()
+    a = req(messages=[{"role": "user", "content": "x"}])
+    b = req(messages=[{"content": "x", "role": "user"}])
+    assert a.key() == b.key()
+
+
+def test_api_key_never_in_request_or_config_dump(monkeypatch):
+    monkeypatch.setenv("MY_SECRET_KEY", "sk-very-secret")
+    cfg = TeacherConfig(backend="openai", base_url="https://example.invalid/v1", api_key_env="MY_SECRET_KEY")
+    assert "sk-very-secret" not in cfg.model_dump_json()
+    assert "sk-very-secret" not in req().canonical()
+
+
+def test_cache_round_trip(tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    r = TeacherResponse(key="k1", choices=[], prompt_tokens=3, completion_tokens=4, engine="vllm", model="m")
+    cache.put("k1", r.to_dict())
+    got = cache.get_many(["k1", "k2"])
+    assert list(got) == ["k1"]
+    assert TeacherResponse.from_dict(got["k1"]).completion_tokens == 4
+
+
+def _writer(path, start):
+    cache = ResponseCache(path)
+    for i in range(start, start + 200):
+        cache.put(f"k{i}", {"i": i})
+    cache.close()
+
+
+def test_cache_concurrent_writers(tmp_path):
+    path = tmp_path / "c.sqlite"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, s)) for s in (0, 200)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert len(ResponseCache(path)) == 400

@@ -1,0 +1,34 @@
+"""The CLI's contract for bad input: one `error:` line naming the field or path, exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def eakd(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "flows/configs/demo.yaml", "train.learning_rate=1"], "train.learning_rate: unknown key"),
+    (["run", "flows/configs/demo.yaml", "train.epochs=many"], "train.epochs: Input should be a valid integer"),
+    (["run", "flows/configs/demo.yaml", "generate.seeds=no/such/seeds.jsonl", "run.runs_dir=RUNS"],
+     "seed file not found: no/such/seeds.jsonl"),
+    (["run", "no/such/config.yaml"], "config file not found: no/such/config.yaml"),
+    (["train", "flows/configs/demo.yaml", "--dataset", "no/such/ds", "--out", "RUNS/x"], "not an eakd dataset"),
+])
+def test_bad_input_is_one_line_and_exit_2(repo_root, tmp_path, args, needle):
+    args = [a.replace("RUNS", str(tmp_path / "runs")) for a in args]
+    proc = eakd(*args, cwd=repo_root)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_lists_every_command(repo_root):
+    proc = eakd("--help", cwd=repo_root)
+    assert proc.returncode == 0
+    for cmd in ("models", "teacher", "generate", "train", "compress", "run", "report"):
+        assert cmd in proc.stdout

