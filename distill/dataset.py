@@ -229,12 +229,13 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     if not kept:
         log.warning("every generated row was removed (%s); the dataset's train split is empty", stats["removed_by_reason"])
 
-    def to_ds(items: list[dict]) -> Dataset:
-        return Dataset.from_list([{k: v for k, v in r.items() if k != "split"} for r in items]) if items else Dataset.from_dict({"id": []})
-
-    dd = DatasetDict({"train": to_ds([r for r in kept if r["split"] == "train"]),
-                      "validation": to_ds([r for r in kept if r["split"] == "validation"]),
-                      "removed": to_ds(removed)})
+    # One table, then a filter per split: every split (an empty one too) shares one schema, and an
+    # empty split built on its own would have none and fail to load back.
+    for r in removed:
+        r["split"] = "removed"
+    full = Dataset.from_list(rows) if rows else Dataset.from_dict({"id": [], "split": []})
+    dd = DatasetDict({name: full.filter(lambda v, name=name: v == name, input_columns="split").remove_columns("split")
+                      for name in ("train", "validation", "removed")})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
