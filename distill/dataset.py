@@ -125,7 +125,8 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
     if resp.error is not None:
         return [base | {"id": f"{seed.id}:{style}:0", "messages": [], "raw_output": "", "rationale": "", "answer": None,
                         "quality": {"gold_match": None, "finish_reason": None, "extraction": "none", "choice": 0},
-                        "teacher_logprobs": None, "removed_reason": f"teacher_error: {resp.error[:200]}"}]
+                        "teacher_logprobs": None, "teacher_token_ids": None,
+                        "removed_reason": f"teacher_error: {resp.error[:200]}"}]
     rows = []
     for i, choice in enumerate(resp.choices):
         text = choice.text.strip()
@@ -149,6 +150,7 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
             "raw_output": choice.text, "rationale": rationale, "answer": answer,
             "quality": {"gold_match": gold_match, "finish_reason": choice.finish_reason, "extraction": method, "choice": i},
             "teacher_logprobs": json.dumps(choice.logprobs) if choice.logprobs else None,
+            "teacher_token_ids": choice.token_ids,
             "removed_reason": reason,
         })
     return rows

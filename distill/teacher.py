@@ -103,6 +103,7 @@ class Choice:
     finish_reason: str | None
     # per generated token: {"token_ids": [...], "logprobs": [...]} (top-k, best first), or tokens as strings
     logprobs: list[dict[str, Any]] | None = None
+    token_ids: list[int] | None = None  # the generated ids (vllm backend): what logit KD trains on
 
 
 @dataclass

@@ -29,7 +29,7 @@ def _choice(c) -> Choice:
         for pos in c.logprobs:  # dict token_id -> Logprob, per generated token
             ranked = sorted(pos.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
             lps.append({"token_ids": [int(t) for t, _ in ranked], "logprobs": [round(float(l.logprob), 5) for _, l in ranked]})
-    return Choice(text=c.text, finish_reason=c.finish_reason, logprobs=lps)
+    return Choice(text=c.text, finish_reason=c.finish_reason, logprobs=lps, token_ids=[int(t) for t in c.token_ids])
 
 
 def _has_cuda() -> bool:

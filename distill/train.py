@@ -47,10 +47,18 @@ class LoraConfig(StageConfig):
         description="module names that get adapters")
 
 
+class KDConfig(StageConfig):
+    enabled: bool = Field(False, description="offline logit KD from the dataset's cached teacher top-k logprobs")
+    method: Literal["forward_kl", "reverse_kl"] = Field("forward_kl", description="divergence on the top-k + tail buckets")
+    alpha_ce: float = Field(0.5, ge=0.0, le=1.0, description="loss = (1 - alpha_ce) * KD + alpha_ce * CE on the teacher's tokens")
+    temperature: float = Field(1.0, gt=0.0, le=20.0, description="softening of both distributions (T^2-scaled)")
+
+
 class TrainConfig(StageConfig):
     student: str = Field("bundled", description="base model folder, or 'bundled'")
     keep_layers: int | None = Field(None, ge=1, description="depth-prune the student to N evenly spaced layers")
     lora: LoraConfig = LoraConfig()
+    kd: KDConfig = KDConfig()
     epochs: int = Field(1, ge=1, le=1000, description="passes over the train split")
     max_steps: int | None = Field(None, ge=1, description="stop after N optimizer steps (overrides epochs)")
     batch_size: int = Field(4, ge=1, description="sequences per micro-batch")
@@ -104,21 +112,64 @@ def tokenize_row(tok, messages: list[dict], max_length: int) -> tuple[list[int],
     return ids, labels
 
 
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
+def tokenize_row_kd(tok, messages: list[dict], token_ids: list[int], logprobs_json: str, max_length: int,
+                    k: int) -> tuple[list[int], list[int], list[list[int]], list[list[float]]] | None:
+    """(input_ids, labels, topk_ids, topk_logprobs) on the teacher's own completion tokens.
+
+    The assistant part is the teacher's generated ids (not a re-tokenization of its text), so the cached
+    top-k distribution at completion position t is exactly the target for label t. Positions with fewer
+    than ``k`` cached entries are padded with id -1 / logprob -inf (absent, see ``topk_kd_loss``).
+    """
+    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    positions = json.loads(logprobs_json)
+    if len(positions) != len(token_ids):
+        raise ValueError(f"{len(positions)} logprob positions for {len(token_ids)} completion tokens")
+    ids = (p_ids + list(token_ids))[:max_length]
+    labels = ([IGNORE] * len(p_ids) + list(token_ids))[:max_length]
+    n = sum(1 for t in labels if t != IGNORE)
+    if n == 0:
+        return None
+    top_ids, top_lps = [], []
+    for pos in positions[:n]:
+        pid, plp = pos["token_ids"][:k], pos["logprobs"][:k]
+        top_ids.append(pid + [-1] * (k - len(pid)))
+        top_lps.append(plp + [float("-inf")] * (k - len(plp)))
+    return ids, labels, top_ids, top_lps
+
+
+def check_same_tokenizer(tok, token_ids: list[list[int]], texts: list[str]) -> None:
+    """Fail fast unless the student's tokenizer decodes the teacher's ids back to the teacher's text."""
+    pairs = list(zip(token_ids, texts))[:32]
+    bad = [t for ids, t in pairs if tok.decode(ids, skip_special_tokens=True).strip() != t.strip()]
+    if len(bad) > len(pairs) // 10 or any(max(ids, default=0) >= len(tok) for ids, _ in pairs):
+        raise ConfigError(
+            f"train.kd: the student's tokenizer does not match the teacher's ({len(bad)}/{len(pairs)} completions "
+            "do not round-trip); logit KD needs a shared vocabulary — use sequence-level KD (train.kd.enabled=false)")
+
+
+def collate(rows: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(r[0]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
+    for i, r in enumerate(rows):
+        x, y = r[0], r[1]
         ids[i, : len(x)] = torch.tensor(x)
         labels[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if len(rows[0]) == 4:  # KD rows: top-k per labelled position, concatenated in row-major order
+        batch["topk_ids"] = torch.tensor([t for r in rows for t in r[2]], dtype=torch.long)
+        batch["topk_logprobs"] = torch.tensor([t for r in rows for t in r[3]], dtype=torch.float32)
+    return batch
 
 
-def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, int]:
-    """Mean next-token CE over labelled positions; (loss, n_tokens).
+def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None,
+                   kd: KDConfig | None = None) -> tuple[torch.Tensor, int]:
+    """Mean loss over labelled positions; (loss, n_tokens).
 
+    CE on the labels, or with ``kd`` (and top-k in the batch) ``(1 - alpha_ce) * topk_kd + alpha_ce * CE``.
     Only labelled positions go through the LM head: hidden [B, L, H] -> selected [N, H] -> logits [N, V].
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -133,17 +184,23 @@ def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.
     with ctx:
         logits = base.lm_head(h)
     loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="mean")
+    if kd is not None and kd.enabled and "topk_ids" in batch:
+        from distill.losses import topk_kd_loss
+
+        kd_term = topk_kd_loss(logits[None], batch["topk_ids"][None], batch["topk_logprobs"][None],
+                               targets[keep][None], method=kd.method, temperature=kd.temperature)
+        loss = (1 - kd.alpha_ce) * kd_term + kd.alpha_ce * loss
     return loss, int(keep.sum())
 
 
 @torch.no_grad()
-def eval_loss(model, rows: list, pad_id: int, batch_size: int, autocast_dtype) -> float | None:
+def eval_loss(model, rows: list, pad_id: int, batch_size: int, autocast_dtype, kd: KDConfig | None = None) -> float | None:
     if not rows:
         return None
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(rows), batch_size):
-        loss, n = assistant_loss(model, collate(rows[i : i + batch_size], pad_id), autocast_dtype)
+        loss, n = assistant_loss(model, collate(rows[i : i + batch_size], pad_id), autocast_dtype, kd)
         total += float(loss) * n
         count += n
     model.train()
@@ -194,7 +251,20 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     def encode(split: str) -> list:
         if split not in dd or "messages" not in dd[split].column_names:
             return []
-        return [r for r in (tokenize_row(tok, m, cfg.max_length) for m in dd[split]["messages"]) if r]
+        if not cfg.kd.enabled:
+            return [r for r in (tokenize_row(tok, m, cfg.max_length) for m in dd[split]["messages"]) if r]
+        d = dd[split]
+        if d.num_rows == 0:
+            return []
+        if "teacher_token_ids" not in d.column_names or any(x is None for x in d["teacher_token_ids"]) \
+                or any(x is None for x in d["teacher_logprobs"]):
+            raise ConfigError(f"train.kd.enabled: {ds_path} split {split!r} lacks teacher token ids/top-k logprobs; "
+                              "generate with teacher.backend=vllm and generate.sampling.top_logprobs=K")
+        check_same_tokenizer(tok, d["teacher_token_ids"], [m[-1]["content"] for m in d["messages"]])
+        k = max(len(p["token_ids"]) for lp in d["teacher_logprobs"][:8] for p in json.loads(lp)) or 1
+        rows = (tokenize_row_kd(tok, m, t, lp, cfg.max_length, k)
+                for m, t, lp in zip(d["messages"], d["teacher_token_ids"], d["teacher_logprobs"]))
+        return [r for r in rows if r]
 
     train_rows, val_rows = encode("train"), encode("validation")
     if not train_rows:
@@ -227,9 +297,9 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     log.info("training on %s: %d rows (%d validation), %d steps, %d trainable params, compute %s",
              device, len(train_rows), len(val_rows), total_steps, n_trainable, compute)
 
-    val_before = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype)
+    val_before = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
     rng = random.Random(cfg.seed)
-    lengths = [len(ids) for ids, _ in train_rows]
+    lengths = [len(r[0]) for r in train_rows]
     queue: list[list[int]] = []
     history: list[dict] = []
     t0 = time.perf_counter()
@@ -247,7 +317,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
             micro.append(collate([train_rows[j] for j in queue.pop()], pad_id))
         n_total = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
         for m in micro:
-            loss, n = assistant_loss(model, m, autocast_dtype)
+            loss, n = assistant_loss(model, m, autocast_dtype, cfg.kd)
             # weight by token count so accumulation equals one big batch
             (loss * n / n_total).backward()
             step_loss += loss.item() * n
@@ -263,7 +333,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
             log.info("step %d | loss %.4f | lr %.2e | tok/s %.0f", step + 1, step_loss / n_total, lr, rate)
             window_tokens, window_t = 0, time.perf_counter()
     seconds = time.perf_counter() - t0
-    val_after = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype)
+    val_after = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
 
     if cfg.lora.enabled:
         model = model.merge_and_unload()
@@ -276,7 +346,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     first = sum(h["loss"] for h in history[: max(1, len(history) // 5)]) / max(1, len(history[: max(1, len(history) // 5)]))
     last = sum(h["loss"] for h in history[-max(1, len(history) // 5):]) / max(1, len(history[-max(1, len(history) // 5):]))
     metrics = {
-        "mode": "sft_sequence_kd", "eakd_version": code_version(), "dataset": str(ds_path),
+        "mode": f"logit_kd_topk_{cfg.kd.method}" if cfg.kd.enabled else "sft_sequence_kd", "eakd_version": code_version(), "dataset": str(ds_path),
         "base": cfg.student, "layers": model.config.num_hidden_layers, "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": n_trainable, "steps": total_steps, "train_rows": len(train_rows), "val_rows": len(val_rows),
         "tokens": tokens_seen, "seconds": round(seconds, 2), "tokens_per_s": round(tokens_seen / max(1e-9, seconds), 1),

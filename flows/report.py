@@ -63,12 +63,12 @@ def render_markdown(report: dict) -> str:
                   f"{t.get('cached_prompt_tokens', 0)} + {t.get('cached_completion_tokens', 0)} "
                   f"({t['cache_hits']}/{t['requests']} requests); retries {t['retries']}, failures {json.dumps(t['failures'])}"]
     if s := report.get("train"):
-        lines += ["", "## Train (sequence-level KD)", "",
+        lines += ["", "## Train", "", f"- mode: {s['mode']}",
                   f"- student: {s['base']} with {s['layers']} layers, {_params(s['parameters'])} parameters "
                   f"({s['trainable_parameters']} trainable)",
                   f"- {s['steps']} steps, {s['tokens']} tokens, {s['tokens_per_s']} tok/s, autocast {s['autocast']}",
                   f"- train loss: {s['loss_first']} → {s['loss_last']} (first vs last fifth of steps)",
-                  f"- validation loss (assistant tokens): {s['val_loss_before']} → {s['val_loss_after']}"]
+                  f"- validation loss (assistant tokens, same loss as training): {s['val_loss_before']} → {s['val_loss_after']}"]
     if c := report.get("compress"):
         ev = c.get("eval", {})
         mode = "a chain: each step starts from the previous one" if c.get("chain", True) else \

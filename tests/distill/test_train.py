@@ -52,3 +52,70 @@ def test_train_student_loss_goes_down(tiny_model, tmp_path, lora, sft_dataset):
 def test_train_rejects_non_dataset(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="not an eakd dataset"):
         train_student(TrainConfig(student=str(tiny_model)), tmp_path, tmp_path / "out")
+
+
+def make_kd_dataset(path, tok, n=12, k=5, seed=0):
+    """Rows as `eakd generate` writes them with top_logprobs=k: teacher ids + per-token top-k (a peaked
+    made-up teacher distribution: this tests the training math, not a teacher)."""
+    import random
+
+    from datasets import Dataset, DatasetDict
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        content = f"{i} plus {i} is {2 * i}."
+        ids = tok(content, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        positions = []
+        for t in ids:
+            others = rng.sample([x for x in range(5, 500) if x != t], k - 1)
+            positions.append({"token_ids": [t] + others, "logprobs": [-0.1] + [-3.0 - j for j in range(k - 1)]})
+        rows.append({"id": str(i), "messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                                {"role": "assistant", "content": content}],
+                     "teacher_token_ids": ids, "teacher_logprobs": json.dumps(positions)})
+    DatasetDict({"train": Dataset.from_list(rows[:-2]), "validation": Dataset.from_list(rows[-2:])}).save_to_disk(str(path))
+    return path
+
+
+def test_offline_topk_kd_trains_without_a_teacher(tiny_model, tmp_path):
+    tok = load_tokenizer(tiny_model)
+    ds = make_kd_dataset(tmp_path / "kd", tok)
+    cfg = TrainConfig(student=str(tiny_model), lora={"enabled": False}, kd={"enabled": True, "alpha_ce": 0.5},
+                      max_steps=25, batch_size=4, lr=1e-3, dtype="float32", device="cpu")
+    m = json.loads((train_student(cfg, ds, tmp_path / "student") / "metrics.json").read_text())
+    assert m["mode"] == "logit_kd_topk_forward_kl"
+    assert m["val_loss_after"] < m["val_loss_before"] - 0.2
+
+
+def test_kd_rows_align_topk_with_teacher_tokens(tiny_model, tmp_path):
+    from datasets import load_from_disk
+
+    from distill.train import tokenize_row_kd
+
+    tok = load_tokenizer(tiny_model)
+    row = load_from_disk(str(make_kd_dataset(tmp_path / "kd", tok)))["train"][0]
+    ids, labels, top_ids, top_lps = tokenize_row_kd(tok, row["messages"], row["teacher_token_ids"],
+                                                    row["teacher_logprobs"], 512, k=6)
+    targets = [t for t in labels if t != IGNORE]
+    assert targets == row["teacher_token_ids"] and len(top_ids) == len(targets)
+    assert [t[0] for t in top_ids] == targets  # the cached distribution at position t is for label t
+    assert all(len(t) == 6 and t[-1] == -1 for t in top_ids) and all(lp[-1] == float("-inf") for lp in top_lps)
+
+
+def test_kd_refuses_a_different_tokenizer(tiny_model, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"id": "0", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+             "teacher_token_ids": [900, 901, 2], "teacher_logprobs": json.dumps([{"token_ids": [900], "logprobs": [0.0]},
+                                                                               {"token_ids": [901], "logprobs": [0.0]},
+                                                                               {"token_ids": [2], "logprobs": [0.0]}])}]
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "ds"))
+    cfg = TrainConfig(student=str(tiny_model), kd={"enabled": True}, max_steps=1, device="cpu")
+    with pytest.raises(ConfigError, match="sequence-level KD"):
+        train_student(cfg, tmp_path / "ds", tmp_path / "out")
+
+
+def test_kd_needs_cached_logprobs(tiny_model, sft_dataset, tmp_path):
+    cfg = TrainConfig(student=str(tiny_model), kd={"enabled": True}, max_steps=1, device="cpu")
+    with pytest.raises(ConfigError, match="top_logprobs"):
+        train_student(cfg, sft_dataset, tmp_path / "out")

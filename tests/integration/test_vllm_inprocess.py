@@ -24,7 +24,9 @@ def test_vllm_in_process_generates_caches_and_returns_logprobs(bundled_dir, cach
         c = r.choices[0]
         assert c.text.strip() and c.finish_reason in ("stop", "length")
         assert r.prompt_tokens > 0 and 0 < r.completion_tokens <= 24
-        assert len(c.logprobs) == r.completion_tokens
+        assert len(c.logprobs) == r.completion_tokens == len(c.token_ids)
+        if c.finish_reason == "stop":  # the stop token is generated, so logit KD can train on it
+            assert c.token_ids[-1] == 2  # <|im_end|>
         top = c.logprobs[0]
         assert len(top["token_ids"]) >= 3 and all(isinstance(t, int) for t in top["token_ids"])
         assert top["logprobs"] == sorted(top["logprobs"], reverse=True) and top["logprobs"][0] <= 0
@@ -35,3 +37,26 @@ def test_vllm_in_process_generates_caches_and_returns_logprobs(bundled_dir, cach
     assert stats2.sent == 0 and stats2.cache_hits == 3
     assert [r.to_dict() for r in second] == [r.to_dict() for r in first]
     assert all(r.cached for r in second)
+
+
+def test_generate_with_topk_then_offline_logit_kd(repo_root, bundled_dir, tiny_model, tmp_path):
+    """Real teacher -> dataset with top-k logprobs and token ids -> logit KD on a student, teacher not loaded."""
+    import json
+
+    from datasets import load_from_disk
+
+    from distill.dataset import GenerateConfig, generate_dataset
+    from distill.train import TrainConfig, train_student
+
+    gen = GenerateConfig(seeds=str(repo_root / "flows/configs/demo_seeds.jsonl"), limit=6, styles=["cot", "instruct"],
+                         validation_fraction=0.3, drop_truncated=False, sampling={"max_tokens": 32, "top_logprobs": 4})
+    teacher = TeacherConfig(backend="vllm", model="bundled", cache_path=str(tmp_path / "c.sqlite"), max_model_len=1024)
+    ds = generate_dataset(gen, teacher, tmp_path / "ds")
+    row = load_from_disk(str(ds))["train"][0]
+    positions = json.loads(row["teacher_logprobs"])
+    assert len(positions) == len(row["teacher_token_ids"]) > 0
+    assert all(p["token_ids"][0] == t for p, t in zip(positions, row["teacher_token_ids"]))  # greedy: top-1 = token
+    cfg = TrainConfig(student=str(tiny_model), lora={"enabled": False}, kd={"enabled": True}, max_steps=3,
+                      batch_size=2, dtype="float32", device="cpu")
+    m = json.loads((train_student(cfg, ds, tmp_path / "student") / "metrics.json").read_text())
+    assert m["mode"] == "logit_kd_topk_forward_kl" and m["steps"] == 3
