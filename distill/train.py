@@ -16,6 +16,7 @@ Run: ``eakd train flows/configs/demo.yaml`` (or the ``pipeline`` flow).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from distill.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import ConfigError, StageConfig, dump_config
 from distill.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
@@ -72,6 +74,7 @@ class TrainConfig(StageConfig):
     save_dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="dtype of the saved student")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
     log_every: int = Field(5, ge=1, description="log one line every N steps")
+    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps; a rerun resumes from the last one")
     seed: int = Field(0, description="shuffling and init seed")
 
 
@@ -297,15 +300,25 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     log.info("training on %s: %d rows (%d validation), %d steps, %d trainable params, compute %s",
              device, len(train_rows), len(val_rows), total_steps, n_trainable, compute)
 
-    val_before = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
     rng = random.Random(cfg.seed)
     lengths = [len(r[0]) for r in train_rows]
     queue: list[list[int]] = []
     history: list[dict] = []
+    ckpt_root = checkpoint_root(out)
+    fingerprint = hashlib.sha256(json.dumps([cfg.model_dump(mode="json", exclude={"log_every", "save_every"}),
+                                             str(ds_path.resolve()), lengths]).encode()).hexdigest()
+    start_step = 0
+    latest = latest_checkpoint(ckpt_root)
+    if latest is not None:
+        meta = load_checkpoint(latest, model, opt, rng, fingerprint)
+        start_step, queue, history, val_before = meta["step"], meta["queue"], meta["history"], meta["val_before"]
+        log.info("resuming from %s (step %d of %d)", latest, start_step, total_steps)
+    else:
+        val_before = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
     t0 = time.perf_counter()
     tokens_seen = 0
     window_tokens, window_t = 0, time.perf_counter()
-    for step in range(total_steps):
+    for step in range(start_step, total_steps):
         lr = _lr_at(step, total_steps, warmup, cfg.lr)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -327,12 +340,15 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         opt.zero_grad(set_to_none=True)
         tokens_seen += step_tokens
         window_tokens += step_tokens
-        history.append({"step": step + 1, "loss": round(step_loss / n_total, 5), "lr": lr})
+        history.append({"step": step + 1, "loss": round(step_loss / n_total, 5), "lr": lr, "tokens": step_tokens})
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
             rate = window_tokens / max(1e-9, time.perf_counter() - window_t)
             log.info("step %d | loss %.4f | lr %.2e | tok/s %.0f", step + 1, step_loss / n_total, lr, rate)
             window_tokens, window_t = 0, time.perf_counter()
-    seconds = time.perf_counter() - t0
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
+            save_checkpoint(ckpt_root, step + 1, model, opt, rng, queue, history, val_before, fingerprint)
+    seconds = time.perf_counter() - t0  # this process's share when resumed
+    run_tokens, tokens_seen = tokens_seen, sum(h["tokens"] for h in history)
     val_after = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
 
     if cfg.lora.enabled:
@@ -349,7 +365,8 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         "mode": f"logit_kd_topk_{cfg.kd.method}" if cfg.kd.enabled else "sft_sequence_kd", "eakd_version": code_version(), "dataset": str(ds_path),
         "base": cfg.student, "layers": model.config.num_hidden_layers, "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": n_trainable, "steps": total_steps, "train_rows": len(train_rows), "val_rows": len(val_rows),
-        "tokens": tokens_seen, "seconds": round(seconds, 2), "tokens_per_s": round(tokens_seen / max(1e-9, seconds), 1),
+        "tokens": tokens_seen, "seconds": round(seconds, 2), "tokens_per_s": round(run_tokens / max(1e-9, seconds), 1),
+        "resumed_from_step": start_step or None,
         "autocast": compute, "device": device, "loss_first": round(first, 4), "loss_last": round(last, 4),
         "val_loss_before": None if val_before is None else round(val_before, 4),
         "val_loss_after": None if val_after is None else round(val_after, 4), "history": history,
@@ -365,5 +382,6 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+    shutil.rmtree(ckpt_root, ignore_errors=True)  # the finished student supersedes its checkpoints
     log.info("student saved to %s (loss %.4f -> %.4f)", out, first, last)
     return out

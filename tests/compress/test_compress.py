@@ -19,32 +19,10 @@ from compress.prune import magnitude_mask, prune_model
 from compress.quantize import dequantize, is_on_int8_grid, quantize_model, quantize_rtn_int8
 from compress.stage import CompressConfig, CompressStep, EvalConfig, compress_student
 from distill.config import ConfigError, load_config
+from byte_models import VOCAB, byte_tokenizer, tiny_llama  # noqa: F401
 
 TEXT = "It was the best of times, it was the worst of times; it was the age of wisdom. " * 6  # ~480 tokens
 EVAL = EvalConfig(window=64, max_windows=3, dtype="float32")
-
-
-def byte_tokenizer():
-    """A 256-token byte-level tokenizer built in memory: every byte is one token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk)
-
-
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(scope="module")

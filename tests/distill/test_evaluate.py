@@ -11,31 +11,7 @@ from torch import nn
 
 from distill.config import ConfigError
 from distill.evaluate import count_parameters, load_eval_text, perplexity, window_ids
-
-VOCAB = 256
-
-
-def byte_tokenizer():
-    """A 256-token byte-level tokenizer built in memory (no downloads): every byte is one token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk)
-
-
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
+from byte_models import VOCAB, byte_tokenizer, tiny_llama  # noqa: F401
 
 
 class UniformLM(nn.Module):

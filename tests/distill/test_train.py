@@ -119,3 +119,37 @@ def test_kd_needs_cached_logprobs(tiny_model, sft_dataset, tmp_path):
     cfg = TrainConfig(student=str(tiny_model), kd={"enabled": True}, max_steps=1, device="cpu")
     with pytest.raises(ConfigError, match="top_logprobs"):
         train_student(cfg, sft_dataset, tmp_path / "out")
+
+
+def test_kill_9_and_resume_reproduces_the_uninterrupted_run(tiny_model, sft_dataset, tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    from distill.checkpoint import checkpoint_root, latest_checkpoint
+
+    base = dict(student=str(tiny_model), lora={"r": 8, "alpha": 32}, max_steps=12, batch_size=2, lr=1e-2,
+                dtype="float32", device="cpu", log_every=1)
+    ref = json.loads((train_student(TrainConfig(**base), sft_dataset, tmp_path / "ref") / "metrics.json").read_text())
+
+    cfg = TrainConfig(**base, save_every=3)
+    out = tmp_path / "student"
+    script = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "from distill.train import TrainConfig, train_student\n"
+        f"train_student(TrainConfig.model_validate_json({cfg.model_dump_json()!r}), {str(sft_dataset)!r}, {str(out)!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=repo_root, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "step 8 |" in line:
+            proc.kill()  # SIGKILL: no cleanup, no atexit
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -9, "the child finished before it could be killed"
+    assert not out.exists() and latest_checkpoint(checkpoint_root(out)).name == "step-000006"
+
+    with pytest.raises(ConfigError, match="different config or dataset"):
+        train_student(TrainConfig(**(base | {"lr": 5e-3}), save_every=3), sft_dataset, out)
+    resumed = json.loads((train_student(cfg, sft_dataset, out) / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] == 6
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in ref["history"]]
+    assert resumed["val_loss_after"] == ref["val_loss_after"]
+    assert not checkpoint_root(out).exists()
