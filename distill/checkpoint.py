@@ -3,7 +3,7 @@
 A checkpoint holds everything the next step depends on: the trainable parameters (the LoRA adapters,
 or every weight for full fine-tuning), AdamW's moments and step counts, torch's RNG state (dropout),
 the batch sampler's RNG state and the rest of the current epoch's batch queue, the loss history so
-far and the validation loss measured before training. Resuming from it reproduces the uninterrupted
+far and the validation metrics measured before training. Resuming from it reproduces the uninterrupted
 run's loss trajectory step for step (tested with a real ``kill -9``).
 
 Each checkpoint is written to a temp folder and renamed into place, so a crash mid-write leaves the
@@ -46,7 +46,7 @@ def _tensors(model, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(root: Path, step: int, model, opt, sampler: random.Random, queue: list[list[int]],
-                    history: list[dict], val_before: float | None, fingerprint: str) -> Path:
+                    history: list[dict], before: dict, fingerprint: str) -> Path:
     """Write ``root/step-NNNNNN`` atomically; returns it."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -56,7 +56,7 @@ def save_checkpoint(root: Path, step: int, model, opt, sampler: random.Random, q
     save_file(_tensors(model, opt), str(tmp / "state.safetensors"))
     version, internal, gauss = sampler.getstate()
     meta = {"step": step, "fingerprint": fingerprint, "sampler": [version, list(internal), gauss],
-            "queue": queue, "history": history, "val_before": val_before}
+            "queue": queue, "history": history, "before": before}
     (tmp / "meta.json").write_text(json.dumps(meta))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

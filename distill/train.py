@@ -32,6 +32,7 @@ from pydantic import Field
 
 from distill.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import ConfigError, StageConfig, dump_config
+from distill.evaluate import teacher_agreement
 from distill.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -311,10 +312,12 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         meta = load_checkpoint(latest, model, opt, rng, fingerprint)
-        start_step, queue, history, val_before = meta["step"], meta["queue"], meta["history"], meta["val_before"]
+        start_step, queue, history, before = meta["step"], meta["queue"], meta["history"], meta["before"]
         log.info("resuming from %s (step %d of %d)", latest, start_step, total_steps)
     else:
-        val_before = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
+        before = {"val_loss": eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd),
+                  "agreement": teacher_agreement(model, val_rows, pad_id, cfg.batch_size)}
+    val_before = before["val_loss"]
     t0 = time.perf_counter()
     tokens_seen = 0
     window_tokens, window_t = 0, time.perf_counter()
@@ -346,10 +349,11 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
             log.info("step %d | loss %.4f | lr %.2e | tok/s %.0f", step + 1, step_loss / n_total, lr, rate)
             window_tokens, window_t = 0, time.perf_counter()
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
-            save_checkpoint(ckpt_root, step + 1, model, opt, rng, queue, history, val_before, fingerprint)
+            save_checkpoint(ckpt_root, step + 1, model, opt, rng, queue, history, before, fingerprint)
     seconds = time.perf_counter() - t0  # this process's share when resumed
     run_tokens, tokens_seen = tokens_seen, sum(h["tokens"] for h in history)
     val_after = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
+    agreement_after = teacher_agreement(model, val_rows, pad_id, cfg.batch_size)
 
     if cfg.lora.enabled:
         model = model.merge_and_unload()
@@ -367,6 +371,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         "trainable_parameters": n_trainable, "steps": total_steps, "train_rows": len(train_rows), "val_rows": len(val_rows),
         "tokens": tokens_seen, "seconds": round(seconds, 2), "tokens_per_s": round(run_tokens / max(1e-9, seconds), 1),
         "resumed_from_step": start_step or None,
+        "teacher_agreement_before": before["agreement"], "teacher_agreement_after": agreement_after,
         "autocast": compute, "device": device, "loss_first": round(first, 4), "loss_last": round(last, 4),
         "val_loss_before": None if val_before is None else round(val_before, 4),
         "val_loss_after": None if val_after is None else round(val_after, 4), "history": history,
@@ -377,7 +382,9 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         f"# eakd student\n\nSequence-level KD (SFT on teacher outputs) from `{ds_path.name}`; base `{cfg.student}`"
         f" with {model.config.num_hidden_layers} layers, LoRA={cfg.lora.enabled} (merged).\n\n"
         f"- steps {total_steps}, tokens {tokens_seen}, compute {compute}\n- train loss {first:.4f} -> {last:.4f}\n"
-        f"- validation loss {metrics['val_loss_before']} -> {metrics['val_loss_after']}\n- eakd {code_version()}\n")
+        f"- validation loss {metrics['val_loss_before']} -> {metrics['val_loss_after']}\n"
+        f"- teacher agreement on validation (top-1, KL on top-k): {json.dumps(before['agreement'])} -> "
+        f"{json.dumps(agreement_after)}\n- eakd {code_version()}\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)

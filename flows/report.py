@@ -69,6 +69,11 @@ def render_markdown(report: dict) -> str:
                   f"- {s['steps']} steps, {s['tokens']} tokens, {s['tokens_per_s']} tok/s, autocast {s['autocast']}",
                   f"- train loss: {s['loss_first']} → {s['loss_last']} (first vs last fifth of steps)",
                   f"- validation loss (assistant tokens, same loss as training): {s['val_loss_before']} → {s['val_loss_after']}"]
+        a0, a1 = s.get("teacher_agreement_before"), s.get("teacher_agreement_after")
+        if a0 and a1:
+            lines.append(f"- teacher agreement on validation ({a1['tokens']} teacher tokens): top-1 "
+                         f"{a0['top1_agreement']:.1%} → {a1['top1_agreement']:.1%}"
+                         + (f"; KL(teacher ‖ student) on top-k {a0['kl_topk']} → {a1['kl_topk']}" if a1["kl_topk"] is not None else ""))
     if c := report.get("compress"):
         ev = c.get("eval", {})
         mode = "a chain: each step starts from the previous one" if c.get("chain", True) else \

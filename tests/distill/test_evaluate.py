@@ -98,3 +98,22 @@ def test_count_parameters_counts_tied_once():
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight.zero_()
     assert count_parameters(model)["nonzero"] == counts["nonzero"] - 128 * 64
+
+
+def test_teacher_agreement_is_one_for_a_model_that_predicts_the_labels():
+    """A model whose argmax is always the next label agrees 100 %; KL over buckets is 0 for itself."""
+    from distill.evaluate import teacher_agreement
+
+    model = tiny_llama()
+    ids = [5, 6, 7, 8, 9, 10]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    preds = logits.argmax(-1).tolist()  # what the model predicts after each prefix
+    labels = [-100, -100] + preds[1:5]  # label t = the model's own argmax at t-1
+    rows = [(ids, labels)]
+    out = teacher_agreement(model, rows, pad_id=0)
+    assert out == {"top1_agreement": 1.0, "kl_topk": None, "tokens": 4}
+    lp = torch.log_softmax(logits.float(), -1)
+    top = lp[1:5].topk(3, dim=-1)
+    rows_k = [(ids, labels, top.indices.tolist(), top.values.tolist())]
+    assert teacher_agreement(model, rows_k, pad_id=0)["kl_topk"] == pytest.approx(0.0, abs=1e-5)

@@ -85,6 +85,9 @@ def test_offline_topk_kd_trains_without_a_teacher(tiny_model, tmp_path):
     m = json.loads((train_student(cfg, ds, tmp_path / "student") / "metrics.json").read_text())
     assert m["mode"] == "logit_kd_topk_forward_kl"
     assert m["val_loss_after"] < m["val_loss_before"] - 0.2
+    before, after = m["teacher_agreement_before"], m["teacher_agreement_after"]
+    assert after["kl_topk"] < before["kl_topk"] and after["top1_agreement"] > before["top1_agreement"]
+    assert before["tokens"] == after["tokens"] > 0
 
 
 def test_kd_rows_align_topk_with_teacher_tokens(tiny_model, tmp_path):

@@ -40,6 +40,7 @@ def test_pipeline_end_to_end(repo_root, tmp_path, vllm_server, tiny_model):
     assert set(gen["kept_per_style"]) == {"icl", "cot", "instruct"}
     assert gen["teacher"]["sent"] == gen["requests"] > 0 and gen["teacher"]["completion_tokens"] > 0
     assert report["train"]["steps"] == 4 and len(report["train"]["loss_curve"]) == 4
+    assert 0 <= report["train"]["teacher_agreement_after"]["top1_agreement"] <= 1
     steps = report["compress"]["steps"]
     assert [s["method"] for s in steps] == ["svd", "magnitude", "rtn_int8"]
     base = report["compress"]["baseline"]
