@@ -1,0 +1,100 @@
+"""A fault-injecting HTTP proxy for tests: it sits in front of a real OpenAI-compatible server.
+
+Each request is either forwarded untouched or answered with a fault drawn by a seeded RNG:
+429 with and without ``Retry-After``, 500/502/503, a hang past the client's timeout, a connection
+reset mid-body, malformed JSON, or a 200 with no choices. Faulted requests never reach the upstream,
+so nothing is paid for twice. Listens on 127.0.0.1 only; runs its own event loop in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+from collections import Counter
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+FAULTS = ("429_retry_after", "429", "500", "502", "503", "hang", "reset", "malformed", "empty_choices")
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, rate: float, seed: int = 0, hang_s: float = 30.0,
+                 faults: tuple[str, ...] = FAULTS):
+        self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:8000 (no /v1)
+        self.rate, self.hang_s, self.faults = rate, hang_s, faults
+        self.rng = random.Random(seed)
+        self.counts: Counter[str] = Counter()
+        self.port: int | None = None
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        fault = self.rng.choice(self.faults) if self.rng.random() < self.rate else None
+        self.counts[fault or "forwarded"] += 1
+        if fault == "429_retry_after":
+            return web.json_response({"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "0.2"})
+        if fault in ("429", "500", "502", "503"):
+            return web.json_response({"error": {"message": f"injected {fault}"}}, status=int(fault))
+        if fault == "hang":
+            await asyncio.sleep(self.hang_s)
+            return web.Response(status=504)
+        if fault == "malformed":
+            return web.Response(status=200, body=b'{"id": "x", "choices": [', content_type="application/json")
+        if fault == "empty_choices":
+            return web.json_response({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                                      "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 0,
+                                                               "total_tokens": 1}})
+        if fault == "reset":
+            resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
+                                                           "Content-Length": "4096"})
+            await resp.prepare(request)
+            await resp.write(b'{"id": "chatcmpl-partial", "choi')
+            request.transport.close()  # the client sees the connection drop mid-body
+            return resp
+        async with self._session.request(request.method, self.upstream + request.path_qs, data=body,
+                                         headers={"Content-Type": "application/json"}) as up:
+            payload = await up.read()
+            return web.Response(status=up.status, body=payload, content_type="application/json")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            self._session = ClientSession(timeout=ClientTimeout(total=600))
+            app = web.Application(client_max_size=64 << 20)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self._runner = web.AppRunner(app)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]
+            self._ready.set()
+
+        self._loop.run_until_complete(start())
+        self._loop.run_forever()
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        async def stop() -> None:
+            await self._session.close()
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def summary(counts: Counter) -> str:
+    return json.dumps(dict(counts), sort_keys=True)
