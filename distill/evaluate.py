@@ -122,7 +122,6 @@ def perplexity(model: nn.Module, tokenizer: Any, text: str, window: int = 512, m
     return result
 
 
-@torch.no_grad()
 def teacher_agreement(model: nn.Module, rows: list, pad_id: int, batch_size: int = 8) -> dict[str, Any] | None:
     """How closely the student follows the teacher on held-out teacher completions.
 
@@ -130,30 +129,9 @@ def teacher_agreement(model: nn.Module, rows: list, pad_id: int, batch_size: int
     ``(ids, labels, topk_ids, topk_logprobs)``); the labels are the teacher's own tokens. Returns
     ``{"top1_agreement"`` (share of positions where the student's argmax is the teacher's token — its
     top-1 at temperature 0), ``"kl_topk"`` (mean KL(teacher || student) over the top-k + tail buckets,
-    None without cached top-k), ``"tokens"}``; None when there are no rows.
+    None without cached top-k), ``"tokens"}``; None when there are no rows. One forward pass, shared
+    with the validation loss (:func:`distill.train.eval_rows`).
     """
-    from distill.losses import topk_kd_loss
-    from distill.train import IGNORE, collate
+    from distill.train import eval_rows
 
-    if not rows:
-        return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    device = next(base.parameters()).device
-    was_training = model.training
-    model.eval()
-    agree, total, kl_sum = 0, 0, 0.0
-    for i in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size], pad_id).items()}
-        hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        targets = batch["labels"][:, 1:]
-        keep = targets != IGNORE
-        logits = base.lm_head(hidden[:, :-1][keep]).float()  # [N, V], labelled positions only
-        agree += int((logits.argmax(-1) == targets[keep]).sum())
-        total += int(keep.sum())
-        if "topk_ids" in batch:
-            kl_sum += float(topk_kd_loss(logits[None], batch["topk_ids"][None], batch["topk_logprobs"][None],
-                                         targets[keep][None], reduction="sum"))
-    model.train(was_training)
-    has_topk = len(rows[0]) == 4
-    return {"top1_agreement": round(agree / max(1, total), 4),
-            "kl_topk": round(kl_sum / max(1, total), 4) if has_topk else None, "tokens": total}
+    return eval_rows(model, rows, pad_id, batch_size, None, None)["agreement"]

@@ -32,7 +32,6 @@ from pydantic import Field
 
 from distill.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import ConfigError, StageConfig, dump_config
-from distill.evaluate import teacher_agreement
 from distill.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -169,12 +168,11 @@ def collate(rows: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None,
-                   kd: KDConfig | None = None) -> tuple[torch.Tensor, int]:
-    """Mean loss over labelled positions; (loss, n_tokens).
+def labelled_logits(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None):
+    """Logits at the labelled positions only: hidden [B, L, H] -> selected [N, H] -> logits [N, V].
 
-    CE on the labels, or with ``kd`` (and top-k in the batch) ``(1 - alpha_ce) * topk_kd + alpha_ce * CE``.
-    Only labelled positions go through the LM head: hidden [B, L, H] -> selected [N, H] -> logits [N, V].
+    Returns ``(logits [N, V], targets [N], batch on the model's device)``; prompt positions never build
+    vocab-wide logits.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(base.parameters()).device
@@ -184,31 +182,59 @@ def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.
         hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
-    h = hidden[:, :-1][keep]
     with ctx:
-        logits = base.lm_head(h)
-    loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="mean")
+        logits = base.lm_head(hidden[:, :-1][keep])
+    return logits, targets[keep], batch
+
+
+def mixed_loss(logits: torch.Tensor, targets: torch.Tensor, batch: dict[str, torch.Tensor], kd: KDConfig | None) -> torch.Tensor:
+    """Mean CE on ``targets`` [N]; with ``kd`` and top-k in the batch, ``(1 - alpha_ce) * topk_kd + alpha_ce * CE``."""
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="mean")
     if kd is not None and kd.enabled and "topk_ids" in batch:
         from distill.losses import topk_kd_loss
 
         kd_term = topk_kd_loss(logits[None], batch["topk_ids"][None], batch["topk_logprobs"][None],
-                               targets[keep][None], method=kd.method, temperature=kd.temperature)
+                               targets[None], method=kd.method, temperature=kd.temperature)
         loss = (1 - kd.alpha_ce) * kd_term + kd.alpha_ce * loss
-    return loss, int(keep.sum())
+    return loss
+
+
+def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None,
+                   kd: KDConfig | None = None) -> tuple[torch.Tensor, int]:
+    """Mean training loss over labelled positions; (loss, n_tokens)."""
+    logits, targets, batch = labelled_logits(model, batch, autocast_dtype)
+    return mixed_loss(logits, targets, batch, kd), int(targets.numel())
 
 
 @torch.no_grad()
-def eval_loss(model, rows: list, pad_id: int, batch_size: int, autocast_dtype, kd: KDConfig | None = None) -> float | None:
+def eval_rows(model, rows: list, pad_id: int, batch_size: int, autocast_dtype, kd: KDConfig | None = None) -> dict:
+    """One pass over held-out rows: the training loss and the agreement with the teacher's tokens.
+
+    ``{"loss", "agreement": {"top1_agreement" (student argmax == teacher token), "kl_topk" (mean
+    KL(teacher || student) over the cached top-k + tail buckets; None without top-k), "tokens"}}``;
+    both None when there are no rows.
+    """
     if not rows:
-        return None
+        return {"loss": None, "agreement": None}
+    from distill.losses import topk_kd_loss
+
+    was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    loss_sum, agree, total, kl_sum = 0.0, 0, 0, 0.0
     for i in range(0, len(rows), batch_size):
-        loss, n = assistant_loss(model, collate(rows[i : i + batch_size], pad_id), autocast_dtype, kd)
-        total += float(loss) * n
-        count += n
-    model.train()
-    return total / max(1, count)
+        logits, targets, batch = labelled_logits(model, collate(rows[i : i + batch_size], pad_id), autocast_dtype)
+        n = int(targets.numel())
+        loss_sum += float(mixed_loss(logits, targets, batch, kd)) * n
+        agree += int((logits.argmax(-1) == targets).sum())
+        total += n
+        if "topk_ids" in batch:
+            kl_sum += float(topk_kd_loss(logits[None].float(), batch["topk_ids"][None], batch["topk_logprobs"][None],
+                                         targets[None], reduction="sum"))
+    model.train(was_training)
+    has_topk = len(rows[0]) == 4
+    return {"loss": loss_sum / max(1, total),
+            "agreement": {"top1_agreement": round(agree / max(1, total), 4),
+                          "kl_topk": round(kl_sum / max(1, total), 4) if has_topk else None, "tokens": total}}
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random, group: int = 8) -> list[list[int]]:
@@ -315,8 +341,8 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         start_step, queue, history, before = meta["step"], meta["queue"], meta["history"], meta["before"]
         log.info("resuming from %s (step %d of %d)", latest, start_step, total_steps)
     else:
-        before = {"val_loss": eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd),
-                  "agreement": teacher_agreement(model, val_rows, pad_id, cfg.batch_size)}
+        ev = eval_rows(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
+        before = {"val_loss": ev["loss"], "agreement": ev["agreement"]}
     val_before = before["val_loss"]
     t0 = time.perf_counter()
     tokens_seen = 0
@@ -352,8 +378,8 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
             save_checkpoint(ckpt_root, step + 1, model, opt, rng, queue, history, before, fingerprint)
     seconds = time.perf_counter() - t0  # this process's share when resumed
     run_tokens, tokens_seen = tokens_seen, sum(h["tokens"] for h in history)
-    val_after = eval_loss(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
-    agreement_after = teacher_agreement(model, val_rows, pad_id, cfg.batch_size)
+    ev = eval_rows(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
+    val_after, agreement_after = ev["loss"], ev["agreement"]
 
     if cfg.lora.enabled:
         model = model.merge_and_unload()
