@@ -163,10 +163,12 @@ def _fmt(n: int | None, unit: str = "") -> str:
     return f"{n / 1e6:.2f}M{unit}" if n >= 1e5 else f"{n}{unit}"
 
 
-def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_text: str | None = None) -> Path:
+def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_text: str | None = None,
+                     eval_source: str | None = None) -> Path:
     """Measure ``model_dir``, apply ``cfg.steps`` in order, save each step under ``out_dir``; returns ``out_dir``.
 
-    ``eval_text`` is the perplexity text; when None it is read from ``cfg.eval.text_path``.
+    ``eval_text`` is the perplexity text; when None it is read from ``cfg.eval.text_path``. ``eval_source``
+    says where the text came from (recorded in ``summary.json``; defaults to ``cfg.eval.text_path``).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_model_dir(model_dir)
@@ -192,6 +194,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
              _fmt(baseline["params_total"]), _fmt(baseline["bytes_on_disk"], "B"))
     summary: dict[str, Any] = {
         "source": str(model_dir),
+        "eval_text_source": eval_source or cfg.eval.text_path or "passed in by the caller",
         "baseline": baseline,
         "steps": [],
         "eval": {**cfg.eval.model_dump(mode="json"), "protocol": "full" if cfg.eval.max_windows is None else "quick",

@@ -187,10 +187,11 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
     stats = stats if stats is not None else TeacherStats()
     t0 = time.perf_counter()
     cache_path = Path(cfg.cache_path) if cfg.cache_path else None
+    throwaway = None
     if not cfg.cache:
         # a private throwaway cache keeps one code path (the vLLM worker always writes to a cache)
-        tmpdir = tempfile.mkdtemp(prefix="eakd-nocache-")
-        cache_path = Path(tmpdir) / "teacher.sqlite"
+        throwaway = tempfile.TemporaryDirectory(prefix="eakd-nocache-")
+        cache_path = Path(throwaway.name) / "teacher.sqlite"
     cache = ResponseCache(cache_path)
     keys = [r.key() for r in requests]
     found = cache.get_many(list(dict.fromkeys(keys)))
@@ -236,6 +237,8 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
             stats.failures["missing"] = stats.failures.get("missing", 0) + 1
         out.append(resp)
     cache.close()
+    if throwaway is not None:
+        throwaway.cleanup()
     stats.wall_s += time.perf_counter() - t0
     return out
 

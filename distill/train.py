@@ -389,8 +389,9 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    first = sum(h["loss"] for h in history[: max(1, len(history) // 5)]) / max(1, len(history[: max(1, len(history) // 5)]))
-    last = sum(h["loss"] for h in history[-max(1, len(history) // 5):]) / max(1, len(history[-max(1, len(history) // 5):]))
+    fifth = max(1, len(history) // 5)  # mean loss over the first and the last fifth of the steps
+    first = sum(h["loss"] for h in history[:fifth]) / len(history[:fifth])
+    last = sum(h["loss"] for h in history[-fifth:]) / len(history[-fifth:])
     metrics = {
         "mode": f"logit_kd_topk_{cfg.kd.method}" if cfg.kd.enabled else "sft_sequence_kd", "eakd_version": code_version(), "dataset": str(ds_path),
         "base": cfg.student, "layers": model.config.num_hidden_layers, "parameters": sum(p.numel() for p in model.parameters()),

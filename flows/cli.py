@@ -147,7 +147,7 @@ def compress(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
     cfg = _guard(lambda: _pipeline_cfg(config, overrides))
     text, source = _guard(lambda: resolve_eval_text(cfg, None))
     logging.getLogger(__name__).info("perplexity text: %s", source)
-    typer.echo(_guard(lambda: compress_student(cfg.compress, model, out, eval_text=text)))
+    typer.echo(_guard(lambda: compress_student(cfg.compress, model, out, eval_text=text, eval_source=source)))
 
 
 @app.command()

@@ -95,11 +95,7 @@ def _tasks():
         cfg = PipelineConfig.model_validate_json(cfg_json)
         text, source = resolve_eval_text(cfg, Path(dataset_dir) if dataset_dir else None)
         log.info("perplexity text: %s", source)
-        out = compress_student(cfg.compress, Path(model_dir), Path(out_dir), eval_text=text)
-        summary = json.loads((out / "summary.json").read_text())
-        summary["eval_text_source"] = source
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        return str(out)
+        return str(compress_student(cfg.compress, Path(model_dir), Path(out_dir), eval_text=text, eval_source=source))
 
     @task(name="report", cache_policy=NONE)
     def report_task(run_dir: str, timings: dict) -> str:
