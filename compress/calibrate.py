@@ -1,0 +1,188 @@
+"""Calibration data and per-layer activation statistics for the data-aware compression methods.
+
+GPTQ, SparseGPT, Wanda, AWQ, ASVD and SVD-LLM all need, for each ``nn.Linear``, statistics of the
+inputs it sees on calibration text: the Gram matrix ``H = sum_t x_t x_t^T`` (GPTQ/SparseGPT Hessian,
+SVD-LLM whitening; its diagonal gives Wanda's ``||X_j||^2``) and the mean absolute activation per input
+channel (AWQ, ASVD). This module produces them once, in one readable place.
+
+:func:`run_sequential` is the layer-by-layer scheme of GPTQ (Frantar et al. 2023, Sec. 4 "Step 3"):
+capture the inputs of decoder block 0 once, then for each block collect its linears' statistics,
+let the caller compress the block in place, and re-run the *compressed* block to produce the next
+block's inputs — so each block is calibrated on what the compressed model actually feeds it, at the
+cost of one pass per block instead of one full forward per block. Written by hand because neither
+transformers nor torch offers it, and llm-compressor's version is tied to its own modifiers.
+
+Run: ``python -c "from compress.calibrate import calibration_batches; ..."`` — used by the compress methods.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+def calibration_batches(tokenizer: Any, text: str, n_samples: int = 64, seq_len: int = 512,
+                        seed: int = 0) -> Tensor:
+    """``n_samples`` random windows of ``seq_len`` token ids from ``text`` -> ``[n_samples, seq_len]`` long.
+
+    Windows start at seeded random offsets (the GPTQ/AWQ convention for WikiText/C4 calibration), so the
+    same text, size and seed always give the same batch. Raises ValueError when the text is shorter than
+    one window.
+    """
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
+    if ids.numel() <= seq_len:
+        raise ValueError(f"calibration text has {ids.numel()} tokens, need more than seq_len={seq_len}; "
+                         "use a longer text or a smaller calibration seq_len")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=gen)
+    return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
+
+
+@dataclass
+class InputStats:
+    """Running statistics of one linear layer's inputs ``x`` [*, in]."""
+
+    gram: Tensor  # [in, in] fp32, sum_t x_t x_t^T
+    abs_sum: Tensor  # [in] fp32, sum_t |x_t|
+    count: int = 0  # number of token vectors seen
+
+    @property
+    def abs_mean(self) -> Tensor:
+        """Mean |x| per input channel [in] (AWQ / ASVD activation scale)."""
+        return self.abs_sum / max(self.count, 1)
+
+    @property
+    def sq_norm(self) -> Tensor:
+        """``||X_j||_2^2`` per input channel [in] (Wanda's activation norm, squared)."""
+        return torch.diagonal(self.gram).clone()
+
+    def hessian(self) -> Tensor:
+        """``2 H / n`` [in, in]: the layer-wise reconstruction Hessian GPTQ/SparseGPT use."""
+        return 2.0 * self.gram / max(self.count, 1)
+
+
+@dataclass
+class _Collector:
+    stats: dict[str, InputStats] = field(default_factory=dict)
+
+    def hook(self, name: str) -> Callable:
+        def fn(_module: nn.Module, args: tuple, _kwargs: dict | None = None) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
+            s = self.stats.get(name)
+            if s is None:
+                n = x.shape[-1]
+                s = self.stats[name] = InputStats(torch.zeros(n, n, device=x.device),
+                                                  torch.zeros(n, device=x.device))
+            s.gram.addmm_(x.T, x)
+            s.abs_sum.add_(x.abs().sum(0))
+            s.count += x.shape[0]
+        return fn
+
+
+def _hooked(modules: dict[str, nn.Module], collector: _Collector) -> list:
+    return [m.register_forward_pre_hook(collector.hook(n)) for n, m in modules.items()]
+
+
+@torch.no_grad()
+def collect_input_stats(model: nn.Module, batches: Tensor, modules: dict[str, nn.Module],
+                        batch_size: int = 8) -> dict[str, InputStats]:
+    """One full forward over ``batches`` [n, T]; returns ``{name: InputStats}`` for each of ``modules``."""
+    collector = _Collector()
+    handles = _hooked(modules, collector)
+    device = next(model.parameters()).device
+    try:
+        for chunk in batches.split(batch_size):
+            model(input_ids=chunk.to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return collector.stats
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a Hugging Face causal LM (``model.model.layers`` for Llama-likes)."""
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no model.layers ModuleList; sequential calibration "
+                         "supports Llama-style decoder models")
+    return layers
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, batches: Tensor, batch_size: int = 8) -> list[tuple[Tensor, dict]]:
+    """Run the embeddings only and return, per micro-batch, block 0's ``(hidden_states, kwargs)``.
+
+    The kwargs (position embeddings, attention mask, cache position…) are what the model passes every
+    block, so replaying them into each block in turn reproduces the model's forward.
+    """
+    block0 = decoder_blocks(model)[0]
+    captured: list[tuple[Tensor, dict]] = []
+
+    def grab(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        raise _Stop
+
+    handle = block0.register_forward_pre_hook(grab, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for chunk in batches.split(batch_size):
+            try:
+                model(input_ids=chunk.to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _block_out(out: Any) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def run_sequential(model: nn.Module, batches: Tensor,
+                   compress_block: Callable[[int, nn.Module, dict[str, InputStats]], Any],
+                   linear_filter: Callable[[str, nn.Linear], bool] | None = None,
+                   batch_size: int = 8) -> list[Any]:
+    """Calibrate and compress block by block (GPTQ's sequential scheme); returns the callbacks' results.
+
+    For block ``i``: collect :class:`InputStats` for its ``nn.Linear`` children (names relative to the
+    block, e.g. ``"mlp.up_proj"``; ``linear_filter(name, module)`` may exclude some), call
+    ``compress_block(i, block, stats)`` which modifies the block in place, then re-run the block to get
+    block ``i+1``'s inputs.
+    """
+    blocks = decoder_blocks(model)
+    states = capture_block_inputs(model, batches, batch_size)
+    results = []
+    for i, block in enumerate(blocks):
+        linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)
+                   and (linear_filter is None or linear_filter(n, m))}
+        collector = _Collector()
+        handles = _hooked(linears, collector)
+        try:
+            for hidden, kwargs in states:
+                block(hidden, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        results.append(compress_block(i, block, collector.stats))
+        states = [(_block_out(block(hidden, **kwargs)), kwargs) for hidden, kwargs in states]
+    return results
+
+
+def iter_block_linears(block: nn.Module, names: Iterable[str]) -> list[tuple[str, nn.Linear]]:
+    """``[(name, linear)]`` for ``names`` inside ``block`` (helper for ``compress_block`` callbacks)."""
+    return [(n, block.get_submodule(n)) for n in names]
