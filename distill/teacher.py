@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from distill.cache import ResponseCache
 from distill.config import ConfigError, StageConfig
@@ -39,7 +39,7 @@ from distill.models import BUNDLED_ALIAS, BUNDLED_NAME
 
 log = logging.getLogger(__name__)
 
-REQUEST_VERSION = 1  # bump when the request's canonical form changes (invalidates cache keys)
+REQUEST_VERSION = 2  # bump when the request's canonical form or the stored response format changes (invalidates cache keys)
 
 
 class TeacherConfig(StageConfig):
@@ -48,11 +48,20 @@ class TeacherConfig(StageConfig):
     backend: Literal["vllm", "openai"] = Field("vllm", description="vllm: in-process engine; openai: any OpenAI-compatible URL")
     model: str = Field(BUNDLED_ALIAS, description="vllm: model folder or 'bundled'; openai: the served model name")
     base_url: str | None = Field(None, description="openai backend: e.g. http://127.0.0.1:8000/v1")
+    base_urls: list[str] = Field(default_factory=list, description="openai: more replicas serving the same model; load is spread across all")
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the env var holding the API key (never the key)")
-    max_concurrency: int = Field(32, ge=1, le=4096, description="openai: requests in flight at once")
+    max_concurrency: int = Field(32, ge=1, le=4096, description="openai: most requests in flight at once, per replica")
+    min_concurrency: int = Field(1, ge=1, le=4096, description="openai: the adaptive window never goes below this")
+    adaptive_concurrency: bool = Field(True, description="openai: halve the window on 429/503/timeouts, grow it back by +1/window per success (AIMD)")
+    rpm: int | None = Field(None, ge=1, description="openai: requests-per-minute limit across replicas (None: none)")
+    tpm: int | None = Field(None, ge=1, description="openai: tokens-per-minute limit (prompt + max completion, settled on real usage)")
     timeout_s: float = Field(120.0, gt=0, description="openai: per-request timeout")
     max_retries: int = Field(5, ge=0, le=50, description="openai: retries of 429/5xx/timeouts/resets")
+    prefix_scheduling: bool = Field(True, description="group requests sharing a prompt prefix and run one per group first, so the engine's prefix cache serves the rest")
+    price_prompt_per_mtok: float | None = Field(None, ge=0, description="cost accounting: price per million prompt tokens (None: not reported)")
+    price_completion_per_mtok: float | None = Field(None, ge=0, description="cost accounting: price per million completion tokens")
     max_model_len: int = Field(2048, ge=128, description="vllm: context length of the engine")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs to shard the teacher over (CUDA only)")
     enforce_eager: bool = Field(True, description="vllm: skip graph compilation (faster start on CPU)")
     dtype: str = Field("auto", description="vllm: compute dtype; auto = bf16 where native (CUDA, AVX512-BF16), else fp32")
     kv_cache_gib: int = Field(2, ge=1, description="vllm (CPU): KV-cache space in GiB (whole GiB)")
@@ -64,8 +73,26 @@ class TeacherConfig(StageConfig):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, e.g. http://127.0.0.1:8000/v1")
+            raise ValueError("must start with http:// or https://, e.g. http://127.0.0.1:8000/v1")
         return v
+
+    @field_validator("base_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for i, url in enumerate(v):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"base_urls[{i}] = {url!r} must start with http:// or https://")
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> TeacherConfig:
+        if self.min_concurrency > self.max_concurrency:
+            raise ValueError(f"min_concurrency ({self.min_concurrency}) must be <= max_concurrency ({self.max_concurrency})")
+        return self
+
+    def urls(self) -> list[str]:
+        """Every replica's base URL, ``base_url`` first, without duplicates."""
+        return list(dict.fromkeys(([self.base_url] if self.base_url else []) + self.base_urls))
 
     def model_id(self) -> str:
         """The model's name as it goes into cache keys and provenance (never a machine-local path)."""
@@ -101,8 +128,9 @@ class TeacherRequest:
 class Choice:
     text: str
     finish_reason: str | None
-    # per generated token: {"token_ids": [...], "logprobs": [...]} (top-k, best first), or tokens as strings
-    logprobs: list[dict[str, Any]] | None = None
+    # top-k per generated token: vllm backend -> packed ids + float16 (distill.logprobs, ~8k bytes/token);
+    # openai backend -> [{"tokens": [str], "logprobs": [float]}] per token (strings: not usable for logit KD)
+    logprobs: dict[str, Any] | list[dict[str, Any]] | None = None
     token_ids: list[int] | None = None  # the generated ids (vllm backend): what logit KD trains on
 
 
@@ -143,10 +171,24 @@ class TeacherStats:
     cached_prompt_tokens: int = 0  # served from the cache (paid for by an earlier run)
     cached_completion_tokens: int = 0
     wall_s: float = 0.0
+    pushbacks: int = 0  # 429/503/timeouts that shrank the concurrency window
+    concurrency_lowest: int | None = None  # smallest window reached (openai backend)
+    concurrency_final: int | None = None  # window at the end (recovered after pushback)
+    rate_limited_s: float = 0.0  # time spent waiting on the rpm/tpm buckets
+    replicas: dict[str, int] = field(default_factory=dict)  # requests answered per replica URL
+    prefix_groups: int | None = None  # prefix groups scheduled (None: prefix scheduling off)
+    cost_usd: float | None = None  # paid this run, when prices are configured
 
     @property
     def completion_tokens_per_s(self) -> float:
         return self.completion_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    def add_cost(self, cfg: TeacherConfig) -> None:
+        """Price this run's paid tokens when the config carries prices (cached tokens cost nothing now)."""
+        if cfg.price_prompt_per_mtok is None and cfg.price_completion_per_mtok is None:
+            return
+        self.cost_usd = round((self.prompt_tokens * (cfg.price_prompt_per_mtok or 0.0)
+                               + self.completion_tokens * (cfg.price_completion_per_mtok or 0.0)) / 1e6, 6)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"completion_tokens_per_s": round(self.completion_tokens_per_s, 2)}
@@ -240,6 +282,7 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
     if throwaway is not None:
         throwaway.cleanup()
     stats.wall_s += time.perf_counter() - t0
+    stats.add_cost(cfg)
     return out
 
 

@@ -1,7 +1,11 @@
 """The ``openai`` teacher backend: ``AsyncOpenAI`` against any OpenAI-compatible URL.
 
-Bounded concurrency (a semaphore of ``max_concurrency``), a per-request timeout, and retries with
-exponential backoff plus full jitter that honour ``Retry-After``. Retry policy:
+Per replica (``base_url`` plus ``base_urls``) an adaptive concurrency window (AIMD, at most
+``max_concurrency``; see :mod:`distill.schedule`), shared requests/tokens-per-minute buckets, a
+per-request timeout, and retries with exponential backoff plus full jitter that honour ``Retry-After``.
+Each request goes to the least-loaded replica — the one its prefix group already used when that one is
+not busier, so the group's prefix stays in one engine's cache; a replica that refuses connections sits
+out a growing pause. Retry policy:
 
 - retried: 429, 408, 409, 5xx, timeouts, connection errors/resets;
 - the whole run stops at once (misconfiguration, every request would fail): 401, 403, 404;
@@ -18,7 +22,10 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import openai
@@ -26,6 +33,8 @@ from tqdm import tqdm
 
 from distill.cache import ResponseCache
 from distill.config import ConfigError
+from distill.schedule import (AdaptiveLimit, RateLimiter, Scheduled, arrival_order, estimate_tokens, prefix_groups,
+                              prompt_text)
 from distill.teacher import Choice, TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, require_api_key
 
 log = logging.getLogger(__name__)
@@ -88,39 +97,123 @@ def _classify(exc: Exception) -> tuple[str, bool]:
     return type(exc).__name__, False
 
 
-async def _one(client: openai.AsyncOpenAI, r: TeacherRequest, cfg: TeacherConfig, model: str,
-               sem: asyncio.Semaphore, stats: TeacherStats) -> TeacherResponse:
+def _redact(url: str) -> str:
+    """A URL fit for logs and reports: credentials in the authority part are dropped."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+@dataclass
+class _Replica:
+    url: str
+    client: openai.AsyncOpenAI
+    limit: AdaptiveLimit
+    inflight: int = 0
+    answered: int = 0
+    down_until: float = 0.0  # connection failures take a replica out for a growing pause
+    down_streak: int = 0
+
+    def load(self) -> float:
+        return self.inflight / self.limit.cap
+
+
+class _Pool:
+    """Hands out replica slots: least loaded first, the prefix group's replica when it is not busier."""
+
+    def __init__(self, replicas: list[_Replica]) -> None:
+        self.replicas = replicas
+        self.cond = asyncio.Condition()
+        self.affinity: dict[int, _Replica] = {}
+
+    def _pick(self, group: int | None) -> _Replica | None:
+        now = time.monotonic()
+        free = [r for r in self.replicas if r.inflight < r.limit.cap and r.down_until <= now]
+        if not free:
+            return None
+        best = min(free, key=lambda r: (r.load(), r.answered))
+        home = self.affinity.get(group) if group is not None else None
+        # keep a prefix group on one replica (its prefix cache is there) unless that replica is clearly busier
+        if home is not None and home in free and home.load() <= best.load() + 0.25:
+            return home
+        if group is not None:
+            self.affinity.setdefault(group, best)
+        return best
+
+    async def acquire(self, group: int | None) -> _Replica:
+        async with self.cond:
+            while True:
+                pick = self._pick(group)
+                if pick is not None:
+                    pick.inflight += 1
+                    return pick
+                now = time.monotonic()
+                back = [r.down_until - now for r in self.replicas if r.down_until > now]
+                try:  # wake on a release, or when a paused replica is due back
+                    await asyncio.wait_for(self.cond.wait(), timeout=min(back) if back else None)
+                except TimeoutError:
+                    pass
+
+    async def release(self, replica: _Replica) -> None:
+        async with self.cond:
+            replica.inflight -= 1
+            self.cond.notify_all()
+
+
+PUSHBACK = {"http_429", "http_503", "timeout"}
+
+
+async def _one(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherConfig, model: str,
+               stats: TeacherStats, group: int | None) -> TeacherResponse:
     key = r.key()
+    estimate = estimate_tokens(r.messages, r.max_tokens, r.n)
     attempt = 0
     while True:
         attempt += 1
-        async with sem:
-            t = time.perf_counter()
-            try:
-                comp = await client.chat.completions.create(**_body(r, model))
-                if not comp.choices:
-                    raise ValueError("response has no choices")
-                usage = comp.usage
-                return TeacherResponse(
-                    key=key, choices=[_choice(c) for c in comp.choices],
-                    prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0,
-                    engine="openai", model=comp.model or model, latency_s=round(time.perf_counter() - t, 4),
-                    attempts=attempt,
-                )
-            except Exception as exc:  # noqa: BLE001 - classified below, nothing swallowed silently
-                if isinstance(exc, openai.APIStatusError) and exc.status_code in FATAL_STATUS:
-                    raise TeacherUnavailable(
-                        f"teacher at {cfg.base_url} answered {exc.status_code} ({FATAL_STATUS[exc.status_code]}) "
-                        f"for model {model!r}: check teacher.base_url, teacher.model and ${cfg.api_key_env}"
-                    ) from None
-                kind, retryable = _classify(exc)
-                stats.failures[kind] = stats.failures.get(kind, 0) + 1
-                if not retryable or attempt > cfg.max_retries:
-                    log.warning("request %s failed for good after %d attempt(s): %s", key[:12], attempt, kind)
-                    return TeacherResponse(key=key, choices=[], engine="openai", model=model, error=f"{kind}: {exc}"[:500], attempts=attempt)
-                stats.retries += 1
-                wait = _retry_after(exc)
+        await rate.acquire(estimate)
+        replica = await pool.acquire(group)
+        t = time.perf_counter()
+        try:
+            comp = await replica.client.chat.completions.create(**_body(r, model))
+            if not comp.choices:
+                raise ValueError("response has no choices")
+            usage = comp.usage
+            resp = TeacherResponse(
+                key=key, choices=[_choice(c) for c in comp.choices],
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                engine="openai", model=comp.model or model, latency_s=round(time.perf_counter() - t, 4),
+                attempts=attempt,
+            )
+            rate.settle(estimate, resp.prompt_tokens + resp.completion_tokens)
+            replica.limit.on_success()
+            replica.answered += 1
+            replica.down_streak = 0
+            return resp
+        except Exception as exc:  # noqa: BLE001 - classified below, nothing swallowed silently
+            if isinstance(exc, openai.APIStatusError) and exc.status_code in FATAL_STATUS:
+                raise TeacherUnavailable(
+                    f"teacher at {_redact(replica.url)} answered {exc.status_code} ({FATAL_STATUS[exc.status_code]}) "
+                    f"for model {model!r}: check teacher.base_url, teacher.model and ${cfg.api_key_env}"
+                ) from None
+            kind, retryable = _classify(exc)
+            stats.failures[kind] = stats.failures.get(kind, 0) + 1
+            if kind in PUSHBACK and cfg.adaptive_concurrency:
+                before = replica.limit.decreases
+                replica.limit.on_pushback()
+                stats.pushbacks += replica.limit.decreases - before
+            if kind == "connection":
+                replica.down_streak += 1
+                replica.down_until = time.monotonic() + min(30.0, 0.25 * 2 ** replica.down_streak)
+            if not retryable or attempt > cfg.max_retries:
+                log.warning("request %s failed for good after %d attempt(s): %s", key[:12], attempt, kind)
+                return TeacherResponse(key=key, choices=[], engine="openai", model=model,
+                                       error=f"{kind}: {exc}"[:500], attempts=attempt)
+            stats.retries += 1
+            wait = _retry_after(exc)
+        finally:
+            await pool.release(replica)
         if wait is None:
             wait = random.uniform(0, min(30.0, 0.5 * 2 ** (attempt - 1)))  # full jitter
         await asyncio.sleep(wait)
@@ -129,12 +222,34 @@ async def _one(client: openai.AsyncOpenAI, r: TeacherRequest, cfg: TeacherConfig
 async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache,
                     stats: TeacherStats) -> list[TeacherResponse]:
     model = cfg.model_id()
-    client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=require_api_key(cfg), timeout=cfg.timeout_s, max_retries=0)
-    sem = asyncio.Semaphore(cfg.max_concurrency)
+    key = require_api_key(cfg)
+    replicas = [_Replica(url, openai.AsyncOpenAI(base_url=url, api_key=key, timeout=cfg.timeout_s, max_retries=0),
+                         AdaptiveLimit(cfg.max_concurrency, cfg.min_concurrency)) for url in cfg.urls()]
+    pool = _Pool(replicas)
+    rate = RateLimiter(cfg.rpm, cfg.tpm)
+    if cfg.prefix_scheduling:
+        schedule = prefix_groups([prompt_text(r.messages) for r in requests])
+        stats.prefix_groups = (stats.prefix_groups or 0) + (schedule[-1].group + 1 if schedule else 0)
+    else:
+        schedule = arrival_order(len(requests))
+    sizes = Counter(s.group for s in schedule)
+    # followers of a shared-prefix group wait for their leader's answer: its prompt is then in the prefix cache
+    leader_done = {g: asyncio.Event() for g, n in sizes.items() if n > 1 and cfg.prefix_scheduling}
+
+    async def run(s: Scheduled) -> TeacherResponse:
+        event = leader_done.get(s.group)
+        if event is not None and not s.leader:
+            await event.wait()
+        try:
+            return await _one(pool, rate, requests[s.index], cfg, model, stats, s.group if event else None)
+        finally:
+            if event is not None and s.leader:
+                event.set()
+
     out: list[TeacherResponse] = []
     tokens = 0
     t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(_one(client, r, cfg, model, sem, stats)) for r in requests]
+    tasks = [asyncio.ensure_future(run(s)) for s in schedule]
     try:
         with tqdm(total=len(tasks), desc="teacher", unit="req") as bar:
             for fut in asyncio.as_completed(tasks):
@@ -143,19 +258,26 @@ async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: R
                     cache.put(resp.key, resp.to_dict())
                     tokens += resp.completion_tokens
                 out.append(resp)
-                bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - t0):.0f}")
+                bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - t0):.0f}",
+                                window=sum(r.limit.cap for r in replicas))
                 bar.update()
     finally:
         for t in tasks:
             t.cancel()
-        await client.close()
+        for rep in replicas:
+            await rep.client.close()
+            stats.replicas[_redact(rep.url)] = stats.replicas.get(_redact(rep.url), 0) + rep.answered
+        lowest = min(rep.limit.lowest for rep in replicas)
+        stats.concurrency_lowest = lowest if stats.concurrency_lowest is None else min(lowest, stats.concurrency_lowest)
+        stats.concurrency_final = sum(rep.limit.cap for rep in replicas)
+        stats.rate_limited_s += rate.waited_s
     return out
 
 
 def send_openai(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache,
                 stats: TeacherStats) -> list[TeacherResponse]:
     """Send ``requests`` (all cache misses); returns their responses in completion order."""
-    if not cfg.base_url:
+    if not cfg.urls():
         raise ConfigError("teacher.base_url is required for the openai backend (e.g. http://127.0.0.1:8000/v1)")
     try:
         asyncio.get_running_loop()

