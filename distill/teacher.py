@@ -250,6 +250,11 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
     if pending:
         stats.sent += len(pending)
         if cfg.backend == "vllm":
+            if cfg.prefix_scheduling:  # the worker orders by the same schedule; count its groups here
+                from distill.schedule import prefix_groups, prompt_text
+
+                schedule = prefix_groups([prompt_text(r.messages) for r in pending])
+                stats.prefix_groups = (stats.prefix_groups or 0) + len({s.group for s in schedule})
             _run_vllm_worker(pending, cfg, cache.path)
         else:
             from distill.teacher_openai import send_openai

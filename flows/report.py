@@ -62,6 +62,14 @@ def render_markdown(report: dict) -> str:
                   f"({t['completion_tokens_per_s']} completion tok/s over {t['wall_s']:.1f} s); from the cache: "
                   f"{t.get('cached_prompt_tokens', 0)} + {t.get('cached_completion_tokens', 0)} "
                   f"({t['cache_hits']}/{t['requests']} requests); retries {t['retries']}, failures {json.dumps(t['failures'])}"]
+        if t.get("cost_usd") is not None:
+            lines.append(f"- teacher cost this run: ${t['cost_usd']:.4f} (at the configured per-token prices)")
+        if t.get("concurrency_lowest") is not None:
+            lines.append(f"- concurrency window: lowest {t['concurrency_lowest']}, final {t.get('concurrency_final')} "
+                         f"({t.get('pushbacks', 0)} pushbacks); waited {t.get('rate_limited_s', 0):.1f} s on rpm/tpm limits; "
+                         f"answered per replica {json.dumps(t.get('replicas', {}))}")
+        if t.get("prefix_groups") is not None:
+            lines.append(f"- prefix-aware scheduling: {t['prefix_groups']} prompt-prefix groups")
     if s := report.get("train"):
         lines += ["", "## Train", "", f"- mode: {s['mode']}",
                   f"- student: {s['base']} with {s['layers']} layers, {_params(s['parameters'])} parameters "
