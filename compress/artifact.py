@@ -9,6 +9,10 @@ A compressed model folder holds:
   is stored once;
 * ``config.json`` (+ ``generation_config.json``) — the unchanged Hugging Face architecture config;
 * the tokenizer files;
+* grouped RTN/GPTQ/AWQ linears store ``<name>.weight_packed`` (uint8 [out, in/2], two 4-bit codes per
+  byte) or ``<name>.weight_int8`` (codes of 5-8 bits), ``<name>.weight_scale`` (fp32 [out, in/group]) and,
+  when asymmetric, ``<name>.weight_zero`` (uint8 [out, in/group]); their manifest entry is
+  ``{"bits", "group_size", "symmetric", "scheme"}`` and ``w = (q - zero) * scale`` per group;
 * ``eakd_compression.json`` — the manifest::
 
     {"format": "eakd-compressed/v1", "dtype": "bfloat16",
@@ -37,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from compress.factorize import apply_low_rank_structure
-from compress.quantize import SCHEME, dequantize, quantize_rtn_int8
+from compress.quantize import SCHEME, dequantize, dequantize_weight, quantize_rtn_int8
 from distill.config import ConfigError
 from distill.models import check_model_dir, load_causal_lm
 
@@ -48,6 +52,40 @@ MANIFEST_NAME = "eakd_compression.json"
 WEIGHTS_NAME = "model.safetensors"
 INT8_SUFFIX = ".weight_int8"
 SCALE_SUFFIX = ".weight_scale"
+PACKED_SUFFIX = ".weight_packed"  # codes of <= 4 bits, two per byte (low nibble first)
+ZERO_SUFFIX = ".weight_zero"
+
+
+def is_grouped_entry(entry: dict[str, Any]) -> bool:
+    """True for a quantized entry written by the generic RTN/GPTQ/AWQ steps (not the legacy int8 one)."""
+    return "group_size" in entry
+
+
+def grouped_entry(bits: int, group_size: int | None, symmetric: bool, scheme: str) -> dict[str, Any]:
+    return {"bits": bits, "group_size": group_size, "symmetric": symmetric, "scheme": scheme}
+
+
+def pack_codes(q: Tensor, bits: int, symmetric: bool) -> Tensor:
+    """Codes ``q`` [out, in] (int8 signed when symmetric, uint8 otherwise) -> stored tensor.
+
+    ``bits <= 4``: uint8 [out, in / 2], two unsigned nibbles per byte (symmetric codes offset by 2^(b-1));
+    wider codes are stored as they are (one byte each).
+    """
+    if bits > 4:
+        return q
+    u = (q.to(torch.int16) + (2 ** (bits - 1) if symmetric else 0)).to(torch.uint8)
+    if u.shape[1] % 2:  # odd width (e.g. a low-rank factor): pad one code; unpack_codes cuts it off
+        u = torch.cat([u, torch.zeros(u.shape[0], 1, dtype=torch.uint8)], dim=1)
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous()
+
+
+def unpack_codes(packed: Tensor, bits: int, symmetric: bool, in_features: int) -> Tensor:
+    """Inverse of :func:`pack_codes` -> codes [out, in_features] (int16, signed when symmetric)."""
+    if bits > 4:
+        return packed.to(torch.int16)
+    lo, hi = (packed & 0x0F).to(torch.int16), (packed >> 4).to(torch.int16)
+    u = torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)[:, :in_features]
+    return u - (2 ** (bits - 1) if symmetric else 0)
 
 
 def new_manifest(dtype: str | None = None) -> dict[str, Any]:
@@ -91,8 +129,8 @@ def _dedup_tied(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, 
     return kept, tied
 
 
-def compressed_tensors(model: nn.Module, manifest: dict[str, Any],
-                       dtype: str | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
+def compressed_tensors(model: nn.Module, manifest: dict[str, Any], dtype: str | None = None,
+                       codes: dict[str, tuple] | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The tensors to write for ``model`` under ``manifest`` and the tied aliases that were dropped.
 
     Quantized linears are re-quantized from their current weights; that is exact when the weights came
@@ -104,12 +142,28 @@ def compressed_tensors(model: nn.Module, manifest: dict[str, Any],
     out: dict[str, Tensor] = {}
     for name, t in tensors.items():
         out[name] = t.detach().to(target) if target is not None and t.is_floating_point() else t.detach()
-    for module_name in manifest.get("quantized", {}):
+    for module_name, entry in manifest.get("quantized", {}).items():
         key = f"{module_name}.weight"
         if key not in out:
             raise ValueError(f"manifest marks {module_name!r} as quantized but the model has no {key!r}; "
                              "a later step replaced it — drop it from manifest['quantized']")
         w = tensors[key].detach()
+        if is_grouped_entry(entry):
+            if codes is None or module_name not in codes:
+                raise ValueError(f"{module_name} is quantized ({entry['scheme']}) but its codes were not passed; "
+                                 "a grouped-quantized model can only be saved by the step that quantized it")
+            q, scale, zero = codes[module_name][:3]
+            deq = dequantize_weight(q, scale, zero, entry["group_size"], torch.float32)
+            if not torch.equal(deq, w.to(torch.float32)):
+                raise ValueError(f"{module_name}: weights differ from their {entry['scheme']} codes "
+                                 "(changed after quantization?); quantize last in a chain")
+            del out[key]
+            out[module_name + (PACKED_SUFFIX if entry["bits"] <= 4 else INT8_SUFFIX)] = pack_codes(
+                q, entry["bits"], entry["symmetric"])
+            out[module_name + SCALE_SUFFIX] = scale.to(torch.float32)
+            if zero is not None:
+                out[module_name + ZERO_SUFFIX] = zero
+            continue
         q, scale = quantize_rtn_int8(w)
         if not torch.equal(dequantize(q, scale, w.dtype), w):
             log.warning("%s is not on its int8 grid (changed after quantization?); saving it re-quantized, "
@@ -121,7 +175,7 @@ def compressed_tensors(model: nn.Module, manifest: dict[str, Any],
 
 
 def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer: Any, manifest: dict[str, Any],
-                    dtype: str | None = None) -> Path:
+                    dtype: str | None = None, codes: dict[str, tuple] | None = None) -> Path:
     """Write ``model`` as an eakd-compressed folder at ``out_dir`` (created); returns ``out_dir``.
 
     ``dtype`` (e.g. ``"bfloat16"``) is the storage dtype of the non-quantized floating tensors; None keeps
@@ -130,7 +184,7 @@ def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer: Any, manif
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors, tied = compressed_tensors(model, manifest, dtype)
+    tensors, tied = compressed_tensors(model, manifest, dtype, codes)
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "eakd": FORMAT})
     config = copy.deepcopy(model.config)
     if dtype:
@@ -165,7 +219,18 @@ def load_compressed(folder: str | Path, dtype: str = "float32", device: str = "c
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     apply_low_rank_structure(model, manifest["factorized"])
     tensors = load_file(str(weights))
-    for module_name in manifest["quantized"]:
+    for module_name, entry in manifest["quantized"].items():
+        if is_grouped_entry(entry):
+            try:
+                stored = tensors.pop(module_name + (PACKED_SUFFIX if entry["bits"] <= 4 else INT8_SUFFIX))
+                scale = tensors.pop(module_name + SCALE_SUFFIX)
+            except KeyError:
+                raise ConfigError(f"{weights}: manifest marks {module_name!r} as {entry['scheme']} but its code/scale "
+                                  "tensors are missing; re-run the compress step") from None
+            zero = tensors.pop(module_name + ZERO_SUFFIX, None)
+            q = unpack_codes(stored, entry["bits"], entry["symmetric"], model.get_submodule(module_name).in_features)
+            tensors[f"{module_name}.weight"] = dequantize_weight(q, scale, zero, entry["group_size"], torch.float32)
+            continue
         try:
             q = tensors.pop(module_name + INT8_SUFFIX)
             scale = tensors.pop(module_name + SCALE_SUFFIX)

@@ -1,14 +1,26 @@
-"""Unstructured magnitude pruning of the decoder's linear layers, per layer.
+"""Pruning of the decoder's linear layers: magnitude (unstructured and N:M) and Wanda.
 
-In each layer the ``round(sparsity * numel)`` weights with the smallest absolute value are set to zero
-(Han et al. 2015, "Learning both Weights and Connections for Efficient Neural Networks"; the one-shot,
-no-retraining variant used as the baseline in Frantar & Alistarh 2023, "SparseGPT"). Pruning per layer
-rather than globally keeps every layer at the same sparsity, so no layer is emptied by a scale mismatch.
+* **Magnitude** — in each layer the ``round(sparsity * numel)`` weights with the smallest absolute value
+  are set to zero (Han et al. 2015, "Learning both Weights and Connections for Efficient Neural
+  Networks"; the one-shot, no-retraining baseline of Frantar & Alistarh 2023, "SparseGPT"). Pruning per
+  layer rather than globally keeps every layer at the same sparsity, so no layer is emptied by a scale
+  mismatch.
+* **N:M semi-structured** — in every group of ``m`` consecutive input weights of a row keep the ``n``
+  largest scores (2:4 is the pattern NVIDIA Ampere sparse tensor cores execute; Mishra et al. 2021,
+  "Accelerating Sparse Deep Neural Networks").
+* **Wanda** (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models",
+  arXiv 2306.11695) — score ``|W_ij| * ||X_j||_2`` where ``||X_j||`` is the norm of input channel ``j``
+  over the calibration tokens, compared *per output row* (the paper's choice, Sec. 3 "comparison
+  group"), no weight update. :func:`wanda_model` calibrates block by block on the outputs of the
+  already-pruned blocks (:func:`compress.calibrate.run_sequential`), as the reference code does.
+
+Written by hand: a mask is a top-k per row or per group — a few lines of torch — and the libraries that
+ship these methods (llm-compressor, the papers' repos) bring their own model loading and session state.
 
 The zeros are stored densely (safetensors has no sparse format), so pruning alone does not shrink files;
 it shows up as fewer nonzero parameters and composes with quantization.
 
-Run: ``python -c "from compress.prune import prune_model; ..."`` — normally via ``eakd compress``.
+Run: ``python -c "from compress.prune import wanda_model; ..."`` — normally via ``eakd compress``.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from compress import target_linears
+from compress.calibrate import InputStats, run_sequential
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +71,139 @@ def prune_model(model: nn.Module, sparsity: float, skip: tuple[str, ...] = ("lm_
     log.info("magnitude: pruned %d linear layers to sparsity %.4f (target %.4f)", layers, realized, sparsity)
     return {"sparsity_target": sparsity, "sparsity_realized": realized, "layers": layers,
             "zeros": zeros, "weights": total}
+
+
+# --- masks -------------------------------------------------------------------------------------------
+
+def resolve_sparsity(sparsity: float, nm: tuple[int, int] | None) -> float:
+    """Validate ``sparsity`` / ``nm=(n kept, m group)`` and return the target fraction of zeros.
+
+    With ``nm`` the sparsity is ``1 - n/m``; a ``sparsity`` that disagrees raises ValueError rather than
+    silently ignoring one of the two.
+    """
+    if nm is None:
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        return float(sparsity)
+    if len(nm) != 2 or not 0 < int(nm[0]) <= int(nm[1]):
+        raise ValueError(f"nm must be (n kept, m group size) with 0 < n <= m, got {nm}")
+    implied = 1.0 - nm[0] / nm[1]
+    if abs(sparsity - implied) > 1e-9:
+        raise ValueError(f"sparsity={sparsity} disagrees with nm={tuple(nm)} (which means sparsity {implied:g}); "
+                         f"pass sparsity={implied:g}")
+    return implied
+
+
+def nm_mask(score: Tensor, n: int = 2, m: int = 4) -> Tensor:
+    """N:M keep-mask for ``score`` [out, in]: the ``n`` largest of every ``m`` consecutive inputs of a row.
+
+    Exactly ``n`` True per group even when scores tie (ties go to the lower index). Raises ValueError
+    when ``in`` is not a multiple of ``m``.
+    """
+    if score.dim() != 2:
+        raise ValueError(f"nm_mask expects a 2-D score [out, in], got shape {tuple(score.shape)}")
+    if not 0 < n <= m:
+        raise ValueError(f"N:M needs 0 < n <= m, got n={n}, m={m}")
+    out_f, in_f = score.shape
+    if in_f % m:
+        raise ValueError(f"N:M {n}:{m} needs the input size to be a multiple of m={m}, got {in_f}")
+    groups = score.detach().float().reshape(out_f, in_f // m, m)
+    keep = torch.topk(groups, n, dim=-1, sorted=False).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    return mask.reshape(out_f, in_f)
+
+
+def row_mask(score: Tensor, sparsity: float) -> Tensor:
+    """Keep-mask for ``score`` [out, in] dropping the ``round(sparsity * in)`` lowest scores of each row.
+
+    Every row ends with the same number of zeros (Wanda's per-output comparison group).
+    """
+    if score.dim() != 2:
+        raise ValueError(f"row_mask expects a 2-D score [out, in], got shape {tuple(score.shape)}")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    k = int(round(sparsity * score.shape[1]))
+    mask = torch.ones_like(score, dtype=torch.bool)
+    if k > 0:
+        drop = torch.topk(score.detach().float(), k, dim=1, largest=False, sorted=False).indices
+        mask.scatter_(1, drop, False)
+    return mask
+
+
+def wanda_score(weight: Tensor, sq_norm: Tensor) -> Tensor:
+    """Wanda's importance ``|W_ij| * ||X_j||_2`` [out, in] from ``sq_norm`` = ``||X_j||_2^2`` [in]."""
+    if sq_norm.shape != (weight.shape[1],):
+        raise ValueError(f"sq_norm must have shape ({weight.shape[1]},), got {tuple(sq_norm.shape)}")
+    return weight.detach().float().abs() * sq_norm.float().clamp_min(0).sqrt()[None, :]
+
+
+def wanda_mask(weight: Tensor, sq_norm: Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> Tensor:
+    """Wanda keep-mask [out, in]: per-row unstructured at ``sparsity``, or N:M when ``nm`` is given."""
+    sparsity = resolve_sparsity(sparsity, nm)
+    score = wanda_score(weight, sq_norm)
+    return nm_mask(score, *nm) if nm is not None else row_mask(score, sparsity)
+
+
+def sparsity_report(method: str, target: float, linears: list[nn.Linear], nm: tuple[int, int] | None) -> dict:
+    """Count the zeros of ``linears`` after ``method`` pruned them; logs and returns the summary dict."""
+    zeros = sum(int((lin.weight == 0).sum()) for lin in linears)
+    total = sum(lin.weight.numel() for lin in linears)
+    realized = zeros / total if total else 0.0
+    log.info("%s: pruned %d linear layers to sparsity %.4f (target %.4f%s)", method, len(linears), realized,
+             target, f", {nm[0]}:{nm[1]}" if nm else "")
+    return {"method": method, "sparsity_target": target, "nm": list(nm) if nm else None,
+            "sparsity_realized": realized, "layers": len(linears), "zeros": zeros, "weights": total}
+
+
+# --- whole models -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def magnitude_model(model: nn.Module, sparsity: float = 0.5, nm: tuple[int, int] | None = None,
+                    skip: tuple[str, ...] = ("lm_head",)) -> dict:
+    """Magnitude-prune every decoder ``nn.Linear`` in place: per layer (as :func:`prune_model`) or N:M.
+
+    Returns ``{"method", "sparsity_target", "nm", "sparsity_realized", "layers", "zeros", "weights"}``.
+    """
+    target = resolve_sparsity(sparsity, nm)
+    linears = [lin for _name, lin in target_linears(model, skip=skip)]
+    for lin in linears:
+        mask = nm_mask(lin.weight.abs(), *nm) if nm is not None else magnitude_mask(lin.weight, target)
+        lin.weight.mul_(mask.to(lin.weight.dtype))
+    return sparsity_report("magnitude", target, linears, nm)
+
+
+def block_progress(model: nn.Module, desc: str):
+    """A progress bar over the decoder blocks (hidden when stderr is not a terminal)."""
+    from tqdm.auto import tqdm
+
+    from compress.calibrate import decoder_blocks
+
+    return tqdm(total=len(decoder_blocks(model)), desc=desc, unit="block", disable=None)
+
+
+@torch.no_grad()
+def wanda_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm: tuple[int, int] | None = None,
+                batch_size: int = 8) -> dict:
+    """Wanda-prune every linear of every decoder block in place, calibrating on ``batches`` [n, T] ids.
+
+    Block ``i`` is calibrated on the outputs of the already-pruned blocks ``< i``. Returns the same dict
+    as :func:`magnitude_model` (``method="wanda"``).
+    """
+    target = resolve_sparsity(sparsity, nm)
+    pruned: list[nn.Linear] = []
+    bar = block_progress(model, "wanda")
+
+    def prune_block(i: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
+        for name, s in stats.items():
+            lin = block.get_submodule(name)
+            mask = wanda_mask(lin.weight, s.sq_norm, target, nm)
+            lin.weight.mul_(mask.to(lin.weight.dtype))
+            pruned.append(lin)
+        log.debug("wanda: block %d pruned (%d linears)", i, len(stats))
+        bar.update(1)
+
+    try:
+        run_sequential(model, batches, prune_block, batch_size=batch_size)
+    finally:
+        bar.close()
+    return sparsity_report("wanda", target, pruned, nm)

@@ -27,35 +27,83 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
-from compress.artifact import load_compressed, new_manifest, quant_entry, read_manifest, save_compressed
+from compress.artifact import (grouped_entry, is_grouped_entry, load_compressed, new_manifest, quant_entry,
+                               read_manifest, save_compressed)
 from compress.eval import measure
+from compress.awq import awq_model
+from compress.calibrate import calibration_batches
 from compress.factorize import factorize_model
-from compress.prune import prune_model
-from compress.quantize import quantize_model
-from distill.config import ConfigError, StageConfig
+from compress.gptq import gptq_model
+from compress.lowrank_aware import factorize_model_aware
+from compress.prune import magnitude_model, prune_model, wanda_model
+from compress.quantize import quantize_model, quantize_model_rtn
+from compress.sparsegpt import sparsegpt_model
+from compress.structured import depth_prune, width_prune
+from distill.config import ConfigError, StageConfig, shared_data_dir
 from distill.evaluate import load_eval_text
 from distill.models import check_model_dir, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-Method = Literal["rtn_int8", "magnitude", "svd"]
+Method = Literal["rtn_int8", "rtn", "gptq", "awq", "magnitude", "wanda", "sparsegpt", "depth", "width",
+                 "svd", "asvd", "svdllm"]
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
+QUANT = {"rtn", "gptq", "awq"}  # grouped weight quantization: must end a chain (see _check_order)
+STRUCTURED = {"depth", "width"}  # change the architecture: must come before anything recorded by name
+CALIBRATED = {"gptq", "awq", "wanda", "sparsegpt", "depth", "width", "asvd", "svdllm"}
 
 
 class CompressStep(StageConfig):
-    """One compression step. Only the field of its own method is used."""
+    """One compression step. Only the fields of its own method are used (see ``params``)."""
 
     method: Method
-    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="magnitude: fraction of weights zeroed per layer")
-    rank_ratio: float = Field(0.5, gt=0.0, le=1.0, description="svd: kept rank / min(out, in)")
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="magnitude/wanda/sparsegpt: fraction of weights zeroed per layer")
+    nm: str | None = Field(None, pattern=r"^\d+:\d+$", description="magnitude/wanda/sparsegpt: semi-structured N:M, e.g. '2:4' (overrides sparsity)")
+    rank_ratio: float = Field(0.5, gt=0.0, le=1.0, description="svd: kept rank / min(out, in), the same for every layer")
+    param_reduction: float = Field(0.2, gt=0.0, lt=1.0, description="asvd/svdllm: fraction of decoder-linear weights removed; ranks allocated per layer")
+    bits: int = Field(4, ge=2, le=8, description="rtn/gptq/awq: weight bits")
+    group_size: int | None = Field(128, ge=1, description="rtn/gptq/awq: input columns per scale (None: per output channel)")
+    symmetric: bool = Field(True, description="rtn/gptq/awq: symmetric codes (no zero point)")
+    damp: float = Field(0.01, ge=0.0, description="gptq/sparsegpt: Hessian dampening as a fraction of its mean diagonal")
+    act_order: bool = Field(True, description="gptq: quantize columns in order of decreasing Hessian diagonal")
+    fraction: float = Field(0.25, ge=0.0, lt=1.0, description="depth: fraction of decoder blocks dropped")
+    mlp_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="width: fraction of MLP channels removed")
+    kv_head_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="width: fraction of KV-head groups removed")
+    max_ppl_increase: float | None = Field(None, gt=0.0, description="quality gate: stop the chain when perplexity rises more than this fraction over the baseline (0.05 = 5%)")
     name: str | None = None
+
+    def nm_tuple(self) -> tuple[int, int] | None:
+        if self.nm is None:
+            return None
+        n, m = (int(x) for x in self.nm.split(":"))
+        if not 0 < n < m:
+            raise ConfigError(f"compress step {self.method}: nm must be N:M with 0 < N < M, got {self.nm!r}")
+        return n, m
 
     def params(self) -> dict[str, Any]:
         """The fields that matter for this step's method."""
-        return {"magnitude": {"sparsity": self.sparsity}, "svd": {"rank_ratio": self.rank_ratio},
-                "rtn_int8": {"bits": 8}}[self.method]
+        quant = {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+        prune = {"sparsity": self.sparsity, "nm": self.nm}
+        return {"magnitude": prune, "wanda": prune, "sparsegpt": prune | {"damp": self.damp},
+                "svd": {"rank_ratio": self.rank_ratio}, "asvd": {"param_reduction": self.param_reduction},
+                "svdllm": {"param_reduction": self.param_reduction}, "rtn_int8": {"bits": 8},
+                "rtn": quant, "gptq": quant | {"damp": self.damp, "act_order": self.act_order}, "awq": quant,
+                "depth": {"fraction": self.fraction},
+                "width": {"mlp_fraction": self.mlp_fraction, "kv_head_fraction": self.kv_head_fraction},
+                }[self.method]
+
+
+class CalibrationConfig(StageConfig):
+    """Calibration text for the data-aware methods (gptq, awq, wanda, sparsegpt, depth, width, asvd, svdllm)."""
+
+    # None: WikiText-2 valid from ../shared/data when present, else the caller's text (the flow passes
+    # the generated dataset's training answers). Never the perplexity text: that would tune on the test.
+    text_path: str | None = None
+    n_samples: int = Field(64, ge=1, description="random windows drawn from the text")
+    seq_len: int = Field(512, ge=8, description="tokens per window")
+    seed: int = 0
 
 
 class EvalConfig(StageConfig):
@@ -82,6 +130,7 @@ def _default_steps() -> list[CompressStep]:
 class CompressConfig(StageConfig):
     steps: list[CompressStep] = Field(default_factory=_default_steps)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     # Storage dtype of the non-int8 tensors; "auto" keeps the source model's (bf16 for the bundled teacher),
     # so byte counts compare with the baseline instead of doubling from the fp32 working copy.
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -102,30 +151,91 @@ def _source_dtype(model_dir: Path, manifest: dict[str, Any] | None) -> str:
     return found
 
 
-def _apply(model: nn.Module, step: CompressStep, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Run one step in place, record it in ``manifest``; returns scalar stats for the summary."""
-    if step.method == "magnitude":
+def _scalar_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """Keep what fits in a summary (numbers, short lists, small dicts), drop per-layer tensors."""
+    out = {}
+    for k, v in stats.items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and len(v) <= 64 and all(isinstance(x, (int, float)) for x in v):
+            out[k] = list(v)
+        elif isinstance(v, dict) and len(v) <= 16 and all(isinstance(x, (int, float, list)) for x in v.values()):
+            out[k] = v
+    return out
+
+
+def _apply(model: nn.Module, step: CompressStep, manifest: dict[str, Any], codes: dict[str, tuple],
+           calib: Tensor | None) -> dict[str, Any]:
+    """Run one step in place, record it in ``manifest`` (and quantization codes in ``codes``); returns stats."""
+    m = step.method
+    if m == "magnitude" and step.nm is None:
         stats = prune_model(model, step.sparsity)
-    elif step.method == "svd":
+    elif m == "magnitude":
+        stats = magnitude_model(model, step.sparsity, step.nm_tuple())
+    elif m == "wanda":
+        stats = wanda_model(model, calib, step.sparsity, step.nm_tuple())
+    elif m == "sparsegpt":
+        stats = sparsegpt_model(model, calib, step.sparsity, step.nm_tuple(), damp=step.damp)
+    elif m == "svd":
         result = factorize_model(model, step.rank_ratio)
-        for name, rank in result["factorized"].items():
-            manifest["factorized"][name] = rank
+        manifest["factorized"].update(result["factorized"])
+        for name in result["factorized"]:
             manifest["quantized"].pop(name, None)  # its int8 weight no longer exists
         stats = {"rank_ratio": step.rank_ratio, "layers_factorized": len(result["factorized"]),
                  "layers_left_dense": len(result["skipped"]), "weights_before": result["params_before"],
                  "weights_after": result["params_after"]}
-    elif step.method == "rtn_int8":
-        quantized = quantize_model(model)
-        for name in quantized:
+    elif m in ("asvd", "svdllm"):
+        result = factorize_model_aware(model, calib, m, step.param_reduction)
+        manifest["factorized"].update(result["factorized"])
+        stats = {"param_reduction": step.param_reduction, "layers_factorized": len(result["factorized"]),
+                 "layers_left_dense": len(result["skipped"]), "weights_before": result["params_before"],
+                 "weights_after": result["params_after"]}
+    elif m == "depth":
+        stats = depth_prune(model, calib, step.fraction)
+    elif m == "width":
+        stats = width_prune(model, calib, step.mlp_fraction, step.kv_head_fraction)
+    elif m == "rtn_int8":
+        for name in quantize_model(model):
             manifest["quantized"][name] = quant_entry()
-        stats = {"layers_quantized": len(quantized)}
+        stats = {"layers_quantized": len(manifest["quantized"])}
+    elif m in QUANT:
+        if m == "rtn":
+            result = quantize_model_rtn(model, step.bits, step.group_size, step.symmetric)
+        elif m == "gptq":
+            result = gptq_model(model, calib, step.bits, step.group_size, step.symmetric, step.damp, step.act_order)
+        else:
+            result = awq_model(model, calib, step.bits, step.group_size, step.symmetric)
+        for name, entry in result.items():
+            codes[name] = entry[:3]
+            manifest["quantized"][name] = grouped_entry(step.bits, step.group_size, step.symmetric, m)
+        stats = {"layers_quantized": len(result), "bits": step.bits, "group_size": step.group_size}
     else:  # unreachable while Method and this chain agree
-        raise ConfigError(f"compress step method {step.method!r} is not one of rtn_int8, magnitude, svd")
-    if step.method != "rtn_int8" and manifest["quantized"]:
-        # Layers quantized by an earlier step must stay on their int8 grid, or the artifact would not
-        # hold what was measured.
-        quantize_model(model, names=list(manifest["quantized"]))
-    return stats
+        raise ConfigError(f"compress step method {m!r} is not one of {', '.join(Method.__args__)}")
+    legacy = [n for n, e in manifest["quantized"].items() if not is_grouped_entry(e)]
+    if m != "rtn_int8" and legacy:
+        # Layers quantized by an earlier rtn_int8 step must stay on their int8 grid, or the artifact would
+        # not hold what was measured.
+        quantize_model(model, names=legacy)
+    return _scalar_stats(stats)
+
+
+def _check_order(steps: list[CompressStep], manifest: dict[str, Any], chain: bool) -> None:
+    """Refuse chains whose later steps would invalidate what earlier steps recorded (before any work)."""
+    if any(is_grouped_entry(e) for e in manifest["quantized"].values()) and steps:
+        raise ConfigError("the source model is already int4/grouped-quantized (rtn/gptq/awq); compress the "
+                          "unquantized model instead — quantization must be the last step")
+    if not chain:
+        return
+    for i, step in enumerate(steps):
+        later = [s.method for s in steps[i + 1:]]
+        if step.method in QUANT and later:
+            raise ConfigError(f"compress.steps[{i}] ({step.method}) must be the last step: {later} after it would "
+                              "change weights that are stored as quantization codes")
+        if step.method in STRUCTURED:
+            earlier = [s.method for s in steps[:i] if s.method not in STRUCTURED | {"magnitude", "wanda", "sparsegpt"}]
+            if earlier or manifest["factorized"] or manifest["quantized"]:
+                raise ConfigError(f"compress.steps[{i}] ({step.method}) changes the architecture; put it before "
+                                  f"factorization/quantization steps (found {earlier or 'a compressed source'})")
 
 
 @torch.no_grad()
@@ -134,7 +244,7 @@ def _round_to_storage(model: nn.Module, dtype: str, manifest: dict[str, Any]) ->
     if dtype == "float32":
         return
     target = getattr(torch, dtype)
-    int8_weights = {f"{name}.weight" for name in manifest["quantized"]}
+    int8_weights = {f"{name}.weight" for name in manifest["quantized"]}  # codes: their grid is exact already
     for name, p in model.named_parameters():
         if name not in int8_weights and p.is_floating_point():
             p.copy_(p.to(target).to(p.dtype))
@@ -163,8 +273,31 @@ def _fmt(n: int | None, unit: str = "") -> str:
     return f"{n / 1e6:.2f}M{unit}" if n >= 1e5 else f"{n}{unit}"
 
 
+class QualityGateFailed(ConfigError):
+    """A step's perplexity rose past its ``max_ppl_increase``: the chain stops, nothing broken is published."""
+
+
+def _calibration(cfg: CalibrationConfig, tokenizer: Any, text: str | None, source: str | None) -> tuple[Tensor, str]:
+    """The calibration batch [n_samples, seq_len] and where its text came from."""
+    if cfg.text_path is not None:
+        text, source = load_eval_text(cfg.text_path), cfg.text_path
+    elif text is None:
+        data = shared_data_dir()
+        path = data / "wikitext-2" / "wiki.valid.tokens" if data else None
+        if path is None or not path.is_file():
+            raise ConfigError("compress.calibration.text_path: a data-aware step needs calibration text and "
+                              "../shared/data/wikitext-2/wiki.valid.tokens is absent; set it to a text file")
+        text, source = load_eval_text(path), "wikitext-2/wiki.valid.tokens"
+    try:
+        batch = calibration_batches(tokenizer, text, cfg.n_samples, cfg.seq_len, cfg.seed)
+    except ValueError as exc:
+        raise ConfigError(f"compress.calibration: {exc}") from None
+    return batch, source or "passed in by the caller"
+
+
 def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_text: str | None = None,
-                     eval_source: str | None = None) -> Path:
+                     eval_source: str | None = None, calib_text: str | None = None,
+                     calib_source: str | None = None) -> Path:
     """Measure ``model_dir``, apply ``cfg.steps`` in order, save each step under ``out_dir``; returns ``out_dir``.
 
     ``eval_text`` is the perplexity text; when None it is read from ``cfg.eval.text_path``. ``eval_source``
@@ -186,8 +319,14 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
     recipe_path = model_dir / "recipe.json"
     recipe: list[dict[str, Any]] = json.loads(recipe_path.read_text()) if recipe_path.is_file() else []
 
+    _check_order(cfg.steps, manifest, cfg.chain)
+    for step in cfg.steps:
+        step.nm_tuple()  # validates N:M before any work
     model = load_compressed(model_dir, dtype="float32")  # compression math in fp32; storage dtype on save
     tokenizer = load_tokenizer(model_dir)
+    calib, calib_from = None, None
+    if any(step.method in CALIBRATED for step in cfg.steps):
+        calib, calib_from = _calibration(cfg.calibration, tokenizer, calib_text, calib_source)
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline = measure(model, tokenizer, eval_text, model_dir, cfg.eval)
     log.info("baseline %s: ppl %.3f, params %s, bytes %s", model_dir, baseline["perplexity"],
@@ -199,6 +338,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         "steps": [],
         "eval": {**cfg.eval.model_dump(mode="json"), "protocol": "full" if cfg.eval.max_windows is None else "quick",
                  "windows": baseline["windows"], "tokens": baseline["tokens"], "dtype": baseline["dtype"]},
+        "calibration": {**cfg.calibration.model_dump(mode="json"), "source": calib_from} if calib is not None else None,
         "save_dtype": storage,
         "chain": cfg.chain,
         "complete": False,
@@ -213,25 +353,41 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
             model = load_compressed(model_dir, dtype="float32")
             manifest, recipe = copy.deepcopy(source_state[0]), list(source_state[1])
             before = baseline
-        stats = _apply(model, step, manifest)
+        codes: dict[str, tuple] = {}
+        try:
+            stats = _apply(model, step, manifest, codes, calib)
+        except ValueError as exc:  # the methods validate their arguments against the model before any change
+            raise ConfigError(f"compress.steps[{index - 1}] ({step.method}): {exc}") from None
         _round_to_storage(model, storage, manifest)
         manifest["steps"].append({"name": name, "method": step.method, "params": step.params(), "stats": stats})
         recipe.append(step.model_dump(mode="json"))
         final = out_dir / dirname
         tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{dirname}.tmp-"))
         try:
-            save_compressed(model, tmp, tokenizer, manifest, dtype=storage)
+            save_compressed(model, tmp, tokenizer, manifest, dtype=storage, codes=codes)
             _write_json(tmp / "recipe.json", recipe)
             after = measure(model, tokenizer, eval_text, tmp, cfg.eval)
+            rise = after["perplexity"] / baseline["perplexity"] - 1.0
+            gate = None if step.max_ppl_increase is None else ("passed" if rise <= step.max_ppl_increase else "failed")
             _write_json(tmp / "metrics.json", {"name": name, "method": step.method, "before": before,
-                                               "after": after, "stats": stats})
-            _publish(tmp, final)
+                                               "after": after, "stats": stats, "gate": gate})
+            if gate != "failed":
+                _publish(tmp, final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
         seconds = time.perf_counter() - start
         summary["steps"].append({"name": name, "method": step.method, "params": step.params(), "stats": stats,
-                                 "before": before, "after": after, "artifact": str(final), "seconds": seconds})
+                                 "before": before, "after": after, "artifact": str(final) if gate != "failed" else None,
+                                 "seconds": seconds, "gate": gate})
+        if gate == "failed":
+            message = (f"quality gate: step {index} ({name}) raised perplexity {baseline['perplexity']:.3f} -> "
+                       f"{after['perplexity']:.3f} (+{100 * rise:.1f}%), more than max_ppl_increase "
+                       f"{100 * step.max_ppl_increase:.1f}%; its artifact was not saved and the chain stopped. "
+                       "Loosen the gate, or use a gentler setting or a data-aware method for this step")
+            summary["stopped"] = message
+            _write_json(out_dir / "summary.json", summary)
+            raise QualityGateFailed(message)
         _write_json(out_dir / "summary.json", summary)
         log.info("step %d/%d %s: ppl %.3f -> %.3f, params %s -> %s (nonzero %s), bytes %s -> %s, %.1fs",
                  index, len(cfg.steps), step.method, before["perplexity"], after["perplexity"],

@@ -186,7 +186,9 @@ def test_compress_student_writes_summary(tmp_path, model_dir, tok):
     ("steps=[{method: magnitude, sparsity: 1.5}]", "steps.0.sparsity"),
     ("steps=[{method: svd, rank_ratio: 0}]", "steps.0.rank_ratio"),
     ("steps=[{method: svd, rank: 3}]", "steps.0.rank"),
-    ("steps=[{method: gptq}]", "steps.0.method"),
+    ("steps=[{method: obq}]", "steps.0.method"),
+    ("steps=[{method: wanda, nm: two-four}]", "steps.0.nm"),
+    ("calibration.n_samples=0", "calibration.n_samples"),
     ("eval.windw=3", "eval.windw"),
 ])
 def test_bad_config_names_the_field(override, field):

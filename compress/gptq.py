@@ -1,0 +1,197 @@
+"""GPTQ: post-training weight quantization that corrects each rounding error with the remaining weights.
+
+Source: Frantar, Ashkboos, Hoefler & Alistarh 2023, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers" (arXiv 2210.17323), Algorithm 1. For one linear layer with weight
+``W`` [out, in] and calibration inputs ``X`` [in, n], GPTQ minimises ``||W X - Q X||^2`` over weights
+``Q`` on the quantization grid. It quantizes the columns one at a time; after rounding column ``j`` it
+spreads the error over the not-yet-quantized columns with the inverse Hessian ``H^-1`` (``H = 2 X X^T / n``),
+using the upper Cholesky factor of ``H^-1`` so every step is one row of a triangular matrix. Updates are
+applied lazily in blocks of ``block_size`` columns (the paper's speed trick; the result is identical).
+
+Details that follow the reference implementation (github.com/IST-DASLab/gptq):
+
+* dampening: ``damp * mean(diag H)`` is added to the diagonal (``damp=0.01``), retried x10 if Cholesky fails;
+* dead inputs (``H_jj == 0``: the channel is always zero) get ``H_jj = 1`` and ``W[:, j] = 0``;
+* act-order: columns are processed in order of decreasing ``H_jj`` (the most salient first). With groups,
+  the group scales are then computed up front on the original columns ("static groups"), so the codes
+  keep the plain grouped layout of :func:`compress.quantize.quantize_weight` (no ``g_idx`` permutation
+  table); without act-order a group's scale is computed when its first column is reached, on the
+  already-updated weights, as in the reference.
+
+:func:`gptq_model` applies it block by block (:func:`compress.calibrate.run_sequential`): each block
+is calibrated on the outputs of the already-quantized blocks before it.
+
+Hand-written in PyTorch because it is ~100 lines and the packaged versions (llm-compressor, AutoGPTQ)
+drag in their own model wrappers, kernels and session state.
+
+Run::
+
+    from compress.gptq import gptq_model
+    results = gptq_model(model, calibration_batches(tok, text, 128, 512), bits=4, group_size=128)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from compress.calibrate import InputStats, run_sequential
+from compress.quantize import (check_model_quant_args, check_quant_args, codes_to_weight, compute_qparams,
+                               dequantize_weight, fake_quantize, quantize_to_codes, relative_output_error)
+
+log = logging.getLogger(__name__)
+
+
+def _inverse_cholesky(h: Tensor, damp: float) -> tuple[Tensor, float]:
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^-1`` [in, in]; retries with 10x damping."""
+    mean_diag = torch.diagonal(h).mean()
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    for _ in range(4):
+        l_factor, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
+        if int(info) == 0:
+            h_inv = torch.cholesky_inverse(l_factor)
+            u_factor, info = torch.linalg.cholesky_ex(h_inv, upper=True)
+            if int(info) == 0:
+                return u_factor, damp
+        log.warning("gptq: Hessian not positive definite with damp=%g, retrying with %g", damp, damp * 10)
+        damp *= 10
+    raise ValueError(f"gptq: Hessian stays singular even with damp={damp / 10:g}; the calibration inputs are "
+                     "degenerate (too few tokens?) — use more calibration samples or a larger gptq.damp")
+
+
+@torch.no_grad()
+def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | None = 128,
+                         symmetric: bool = True, damp: float = 0.01, act_order: bool = True,
+                         block_size: int = 128) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Any]]:
+    """GPTQ one layer: ``w`` [out, in], Hessian ``H`` [in, in] -> ``(q, scale, zero, stats)``.
+
+    ``q`` [out, in], ``scale``/``zero`` [out, n_groups] are on the grid of
+    :func:`compress.quantize.quantize_weight` (same dtypes), so :func:`compress.quantize.dequantize_weight`
+    turns them into the quantized weight. ``stats``: ``rel_error`` (``||(W - Q) X||^2 / ||W X||^2``),
+    ``rtn_rel_error`` (the same for plain RTN, for comparison), ``dead_columns``, ``damp`` (after retries).
+    """
+    if w.dim() != 2 or H.shape != (w.shape[1], w.shape[1]):
+        raise ValueError(f"gptq expects w [out, in] and H [in, in], got {tuple(w.shape)} and {tuple(H.shape)}")
+    check_quant_args(bits, group_size, w.shape[1])
+    if damp <= 0 or block_size < 1:
+        raise ValueError(f"gptq.damp must be > 0 and block_size >= 1, got damp={damp}, block_size={block_size}")
+    n_out, n_in = w.shape
+    gs = n_in if group_size is None else group_size
+    W = w.detach().to(torch.float32).clone()
+    H = H.detach().to(torch.float32).clone()
+    H_orig = H.clone()
+
+    dead = torch.diagonal(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+
+    n_groups = n_in // gs
+    scale = torch.empty(n_out, n_groups, device=W.device)
+    zero = None if symmetric else torch.empty(n_out, n_groups, device=W.device)
+    static = act_order  # with act-order, groups must be fixed up front to keep the plain layout
+    if static:
+        s, z = compute_qparams(W.reshape(n_out, n_groups, gs), bits, symmetric)
+        scale.copy_(s)
+        if zero is not None:
+            zero.copy_(z)
+
+    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(n_in, device=W.device)
+    W, H = W[:, perm], H[perm][:, perm]
+    group_of = perm // gs  # the (original-order) group of each processed column
+
+    Hinv, used_damp = _inverse_cholesky(H, damp)
+    codes = torch.zeros_like(W)
+    for i1 in range(0, n_in, block_size):
+        i2 = min(i1 + block_size, n_in)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = int(group_of[col])
+            if not static and col % gs == 0:  # a new group: its scale from the updated weights
+                cols = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :gs]
+                s, z = compute_qparams(cols, bits, symmetric)
+                scale[:, g] = s
+                if zero is not None:
+                    zero[:, g] = z
+            zg = None if zero is None else zero[:, g]
+            c = quantize_to_codes(W1[:, i:i + 1], scale[:, g], zg, bits)
+            q = codes_to_weight(c, scale[:, g], zg)[:, 0]
+            codes[:, col] = c[:, 0]
+            err = (W1[:, i] - q) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]  # spread the error over the block's rest
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # ... and, lazily, over all later columns
+
+    codes = codes[:, torch.argsort(perm)]
+    if zero is None:
+        q_out, zero_out = codes.to(torch.int8), None
+    else:
+        q_out, zero_out = codes.to(torch.uint8), zero.to(torch.uint8)
+    w_hat = dequantize_weight(q_out, scale, zero_out, group_size)
+    stats = {"rel_error": relative_output_error(w, w_hat, H_orig),
+             "rtn_rel_error": relative_output_error(w, fake_quantize(w.float(), bits, group_size, symmetric), H_orig),
+             "dead_columns": int(dead.sum()), "damp": used_damp}
+    return q_out, scale, zero_out, stats
+
+
+def _block_prefix(model: nn.Module, block: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if module is block:
+            return name
+    raise ValueError("block not found in model")
+
+
+@torch.no_grad()
+def gptq_model(model: nn.Module, batches: Tensor, bits: int = 4, group_size: int | None = 128,
+               symmetric: bool = True, damp: float = 0.01, act_order: bool = True, block_size: int = 128,
+               skip: tuple[str, ...] = ("lm_head",), batch_size: int = 8) -> dict[str, tuple]:
+    """GPTQ every ``nn.Linear`` of the decoder blocks, block by block, on calibration ``batches`` [n, T] long.
+
+    Weights are overwritten in place with their dequantized values (in their own dtype). Returns
+    ``{qualified name: (q, scale, zero, stats)}`` as :func:`gptq_quantize_weight` returns them, with
+    ``stats["seconds"]`` added. Raises ValueError before any work when ``group_size`` does not divide
+    some layer's input dimension.
+    """
+    from compress.calibrate import decoder_blocks
+
+    def keep(name: str, _m: nn.Linear) -> bool:
+        return name.rsplit(".", 1)[-1] not in skip
+
+    blocks = decoder_blocks(model)
+    check_model_quant_args([(n, m) for b in blocks for n, m in b.named_modules()
+                            if isinstance(m, nn.Linear) and keep(n, m)], bits, group_size)
+    results: dict[str, tuple] = {}
+    bar = tqdm(total=len(blocks), desc="gptq", unit="block")
+
+    def compress_block(i: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
+        prefix = _block_prefix(model, block)
+        for name, st in stats.items():
+            linear = block.get_submodule(name)
+            start = time.perf_counter()
+            q, scale, zero, info = gptq_quantize_weight(linear.weight, st.hessian(), bits, group_size, symmetric,
+                                                        damp, act_order, block_size)
+            linear.weight.copy_(dequantize_weight(q, scale, zero, group_size, linear.weight.dtype))
+            info["seconds"] = time.perf_counter() - start
+            results[f"{prefix}.{name}"] = (q, scale, zero, info)
+            log.debug("gptq %s.%s: rel err %.4g (rtn %.4g)", prefix, name, info["rel_error"], info["rtn_rel_error"])
+        bar.update(1)
+
+    try:
+        run_sequential(model, batches, compress_block, linear_filter=keep, batch_size=batch_size)
+    finally:
+        bar.close()
+    if results:
+        errs = [r[3]["rel_error"] for r in results.values()]
+        rtn = [r[3]["rtn_rel_error"] for r in results.values()]
+        log.info("gptq: int%d %s %s act_order=%s, %d layers, mean rel output error %.4g (rtn %.4g)", bits,
+                 "per-channel" if group_size is None else f"g{group_size}", "sym" if symmetric else "asym",
+                 act_order, len(results), sum(errs) / len(errs), sum(rtn) / len(rtn))
+    return results
+

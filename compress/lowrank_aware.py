@@ -1,0 +1,279 @@
+"""Activation-aware low-rank factorization (ASVD, SVD-LLM) with a global per-layer rank allocation.
+
+Plain truncated SVD (:mod:`compress.factorize`) minimises ``||W - W_r||_F``, but what the model needs
+preserved is the layer's *output* on real inputs, ``||(W - W_r) X||_F`` (``X`` [in, tokens]). Two fixes:
+
+* **ASVD** (Yuan et al. 2023, "ASVD: Activation-aware Singular Value Decomposition for Compressing Large
+  Language Models", arXiv 2312.05821): scale input channel ``j`` by ``S_jj = mean|x_j|^alpha`` before the
+  SVD, ``W S = U Σ V^T``, and undo it on the down factor: ``W ≈ (U_r √Σ_r)(√Σ_r V_r^T S^-1)``. Channels
+  that carry large activations keep more of their weights. A heuristic: it does not minimise the output
+  error exactly.
+* **SVD-LLM** (Wang et al. 2024, "SVD-LLM: Truncation-aware Singular Value Decomposition for Large Language
+  Model Compression", arXiv 2403.07378, Sec. 3.1): with the Gram ``H = X X^T = L L^T`` (Cholesky),
+  ``||(W - W') X||_F = ||(W - W') L||_F``, so truncating the SVD of ``W L = U Σ V^T`` and mapping back,
+  ``W' = U_r Σ_r V_r^T L^-1``, is the exact minimiser over rank-``r`` ``W'`` (Eckart–Young applied to
+  ``W L``; ``L`` is invertible), and each dropped ``σ_i^2`` is exactly the output error it adds.
+
+Factors are stored as a plain :class:`compress.factorize.LowRankLinear` (``up = U_r √Σ_r``,
+``down = √Σ_r V_r^T T^-1`` for the transform ``T`` = ``S`` or ``L``), so artifacts need nothing beyond the
+manifest's ``factorized: {name: rank}``.
+
+**Rank allocation**: :func:`compress.factorize.allocate_ranks` on the spectrum each method truncates
+(``W``, ``W S`` or ``W L``). For SVD-LLM's, the kept energy fraction is exactly one minus the layer's relative
+squared output error on the calibration data, so the allocation trades output error against weights.
+
+**Calibration**: one full forward on the *original* model (:func:`compress.calibrate.collect_input_stats`),
+not :func:`compress.calibrate.run_sequential`: the global allocation needs every layer's spectrum before
+any layer is factorized, SVD-LLM's Algorithm 1 whitens with the original model's activations, and one pass
+costs one forward instead of one per block. Layers that read the same tensor (q/k/v; gate/up in Llama)
+share one Gram. Written by hand: the reference code of both papers is research scripts tied to their own
+model loaders, and neither torch nor transformers offers these decompositions.
+
+Run: ``python -c "from compress.lowrank_aware import factorize_model_aware; ..."`` (see the function).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from compress import replace_module, target_linears
+from compress.calibrate import InputStats, collect_input_stats
+from compress.factorize import (ALLOCATIONS, Allocation, allocate_ranks, allocated_params,
+                                low_rank_from_factors, svd_factors)
+
+log = logging.getLogger(__name__)
+
+Method = Literal["svd", "asvd", "svdllm"]
+METHODS = ("svd", "asvd", "svdllm")
+
+# In Llama-style blocks these read exactly the tensor their sibling reads (the same normed hidden state),
+# so one Gram serves all of them: 3/7 fewer [in, in] accumulations and less memory.
+_SHARED_INPUT = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}
+
+
+def _check_weight(weight: Tensor, rank: int, what: str) -> None:
+    if weight.dim() != 2:
+        raise ValueError(f"{what} expects a 2-D [out, in] weight, got shape {tuple(weight.shape)}")
+    if rank < 1:
+        raise ValueError(f"{what} rank must be >= 1, got {rank}")
+
+
+def _split(u: Tensor, s: Tensor, vh: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """Truncated SVD ``U Σ V^T`` -> ``(U_r √Σ_r [out, r], √Σ_r V_r^T [r, in])``."""
+    r = min(rank, s.numel())
+    root = s[:r].sqrt()
+    return u[:, :r] * root[None, :], root[:, None] * vh[:r, :]
+
+
+def activation_scale(abs_mean: Tensor, alpha: float = 0.5) -> Tensor:
+    """ASVD's ``diag(S)`` [in] (float64): ``mean|x_j|^alpha``, channels floored at 1e-5 x the largest.
+
+    The floor keeps ``S^-1`` finite for dead channels (mean 0 on the calibration text); their columns are
+    then approximated as in plain SVD instead of being scaled to nothing and divided back up.
+    """
+    if abs_mean.dim() != 1:
+        raise ValueError(f"abs_mean must be 1-D [in], got shape {tuple(abs_mean.shape)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"asvd alpha must be in [0, 1], got {alpha}")
+    a = abs_mean.detach().to(torch.float64)
+    if not torch.isfinite(a).all() or (a < 0).any():
+        raise ValueError("abs_mean must be finite and >= 0 (a mean of |x|)")
+    top = a.max()
+    if top <= 0:
+        log.warning("asvd: activation scale is all zero (layer saw no input); using plain SVD for it")
+        return torch.ones_like(a)
+    return a.clamp_min(1e-5 * top).pow(alpha)
+
+
+def asvd_factors(weight: Tensor, abs_mean: Tensor, rank: int, alpha: float = 0.5) -> tuple[Tensor, Tensor]:
+    """ASVD: ``weight`` [out, in], ``abs_mean`` [in] -> ``(up [out, r], down [r, in])``, ``r = min(rank, out, in)``.
+
+    ``W S = U Σ V^T`` with ``S = diag(abs_mean^alpha)``; ``up = U_r √Σ_r``, ``down = √Σ_r V_r^T S^-1``.
+    Computed in float64, returned in ``weight``'s dtype; exact (to rounding) at full rank.
+    """
+    _check_weight(weight, rank, "asvd_factors")
+    if abs_mean.shape != (weight.shape[1],):
+        raise ValueError(f"abs_mean must have shape [{weight.shape[1]}] (= in), got {tuple(abs_mean.shape)}")
+    scale = activation_scale(abs_mean, alpha).to(weight.device)
+    u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64) * scale[None, :], full_matrices=False)
+    up, down = _split(u, s, vh, rank)
+    return up.to(weight.dtype), (down / scale[None, :]).to(weight.dtype)
+
+
+def cholesky_whitening(gram: Tensor, damp: float = 0.0) -> Tensor:
+    """Lower-triangular ``L`` [in, in] (float64) with ``L L^T = gram + λ I``, ``λ = damp * mean(diag(gram))``.
+
+    ``damp > 0`` is a ridge: it minimises ``||(W - W')X||^2 + λ ||W - W'||^2``, which keeps directions the
+    calibration text never excites close to ``W`` instead of arbitrary. The Gram is only positive
+    *semi*-definite: it is singular when there are fewer tokens than input features or dead (always-zero)
+    channels, and fp32 accumulation of activation outliers can push tiny eigenvalues below zero. When the
+    Cholesky fails, the diagonal is shifted by ``-λ_min + 1e-6 * mean(diag)`` — the fix in SVD-LLM's reference
+    code, whose absolute ``1e-6`` is made relative to the Gram's scale here — growing 10x until it
+    succeeds; a warning names the shift.
+    """
+    if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"gram must be square [in, in], got shape {tuple(gram.shape)}")
+    if damp < 0:
+        raise ValueError(f"svdllm damp must be >= 0, got {damp}")
+    h = gram.detach().to(torch.float64)
+    h = (h + h.T) / 2  # addmm accumulation leaves round-off asymmetry; Cholesky reads one triangle only
+    scale = h.diagonal().mean()
+    if not torch.isfinite(h).all() or scale <= 0:
+        raise ValueError("gram must be finite with a positive diagonal; did the layer see any non-zero input?")
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    lam = damp * scale
+    factor, info = torch.linalg.cholesky_ex(h + lam * eye)
+    if int(info) == 0:
+        return factor
+    shift = lam + (-torch.linalg.eigvalsh(h)[0]).clamp_min(0) + 1e-6 * scale
+    for _ in range(6):
+        factor, info = torch.linalg.cholesky_ex(h + shift * eye)
+        if int(info) == 0:
+            log.warning("svdllm: Gram [%d, %d] is not positive definite; added %.3g (= %.2g x mean diag) to "
+                        "its diagonal", h.shape[0], h.shape[1], float(shift), float(shift / scale))
+            return factor
+        shift = shift * 10
+    raise ValueError(f"Gram [{h.shape[0]}, {h.shape[1]}] stays indefinite after a {float(shift):.3g} shift; "
+                     "it is not a Gram matrix (sum of x x^T)")
+
+
+def svdllm_factors(weight: Tensor, gram: Tensor, rank: int, damp: float = 0.0) -> tuple[Tensor, Tensor]:
+    """SVD-LLM: ``weight`` [out, in], ``gram`` [in, in] = Σ x x^T -> ``(up [out, r], down [r, in])``.
+
+    ``W L = U Σ V^T`` (``L`` from :func:`cholesky_whitening`); ``up = U_r √Σ_r``, ``down = √Σ_r V_r^T L^-1``
+    (a triangular solve, not an explicit inverse). ``up @ down`` minimises ``||(W - W') X||_F`` over
+    rank-``r`` ``W'``. Computed in float64, returned in ``weight``'s dtype.
+    """
+    _check_weight(weight, rank, "svdllm_factors")
+    if gram.shape != (weight.shape[1], weight.shape[1]):
+        raise ValueError(f"gram must have shape [{weight.shape[1]}, {weight.shape[1]}] (= [in, in]), "
+                         f"got {tuple(gram.shape)}")
+    chol = cholesky_whitening(gram.to(weight.device), damp)
+    u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64) @ chol, full_matrices=False)
+    up, down = _split(u, s, vh, rank)
+    down = torch.linalg.solve_triangular(chol, down, upper=False, left=False)  # down @ L = √Σ_r V_r^T
+    return up.to(weight.dtype), down.to(weight.dtype)
+
+
+def layer_spectrum(weight: Tensor, method: Method, stats: InputStats | None = None, alpha: float = 0.5,
+                   damp: float = 0.0) -> Tensor:
+    """Singular values [min(out, in)] (float64, descending) of the matrix ``method`` truncates:
+    ``W`` (svd), ``W S`` (asvd) or ``W L`` (svdllm)."""
+    if method != "svd" and stats is None:
+        raise ValueError(f"layer_spectrum: method {method!r} needs the layer's InputStats")
+    w = weight.detach().to(torch.float64)
+    if method == "asvd":
+        w = w * activation_scale(stats.abs_mean, alpha).to(w.device)[None, :]
+    elif method == "svdllm":
+        w = w @ cholesky_whitening(stats.gram.to(w.device), damp)
+    return torch.linalg.svdvals(w)
+
+
+@torch.no_grad()
+def collect_layer_stats(model: nn.Module, batches: Tensor, names: list[str] | None = None, batch_size: int = 8,
+                        skip: tuple[str, ...] = ("lm_head",)) -> dict[str, InputStats]:
+    """One forward over ``batches`` [n, T] -> ``{name: InputStats}`` of the original model's linears.
+
+    ``names`` defaults to every decoder linear (:func:`compress.target_linears`). Siblings in
+    :data:`_SHARED_INPUT` share one (identical) object. Pass the result to :func:`factorize_model_aware` as
+    ``stats`` to compare methods on one calibration pass.
+    """
+    if batches.dim() != 2 or batches.numel() == 0:
+        raise ValueError(f"calibration batches must be [n, T] token ids, got {tuple(batches.shape)}")
+    if names is None:
+        names = [n for n, _ in target_linears(model, skip=skip, include_low_rank=False)]
+    source: dict[str, str] = {}
+    for name in names:
+        prefix, _, leaf = name.rpartition(".")
+        sibling = f"{prefix}.{_SHARED_INPUT[leaf]}" if leaf in _SHARED_INPUT else None
+        source[name] = sibling if sibling in names else name
+    hooked = {n: model.get_submodule(n) for n in sorted(set(source.values()), key=names.index)}
+    stats = collect_input_stats(model, batches, hooked, batch_size=batch_size)
+    missing = [n for n in hooked if n not in stats]
+    if missing:
+        raise ValueError(f"calibration never reached {missing[:3]}...; is the model's forward using them?")
+    return {n: stats[source[n]] for n in names}
+
+
+@torch.no_grad()
+def factorize_model_aware(model: nn.Module, batches: Tensor | None, method: Method = "svdllm",
+                          param_reduction: float = 0.2, allocation: Allocation = "energy", alpha: float = 0.5,
+                          damp: float = 0.0, batch_size: int = 8, skip: tuple[str, ...] = ("lm_head",),
+                          stats: dict[str, InputStats] | None = None) -> dict:
+    """Factorize the decoder linears so their weights shrink by ``param_reduction``; modifies ``model``.
+
+    ``batches`` [n, T] token ids for calibration; may be None for ``method="svd"`` or when ``stats`` (from
+    :func:`collect_layer_stats` on this unmodified model) are given. ``method``:
+    ``"svd"`` (plain), ``"asvd"`` (``alpha``: activation exponent) or ``"svdllm"`` (``damp``: ridge, see
+    :func:`cholesky_whitening`). ``allocation``: ``"energy"``, ``"uniform"`` or ``"per_layer"``
+    (:func:`allocate_ranks`).
+    Returns ``{"method", "allocation", "param_reduction", "factorized": {name: rank}, "skipped": {name:
+    reason}, "params_before", "params_after", "params_target", "seconds"}`` — counts over the touched
+    layers' weights, as :func:`compress.factorize.factorize_model` reports them.
+    """
+    if method not in METHODS:
+        raise ValueError(f"low-rank method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not 0.0 < param_reduction < 1.0:
+        raise ValueError(f"param_reduction must be in (0, 1), got {param_reduction}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if method != "svd" and stats is None and (batches is None or batches.dim() != 2 or batches.numel() == 0):
+        raise ValueError(f"method {method!r} needs calibration batches [n, T] of token ids (or stats), got "
+                         f"{None if batches is None else tuple(batches.shape)}")
+    start = time.perf_counter()
+    linears = dict(target_linears(model, skip=skip, include_low_rank=False))
+    if not linears:
+        raise ValueError("the model has no decoder nn.Linear layers left to factorize")
+    if method != "svd" and stats is None:
+        stats = collect_layer_stats(model, batches, list(linears), batch_size)
+    stats = stats or {}
+    missing = [n for n in linears if method != "svd" and n not in stats]
+    if missing:
+        raise ValueError(f"stats lack {len(missing)} layer(s), e.g. {missing[0]!r}; collect them on this model")
+    calibrated = time.perf_counter()
+
+    layers = {name: (*lin.weight.shape, layer_spectrum(lin.weight, method, stats.get(name), alpha, damp))
+              for name, lin in tqdm(linears.items(), desc=f"{method} spectra", unit="layer", leave=False)}
+    ranks = allocate_ranks(layers, 1.0 - param_reduction, allocation)
+
+    factorized: dict[str, int] = {}
+    for name, rank in tqdm(ranks.items(), desc=f"{method} factors", unit="layer", leave=False):
+        if rank is None:
+            continue
+        w = linears[name].weight
+        if method == "svd":
+            up, down = svd_factors(w, rank)
+        elif method == "asvd":
+            up, down = asvd_factors(w, stats[name].abs_mean, rank, alpha)
+        else:
+            up, down = svdllm_factors(w, stats[name].gram, rank, damp)
+        replace_module(model, name, low_rank_from_factors(linears[name], up, down))
+        factorized[name] = rank
+    skipped = {n: "its allocated rank reached break-even (rank * (in + out) >= in * out): dense is smaller "
+                  "and exact" for n, r in ranks.items() if r is None}
+
+    before = sum(o * i for o, i, _ in layers.values())
+    after = allocated_params(layers, ranks)
+    by_kind: dict[str, list[int | None]] = defaultdict(list)
+    for name, rank in ranks.items():
+        by_kind[name.rsplit(".", 1)[-1]].append(rank)
+    log.info("%s/%s: %d layers factorized, %d dense; weights %d -> %d (%.1f%% fewer, target %.1f%%)", method,
+             allocation, len(factorized), len(skipped), before, after, 100 * (1 - after / before),
+             100 * param_reduction)
+    for kind, kind_ranks in by_kind.items():
+        kept = [r for r in kind_ranks if r is not None]
+        span = f"rank {min(kept)}-{max(kept)}, mean {sum(kept) / len(kept):.0f}" if kept else "-"
+        log.info("  %-10s %3d dense, %3d factorized (%s)", kind, len(kind_ranks) - len(kept), len(kept), span)
+    done = time.perf_counter()
+    return {"method": method, "allocation": allocation, "param_reduction": param_reduction,
+            "factorized": factorized, "skipped": skipped, "params_before": before, "params_after": after,
+            "params_target": math.floor((1.0 - param_reduction) * before),
+            "seconds": {"calibrate": calibrated - start, "factorize": done - calibrated}}
