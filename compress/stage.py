@@ -39,6 +39,7 @@ from compress.gptq import gptq_model
 from compress.lowrank_aware import factorize_model_aware
 from compress.prune import magnitude_model, prune_model, wanda_model
 from compress.quantize import quantize_model, quantize_model_rtn
+from compress.recover import recover
 from compress.sparsegpt import sparsegpt_model
 from compress.structured import depth_prune, width_prune
 from distill.config import ConfigError, StageConfig, shared_data_dir
@@ -71,6 +72,8 @@ class CompressStep(StageConfig):
     fraction: float = Field(0.25, ge=0.0, lt=1.0, description="depth: fraction of decoder blocks dropped")
     mlp_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="width: fraction of MLP channels removed")
     kv_head_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="width: fraction of KV-head groups removed")
+    recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm: KD steps from the pre-compression model afterwards (Minitron-style recovery)")
+    recover_lr: float = Field(1e-4, gt=0.0, description="recovery: AdamW peak learning rate")
     max_ppl_increase: float | None = Field(None, gt=0.0, description="quality gate: stop the chain when perplexity rises more than this fraction over the baseline (0.05 = 5%)")
     name: str | None = None
 
@@ -159,14 +162,29 @@ def _scalar_stats(stats: dict[str, Any]) -> dict[str, Any]:
             out[k] = v
         elif isinstance(v, (list, tuple)) and len(v) <= 64 and all(isinstance(x, (int, float)) for x in v):
             out[k] = list(v)
-        elif isinstance(v, dict) and len(v) <= 16 and all(isinstance(x, (int, float, list)) for x in v.values()):
+        elif isinstance(v, dict) and len(v) <= 16 and all(isinstance(x, (int, float, list, str)) for x in v.values()):
             out[k] = v
     return out
 
 
+RECOVERABLE = {"depth", "width", "svd", "asvd", "svdllm"}
+
+
 def _apply(model: nn.Module, step: CompressStep, manifest: dict[str, Any], codes: dict[str, tuple],
-           calib: Tensor | None) -> dict[str, Any]:
-    """Run one step in place, record it in ``manifest`` (and quantization codes in ``codes``); returns stats."""
+           calib: Tensor | None, teacher: nn.Module | None = None) -> dict[str, Any]:
+    """Run one step in place, record it in ``manifest`` (and quantization codes in ``codes``); returns stats.
+
+    With ``step.recover_steps`` the step ends with recovery distillation from ``teacher`` (the model as it
+    was before this chain) on the calibration windows.
+    """
+    stats = _run_method(model, step, manifest, codes, calib)
+    if step.recover_steps:
+        stats["recovery"] = recover(model, teacher, calib, step.recover_steps, step.recover_lr)
+    return stats
+
+
+def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], codes: dict[str, tuple],
+                calib: Tensor | None) -> dict[str, Any]:
     m = step.method
     if m == "magnitude" and step.nm is None:
         stats = prune_model(model, step.sparsity)
@@ -320,12 +338,15 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
     recipe: list[dict[str, Any]] = json.loads(recipe_path.read_text()) if recipe_path.is_file() else []
 
     _check_order(cfg.steps, manifest, cfg.chain)
-    for step in cfg.steps:
+    for i, step in enumerate(cfg.steps):
         step.nm_tuple()  # validates N:M before any work
+        if step.recover_steps and step.method not in RECOVERABLE:
+            raise ConfigError(f"compress.steps[{i}].recover_steps: recovery follows {', '.join(sorted(RECOVERABLE))} "
+                              f"steps, not {step.method} (it would move pruned/quantized weights off their grid)")
     model = load_compressed(model_dir, dtype="float32")  # compression math in fp32; storage dtype on save
     tokenizer = load_tokenizer(model_dir)
     calib, calib_from = None, None
-    if any(step.method in CALIBRATED for step in cfg.steps):
+    if any(step.method in CALIBRATED or step.recover_steps for step in cfg.steps):
         calib, calib_from = _calibration(cfg.calibration, tokenizer, calib_text, calib_source)
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline = measure(model, tokenizer, eval_text, model_dir, cfg.eval)
@@ -345,6 +366,8 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
     }
     before = baseline
     source_state = (copy.deepcopy(manifest), list(recipe))
+    # the pre-compression model teaches recovery steps (kept only when one asks for it)
+    teacher = copy.deepcopy(model).requires_grad_(False) if any(s.recover_steps for s in cfg.steps) else None
     for index, step in enumerate(cfg.steps, start=1):
         dirname = f"{index:02d}-{step.method}"
         name = step.name or dirname
@@ -355,7 +378,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
             before = baseline
         codes: dict[str, tuple] = {}
         try:
-            stats = _apply(model, step, manifest, codes, calib)
+            stats = _apply(model, step, manifest, codes, calib, teacher)
         except ValueError as exc:  # the methods validate their arguments against the model before any change
             raise ConfigError(f"compress.steps[{index - 1}] ({step.method}): {exc}") from None
         _round_to_storage(model, storage, manifest)

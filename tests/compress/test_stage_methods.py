@@ -103,3 +103,31 @@ def test_side_by_side_families_from_one_source(model_dir, tmp_path):
     base = json.loads((out / "summary.json").read_text())["baseline"]
     assert all(s["before"] == base for s in steps)  # each from the source model
     assert torch.isfinite(torch.tensor([s["after"]["perplexity"] for s in steps])).all()
+
+
+def test_depth_pruning_with_recovery_distillation_closes_the_gap(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from byte_models import VOCAB
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    src = tmp_path / "six"
+    LlamaForCausalLM(cfg).save_pretrained(src, safe_serialization=True)
+    byte_tokenizer().save_pretrained(src)
+    steps = _cfg({"method": "depth", "fraction": 0.34}, {"method": "depth", "fraction": 0.34, "recover_steps": 40,
+                                                         "recover_lr": 3e-3}, chain=False)
+    steps.calibration.text_path = None
+    out = compress_student(steps, src, tmp_path / "d", eval_text=TEXT, calib_text=TEXT)
+    summary = json.loads((out / "summary.json").read_text())
+    base = summary["baseline"]["perplexity"]
+    plain, recovered = summary["steps"]
+    assert json.loads((out / "01-depth" / "config.json").read_text())["num_hidden_layers"] == 4
+    assert plain["stats"]["dropped"] == recovered["stats"]["dropped"]
+    rec = recovered["stats"]["recovery"]
+    assert rec["loss_last"] < 0.5 * rec["loss_first"]
+    gap = abs(plain["after"]["perplexity"] - base)
+    assert abs(recovered["after"]["perplexity"] - base) < 0.5 * gap  # closes more than half the gap
+    with pytest.raises(ConfigError, match="recover_steps"):
+        compress_student(_cfg({"method": "rtn", "recover_steps": 5}), src, tmp_path / "x", eval_text=TEXT)
