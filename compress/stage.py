@@ -62,8 +62,8 @@ class CompressStep(StageConfig):
     method: Method
     sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="magnitude/wanda/sparsegpt: fraction of weights zeroed per layer")
     nm: str | None = Field(None, pattern=r"^\d+:\d+$", description="magnitude/wanda/sparsegpt: semi-structured N:M, e.g. '2:4' (overrides sparsity)")
-    rank_ratio: float = Field(0.5, gt=0.0, le=1.0, description="svd: kept rank / min(out, in), the same for every layer")
-    param_reduction: float = Field(0.2, gt=0.0, lt=1.0, description="asvd/svdllm: fraction of decoder-linear weights removed; ranks allocated per layer")
+    rank_ratio: float | None = Field(None, gt=0.0, le=1.0, description="svd: kept rank / min(out, in), the same for every layer (None: use param_reduction)")
+    param_reduction: float = Field(0.2, gt=0.0, lt=1.0, description="svd (without rank_ratio)/asvd/svdllm: fraction of decoder-linear weights removed; ranks allocated per layer")
     bits: int = Field(4, ge=2, le=8, description="rtn/gptq/awq: weight bits")
     group_size: int | None = Field(128, ge=1, description="rtn/gptq/awq: input columns per scale (None: per output channel)")
     symmetric: bool = Field(True, description="rtn/gptq/awq: symmetric codes (no zero point)")
@@ -90,7 +90,8 @@ class CompressStep(StageConfig):
         quant = {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
         prune = {"sparsity": self.sparsity, "nm": self.nm}
         return {"magnitude": prune, "wanda": prune, "sparsegpt": prune | {"damp": self.damp},
-                "svd": {"rank_ratio": self.rank_ratio}, "asvd": {"param_reduction": self.param_reduction},
+                "svd": {"rank_ratio": self.rank_ratio} if self.rank_ratio is not None else {"param_reduction": self.param_reduction},
+                "asvd": {"param_reduction": self.param_reduction},
                 "svdllm": {"param_reduction": self.param_reduction}, "rtn_int8": {"bits": 8},
                 "rtn": quant, "gptq": quant | {"damp": self.damp, "act_order": self.act_order}, "awq": quant,
                 "depth": {"fraction": self.fraction},
@@ -194,7 +195,7 @@ def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], 
         stats = wanda_model(model, calib, step.sparsity, step.nm_tuple())
     elif m == "sparsegpt":
         stats = sparsegpt_model(model, calib, step.sparsity, step.nm_tuple(), damp=step.damp)
-    elif m == "svd":
+    elif m == "svd" and step.rank_ratio is not None:
         result = factorize_model(model, step.rank_ratio)
         manifest["factorized"].update(result["factorized"])
         for name in result["factorized"]:
@@ -202,7 +203,7 @@ def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], 
         stats = {"rank_ratio": step.rank_ratio, "layers_factorized": len(result["factorized"]),
                  "layers_left_dense": len(result["skipped"]), "weights_before": result["params_before"],
                  "weights_after": result["params_after"]}
-    elif m in ("asvd", "svdllm"):
+    elif m in ("svd", "asvd", "svdllm"):
         result = factorize_model_aware(model, calib, m, step.param_reduction)
         manifest["factorized"].update(result["factorized"])
         stats = {"param_reduction": step.param_reduction, "layers_factorized": len(result["factorized"]),

@@ -59,6 +59,22 @@ def resolve_eval_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[st
     raise ConfigError("compress.eval.text_path: no evaluation text found; set it to a text file")
 
 
+def resolve_calib_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[str | None, str | None]:
+    """(text, source) for calibration when neither the config nor ../shared/data provides one: the generated
+    dataset's training answers. (None, None) lets the compress stage use its own default."""
+    data = shared_data_dir()
+    if cfg.compress.calibration.text_path or (data and (data / "wikitext-2" / "wiki.valid.tokens").is_file()):
+        return None, None
+    if dataset_dir is not None:
+        from datasets import load_from_disk
+
+        dd = load_from_disk(str(dataset_dir))
+        texts = [m[-1]["content"] for m in dd["train"]["messages"]] if "messages" in dd["train"].column_names else []
+        if texts:
+            return "\n\n".join(texts), "dataset train split (teacher outputs)"
+    return None, None
+
+
 def _not_config_error(task, task_run, state) -> bool:
     try:
         state.result()
@@ -95,7 +111,9 @@ def _tasks():
         cfg = PipelineConfig.model_validate_json(cfg_json)
         text, source = resolve_eval_text(cfg, Path(dataset_dir) if dataset_dir else None)
         log.info("perplexity text: %s", source)
-        return str(compress_student(cfg.compress, Path(model_dir), Path(out_dir), eval_text=text, eval_source=source))
+        calib, calib_source = resolve_calib_text(cfg, Path(dataset_dir) if dataset_dir else None)
+        return str(compress_student(cfg.compress, Path(model_dir), Path(out_dir), eval_text=text, eval_source=source,
+                                    calib_text=calib, calib_source=calib_source))
 
     @task(name="report", cache_policy=NONE)
     def report_task(run_dir: str, timings: dict) -> str:
