@@ -78,8 +78,8 @@ def prune_model(model: nn.Module, sparsity: float, skip: tuple[str, ...] = ("lm_
 def resolve_sparsity(sparsity: float, nm: tuple[int, int] | None) -> float:
     """Validate ``sparsity`` / ``nm=(n kept, m group)`` and return the target fraction of zeros.
 
-    With ``nm`` the sparsity is ``1 - n/m``; a ``sparsity`` that disagrees raises ValueError rather than
-    silently ignoring one of the two.
+    With ``nm`` the pattern decides: the sparsity is ``1 - n/m`` and a ``sparsity`` that disagrees is
+    overridden with a warning (the stage config documents ``nm`` as overriding ``sparsity``).
     """
     if nm is None:
         if not 0.0 <= sparsity < 1.0:
@@ -89,8 +89,7 @@ def resolve_sparsity(sparsity: float, nm: tuple[int, int] | None) -> float:
         raise ValueError(f"nm must be (n kept, m group size) with 0 < n <= m, got {nm}")
     implied = 1.0 - nm[0] / nm[1]
     if abs(sparsity - implied) > 1e-9:
-        raise ValueError(f"sparsity={sparsity} disagrees with nm={tuple(nm)} (which means sparsity {implied:g}); "
-                         f"pass sparsity={implied:g}")
+        log.warning("sparsity=%g ignored: N:M %d:%d fixes the sparsity at %g", sparsity, nm[0], nm[1], implied)
     return implied
 
 

@@ -35,9 +35,8 @@ def test_nm_mask_rejects_bad_shapes():
         nm_mask(torch.randn(4, 10), 2, 4)
     with pytest.raises(ValueError, match="0 < n <= m"):
         nm_mask(torch.randn(4, 8), 5, 4)
-    with pytest.raises(ValueError, match="disagrees"):
-        resolve_sparsity(0.3, (2, 4))
     assert resolve_sparsity(0.5, (2, 4)) == 0.5
+    assert resolve_sparsity(0.5, (1, 4)) == 0.75  # the pattern overrides a disagreeing sparsity
 
 
 def test_wanda_with_constant_norms_is_per_row_magnitude():
