@@ -1,13 +1,16 @@
-"""Post-training compression of a distilled student: one method per family, chained in order.
+"""Post-training compression of a distilled student: quantize, prune, factorize — chained or side by side.
 
-* :mod:`compress.prune` — unstructured magnitude pruning (Han et al. 2015, "Learning both Weights and
-  Connections for Efficient Neural Networks").
-* :mod:`compress.factorize` — truncated-SVD low-rank factorization (Denton et al. 2014, "Exploiting
-  Linear Structure Within Convolutional Networks for Efficient Evaluation").
-* :mod:`compress.quantize` — round-to-nearest symmetric per-output-channel int8 weights (the RTN
-  baseline of Dettmers et al. 2022, "LLM.int8()", and Frantar et al. 2023, "GPTQ").
-* :mod:`compress.artifact` saves/loads the result as safetensors plus a JSON manifest (no pickle);
-  :mod:`compress.eval` measures parameters, bytes and perplexity; :mod:`compress.stage` runs the chain.
+* quantize: :mod:`compress.quantize` (RTN int8 per channel; grouped RTN 2-8 bit), :mod:`compress.gptq`
+  (Frantar et al. 2023), :mod:`compress.awq` (Lin et al. 2024); :mod:`compress.export` writes
+  compressed-tensors folders that vLLM and transformers load.
+* prune: :mod:`compress.prune` (magnitude, Han et al. 2015; Wanda, Sun et al. 2023; N:M),
+  :mod:`compress.sparsegpt` (Frantar & Alistarh 2023), :mod:`compress.structured` (depth by angular
+  distance, Gromov et al. 2024; width by activation importance, Minitron 2024).
+* factorize: :mod:`compress.factorize` (truncated SVD), :mod:`compress.lowrank_aware` (ASVD, SVD-LLM,
+  per-layer rank allocation); :mod:`compress.recover` distils the compressed model from the original.
+* :mod:`compress.calibrate` gives the data-aware methods their activation statistics;
+  :mod:`compress.artifact` saves/loads safetensors plus a JSON manifest (no pickle); :mod:`compress.eval`
+  measures; :mod:`compress.stage` runs the configured steps with quality gates.
 
 Only the ``nn.Linear`` layers of the decoder blocks are touched: embeddings and the LM head are tied in
 the models eakd uses, so compressing one would silently compress the other.
