@@ -22,6 +22,8 @@ options are the ranks below break-even (``r (in + out) < in * out``) and "dense"
 costs less *and* is exact (square 576x576 layers only save weights below rank 288). Solved with a
 Lagrange multiplier (every layer picks ``argmax log E - tau * cost``, ``tau`` bisected to the budget), then
 Zhang et al.'s greedy — the rank step with the largest log-energy gain per weight next — on the leftover.
+``"loss"`` runs the same solver on additive per-component loss estimates instead (the Fisher-weighted
+allocation of :mod:`compress.lowrank_aware`, which measured far better than the energy objective).
 Baselines: ``"uniform"``, one ``rank_ratio`` for every layer (as :func:`factorize_model`) bisected to the
 budget; ``"per_layer"``, every layer keeps the same fraction of its weights (the setting of the ASVD and
 SVD-LLM papers' experiments).
@@ -44,8 +46,8 @@ from compress import replace_module, target_linears
 
 log = logging.getLogger(__name__)
 
-Allocation = Literal["energy", "uniform", "per_layer"]
-ALLOCATIONS = ("energy", "uniform", "per_layer")
+Strategy = Literal["energy", "loss", "uniform", "per_layer"]
+STRATEGIES = ("energy", "loss", "uniform", "per_layer")
 
 
 class LowRankLinear(nn.Module):
@@ -191,15 +193,17 @@ def _uniform_ranks(layers: dict[str, tuple[int, int, Tensor]], budget: int) -> d
 
 
 def allocate_ranks(layers: dict[str, tuple[int, int, Tensor]], target_param_ratio: float,
-                   strategy: Allocation = "energy") -> dict[str, int | None]:
+                   strategy: Strategy = "energy") -> dict[str, int | None]:
     """Per-layer ranks so the layers' weights total at most ``target_param_ratio`` x their dense count.
 
-    ``layers``: ``{name: (out, in, singular values [min(out, in)])}`` of the matrix each method truncates.
-    Returns ``{name: rank}``, or ``None`` for a layer left dense (never a rank at or past break-even).
-    ``strategy="energy"``: maximise ``Σ log E_l(r_l)`` (module docstring) — a Lagrangian pick per layer, then
-    Zhang et al. 2016's greedy on the leftover; the total ends within one rank step (``in + out`` of some
-    layer) below the budget. ``"uniform"``: one rank ratio for all layers, bisected (layers past
-    break-even stay dense). ``"per_layer"``: every layer keeps the same fraction of its weights,
+    ``layers``: ``{name: (out, in, values [min(out, in)])}``; the values are the singular values of the matrix
+    each method truncates, except for ``"loss"``. Returns ``{name: rank}``, or ``None`` for a layer left dense
+    (never a rank at or past break-even). ``strategy="energy"``: maximise ``Σ log E_l(r_l)`` (module
+    docstring) — a Lagrangian pick per layer, then Zhang et al. 2016's greedy on the leftover; the total ends
+    within one rank step (``in + out`` of some layer) below the budget. ``"loss"``: the same solver, but the
+    values are additive estimates ``Δ_i >= 0`` of the loss increase from dropping component ``i`` (in
+    truncation order) and the objective is ``-Σ_l Σ_{i > r_l} Δ_{l,i}``. ``"uniform"``: one rank ratio for
+    all layers, bisected (layers past break-even stay dense). ``"per_layer"``: every layer keeps the same fraction of its weights,
     ``r = floor(ratio * in * out / (in + out))`` — the "compression ratio" of the ASVD and SVD-LLM papers'
     experiments; it factorizes square layers too.
     Raises ValueError when the target is outside (0, 1] or below what rank 1 everywhere costs.
@@ -210,8 +214,8 @@ def allocate_ranks(layers: dict[str, tuple[int, int, Tensor]], target_param_rati
         raise ValueError("allocate_ranks got no layers")
     dense_total = sum(o * i for o, i, _ in layers.values())
     budget = math.floor(target_param_ratio * dense_total)
-    if strategy not in ALLOCATIONS:
-        raise ValueError(f"rank allocation strategy must be one of {', '.join(ALLOCATIONS)}, got {strategy!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"rank allocation strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if strategy == "uniform":
         return _uniform_ranks(layers, budget)
     if strategy == "per_layer":
@@ -221,23 +225,29 @@ def allocate_ranks(layers: dict[str, tuple[int, int, Tensor]], target_param_rati
             raise ValueError(f"target_param_ratio {target_param_ratio} is below what rank 1 everywhere costs")
         return ranks
 
-    energy: dict[str, Tensor] = {}  # log of the cumulative spectral energy, [min(out, in)]
+    value: dict[str, Tensor] = {}  # [min(out, in)]: the objective's term for the layer at rank r is value[r - 1]
     for name, (o, i, s) in layers.items():
         if s.dim() != 1 or s.numel() != min(o, i):
-            raise ValueError(f"layer {name}: expected {min(o, i)} singular values, got shape {tuple(s.shape)}")
-        cum = torch.sort(s.detach().double().abs(), descending=True).values.pow(2).cumsum(0)
-        energy[name] = (cum + 1e-300).log()  # +tiny: an all-zero weight gains nothing, not NaN
+            raise ValueError(f"layer {name}: expected {min(o, i)} values, got shape {tuple(s.shape)}")
+        s = s.detach().double()
+        if strategy == "loss":
+            if not torch.isfinite(s).all() or (s < 0).any():
+                raise ValueError(f"layer {name}: per-component losses must be finite and >= 0")
+            value[name] = s.cumsum(0)  # loss kept away: Σ_{i<=r} Δ_i (= a constant minus the loss incurred)
+        else:
+            cum = torch.sort(s.abs(), descending=True).values.pow(2).cumsum(0)
+            value[name] = (cum + 1e-300).log()  # +tiny: an all-zero weight gains nothing, not NaN
     smallest = {n: 1 if break_even(o, i) > 1 else None for n, (o, i, _) in layers.items()}
     if allocated_params(layers, smallest) > budget:
         raise ValueError(f"target_param_ratio {target_param_ratio} is below the rank-1 minimum "
                          f"{allocated_params(layers, smallest) / dense_total:.4f}")
-    return _greedy_fill(layers, energy, _lagrangian_ranks(layers, energy, budget), budget)
+    return _greedy_fill(layers, value, _lagrangian_ranks(layers, value, budget), budget)
 
 
-def _lagrangian_ranks(layers: dict[str, tuple[int, int, Tensor]], energy: dict[str, Tensor],
+def _lagrangian_ranks(layers: dict[str, tuple[int, int, Tensor]], value: dict[str, Tensor],
                       budget: int) -> dict[str, int | None]:
-    """Each layer picks ``argmax_r log E(r) - tau * cost(r)`` over ranks below break-even and "dense"; ``tau`` is
-    bisected to the smallest price whose picks fit the budget.
+    """Each layer picks ``argmax_r value(r) - tau * cost(r)`` over ranks below break-even and "dense"; ``tau``
+    is bisected to the smallest price whose picks fit the budget.
 
     This Lagrangian step matters because of the break-even: going from rank ``r`` straight to dense can be
     worth far more per weight than the next single rank (a 576x576 layer at rank 250 has dropped 326 of
@@ -250,7 +260,7 @@ def _lagrangian_ranks(layers: dict[str, tuple[int, int, Tensor]], energy: dict[s
     for name, (o, i, _) in layers.items():
         rb = break_even(o, i)
         costs = torch.tensor([r * (o + i) for r in range(1, rb)] + [o * i], dtype=torch.float64)
-        options[name] = (costs, torch.cat([energy[name][: rb - 1], energy[name][-1:]]))
+        options[name] = (costs, torch.cat([value[name][: rb - 1], value[name][-1:]]))
 
     def pick(tau: float) -> tuple[dict[str, int | None], int]:
         ranks: dict[str, int | None] = {}
@@ -268,9 +278,9 @@ def _lagrangian_ranks(layers: dict[str, tuple[int, int, Tensor]], energy: dict[s
     return pick(hi)[0]
 
 
-def _greedy_fill(layers: dict[str, tuple[int, int, Tensor]], energy: dict[str, Tensor],
+def _greedy_fill(layers: dict[str, tuple[int, int, Tensor]], value: dict[str, Tensor],
                  ranks: dict[str, int | None], budget: int) -> dict[str, int | None]:
-    """Raise ranks one step at a time, largest log-energy gain per weight first, while steps fit the budget.
+    """Raise ranks one step at a time, largest value gain per weight first, while steps fit the budget.
 
     Zhang et al. 2016's greedy; from the Lagrangian solution it only spends the leftover, and it stops
     with less than one rank step (``in + out`` of some layer) unspent.
@@ -279,13 +289,13 @@ def _greedy_fill(layers: dict[str, tuple[int, int, Tensor]], energy: dict[str, T
     spent = allocated_params(layers, ranks)
 
     def next_step(name: str) -> tuple[float, int]:
-        """(log-energy gain per weight, weight cost) of raising ``name`` one rank, or to dense at break-even."""
+        """(value gain per weight, weight cost) of raising ``name`` one rank, or to dense at break-even."""
         o, i, _ = layers[name]
-        r, log_e = ranks[name], energy[name]
+        r, val = ranks[name], value[name]
         if r + 1 >= break_even(o, i):
             cost = o * i - r * (o + i)
-            return float(log_e[-1] - log_e[r - 1]) / max(cost, 1), cost
-        return float(log_e[r] - log_e[r - 1]) / (o + i), o + i
+            return float(val[-1] - val[r - 1]) / max(cost, 1), cost
+        return float(val[r] - val[r - 1]) / (o + i), o + i
 
     heap = []
     for order, name in enumerate(layers):

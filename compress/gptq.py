@@ -66,15 +66,27 @@ def _inverse_cholesky(h: Tensor, damp: float) -> tuple[Tensor, float]:
 
 @torch.no_grad()
 def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | None = 128,
-                         symmetric: bool = True, damp: float = 0.01, act_order: bool = True,
+                         symmetric: bool = True, damp: float = 0.01, act_order: bool | str = True,
                          block_size: int = 128) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Any]]:
     """GPTQ one layer: ``w`` [out, in], Hessian ``H`` [in, in] -> ``(q, scale, zero, stats)``.
 
     ``q`` [out, in], ``scale``/``zero`` [out, n_groups] are on the grid of
     :func:`compress.quantize.quantize_weight` (same dtypes), so :func:`compress.quantize.dequantize_weight`
     turns them into the quantized weight. ``stats``: ``rel_error`` (``||(W - Q) X||^2 / ||W X||^2``),
-    ``rtn_rel_error`` (the same for plain RTN, for comparison), ``dead_columns``, ``damp`` (after retries).
+    ``rtn_rel_error`` (the same for plain RTN, for comparison), ``dead_columns``, ``damp`` (after retries),
+    ``act_order`` (the order used).
+
+    ``act_order="auto"`` runs both orders and keeps the one with the lower ``rel_error``: with groups,
+    act-order's static group scales are fixed before any update, so on layers with a few huge input
+    channels (the "massive activations" of late down_proj layers) the updates push weights past their
+    group's range and get clipped, and the original order wins there.
     """
+    if act_order == "auto":
+        runs = [gptq_quantize_weight(w, H, bits, group_size, symmetric, damp, order, block_size)
+                for order in (True, False)]
+        return min(runs, key=lambda r: r[3]["rel_error"])
+    if not isinstance(act_order, bool):
+        raise ValueError(f"gptq.act_order must be true, false or 'auto', got {act_order!r}")
     if w.dim() != 2 or H.shape != (w.shape[1], w.shape[1]):
         raise ValueError(f"gptq expects w [out, in] and H [in, in], got {tuple(w.shape)} and {tuple(H.shape)}")
     check_quant_args(bits, group_size, w.shape[1])
@@ -100,7 +112,8 @@ def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | 
         if zero is not None:
             zero.copy_(z)
 
-    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(n_in, device=W.device)
+    diag = torch.diagonal(H)
+    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(n_in, device=W.device)
     W, H = W[:, perm], H[perm][:, perm]
     group_of = perm // gs  # the (original-order) group of each processed column
 
@@ -137,7 +150,7 @@ def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | 
     w_hat = dequantize_weight(q_out, scale, zero_out, group_size)
     stats = {"rel_error": relative_output_error(w, w_hat, H_orig),
              "rtn_rel_error": relative_output_error(w, fake_quantize(w.float(), bits, group_size, symmetric), H_orig),
-             "dead_columns": int(dead.sum()), "damp": used_damp}
+             "dead_columns": int(dead.sum()), "damp": used_damp, "act_order": act_order}
     return q_out, scale, zero_out, stats
 
 
@@ -150,20 +163,22 @@ def _block_prefix(model: nn.Module, block: nn.Module) -> str:
 
 @torch.no_grad()
 def gptq_model(model: nn.Module, batches: Tensor, bits: int = 4, group_size: int | None = 128,
-               symmetric: bool = True, damp: float = 0.01, act_order: bool = True, block_size: int = 128,
+               symmetric: bool = True, damp: float = 0.01, act_order: bool | str = True, block_size: int = 128,
                skip: tuple[str, ...] = ("lm_head",), batch_size: int = 8) -> dict[str, tuple]:
     """GPTQ every ``nn.Linear`` of the decoder blocks, block by block, on calibration ``batches`` [n, T] long.
 
     Weights are overwritten in place with their dequantized values (in their own dtype). Returns
     ``{qualified name: (q, scale, zero, stats)}`` as :func:`gptq_quantize_weight` returns them, with
     ``stats["seconds"]`` added. Raises ValueError before any work when ``group_size`` does not divide
-    some layer's input dimension.
+    some layer's input dimension. ``act_order``: see :func:`gptq_quantize_weight`.
     """
     from compress.calibrate import decoder_blocks
 
     def keep(name: str, _m: nn.Linear) -> bool:
         return name.rsplit(".", 1)[-1] not in skip
 
+    if act_order not in (True, False, "auto"):
+        raise ValueError(f"gptq.act_order must be true, false or 'auto', got {act_order!r}")
     blocks = decoder_blocks(model)
     check_model_quant_args([(n, m) for b in blocks for n, m in b.named_modules()
                             if isinstance(m, nn.Linear) and keep(n, m)], bits, group_size)
@@ -190,8 +205,9 @@ def gptq_model(model: nn.Module, batches: Tensor, bits: int = 4, group_size: int
     if results:
         errs = [r[3]["rel_error"] for r in results.values()]
         rtn = [r[3]["rtn_rel_error"] for r in results.values()]
-        log.info("gptq: int%d %s %s act_order=%s, %d layers, mean rel output error %.4g (rtn %.4g)", bits,
-                 "per-channel" if group_size is None else f"g{group_size}", "sym" if symmetric else "asym",
-                 act_order, len(results), sum(errs) / len(errs), sum(rtn) / len(rtn))
+        n_ao = sum(bool(r[3]["act_order"]) for r in results.values())
+        log.info("gptq: int%d %s %s act_order=%s (used on %d/%d layers), mean rel output error %.4g (rtn %.4g)",
+                 bits, "per-channel" if group_size is None else f"g{group_size}", "sym" if symmetric else "asym",
+                 act_order, n_ao, len(results), sum(errs) / len(errs), sum(rtn) / len(rtn))
     return results
 

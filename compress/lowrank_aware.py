@@ -19,8 +19,11 @@ Factors are stored as a plain :class:`compress.factorize.LowRankLinear` (``up = 
 manifest's ``factorized: {name: rank}``.
 
 **Rank allocation**: :func:`compress.factorize.allocate_ranks` on the spectrum each method truncates
-(``W``, ``W S`` or ``W L``). For SVD-LLM's, the kept energy fraction is exactly one minus the layer's relative
-squared output error on the calibration data, so the allocation trades output error against weights.
+(``W``, ``W S`` or ``W L``) — ``allocation="energy"``; for SVD-LLM's spectrum the kept energy fraction is
+exactly one minus the layer's relative squared output error on the calibration data. ``"fisher"`` instead
+weighs every dropped component by an estimate of the *loss* increase it causes (:func:`component_losses`:
+its output error weighted by the empirical-Fisher diagonal of the layer's output, measured with one extra
+backward pass), which is comparable across layers without a per-layer normalisation.
 
 **Calibration**: one full forward on the *original* model (:func:`compress.calibrate.collect_input_stats`),
 not :func:`compress.calibrate.run_sequential`: the global allocation needs every layer's spectrum before
@@ -38,6 +41,8 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -46,13 +51,14 @@ from tqdm import tqdm
 
 from compress import replace_module, target_linears
 from compress.calibrate import InputStats, collect_input_stats
-from compress.factorize import (ALLOCATIONS, Allocation, allocate_ranks, allocated_params,
-                                low_rank_from_factors, svd_factors)
+from compress.factorize import allocate_ranks, allocated_params, low_rank_from_factors, svd_factors
 
 log = logging.getLogger(__name__)
 
 Method = Literal["svd", "asvd", "svdllm"]
 METHODS = ("svd", "asvd", "svdllm")
+Allocation = Literal["auto", "energy", "fisher", "uniform", "per_layer"]
+ALLOCATIONS = ("auto", "energy", "fisher", "uniform", "per_layer")
 
 # In Llama-style blocks these read exactly the tensor their sibling reads (the same normed hidden state),
 # so one Gram serves all of them: 3/7 fewer [in, in] accumulations and less memory.
@@ -177,19 +183,106 @@ def layer_spectrum(weight: Tensor, method: Method, stats: InputStats | None = No
     return torch.linalg.svdvals(w)
 
 
-@torch.no_grad()
-def collect_layer_stats(model: nn.Module, batches: Tensor, names: list[str] | None = None, batch_size: int = 8,
-                        skip: tuple[str, ...] = ("lm_head",)) -> dict[str, InputStats]:
-    """One forward over ``batches`` [n, T] -> ``{name: InputStats}`` of the original model's linears.
+def component_losses(weight: Tensor, method: Method, stats: InputStats, fisher: Tensor, alpha: float = 0.5,
+                     damp: float = 0.0) -> Tensor:
+    """Estimated loss increase ``Δ_i`` [min(out, in)] (float64) from dropping component ``i`` of the SVD the
+    method truncates, in truncation order: ``Δ_i = ½ σ_i² (v_i^T M v_i) (u_i^T diag(f) u_i)``.
 
-    ``names`` defaults to every decoder linear (:func:`compress.target_linears`). Siblings in
-    :data:`_SHARED_INPUT` share one (identical) object. Pass the result to :func:`factorize_model_aware` as
-    ``stats`` to compare methods on one calibration pass.
+    ``A = W T = U Σ V^T`` with the method's transform ``T`` (``I``, ``S`` or ``L``); dropping component ``i``
+    changes the output of token ``t`` by ``u_i σ_i (v_i^T T^-1 x_t)``, whose calibration energy is
+    ``σ_i² v_i^T M v_i`` with ``M = T^-1 H T^-T`` (= ``I`` for undamped SVD-LLM). A second-order expansion of
+    the loss in the layer output with the empirical-Fisher diagonal ``f`` [out] as curvature (Optimal Brain
+    Damage, LeCun et al. 1990; output-side Fisher weighting as in FWSVD, Hsu et al. 2022, "Language Model
+    Compression with Weighted Low-Rank Factorization") then gives ``Δ_i``, assuming gradients and errors
+    independent across tokens and ignoring cross terms between components. Unlike the kept energy, ``Δ``
+    is in the same unit (loss) for every layer, so it needs no per-layer normalisation.
+    """
+    if fisher.shape != (weight.shape[0],):
+        raise ValueError(f"fisher must have shape [{weight.shape[0]}] (= out), got {tuple(fisher.shape)}")
+    w, h = weight.detach().to(torch.float64), stats.gram.to(torch.float64)
+    if method == "svd":
+        a, m = w, h
+    elif method == "asvd":
+        scale = activation_scale(stats.abs_mean, alpha)
+        a, m = w * scale[None, :], h / scale[:, None] / scale[None, :]
+    else:
+        chol = cholesky_whitening(h, damp)
+        half = torch.linalg.solve_triangular(chol, h, upper=False)  # L^-1 H
+        a, m = w @ chol, torch.linalg.solve_triangular(chol, half.T, upper=False)  # L^-1 H L^-T
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    through = ((vh @ m) * vh).sum(1)
+    sensitivity = (u.square() * fisher.to(torch.float64)[:, None]).sum(0)
+    return 0.5 * s.square() * through.clamp_min(0) * sensitivity
+
+
+@dataclass
+class LayerCalibration:
+    """What the aware methods measure on calibration text for each decoder linear; reusable across methods."""
+
+    stats: dict[str, InputStats]  # inputs' Gram and mean |x|; one shared object for q/k/v and for gate/up
+    fisher: dict[str, Tensor] | None = None  # [out] mean squared loss gradient per output channel
+    seconds: float = 0.0  # wall time of the calibration passes
+
+
+def collect_output_fisher(model: nn.Module, batches: Tensor, names: list[str],
+                          batch_size: int = 2) -> dict[str, Tensor]:
+    """Empirical-Fisher diagonal of each named linear's output: ``{name: f [out]}`` (float64), ``f_j`` = mean
+    over predicted tokens of ``(∂ℓ/∂y_j)²`` with ``ℓ`` the summed next-token cross-entropy on ``batches`` [n, T].
+
+    One forward + backward per micro-batch (about 3x a forward). Only activations get gradients: the
+    weights' ``requires_grad`` is switched off for the pass and restored afterwards.
+    """
+    sums: dict[str, Tensor] = {}
+
+    def hook(name: str) -> Callable:
+        def on_output(_module: nn.Module, _args: tuple, out: Tensor) -> None:
+            def on_grad(grad: Tensor) -> None:
+                g2 = grad.detach().reshape(-1, grad.shape[-1]).to(torch.float64).square().sum(0)
+                sums[name] = sums[name] + g2 if name in sums else g2
+            out.register_hook(on_grad)
+        return on_output
+
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    device = params[0].device
+    predicted = 0
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for chunk in batches.split(batch_size):
+                chunk = chunk.to(device)
+                embeds = model.get_input_embeddings()(chunk).detach().requires_grad_(True)
+                logits = model(inputs_embeds=embeds, use_cache=False).logits
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), chunk[:, 1:].flatten(),
+                                                         reduction="sum")
+                loss.backward()
+                predicted += chunk[:, 1:].numel()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+    missing = [n for n in names if n not in sums]
+    if missing:
+        raise ValueError(f"no loss gradient reached {missing[:3]}; is the model's forward using them?")
+    return {n: sums[n] / max(predicted, 1) for n in names}
+
+
+def calibrate_layers(model: nn.Module, batches: Tensor, fisher: bool = False, batch_size: int = 8,
+                     skip: tuple[str, ...] = ("lm_head",)) -> LayerCalibration:
+    """Statistics of every decoder linear of the *original* model on ``batches`` [n, T] token ids.
+
+    Input statistics from one forward (:func:`compress.calibrate.collect_input_stats`; layers in
+    :data:`_SHARED_INPUT` share their sibling's); with ``fisher=True`` also the output Fisher diagonal
+    (:func:`collect_output_fisher`). Pass the result to :func:`factorize_model_aware` as ``calibration`` to
+    compare methods on one calibration.
     """
     if batches.dim() != 2 or batches.numel() == 0:
         raise ValueError(f"calibration batches must be [n, T] token ids, got {tuple(batches.shape)}")
-    if names is None:
-        names = [n for n, _ in target_linears(model, skip=skip, include_low_rank=False)]
+    start = time.perf_counter()
+    names = [n for n, _ in target_linears(model, skip=skip, include_low_rank=False)]
     source: dict[str, str] = {}
     for name in names:
         prefix, _, leaf = name.rpartition(".")
@@ -199,22 +292,29 @@ def collect_layer_stats(model: nn.Module, batches: Tensor, names: list[str] | No
     stats = collect_input_stats(model, batches, hooked, batch_size=batch_size)
     missing = [n for n in hooked if n not in stats]
     if missing:
-        raise ValueError(f"calibration never reached {missing[:3]}...; is the model's forward using them?")
-    return {n: stats[source[n]] for n in names}
+        raise ValueError(f"calibration never reached {missing[:3]}; is the model's forward using them?")
+    result = LayerCalibration({n: stats[source[n]] for n in names})
+    if fisher:
+        result.fisher = collect_output_fisher(model, batches, names, batch_size=max(1, batch_size // 4))
+    result.seconds = time.perf_counter() - start
+    return result
 
 
 @torch.no_grad()
 def factorize_model_aware(model: nn.Module, batches: Tensor | None, method: Method = "svdllm",
-                          param_reduction: float = 0.2, allocation: Allocation = "energy", alpha: float = 0.5,
+                          param_reduction: float = 0.2, allocation: Allocation = "auto", alpha: float = 0.5,
                           damp: float = 0.0, batch_size: int = 8, skip: tuple[str, ...] = ("lm_head",),
-                          stats: dict[str, InputStats] | None = None) -> dict:
+                          calibration: LayerCalibration | None = None) -> dict:
     """Factorize the decoder linears so their weights shrink by ``param_reduction``; modifies ``model``.
 
-    ``batches`` [n, T] token ids for calibration; may be None for ``method="svd"`` or when ``stats`` (from
-    :func:`collect_layer_stats` on this unmodified model) are given. ``method``:
+    ``batches`` [n, T] token ids for calibration; may be None for ``method="svd"`` with a spectral allocation,
+    or when ``calibration`` (from :func:`calibrate_layers` on this unmodified model) is given. ``method``:
     ``"svd"`` (plain), ``"asvd"`` (``alpha``: activation exponent) or ``"svdllm"`` (``damp``: ridge, see
-    :func:`cholesky_whitening`). ``allocation``: ``"energy"``, ``"uniform"`` or ``"per_layer"``
-    (:func:`allocate_ranks`).
+    :func:`cholesky_whitening`). ``allocation``: ``"energy"``, ``"uniform"``, ``"per_layer"`` (see
+    :func:`compress.factorize.allocate_ranks`) or ``"fisher"`` (its ``"loss"`` strategy on
+    :func:`component_losses`; one extra forward + backward pass, ~3x the statistics pass). ``"auto"``:
+    ``"fisher"`` when calibration data is given (``batches``, or a ``calibration`` with a Fisher diagonal),
+    else ``"energy"`` — so a data-free plain SVD stays data-free. Fisher was best measured on SmolLM2-135M.
     Returns ``{"method", "allocation", "param_reduction", "factorized": {name: rank}, "skipped": {name:
     reason}, "params_before", "params_after", "params_target", "seconds"}`` — counts over the touched
     layers' weights, as :func:`compress.factorize.factorize_model` reports them.
@@ -225,24 +325,36 @@ def factorize_model_aware(model: nn.Module, batches: Tensor | None, method: Meth
         raise ValueError(f"param_reduction must be in (0, 1), got {param_reduction}")
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
-    if method != "svd" and stats is None and (batches is None or batches.dim() != 2 or batches.numel() == 0):
-        raise ValueError(f"method {method!r} needs calibration batches [n, T] of token ids (or stats), got "
-                         f"{None if batches is None else tuple(batches.shape)}")
+    if allocation == "auto":
+        has_fisher = calibration.fisher is not None if calibration is not None else batches is not None
+        allocation = "fisher" if has_fisher else "energy"
+    needs_data = method != "svd" or allocation == "fisher"
+    if needs_data and calibration is None and (batches is None or batches.dim() != 2 or batches.numel() == 0):
+        raise ValueError(f"method {method!r} with allocation {allocation!r} needs calibration batches [n, T] of "
+                         f"token ids (or a calibration), got {None if batches is None else tuple(batches.shape)}")
     start = time.perf_counter()
     linears = dict(target_linears(model, skip=skip, include_low_rank=False))
     if not linears:
         raise ValueError("the model has no decoder nn.Linear layers left to factorize")
-    if method != "svd" and stats is None:
-        stats = collect_layer_stats(model, batches, list(linears), batch_size)
-    stats = stats or {}
-    missing = [n for n in linears if method != "svd" and n not in stats]
-    if missing:
-        raise ValueError(f"stats lack {len(missing)} layer(s), e.g. {missing[0]!r}; collect them on this model")
+    if needs_data and calibration is None:
+        calibration = calibrate_layers(model, batches, fisher=allocation == "fisher", batch_size=batch_size,
+                                       skip=skip)
+    stats = calibration.stats if calibration is not None else {}
+    fisher = calibration.fisher if calibration is not None else None
+    missing = [n for n in linears if needs_data and n not in stats]
+    if missing or (allocation == "fisher" and (fisher is None or any(n not in fisher for n in linears))):
+        raise ValueError(f"the calibration lacks layers (e.g. {(missing or list(linears))[0]!r}) or, for "
+                         "allocation 'fisher', the Fisher diagonal; run calibrate_layers on this model")
     calibrated = time.perf_counter()
 
-    layers = {name: (*lin.weight.shape, layer_spectrum(lin.weight, method, stats.get(name), alpha, damp))
-              for name, lin in tqdm(linears.items(), desc=f"{method} spectra", unit="layer", leave=False)}
-    ranks = allocate_ranks(layers, 1.0 - param_reduction, allocation)
+    if allocation == "fisher":
+        layers = {name: (*lin.weight.shape, component_losses(lin.weight, method, stats[name], fisher[name], alpha,
+                                                             damp))
+                  for name, lin in tqdm(linears.items(), desc=f"{method} losses", unit="layer", leave=False)}
+    else:
+        layers = {name: (*lin.weight.shape, layer_spectrum(lin.weight, method, stats.get(name), alpha, damp))
+                  for name, lin in tqdm(linears.items(), desc=f"{method} spectra", unit="layer", leave=False)}
+    ranks = allocate_ranks(layers, 1.0 - param_reduction, "loss" if allocation == "fisher" else allocation)
 
     factorized: dict[str, int] = {}
     for name, rank in tqdm(ranks.items(), desc=f"{method} factors", unit="layer", leave=False):

@@ -19,8 +19,9 @@ from compress.artifact import load_compressed, new_manifest, save_compressed
 from compress.calibrate import collect_input_stats
 from compress.factorize import (LowRankLinear, allocate_ranks, allocated_params, break_even, low_rank_from_factors,
                                 svd_factors)
-from compress.lowrank_aware import (asvd_factors, cholesky_whitening, collect_layer_stats, factorize_model_aware,
-                                    svdllm_factors)
+from compress.calibrate import InputStats
+from compress.lowrank_aware import (asvd_factors, calibrate_layers, cholesky_whitening, collect_output_fisher,
+                                    component_losses, factorize_model_aware, svdllm_factors)
 
 
 def correlated_inputs(in_f: int = 48, n: int = 400, seed: int = 0) -> torch.Tensor:
@@ -146,7 +147,7 @@ def spectra(blocks: int = 3, seed: int = 0) -> dict[str, tuple[int, int, torch.T
     return layers
 
 
-@pytest.mark.parametrize("strategy", ["energy", "uniform", "per_layer"])
+@pytest.mark.parametrize("strategy", ["energy", "loss", "uniform", "per_layer"])
 @pytest.mark.parametrize("target", [0.4, 0.6, 0.8, 0.95])
 def test_allocation_meets_target_and_never_wastes_parameters(strategy, target):
     layers = spectra()
@@ -156,7 +157,7 @@ def test_allocation_meets_target_and_never_wastes_parameters(strategy, target):
     budget = int(target * dense)
     total = allocated_params(layers, ranks)
     assert total <= budget
-    if strategy == "energy":  # within one rank step of the budget
+    if strategy in ("energy", "loss"):  # within one rank step of the budget
         assert budget - total < max(o + i for o, i, _ in layers.values())
     if strategy == "per_layer":  # every layer within one rank step of its own share
         for name, rank in ranks.items():
@@ -221,8 +222,10 @@ def test_allocation_errors():
         allocate_ranks(layers, 0.01)
     with pytest.raises(ValueError, match="strategy"):
         allocate_ranks(layers, 0.8, "greedy")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="singular values"):
+    with pytest.raises(ValueError, match="expected 8 values"):
         allocate_ranks({"a": (8, 8, torch.ones(5))}, 0.8)
+    with pytest.raises(ValueError, match="losses"):
+        allocate_ranks({"a": (8, 8, -torch.ones(8))}, 0.8, "loss")
 
 
 # --- the model driver --------------------------------------------------------------------------------
@@ -236,16 +239,16 @@ def decoder_linear_weights(model) -> int:
 
 
 @pytest.mark.parametrize("method,allocation", [("svd", "energy"), ("svd", "uniform"), ("asvd", "energy"),
-                                               ("svdllm", "energy"), ("svdllm", "per_layer")])
+                                               ("svdllm", "energy"), ("svdllm", "per_layer"), ("svdllm", "fisher")])
 def test_tiny_model_meets_target_and_round_trips(tmp_path, method, allocation):
     model = tiny_llama()
     before = decoder_linear_weights(model)
-    result = factorize_model_aware(model, None if method == "svd" else BATCHES, method, 0.2, allocation,
-                                   batch_size=4)
+    batches = None if method == "svd" else BATCHES
+    result = factorize_model_aware(model, batches, method, 0.2, allocation, batch_size=4)
     after = decoder_linear_weights(model)
     assert result["params_before"] == before and result["params_after"] == after
     assert after <= result["params_target"] == int(0.8 * before)
-    if allocation == "energy":
+    if allocation in ("energy", "fisher"):  # within one rank step of the budget
         assert result["params_target"] - after < 128 + 64  # one rank step of the widest layer
     assert result["factorized"] and all(isinstance(model.get_submodule(n), LowRankLinear)
                                         for n in result["factorized"])
@@ -271,17 +274,61 @@ def test_shared_input_gram_equals_the_layers_own():
         torch.testing.assert_close(lr.up.weight @ lr.down.weight, up @ down, rtol=1e-4, atol=1e-5)
 
 
-def test_precomputed_stats_give_the_same_model():
+def test_precomputed_calibration_gives_the_same_model():
     a, b = tiny_llama(), tiny_llama()
-    stats = collect_layer_stats(b, BATCHES, batch_size=4)
+    calibration = calibrate_layers(b, BATCHES, fisher=True, batch_size=4)
+    stats = calibration.stats
     assert len(stats) == 14 and stats["model.layers.0.self_attn.k_proj"] is stats["model.layers.0.self_attn.q_proj"]
-    ra = factorize_model_aware(a, BATCHES, "asvd", 0.3, batch_size=4)
-    rb = factorize_model_aware(b, None, "asvd", 0.3, stats=stats)
+    assert calibration.fisher["model.layers.1.mlp.down_proj"].shape == (64,)
+    ra = factorize_model_aware(a, BATCHES, "asvd", 0.3, "fisher", batch_size=4)
+    rb = factorize_model_aware(b, None, "asvd", 0.3, "fisher", calibration=calibration)
     assert ra["factorized"] == rb["factorized"]
     with torch.no_grad():
         assert torch.equal(a(input_ids=BATCHES[:2]).logits, b(input_ids=BATCHES[:2]).logits)
-    with pytest.raises(ValueError, match="stats lack"):
-        factorize_model_aware(tiny_llama(), None, "svdllm", 0.2, stats={})
+    with pytest.raises(ValueError, match="lacks"):
+        factorize_model_aware(tiny_llama(), None, "svdllm", 0.2, calibration=type(calibration)({}))
+
+
+def test_output_fisher_is_the_mean_squared_output_gradient():
+    model = tiny_llama()
+    name = "model.layers.1.self_attn.o_proj"
+    fisher = collect_output_fisher(model, BATCHES[:3], [name], batch_size=2)[name]
+    kept = {}
+
+    def keep(_module, _args, out):
+        out.retain_grad()
+        kept["out"] = out
+
+    handle = model.get_submodule(name).register_forward_hook(keep)
+    embeds = model.get_input_embeddings()(BATCHES[:3]).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds).logits
+    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), BATCHES[:3, 1:].flatten(),
+                                      reduction="sum").backward()
+    handle.remove()
+    expected = kept["out"].grad.double().square().sum((0, 1)) / BATCHES[:3, 1:].numel()
+    torch.testing.assert_close(fisher, expected, rtol=1e-4, atol=1e-12)
+    assert all(p.requires_grad for p in model.parameters())  # restored after the pass
+
+
+@pytest.mark.parametrize("method", ["svd", "asvd", "svdllm"])
+def test_component_losses_are_fisher_weighted_output_errors(method):
+    """Δ_r = ½ ||diag(√f) (W_{r+1} - W_r) X||² exactly when the Fisher diagonal is the same for every token."""
+    w, x = weight(), correlated_inputs()
+    f = torch.rand(32, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 0.1
+    stats = InputStats(x @ x.T, x.abs().sum(1), x.shape[1])
+    losses = component_losses(w, method, stats, f)
+    fn = {"svd": lambda r: svd_factors(w, r), "asvd": lambda r: asvd_factors(w, stats.abs_mean, r),
+          "svdllm": lambda r: svdllm_factors(w, stats.gram, r)}[method]
+    for r in (1, 5, 20):
+        (u1, d1), (u0, d0) = fn(r + 1), fn(r)
+        component = (u1 @ d1 - u0 @ d0) @ x
+        expected = 0.5 * (f[:, None] * component.square()).sum().item()
+        assert losses[r].item() == pytest.approx(expected, rel=1e-5)  # svd_factors computes in fp32
+
+
+def test_auto_allocation_uses_fisher_when_data_is_given():
+    assert factorize_model_aware(tiny_llama(), None, "svd", 0.2)["allocation"] == "energy"  # data-free stays so
+    assert factorize_model_aware(tiny_llama(), BATCHES, "svdllm", 0.2, batch_size=4)["allocation"] == "fisher"
 
 
 def test_driver_errors():

@@ -70,6 +70,17 @@ def test_act_order_keeps_the_plain_group_layout():
     assert not torch.equal(q, q_plain)
 
 
+def test_auto_order_keeps_the_better_of_both():
+    w, x = layer()
+    x[:, 5] *= 300.0  # one massive activation channel, as in late down_proj layers
+    h = x.T @ x
+    errs = {order: gptq_quantize_weight(w, h, 4, 16, True, act_order=order)[3]["rel_error"] for order in (True, False)}
+    auto = gptq_quantize_weight(w, h, 4, 16, True, act_order="auto")[3]
+    assert auto["rel_error"] == min(errs.values()) and auto["act_order"] == min(errs, key=errs.get)
+    with pytest.raises(ValueError, match="act_order must be"):
+        gptq_quantize_weight(w, h, act_order="yes")
+
+
 def test_lazy_block_updates_do_not_change_the_result():
     w, x = layer()
     a = gptq_quantize_weight(w, x.T @ x, 4, 16, True, block_size=64)[0]
