@@ -63,7 +63,7 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if step % 10 == 0 or step == steps - 1:
                 log.info("recover step %d | kd %.4f | lr %.2e", step, losses[-1], sched.get_last_lr()[0])
     finally:
