@@ -38,7 +38,7 @@ model wrappers and kernels for what is ~150 lines of tensor code here.
 Run::
 
     from compress.awq import awq_model
-    results = awq_model(model, calibration_batches(tok, text, 128, 512), bits=4, group_size=128)
+    results = awq_model(model, calibration_batches(tok, text, 128, 512), bits=4, group_size=64)
 """
 
 from __future__ import annotations

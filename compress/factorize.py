@@ -203,9 +203,9 @@ def allocate_ranks(layers: dict[str, tuple[int, int, Tensor]], target_param_rati
     within one rank step (``in + out`` of some layer) below the budget. ``"loss"``: the same solver, but the
     values are additive estimates ``Δ_i >= 0`` of the loss increase from dropping component ``i`` (in
     truncation order) and the objective is ``-Σ_l Σ_{i > r_l} Δ_{l,i}``. ``"uniform"``: one rank ratio for
-    all layers, bisected (layers past break-even stay dense). ``"per_layer"``: every layer keeps the same fraction of its weights,
-    ``r = floor(ratio * in * out / (in + out))`` — the "compression ratio" of the ASVD and SVD-LLM papers'
-    experiments; it factorizes square layers too.
+    all layers, bisected (layers past break-even stay dense). ``"per_layer"``: every layer keeps the same
+    fraction of its weights, ``r = floor(ratio * in * out / (in + out))`` — the "compression ratio" of the
+    ASVD and SVD-LLM papers' experiments; it factorizes square layers too.
     Raises ValueError when the target is outside (0, 1] or below what rank 1 everywhere costs.
     """
     if not 0.0 < target_param_ratio <= 1.0:

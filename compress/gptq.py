@@ -16,7 +16,9 @@ Details that follow the reference implementation (github.com/IST-DASLab/gptq):
   the group scales are then computed up front on the original columns ("static groups"), so the codes
   keep the plain grouped layout of :func:`compress.quantize.quantize_weight` (no ``g_idx`` permutation
   table); without act-order a group's scale is computed when its first column is reached, on the
-  already-updated weights, as in the reference.
+  already-updated weights, as in the reference. ``act_order="auto"`` runs both orders per layer and keeps
+  the one with the lower output error (static groups clip on layers with massive activations; on
+  SmolLM2-135M that is 2 of 210 layers, and choosing per layer lowered int4 g64 perplexity 31.1 -> 30.4).
 
 :func:`gptq_model` applies it block by block (:func:`compress.calibrate.run_sequential`): each block
 is calibrated on the outputs of the already-quantized blocks before it.
@@ -27,7 +29,8 @@ drag in their own model wrappers, kernels and session state.
 Run::
 
     from compress.gptq import gptq_model
-    results = gptq_model(model, calibration_batches(tok, text, 128, 512), bits=4, group_size=128)
+    results = gptq_model(model, calibration_batches(tok, text, 128, 512), bits=4, group_size=64,
+                         act_order="auto")  # g64: 128 does not divide SmolLM2-135M's hidden size 576
 """
 
 from __future__ import annotations

@@ -255,8 +255,8 @@ def collect_output_fisher(model: nn.Module, batches: Tensor, names: list[str],
                 chunk = chunk.to(device)
                 embeds = model.get_input_embeddings()(chunk).detach().requires_grad_(True)
                 logits = model(inputs_embeds=embeds, use_cache=False).logits
-                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), chunk[:, 1:].flatten(),
-                                                         reduction="sum")
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                                         chunk[:, 1:].flatten(), reduction="sum")
                 loss.backward()
                 predicted += chunk[:, 1:].numel()
     finally:
