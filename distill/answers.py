@@ -258,3 +258,40 @@ def answers_match(predicted: str | None, gold: str | None) -> bool | None:
     p, g = normalize_text(predicted), normalize_text(gold)
     # short gold labels ("positive", "Paris") count when the answer states them as a whole word
     return p == g or re.search(rf"\b{re.escape(g)}\b", p) is not None
+
+
+def answer_key(answer: str | None) -> str | None:
+    """The form answers are compared in for voting: the normalised number, else the normalised text."""
+    if answer is None or not answer.strip():
+        return None
+    return normalize_number(answer) or normalize_text(answer) or None
+
+
+@dataclass(frozen=True)
+class Vote:
+    """Self-consistency over one question's samples (Wang et al. 2023, "Self-Consistency Improves
+    Chain of Thought Reasoning in Language Models"): the most frequent normalised answer."""
+
+    answer: str | None   # the winning answer as first written by a sample (None: no sample had one)
+    key: str | None      # its normalised form
+    share: float         # winning votes / all samples (samples without an answer count against it)
+    votes: int
+    samples: int
+    agrees: list[bool]   # per sample: does it reach the winning answer
+
+
+def majority_vote(answers: list[str | None]) -> Vote:
+    """Majority vote over ``answers`` (one per sample). Ties go to the answer seen first, so the
+    result depends only on the samples' order, which is fixed by their index."""
+    keys = [answer_key(a) for a in answers]
+    counts: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        if k is not None:
+            counts[k] = counts.get(k, 0) + 1
+            first.setdefault(k, i)
+    if not counts:
+        return Vote(None, None, 0.0, 0, len(answers), [False] * len(answers))
+    win = max(counts, key=lambda k: (counts[k], -first[k]))
+    return Vote(answers[first[win]], win, counts[win] / len(answers), counts[win], len(answers),
+                [k == win for k in keys])

@@ -1,14 +1,27 @@
 """The generate stage: seeds -> prompts (ICL / CoT / IF) -> teacher -> parsed, filtered HF dataset.
 
 For each seed and each style, a shipped (or user) Jinja template renders the chat ``messages``:
-ICL gets ``num_demos`` demonstrations drawn (seeded, without replacement, never the seed itself)
-from the seed's own ``demos`` or from other seeds of the same ``task``; CoT asks for reasoning and a
-marked final answer (split into ``rationale`` and ``answer``); IF sends the instruction alone.
 
-Rows that fail (teacher error, truncation, empty output, and — if asked — a wrong answer) are kept
-in a ``removed`` split with the reason, never dropped. Train/validation are split by seed id, so no
-seed is in both. The saved folder holds the ``DatasetDict``, ``stats.json`` and a dataset card
-(``README.md``) with the provenance: teacher, sampling, templates and their hashes, filter counts.
+- **ICL** gets ``num_demos`` demonstrations (:func:`distill.demos.select_demos`: random, stratified
+  by task or BM25 nearest neighbours; seeded; never the seed itself; as many as fit
+  ``demo_budget_tokens``) — the seed's own ``demos`` when it has them. ``erase_demos`` trains the
+  student on the prompt without them (context distillation).
+- **CoT** asks for reasoning and a marked final answer, zero-shot or with ``cot_shots`` worked
+  examples (seeds with a ``rationale``, e.g. GSM8K's solutions). The output is split into
+  ``rationale`` and ``answer`` (:class:`~distill.answers.ExtractionConfig`). With ``sampling.n > 1``
+  and ``self_consistency.enabled``, the samples vote (:func:`~distill.answers.majority_vote`); the
+  vote share is recorded and only rationales reaching the voted — or, where the seed has one, the
+  gold — answer are kept.
+- **IF** sends the instruction alone. ``bootstrap`` first grows the instruction pool Self-Instruct
+  style (:mod:`distill.selfinstruct`); the new instructions are answered like seed ones.
+
+Then the configured filters run (:mod:`distill.filters`: length, format, blocklist, contamination
+against eval sets). Rows that fail anything (teacher error, truncation, empty output, a minority or
+wrong answer, a filter, a near-duplicate bootstrapped instruction) are kept in a ``removed`` split
+with the reason, never dropped. Train/validation are split by seed id, so no seed is in both. The
+saved folder holds the ``DatasetDict``, ``stats.json`` and a dataset card (``README.md``) with the
+provenance: teacher, sampling, templates and their hashes, demo method, filter counts, token counts,
+self-consistency and contamination figures, and a few samples.
 
 Run: ``eakd generate flows/configs/demo.yaml`` (or the ``pipeline`` flow).
 """
@@ -19,18 +32,24 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Literal
 
+from pydantic import model_validator
+
 from pydantic import Field
 
-from distill.answers import answers_match, extract_answer
+from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer, majority_vote
 from distill.config import ConfigError, StageConfig
-from distill.seeds import Seed, load_seeds
+from distill.demos import METHODS as DEMO_METHODS
+from distill.demos import BM25Index
+from distill.demos import select_demos as rank_demos
+from distill.filters import BlocklistFilter, ContaminationFilter, FormatFilter, LengthFilter, apply_filters, ngram_contamination
+from distill.seeds import Seed, SeedFormat, load_seeds
+from distill.selfinstruct import BootstrapConfig, bootstrap_instructions
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
 from prompts import Template, TemplateError, load_template, render_messages
 
@@ -49,18 +68,76 @@ class SamplingConfig(StageConfig):
     top_logprobs: int | None = Field(None, ge=1, le=100, description="store top-k teacher logprobs per token (for logit KD)")
 
 
+class SelfConsistencyConfig(StageConfig):
+    enabled: bool = Field(False, description="CoT: majority vote over the sampling.n samples of each question")
+    keep: Literal["voted", "gold"] = Field("gold", description="keep rationales reaching the voted answer, or the gold one where the seed has it")
+
+
+class LengthBounds(StageConfig):
+    min_instruction_words: int | None = Field(None, ge=0)
+    max_instruction_words: int | None = Field(None, ge=0)
+    min_response_words: int | None = Field(1, ge=0)
+    max_response_words: int | None = Field(None, ge=0)
+
+
+class ContaminationConfig(StageConfig):
+    eval_paths: list[str] = Field(..., min_length=1, description="eval sets: JSONL (question/instruction/input/text fields) or text files, one item per line")
+    n: int = Field(13, ge=3, le=64, description="n-gram length (13 as GPT-3; 8 suits short math questions)")
+    min_n: int = Field(8, ge=3, description="eval items shorter than n but at least this long match as a whole")
+    action: Literal["report", "filter"] = Field("filter", description="report only, or also move contaminated rows to removed")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ContaminationConfig:
+        if self.min_n > self.n:
+            raise ValueError(f"min_n ({self.min_n}) must be <= n ({self.n})")
+        return self
+
+
+class FiltersConfig(StageConfig):
+    length: LengthBounds | None = Field(None, description="word-count bounds on the prompt's last user turn and the response")
+    format: bool = Field(False, description="Self-Instruct format heuristics + refusal/disclaimer responses")
+    blocklist: list[str] = Field(default_factory=list, description="whole-word, case-insensitive words/phrases")
+    contamination: ContaminationConfig | None = None
+
+
+class HubConfig(StageConfig):
+    repo_id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="owner/name on the Hugging Face Hub")
+    token_env: str = Field("HF_TOKEN", description="name of the env var holding a write token (never the token)")
+    private: bool = Field(True, description="create the dataset repo private")
+
+
 class GenerateConfig(StageConfig):
     seeds: str = Field(..., description="seed tasks: a JSONL file or a saved HF dataset folder")
+    seed_format: SeedFormat = Field("auto", description="eakd | gsm8k | self_instruct | auto (from the first row)")
     limit: int | None = Field(None, ge=1, description="use only the first N seeds")
     styles: list[Style] = Field(default_factory=lambda: ["icl", "cot", "instruct"], min_length=1)
     templates: dict[Style, str] = Field(default_factory=dict, description="per-style template: shipped name or .jinja path")
     num_demos: int = Field(3, ge=1, le=64, description="ICL: demonstrations per prompt")
+    demo_method: Literal[DEMO_METHODS] = Field("random", description="ICL/CoT demos: random | stratified (across tasks) | bm25 (nearest neighbours)")
+    demo_same_task: bool = Field(True, description="random/bm25: draw demos only from seeds of the same task")
+    demo_budget_tokens: int | None = Field(None, ge=0, description="most (estimated, chars/4) tokens spent on demos per prompt")
     demo_seed: int = Field(0, description="ICL: seed of the demonstration sampler")
     erase_demos: bool = Field(False, description="ICL context distillation: the student sees the prompt without demos")
+    cot_shots: int = Field(0, ge=0, le=32, description="CoT: worked examples (seeds with a rationale); 0 = zero-shot CoT")
+    extraction: ExtractionConfig = ExtractionConfig()
+    self_consistency: SelfConsistencyConfig = SelfConsistencyConfig()
     drop_truncated: bool = Field(True, description="move finish_reason=length rows to the removed split")
     require_gold_match: bool = Field(False, description="move rows whose answer disagrees with the gold answer to removed")
+    filters: FiltersConfig = FiltersConfig()
+    bootstrap: BootstrapConfig | None = Field(None, description="IF: grow the instruction pool Self-Instruct style first")
     validation_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of seeds held out (split by seed id)")
     sampling: SamplingConfig = SamplingConfig()
+    push_to_hub: HubConfig | None = Field(None, description="also upload the finished dataset (off by default; never required)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerateConfig:
+        if self.self_consistency.enabled and self.sampling.n < 2:
+            raise ValueError("self_consistency.enabled needs sampling.n >= 2 (and temperature > 0) to have samples to vote over")
+        if self.self_consistency.enabled and "cot" not in self.styles:
+            raise ValueError("self_consistency applies to the cot style; add cot to generate.styles")
+        if self.bootstrap is not None and "instruct" not in self.styles:
+            raise ValueError("bootstrap makes instructions for the instruct style; add instruct to generate.styles")
+        return self
 
 
 def _unit_hash(*parts: object) -> float:
@@ -69,50 +146,99 @@ def _unit_hash(*parts: object) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def select_demos(seed: Seed, pool: list[Seed], k: int, rng_seed: int) -> list[tuple[str, dict[str, str]]]:
-    """k demonstrations for ``seed``: its own ``demos`` if it has them, else other gold-labelled seeds of its task.
+def _seed_tokens(seed: Seed) -> int:
+    return len(f"{seed.input or seed.instruction}\n{seed.rationale}\n{seed.answer or ''}") // 4 + 8
 
-    Seeded per seed id, so the choice does not depend on seed order; the seed itself is never a demo.
-    Returns ``[(demo_id, {"input", "output"}), …]``.
+
+def select_demos(seed: Seed, pool: list[Seed], k: int, rng_seed: int, method: str = "random", same_task: bool = True,
+                 budget_tokens: int | None = None, rationale: bool = False,
+                 index: BM25Index | None = None) -> list[tuple[str, dict[str, str]]]:
+    """k demonstrations for ``seed``: its own ``demos`` if it has them, else other gold-labelled seeds.
+
+    ``method`` / ``budget_tokens``: see :func:`distill.demos.select_demos` (seeded per seed id, so the
+    choice does not depend on seed order; the seed itself, or a seed with the same text, is never a
+    demo). ``same_task`` limits random/bm25 to the seed's task. ``rationale``: demos must carry one
+    (few-shot CoT). Returns ``[(demo_id, {"input", "output", "rationale"}), …]``.
     """
-    if seed.demos:
+    if seed.demos and not rationale:
         return [(f"{seed.id}/demo-{i}", d) for i, d in enumerate(seed.demos[:k])]
-    candidates = sorted((s for s in pool if s.task == seed.task and s.id != seed.id and s.answer), key=lambda s: s.id)
-    rng = random.Random(f"{rng_seed}:{seed.id}")
-    chosen = rng.sample(candidates, min(k, len(candidates)))
-    return [(s.id, {"input": s.input or s.instruction, "output": s.answer}) for s in chosen]
+    cands = [s for s in pool if (s.rationale or not rationale)
+             and (s.task == seed.task or not same_task or method == "stratified")]
+    if index is not None and [s.id for s in cands] != index.ids:
+        index = None
+    sel = rank_demos(seed, cands, k, method=method, seed=rng_seed, budget_tokens=budget_tokens,
+                     count_tokens=_seed_tokens, index=index)
+    by_id = {s.id: s for s in cands}
+    return [(i, d | {"rationale": by_id[i].rationale}) for i, d in zip(sel.ids, sel.demos)]
 
 
 def _template_vars(seed: Seed, demos: list[dict[str, str]]) -> dict:
+    """What every template sees: instruction, input, demos ([{input, output, rationale}]), task."""
     return {"instruction": seed.instruction, "input": seed.input, "demos": demos, "task": seed.task}
 
 
-def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str) -> tuple[list[dict], dict[str, Template]]:
-    """Render every (seed, style) prompt. Returns plans (request + bookkeeping) and the templates used."""
-    templates = {style: load_template(cfg.templates.get(style, style)) for style in cfg.styles}
+def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
+                   bootstrapped: list[Seed] = ()) -> tuple[list[dict], dict[str, Template]]:
+    """Render every (seed, style) prompt, plus the instruct prompt of each ``bootstrapped`` instruction
+    (they have no gold answer, so no ICL/CoT; they are never demos). Returns plans (request +
+    bookkeeping, ``origin``) and the templates used."""
+    default = {"cot": "cot_fewshot" if cfg.cot_shots else "cot"}
+    templates = {style: load_template(cfg.templates.get(style, default.get(style, style))) for style in cfg.styles}
     if cfg.erase_demos and "instruct" not in templates:
         templates["instruct"] = load_template(cfg.templates.get("instruct", "instruct"))
     s = cfg.sampling
     plans = []
-    for seed in seeds:
-        for style in cfg.styles:
-            demos = select_demos(seed, seeds, cfg.num_demos, cfg.demo_seed) if style == "icl" else []
-            if style == "icl" and not demos:
-                plans.append({"seed": seed, "style": style, "skip": "no_demos"})
-                continue
-            tmpl = templates[style]
-            messages = render_messages(tmpl, _template_vars(seed, [d for _, d in demos]))
-            req = TeacherRequest(
-                messages=messages, model=model_id, style=style, template=tmpl.name, template_sha=tmpl.sha256,
-                temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n, seed=s.seed,
-                top_logprobs=s.top_logprobs,
-            )
-            student_prompt = messages
-            if style == "icl" and cfg.erase_demos:
-                student_prompt = render_messages(templates["instruct"], _template_vars(seed, []))
-            plans.append({"seed": seed, "style": style, "request": req, "demo_ids": [i for i, _ in demos],
-                          "student_prompt": student_prompt})
+    indexes: dict[tuple[str | None, bool], BM25Index] = {}  # one BM25 index per candidate pool, not per target
+
+    def demos_for(seed: Seed, k: int, rationale: bool) -> list[tuple[str, dict[str, str]]]:
+        index = None
+        if cfg.demo_method == "bm25" and not (seed.demos and not rationale):
+            key = (seed.task if cfg.demo_same_task else None, rationale)
+            if key not in indexes:
+                pool = [x for x in seeds if (x.rationale or not rationale) and (key[0] is None or x.task == key[0])]
+                indexes[key] = BM25Index.from_seeds(pool)
+            index = indexes[key]
+        return select_demos(seed, seeds, k, cfg.demo_seed, cfg.demo_method, cfg.demo_same_task,
+                            cfg.demo_budget_tokens, rationale=rationale, index=index)
+
+    work = [(seed, style, "seed") for seed in seeds for style in cfg.styles]
+    work += [(seed, "instruct", f"bootstrap:{seed.id}") for seed in bootstrapped]
+    for seed, style, origin in work:
+        demos = []
+        if style == "icl":
+            demos = demos_for(seed, cfg.num_demos, False)
+        elif style == "cot" and cfg.cot_shots:
+            demos = demos_for(seed, cfg.cot_shots, True)
+        if style == "icl" and not demos or style == "cot" and cfg.cot_shots and not demos:
+            plans.append({"seed": seed, "style": style, "skip": "no_demos", "origin": origin})
+            continue
+        tmpl = templates[style]
+        messages = render_messages(tmpl, _template_vars(seed, [d for _, d in demos]))
+        req = TeacherRequest(
+            messages=messages, model=model_id, style=style, template=tmpl.name, template_sha=tmpl.sha256,
+            temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n, seed=s.seed,
+            top_logprobs=s.top_logprobs,
+        )
+        student_prompt = messages
+        if style == "icl" and cfg.erase_demos:
+            student_prompt = render_messages(templates["instruct"], _template_vars(seed, []))
+        if style == "cot" and cfg.erase_demos and demos:
+            student_prompt = render_messages(load_template(cfg.templates.get("cot", "cot")), _template_vars(seed, []))
+        plans.append({"seed": seed, "style": style, "request": req, "demo_ids": [i for i, _ in demos],
+                      "student_prompt": student_prompt, "origin": origin})
     return plans, templates
+
+
+def _blank_row(seed_id: str, style: str, reason: str, origin: str, split: str = "removed",
+               instruction: str = "") -> dict:
+    """A removed row that never got (or never needed) a teacher answer, in the dataset's schema."""
+    return {"seed_id": seed_id, "style": style, "prompt_messages": [{"role": "user", "content": instruction}] if instruction else [],
+            "gold": None, "demo_ids": [], "origin": origin, "split": split,
+            "teacher": {"model": "", "engine": "", "params": "", "template": "", "template_sha": ""},
+            "id": f"{seed_id}:{style}:0", "messages": [], "raw_output": "", "rationale": "", "answer": None,
+            "quality": {"gold_match": None, "finish_reason": None, "extraction": "none", "choice": 0,
+                        "vote_share": None, "voted_answer": None, "completion_tokens": None},
+            "teacher_logprobs": None, "teacher_token_ids": None, "removed_reason": reason}
 
 
 def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str) -> list[dict]:
@@ -121,17 +247,15 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
                "params": json.dumps({k: getattr(req, k) for k in ("temperature", "top_p", "max_tokens", "n", "seed", "top_logprobs")}),
                "template": req.template, "template_sha": req.template_sha}
     base = {"seed_id": seed.id, "style": style, "prompt_messages": req.messages, "gold": seed.answer,
-            "demo_ids": plan["demo_ids"], "teacher": teacher, "split": split}
+            "demo_ids": plan["demo_ids"], "origin": plan.get("origin", "seed"), "teacher": teacher, "split": split}
     if resp.error is not None:
-        return [base | {"id": f"{seed.id}:{style}:0", "messages": [], "raw_output": "", "rationale": "", "answer": None,
-                        "quality": {"gold_match": None, "finish_reason": None, "extraction": "none", "choice": 0},
-                        "teacher_logprobs": None, "teacher_token_ids": None,
-                        "removed_reason": f"teacher_error: {resp.error[:200]}"}]
+        row = _blank_row(seed.id, style, f"teacher_error: {resp.error[:200]}", base["origin"], split)
+        return [row | base | {"removed_reason": row["removed_reason"]}]
     rows = []
     for i, choice in enumerate(resp.choices):
         text = choice.text.strip()
         if style == "cot":
-            ex = extract_answer(text)
+            ex = extract_answer(text, cfg.extraction)
             rationale, answer, method = ex.rationale, ex.answer, ex.method
         else:
             first = text.splitlines()[0].strip() if text else ""
@@ -144,19 +268,78 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
             reason = "truncated"
         elif cfg.require_gold_match and gold_match is False:
             reason = "gold_mismatch"
+        ntok = len(choice.token_ids) if choice.token_ids is not None else None
         rows.append(base | {
             "id": f"{seed.id}:{style}:{i}",
             "messages": plan["student_prompt"] + [{"role": "assistant", "content": text}],
             "raw_output": choice.text, "rationale": rationale, "answer": answer,
-            "quality": {"gold_match": gold_match, "finish_reason": choice.finish_reason, "extraction": method, "choice": i},
+            "quality": {"gold_match": gold_match, "finish_reason": choice.finish_reason, "extraction": method, "choice": i,
+                        "vote_share": None, "voted_answer": None, "completion_tokens": ntok},
             "teacher_logprobs": json.dumps(choice.logprobs) if choice.logprobs else None,
             "teacher_token_ids": choice.token_ids,
             "removed_reason": reason,
         })
+    if style == "cot" and cfg.self_consistency.enabled and rows:
+        _vote(rows, seed, cfg.self_consistency.keep)
     return rows
 
 
+def _vote(rows: list[dict], seed: Seed, keep: str) -> None:
+    """Self-consistency over one question's samples: record the vote, remove rationales off the kept answer.
+
+    Truncated and empty samples do not vote (their answer is unreliable) but count in the share's
+    denominator. ``keep="gold"`` keeps the samples matching the gold answer where the seed has one.
+    """
+    voters = [r["answer"] if r["removed_reason"] is None else None for r in rows]
+    vote = majority_vote(voters)
+    use_gold = keep == "gold" and seed.answer
+    for r, agrees in zip(rows, vote.agrees):
+        r["quality"]["vote_share"] = round(vote.share, 4)
+        r["quality"]["voted_answer"] = vote.answer
+        if r["removed_reason"] is not None:
+            continue
+        if use_gold:
+            if r["quality"]["gold_match"] is False:
+                r["removed_reason"] = f"gold_mismatch: answer {r['answer']!r}, gold {seed.answer!r} (voted {vote.answer!r})"
+        elif not agrees:
+            r["removed_reason"] = f"sc_minority: answer {r['answer']!r}, voted {vote.answer!r} ({vote.votes}/{vote.samples})"
+
+
+def _read_eval_texts(paths: list[str]) -> list[str]:
+    """Eval items for the contamination check: JSONL rows (question | instruction+input | text) or text lines."""
+    texts: list[str] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"generate.filters.contamination.eval_paths: {p} not found (give JSONL or text files)")
+        for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            if p.suffix == ".jsonl":
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{p}:{lineno}: not valid JSON ({exc.msg}); fix the line or pass a text file") from None
+                parts = [row.get(k) for k in ("question", "instruction", "input", "text")] if isinstance(row, dict) else [row]
+                texts.append(" ".join(str(x) for x in parts if x))
+            else:
+                texts.append(line)
+    return texts
+
+
+def _row_filters(cfg: FiltersConfig) -> list:
+    out: list = []
+    if cfg.length is not None:
+        out.append(LengthFilter(**cfg.length.model_dump()))
+    if cfg.format:
+        out.append(FormatFilter())
+    if cfg.blocklist:
+        out.append(BlocklistFilter(tuple(cfg.blocklist)))
+    return out
+
+
 def _card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict[str, Template], stats: dict, samples: list[dict]) -> str:
+    t = stats["teacher"]
     lines = [
         "---", "license: other", "tags: [eakd, distillation, synthetic]", "---", "",
         "# eakd synthetic distillation dataset", "",
@@ -167,19 +350,98 @@ def _card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict[str, 
         "## Templates", "",
         "| style | template | sha256 |", "|---|---|---|",
         *[f"| {s} | `{t.name}` | `{t.sha256}` |" for s, t in templates.items()], "",
+        "## Seeds and demonstrations", "",
+        f"- seeds: {stats['seeds']} from `{cfg.seeds}` (format `{cfg.seed_format}`), "
+        f"{stats['seeds_train']} train / {stats['seeds_validation']} validation, split by seed id",
+        f"- demonstrations: `{json.dumps(stats['demos'])}`; ICL context distillation (demos erased for the student): {cfg.erase_demos}",
+        f"- answer extraction: patterns `{list(cfg.extraction.patterns)}`", "",
         "## Counts and filters", "",
-        f"- seeds: {stats['seeds']} ({stats['seeds_train']} train / {stats['seeds_validation']} validation, split by seed id)",
-        f"- rows kept: {stats['rows']['train']} train, {stats['rows']['validation']} validation; removed: {stats['rows']['removed']}",
+        f"- rows kept: {stats['rows']['train']} train, {stats['rows']['validation']} validation; removed: {stats['rows']['removed']} "
+        "(kept in the `removed` split with the reason)",
         f"- kept per style: `{json.dumps(stats['kept_per_style'])}`",
         f"- removed by reason: `{json.dumps(stats['removed_by_reason'])}`",
-        f"- gold match rate per style (rows with gold): `{json.dumps(stats['gold_match_rate'])}`",
-        f"- teacher tokens: {stats['teacher']['prompt_tokens']} prompt, {stats['teacher']['completion_tokens']} completion; "
-        f"cache hits {stats['teacher']['cache_hits']}/{stats['teacher']['requests']}", "",
-        "## Samples", "",
+        f"- configured filters (rows each removed first): `{json.dumps(stats['filters'])}`",
+        f"- gold match rate per style (rows with gold): `{json.dumps(stats['gold_match_rate'])}`", "",
+        "## Tokens", "",
+        f"- teacher: {t['prompt_tokens'] + t.get('cached_prompt_tokens', 0)} prompt, "
+        f"{t['completion_tokens'] + t.get('cached_completion_tokens', 0)} completion tokens "
+        f"(cache hits {t['cache_hits']}/{t['requests']})",
+        *[f"- kept `{st}` rows: {d['rows']} rows, {d['completion_tokens']} response tokens"
+          + (f" ({d['estimated_rows']} rows estimated at 4 chars/token)" if d["estimated_rows"] else "")
+          for st, d in stats["tokens"].items()], "",
     ]
+    if stats.get("self_consistency"):
+        sc = stats["self_consistency"]
+        lines += ["## Self-consistency (CoT)", "",
+                  f"- {sc['questions']} questions x {cfg.sampling.n} samples; keep = `{cfg.self_consistency.keep}`",
+                  f"- mean vote share {sc['mean_vote_share']}; accuracy of the first sample {sc['first_sample_accuracy']}, "
+                  f"of all samples {sc['all_samples_accuracy']}, of the voted answer {sc['voted_accuracy']}",
+                  f"- rationales reaching the voted answer: {sc.get('voted_rows')}, correct share {sc.get('voted_rows_correct_share')}",
+                  f"- kept rationales: {sc['kept_rows']}, correct share {sc['kept_correct_share']}, "
+                  f"covering {sc['questions_covered']}/{sc['questions_with_gold']} questions with gold", ""]
+    if stats.get("contamination"):
+        c = stats["contamination"]
+        lines += ["## Contamination", "",
+                  f"- {c['contaminated']} of {c['rows_checked']} rows share a {c['n']}-gram with {c['eval_items_hit']} of "
+                  f"{c['eval_items']} eval items ({', '.join(cfg.filters.contamination.eval_paths)}); action: {c['action']}", ""]
+    if stats.get("bootstrap"):
+        b = stats["bootstrap"]
+        a = b["novelty_agreement"]
+        lines += ["## Self-Instruct bootstrapping", "",
+                  f"- {b['rounds']} rounds, {b['candidates']} candidate instructions, {b['kept']} kept; removed by: "
+                  f"`{json.dumps(b['removed_by'])}`",
+                  f"- novelty decided by {a['decided_by']}; ROUGE-L > {a['rougel_threshold']} vs MinHash Jaccard > "
+                  f"{a['minhash_threshold']} drop-sets: both {a['both']}, only ROUGE-L {a['only_rougel']}, only MinHash "
+                  f"{a['only_minhash']} (Jaccard {a['jaccard']}, MinHash precision {a['minhash_precision']}, recall {a['minhash_recall']})",
+                  f"- template `{b['template']['name']}` sha256 `{b['template']['sha256']}`", ""]
+    lines += ["## Samples", ""]
     for r in samples:
         lines += [f"**{r['id']}** ({r['style']})", "", "```", r["messages"][-1]["content"][:400], "```", ""]
     return "\n".join(lines)
+
+
+def _token_counts(kept: list[dict]) -> dict:
+    """Teacher tokens in the kept rows, per style: exact ids where the backend returned them, else ~chars/4."""
+    out: dict[str, dict[str, int]] = {}
+    for r in kept:
+        n = r["quality"]["completion_tokens"]
+        exact = n is not None
+        if n is None:
+            n = len(r["messages"][-1]["content"]) // 4 if r["messages"] else 0
+        d = out.setdefault(r["style"], {"rows": 0, "completion_tokens": 0, "estimated_rows": 0})
+        d["rows"] += 1
+        d["completion_tokens"] += n
+        d["estimated_rows"] += not exact
+    return out
+
+
+def _sc_stats(rows: list[dict]) -> dict:
+    """Self-consistency figures over the CoT rows: single-sample vs voted vs kept correctness."""
+    by_q: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["style"] == "cot" and r["quality"]["vote_share"] is not None:
+            by_q.setdefault(r["seed_id"], []).append(r)
+    gold_q = {q: rs for q, rs in by_q.items() if rs[0]["gold"]}
+    first = [rs[0]["quality"]["gold_match"] is True for rs in gold_q.values()]
+    samples = [r["quality"]["gold_match"] is True for rs in gold_q.values() for r in rs]
+    voted = [answers_match(rs[0]["quality"]["voted_answer"], rs[0]["gold"]) is True for rs in gold_q.values()]
+    kept = [r for rs in gold_q.values() for r in rs if r["removed_reason"] is None]
+    share = [rs[0]["quality"]["vote_share"] for rs in by_q.values()]
+    # the vote alone as a filter (no gold): samples reaching the voted answer, and how many are right
+    agree = [r for rs in gold_q.values() for r in rs if r["answer"] is not None
+             and answer_key(r["answer"]) == answer_key(r["quality"]["voted_answer"])]
+    return {
+        "questions": len(by_q), "questions_with_gold": len(gold_q),
+        "mean_vote_share": round(sum(share) / len(share), 4) if share else None,
+        "first_sample_accuracy": round(sum(first) / len(first), 4) if first else None,
+        "all_samples_accuracy": round(sum(samples) / len(samples), 4) if samples else None,
+        "voted_accuracy": round(sum(voted) / len(voted), 4) if voted else None,
+        "voted_rows": len(agree),
+        "voted_rows_correct_share": round(sum(r["quality"]["gold_match"] is True for r in agree) / len(agree), 4) if agree else None,
+        "kept_rows": len(kept),
+        "kept_correct_share": round(sum(r["quality"]["gold_match"] is True for r in kept) / len(kept), 4) if kept else None,
+        "questions_covered": sum(any(r["removed_reason"] is None for r in rs) for rs in gold_q.values()),
+    }
 
 
 def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: str | Path) -> Path:
@@ -195,10 +457,36 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     out = Path(out_dir)
     if (out / "stats.json").exists():
         raise ConfigError(f"{out} already holds a dataset; remove it or choose another output folder")
+    if cfg.push_to_hub is not None and not os.environ.get(cfg.push_to_hub.token_env):
+        raise ConfigError(f"generate.push_to_hub: the env var {cfg.push_to_hub.token_env} holding a Hub write token is "
+                          "not set; set it, or remove push_to_hub to keep the dataset local")
     t0 = time.perf_counter()
-    seeds = load_seeds(cfg.seeds, cfg.limit)
+    seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
+    row_filters = _row_filters(cfg.filters)  # config errors surface before any teacher call
+    contamination, eval_items = None, 0
+    if cfg.filters.contamination is not None:
+        cc = cfg.filters.contamination
+        eval_texts = _read_eval_texts(cc.eval_paths)
+        eval_items = len(eval_texts)
+        contamination = ContaminationFilter(eval_texts, n=cc.n, min_n=cc.min_n)
+    extra_rows: list[dict] = []
+    boot_stats = None
+    bootstrapped: list[Seed] = []
+    if cfg.bootstrap is not None:
+        try:
+            boot = bootstrap_instructions(seeds, cfg.bootstrap, teacher_cfg, cfg.filters.blocklist or None)
+        except TemplateError as exc:
+            raise ConfigError(f"generate.bootstrap.template: {exc}") from None
+        bootstrapped = boot.seeds
+        for r in boot.removed:
+            extra_rows.append(_blank_row(r.get("id") or r["origin"], "instruct", r["removed_reason"], r["origin"],
+                                         instruction=r["instruction"]))
+        boot_stats = {"rounds": boot.rounds, "candidates": boot.candidates, "kept": len(boot.seeds),
+                      "removed_by": boot.removed_by, "novelty_agreement": boot.agreement, "teacher": boot.teacher,
+                      "template": {"name": boot.template.name, "sha256": boot.template.sha256},
+                      "config": cfg.bootstrap.model_dump(mode="json")}
     try:
-        plans, templates = build_requests(seeds, cfg, teacher_cfg.model_id())
+        plans, templates = build_requests(seeds, cfg, teacher_cfg.model_id(), bootstrapped)
     except TemplateError as exc:
         raise ConfigError(f"generate.templates: {exc}") from None
     live = [p for p in plans if "request" in p]
@@ -206,9 +494,35 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     responses = query_teacher([p["request"] for p in live], teacher_cfg, tstats)
 
     val_ids = {s.id for s in seeds if _unit_hash("split", s.id) < cfg.validation_fraction}
+    # a bootstrapped instruction goes with the split of nothing in particular: split it by its own id too
+    val_ids |= {s.id for s in bootstrapped if _unit_hash("split", s.id) < cfg.validation_fraction}
     rows: list[dict] = []
     for plan, resp in zip(live, responses):
         rows += _rows_for(plan, resp, cfg, "validation" if plan["seed"].id in val_ids else "train")
+
+    # configured filters, then the contamination check, on rows that survived generation
+    filter_counts: dict[str, int] = {}
+    if row_filters:
+        fr = apply_filters([r for r in rows if r["removed_reason"] is None], row_filters)
+        by_id = {r["id"]: r for r in fr.removed}
+        for r in rows:
+            if r["id"] in by_id:
+                r["removed_reason"] = f"filter_{by_id[r['id']]['removed_by']}: {by_id[r['id']]['reason']}"
+        filter_counts = fr.counts
+    contamination_stats = None
+    if contamination is not None:
+        live_rows = [r for r in rows if r["removed_reason"] is None]
+        rep = ngram_contamination(live_rows, contamination.index)
+        contamination_stats = {"n": rep.n, "rows_checked": rep.rows, "contaminated": rep.contaminated,
+                               "eval_items": eval_items,
+                               "eval_items_hit": rep.eval_items_hit, "skipped_short_eval": rep.skipped_short_eval,
+                               "action": cfg.filters.contamination.action}
+        if cfg.filters.contamination.action == "filter":
+            for r in live_rows:
+                reason = contamination(r)
+                if reason is not None:
+                    r["removed_reason"] = f"contamination: {reason}"
+    rows += extra_rows
     kept = [r for r in rows if r["removed_reason"] is None]
     removed = [r for r in rows if r["removed_reason"] is not None]
     with_gold: dict[str, list[bool]] = {}
@@ -217,13 +531,21 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
             with_gold.setdefault(r["style"], []).append(bool(r["quality"]["gold_match"]))
     stats = {
         "format": DATASET_FORMAT, "eakd_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "seeds": len(seeds), "seeds_train": len(seeds) - len(val_ids), "seeds_validation": len(val_ids),
+        "seeds": len(seeds), "seeds_train": len(seeds) - len(val_ids & {s.id for s in seeds}),
+        "seeds_validation": len(val_ids & {s.id for s in seeds}),
         "requests": len(live), "skipped": dict(Counter(p["skip"] for p in plans if "skip" in p)),
         "rows": {"generated": len(rows), "train": sum(r["split"] == "train" for r in kept),
                  "validation": sum(r["split"] == "validation" for r in kept), "removed": len(removed)},
         "kept_per_style": dict(Counter(r["style"] for r in kept)),
         "removed_by_reason": dict(Counter(r["removed_reason"].split(":")[0] for r in removed)),
+        "filters": filter_counts,
         "gold_match_rate": {s: round(sum(v) / len(v), 4) for s, v in sorted(with_gold.items())},
+        "demos": {"method": cfg.demo_method, "num_demos": cfg.num_demos, "cot_shots": cfg.cot_shots,
+                  "same_task": cfg.demo_same_task, "budget_tokens": cfg.demo_budget_tokens, "seed": cfg.demo_seed},
+        "tokens": _token_counts(kept),
+        "self_consistency": _sc_stats(rows) if cfg.self_consistency.enabled else None,
+        "contamination": contamination_stats,
+        "bootstrap": boot_stats,
         "teacher": tstats.to_dict(), "templates": {s: {"name": t.name, "sha256": t.sha256} for s, t in templates.items()},
         "config": cfg.model_dump(mode="json"), "teacher_config": teacher_cfg.model_dump(mode="json"),
         "seconds": round(time.perf_counter() - t0, 2),
@@ -243,10 +565,20 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     shutil.rmtree(tmp, ignore_errors=True)
     dd.save_to_disk(str(tmp))
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-    (tmp / "README.md").write_text(_card(cfg, teacher_cfg, templates, stats, kept[:3]))
+    samples = [next(r for r in kept if r["style"] == st) for st in dict.fromkeys(r["style"] for r in kept)]
+    (tmp / "README.md").write_text(_card(cfg, teacher_cfg, templates, stats, samples))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+    if cfg.push_to_hub is not None:  # after the local save: a failed upload loses nothing
+        hub = cfg.push_to_hub
+        token = os.environ[hub.token_env]
+        try:
+            dd.push_to_hub(hub.repo_id, token=token, private=hub.private)
+        except Exception as exc:  # network, auth: the local dataset is complete either way
+            why = str(exc).replace(token, "***")[:300]
+            raise RuntimeError(f"generate.push_to_hub: upload to {hub.repo_id} failed ({type(exc).__name__}: {why}); "
+                               f"the dataset is saved at {out}") from None
     log.info("dataset: %d train / %d validation / %d removed rows -> %s", stats["rows"]["train"],
              stats["rows"]["validation"], stats["rows"]["removed"], out)
     return out

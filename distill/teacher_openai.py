@@ -158,7 +158,12 @@ class _Pool:
     async def release(self, replica: _Replica) -> None:
         async with self.cond:
             replica.inflight -= 1
-            self.cond.notify_all()
+            # wake as many waiters as there are free slots (the AIMD window may have grown), not all of
+            # them: with hundreds of queued requests notify_all costs O(n) wake-ups per answer, which
+            # on a small machine steals CPU from a local engine
+            now = time.monotonic()
+            free = sum(max(0, r.limit.cap - r.inflight) for r in self.replicas if r.down_until <= now)
+            self.cond.notify(max(1, free))
 
 
 PUSHBACK = {"http_429", "http_503", "timeout"}

@@ -1,7 +1,8 @@
 """Jinja prompt templates for the three emergent-ability styles, and their sandboxed renderer.
 
 Templates: ``icl.jinja`` (task description + few-shot demonstrations), ``cot.jinja`` (reason step by
-step, then a marked final answer) and ``instruct.jinja`` (the task description alone). Each template
+step, then a marked final answer) and ``instruct.jinja`` (the task description alone); also ``cot_fewshot.jinja`` (worked examples with
+rationales, for few-shot CoT) and ``self_instruct.jinja`` (Self-Instruct's continue-the-task-list prompt). Each template
 defines ``{% block system %}`` and ``{% block user %}``; :func:`render_messages` renders each block into
 one chat message, so prompts stay tokenizer-independent ``messages``.
 
@@ -10,6 +11,6 @@ Every template — shipped or user-supplied — renders in Jinja's ``SandboxedEn
 source, so generated text cannot run template code.
 """
 
-from prompts.render import BUILTIN_STYLES, Template, TemplateError, load_template, render_messages
+from prompts.render import BUILTIN_STYLES, SHIPPED, Template, TemplateError, load_template, render_messages
 
-__all__ = ["BUILTIN_STYLES", "Template", "TemplateError", "load_template", "render_messages"]
+__all__ = ["BUILTIN_STYLES", "SHIPPED", "Template", "TemplateError", "load_template", "render_messages"]

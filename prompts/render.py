@@ -12,6 +12,8 @@ from jinja2.sandbox import SandboxedEnvironment
 
 BUILTIN_DIR = Path(__file__).parent
 BUILTIN_STYLES = ("icl", "cot", "instruct")
+# every shipped template: the three styles, few-shot CoT, and the Self-Instruct bootstrapping prompt
+SHIPPED = (*BUILTIN_STYLES, "cot_fewshot", "self_instruct")
 ROLES = ("system", "user")
 
 
@@ -35,8 +37,8 @@ def _env() -> SandboxedEnvironment:
 
 
 def load_template(name_or_path: str) -> Template:
-    """A shipped style name (``icl``/``cot``/``instruct``) or a path to a user ``.jinja`` file."""
-    if name_or_path in BUILTIN_STYLES:
+    """A shipped template name (see ``SHIPPED``) or a path to a user ``.jinja`` file."""
+    if name_or_path in SHIPPED:
         path = BUILTIN_DIR / f"{name_or_path}.jinja"
         name = name_or_path
     else:
@@ -44,7 +46,7 @@ def load_template(name_or_path: str) -> Template:
         name = str(path)
         if not path.is_file():
             raise TemplateError(
-                f"template {name_or_path!r} not found: use one of {', '.join(BUILTIN_STYLES)} or a path to a .jinja file"
+                f"template {name_or_path!r} not found: use one of {', '.join(SHIPPED)} or a path to a .jinja file"
             )
     source = path.read_text()
     try:

@@ -32,3 +32,12 @@ def test_help_lists_every_command(repo_root):
     assert proc.returncode == 0
     for cmd in ("models", "teacher", "generate", "train", "compress", "run", "report"):
         assert cmd in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "gsm8k_cot.yaml", "self_instruct.yaml"])
+def test_shipped_configs_validate(repo_root, name):
+    from distill.config import load_config
+    from flows.config import PipelineConfig
+
+    cfg = load_config(PipelineConfig, repo_root / "flows" / "configs" / name)
+    assert cfg.generate.styles

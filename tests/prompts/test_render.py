@@ -4,18 +4,21 @@ from pathlib import Path
 
 import pytest
 
-from prompts import BUILTIN_STYLES, TemplateError, load_template, render_messages
+from prompts import SHIPPED, TemplateError, load_template, render_messages
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 VARS = {
     "instruction": "Solve the math word problem.",
     "input": "Tom has 3 boxes with 4 apples each. How many apples?",
-    "demos": [{"input": "2 bags of 5 apples?", "output": "10"}, {"input": "6 apples, eat 2?", "output": "4"}],
+    "demos": [{"input": "2 bags of 5 apples?", "output": "10", "rationale": "2 x 5 = 10."},
+              {"input": "6 apples, eat 2?", "output": "4", "rationale": "6 - 2 = 4."}],
     "task": "arithmetic",
+    "tasks": ["Name three fruits.", "Translate 'cat' into French."],
+    "n_new": 2,
 }
 
 
-@pytest.mark.parametrize("style", BUILTIN_STYLES)
+@pytest.mark.parametrize("style", SHIPPED)
 def test_shipped_template_snapshot(style):
     """Every shipped template renders exactly as its snapshot (EAKD_UPDATE_SNAPSHOTS=1 rewrites them)."""
     messages = render_messages(load_template(style), VARS)
