@@ -6,6 +6,11 @@ Same prompts (GSM8K train questions from ../shared/data), same greedy sampling, 
 * ``plain``: one question per request (instruction following);
 * ``icl``: the same questions, each behind one of ``--demo-sets`` sets of ``--shots`` solved GSM8K
   examples, in arrival order (question i uses set i mod S) — the workload prefix-aware scheduling is for.
+  With the defaults (4 sets x 4 shots) every shared prefix fits the engine's prefix cache at once, so
+  the order cannot matter much;
+* ``icl_many``: the same with ``--many-demo-sets`` x ``--many-shots`` (32 x 6): the in-flight requests'
+  distinct prefixes no longer fit the KV cache together, so arrival order recomputes them and
+  prefix-aware order does not — the case it exists for.
 
 Runs per workload: ``raw`` (a minimal AsyncOpenAI loop with a semaphore at the same concurrency),
 ``eakd`` (the openai backend; on ``icl`` with and without prefix scheduling), ``curator`` and
@@ -13,9 +18,10 @@ Runs per workload: ``raw`` (a minimal AsyncOpenAI loop with a semaphore at the s
 the server is stopped, the in-process pair on one engine: raw ``vllm.LLM.chat`` vs eakd's vllm backend
 (``distill.teacher_vllm.run``), engine start excluded for both.
 
-Prints a table; writes ``bench/results/teacher_throughput.json``.
+Prints a table; writes ``bench/results/teacher_throughput.json`` (``--out`` to name it).
 
-Run: ``.venv/bin/python bench/teacher_throughput.py [--n 512] [--max-tokens 32] [--peers-venv DIR]``
+Run: ``.venv/bin/python bench/teacher_throughput.py [--n 512] [--max-tokens 32] [--peers-venv DIR]
+[--workloads plain,icl,icl_many] [--out NAME.json]``
 """
 
 from __future__ import annotations
@@ -51,20 +57,26 @@ def load_gsm8k(n: int) -> list[dict]:
     return rows
 
 
-def workloads(n: int, demo_sets: int, shots: int) -> dict[str, list[list[dict]]]:
-    rows = load_gsm8k(n + demo_sets * shots)
-    questions, demos = rows[:n], rows[n:]
-    plain = [[{"role": "user", "content": f"{INSTRUCTION}\n\n{q['question']}"}] for q in questions]
+def _icl(questions: list[dict], demos: list[dict], demo_sets: int, shots: int) -> list[list[dict]]:
     sets = []
     for s in range(demo_sets):
         block = "".join(f"Example {j + 1}:\nQuestion: {d['question']}\nAnswer: {d['answer']}\n\n"
                         for j, d in enumerate(demos[s * shots:(s + 1) * shots]))
         sets.append(block)
-    icl = [[{"role": "system", "content": "You are a careful math tutor."},
-            {"role": "user", "content": f"{INSTRUCTION}\n\n{sets[i % demo_sets]}Now solve this one.\n"
-                                        f"Question: {q['question']}\nAnswer:"}]
-           for i, q in enumerate(questions)]
-    return {"plain": plain, "icl": icl}
+    return [[{"role": "system", "content": "You are a careful math tutor."},
+             {"role": "user", "content": f"{INSTRUCTION}\n\n{sets[i % demo_sets]}Now solve this one.\n"
+                                         f"Question: {q['question']}\nAnswer:"}]
+            for i, q in enumerate(questions)]
+
+
+def workloads(n: int, demo_sets: int, shots: int, many_sets: int, many_shots: int,
+              names: list[str]) -> dict[str, list[list[dict]]]:
+    rows = load_gsm8k(n + max(demo_sets * shots, many_sets * many_shots))
+    questions, demos = rows[:n], rows[n:]
+    out = {"plain": [[{"role": "user", "content": f"{INSTRUCTION}\n\n{q['question']}"}] for q in questions],
+           "icl": _icl(questions, demos, demo_sets, shots),
+           "icl_many": _icl(questions, demos, many_sets, many_shots)}
+    return {k: out[k] for k in names}
 
 
 def to_requests(prompts: list[list[dict]], max_tokens: int, tag: str):
@@ -167,7 +179,7 @@ def in_process(prompts_by_workload: dict, max_tokens: int, tmp: Path) -> dict:
             else:
                 reqs = to_requests(prompts, max_tokens, f"inproc-{name}")
                 cache = ResponseCache(tmp / f"inproc-{name}.sqlite")
-                run(reqs, cfg.model_copy(update={"prefix_scheduling": name == "icl"}), cache, llm=llm)
+                run(reqs, cfg.model_copy(update={"prefix_scheduling": name.startswith("icl")}), cache, llm=llm)
                 tokens = sum(r["completion_tokens"] for r in cache.get_many([r.key() for r in reqs]).values())
                 cache.close()
             wall = time.perf_counter() - t
@@ -186,32 +198,55 @@ def main() -> int:
     ap.add_argument("--shots", type=int, default=4, help="icl: demonstrations per set")
     ap.add_argument("--peers-venv", type=Path, default=Path(os.environ.get("EAKD_PEERS_VENV", "/tmp/eakd-peers")),
                     help="where the peers' venvs live (created by bench/peers/setup_peers.sh when missing)")
+    ap.add_argument("--many-demo-sets", type=int, default=32, help="icl_many: distinct demonstration sets")
+    ap.add_argument("--many-shots", type=int, default=6, help="icl_many: demonstrations per set (8 overflows a 2048-token context)")
+    ap.add_argument("--workloads", default="plain,icl,icl_many", help="comma-separated subset of plain,icl,icl_many")
+    ap.add_argument("--out", default="teacher_throughput.json", help="results file name under bench/results/")
     ap.add_argument("--skip-in-process", action="store_true")
+    ap.add_argument("--skip-server", action="store_true", help="only the in-process pair (no server, no peers)")
     ap.add_argument("--skip-peers", action="store_true", help="do not install or run curator/distilabel")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server on timeout/kill
-    if not args.skip_peers:
+    if not args.skip_peers and not args.skip_server:
         ensure_peers(args.peers_venv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
 
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = sorted(set(names) - {"plain", "icl", "icl_many"})
+    if unknown or not names:
+        ap.error(f"--workloads: unknown {unknown}; choose from plain, icl, icl_many")
+    loads = workloads(args.n, args.demo_sets, args.shots, args.many_demo_sets, args.many_shots, names)
+    tmp = Path(tempfile.mkdtemp(prefix="eakd-bench-teacher-"))
+    results: dict = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+                     "args": {k: str(v) for k, v in vars(args).items()}, "workloads": {}}
+    if not args.skip_server:
+        served(args, loads, tmp, results)
+    if not args.skip_in_process:
+        results["in_process"] = in_process(loads, args.max_tokens, tmp)
+
+    summary = summarize(results)
+    results["summary"] = summary
+    _save(results, args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def served(args, loads: dict, tmp: Path, results: dict) -> None:
+    """The runs against one local vLLM server (started and stopped here)."""
     from distill.serve import free_port, start_server, stop_server, wait_ready
 
-    loads = workloads(args.n, args.demo_sets, args.shots)
-    tmp = Path(tempfile.mkdtemp(prefix="eakd-bench-teacher-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # enables POST /reset_prefix_cache between runs
     proc = start_server("bundled", port, log_file=tmp / "server.log")
-    results: dict = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-                     "args": {k: str(v) for k, v in vars(args).items()}, "workloads": {}}
     try:
         wait_ready(url, proc, timeout_s=900)
-        run_raw(url, loads["plain"][:8], 8, 8)  # warm-up
+        run_raw(url, next(iter(loads.values()))[:8], 8, 8)  # warm-up
         for name, prompts in loads.items():
             runs: dict = {}
             plan = [("raw", lambda: run_raw(url, prompts, args.max_tokens, args.concurrency))]
-            if name == "icl":
+            if name.startswith("icl"):
                 plan.append(("eakd_arrival", lambda: run_eakd(url, prompts, args.max_tokens, args.concurrency, False,
                                                               tmp / f"{name}-arrival.sqlite", f"{name}-arrival")))
             plan.append(("eakd", lambda: run_eakd(url, prompts, args.max_tokens, args.concurrency, True,
@@ -231,20 +266,19 @@ def main() -> int:
                     print(f"{name:5s} {label:13s} {r['wall_s']:8.2f} s  {r['ok']}/{len(prompts)} ok  "
                           f"{(r['completion_tokens'] or 0) / r['wall_s']:8.1f} tok/s", flush=True)
             results["workloads"][name] = runs
+            _save(results, args.out)  # a crash later keeps what was measured
     finally:
         stop_server(proc)
-    if not args.skip_in_process:
-        results["in_process"] = in_process(loads, args.max_tokens, tmp)
 
-    summary = summarize(results)
-    results["summary"] = summary
-    for runs in results["workloads"].values():  # keep the JSON small: texts only served the agreement check
+
+def _save(results: dict, name: str) -> None:
+    """Write the results so far (texts dropped: they only serve the agreement check)."""
+    slim = json.loads(json.dumps(results))
+    for runs in slim.get("workloads", {}).values():
         for r in runs.values():
             r.pop("texts", None)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "teacher_throughput.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(summary, indent=2))
-    return 0
+    (RESULTS / name).write_text(json.dumps(slim, indent=2))
 
 
 def summarize(results: dict) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -36,6 +37,10 @@ def _choice(c) -> Choice:
             lps.append([float(lp.logprob) for _, lp in ranked])
         packed = pack_topk(ids, lps)
     return Choice(text=c.text, finish_reason=c.finish_reason, logprobs=packed, token_ids=[int(t) for t in c.token_ids])
+
+
+def _tqdm_disabled() -> bool:
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _has_cuda() -> bool:
@@ -91,7 +96,8 @@ def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache
             for r in batch
         ]
         t = time.perf_counter()
-        outputs = llm.chat([r.messages for r in batch], sampling_params=params, use_tqdm=True)
+        # vLLM's own bar divides by its elapsed time, which is 0 when tqdm is disabled (TQDM_DISABLE=1)
+        outputs = llm.chat([r.messages for r in batch], sampling_params=params, use_tqdm=not _tqdm_disabled())
         per_request = (time.perf_counter() - t) / max(1, len(batch))
         items = []
         for r, out in zip(batch, outputs):
