@@ -45,6 +45,8 @@ def server_command(model: str, port: int, host: str = "127.0.0.1", max_model_len
            "--max-model-len", str(max_model_len), "--enable-prefix-caching"]
     if enforce_eager:
         cmd.append("--enforce-eager")
+    if not torch.cuda.is_available():  # see distill.teacher_vllm.cpu_engine_args
+        cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048))]
     return cmd + (extra or [])
 
 
