@@ -206,12 +206,39 @@ def _run_vllm_worker(pending: list[TeacherRequest], cfg: TeacherConfig, cache_pa
         env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}
         env |= cpu_thread_env(env)
         cmd = [sys.executable, "-m", "distill.teacher_vllm", str(req_file), str(cfg_file), str(cache_path)]
-        proc = subprocess.run(cmd, env=env)
+        # its own process group: the engine's worker processes join it, so one killpg cleans them all up
+        # (a plain terminate of the child would leave vLLM's EngineCore/Worker running)
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        try:
+            proc.wait()
+        finally:
+            _stop_group(proc)
         if proc.returncode != 0:
             raise RuntimeError(
                 f"the vLLM teacher process exited with code {proc.returncode} (its log is above); "
                 "responses it finished are cached — rerun to resume"
             )
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop ``proc``'s process group (the teacher child and the engine processes it started)."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return  # the group is gone
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the child exited; engine processes may linger a moment
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
 
 
 def cpu_thread_env(env: dict[str, str]) -> dict[str, str]:

@@ -125,8 +125,28 @@ def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache
         log.info("vLLM: %d/%d requests answered", min(start + cfg.batch_size, len(requests)), len(requests))
 
 
+def _die_with_parent() -> None:
+    """Stop this process group when the parent flow dies (even by SIGKILL), instead of generating for nobody."""
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                log.error("the parent process %d is gone; stopping the teacher", parent)
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="eakd-parent-watch").start()
+    # SIGTERM -> SystemExit, so vLLM's exit handlers shut its engine processes down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _die_with_parent()
     req_file, cfg_file, cache_file = (Path(a) for a in argv)
     cfg = TeacherConfig.model_validate_json(cfg_file.read_text())
     requests = [TeacherRequest(**json.loads(line)) for line in req_file.read_text().splitlines() if line]
