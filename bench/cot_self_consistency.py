@@ -11,7 +11,7 @@ Reported per dataset: the share of kept rationales whose answer matches the gold
 questions they cover, and (run 2) the voted answer's accuracy and the share among rationales that
 reach the voted answer (the vote alone as a filter, no gold). Writes bench/results/cot_self_consistency.json.
 
-Run: ``python bench/cot_self_consistency.py --n 100`` (bundled teacher in-process; ~10-20 min on 2 CPU cores).
+Run: ``python bench/cot_self_consistency.py --n 100`` (``--seeds FILE --shots 0 --out NAME.json`` for other seeds) (bundled teacher in-process; ~10-20 min on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def main() -> int:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--shots", type=int, default=2, help="few-shot CoT demonstrations (GSM8K worked solutions)")
     ap.add_argument("--max-tokens", type=int, default=192)
+    ap.add_argument("--seeds", type=Path, default=None, help="another seed file with gold answers (default: GSM8K train)")
+    ap.add_argument("--out", default="cot_self_consistency.json", help="results file name under bench/results/")
     args = ap.parse_args()
 
     from distill.config import shared_data_dir
@@ -44,12 +46,13 @@ def main() -> int:
     from distill.teacher import TeacherConfig
 
     data = shared_data_dir()
-    if data is None or not (data / "gsm8k" / "train.jsonl").exists():
-        print("skipped: ../shared/data/gsm8k/train.jsonl is absent (set EAKD_DATA_DIR)")
+    seeds = args.seeds or (data / "gsm8k" / "train.jsonl" if data is not None else None)
+    if seeds is None or not seeds.exists():
+        print("skipped: ../shared/data/gsm8k/train.jsonl is absent (set EAKD_DATA_DIR or pass --seeds)")
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="eakd-bench-sc-"))
     # the first --n questions are the targets; demos come from the same pool (never a question itself)
-    base = dict(seeds=str(data / "gsm8k" / "train.jsonl"), limit=args.n, styles=["cot"], cot_shots=args.shots,
+    base = dict(seeds=str(seeds), limit=args.n, styles=["cot"], cot_shots=args.shots,
                 validation_fraction=0.0, drop_truncated=True)
     teacher = TeacherConfig(backend="vllm", model="bundled", cache_path=str(tmp / "cache.sqlite"), max_model_len=2048)
     runs = {
@@ -59,7 +62,7 @@ def main() -> int:
                                            self_consistency={"enabled": True, "keep": "gold"}),
     }
     results: dict = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-                     "args": vars(args), "runs": {}}
+                     "args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
     for name, cfg in runs.items():
         t0 = time.perf_counter()
         out = generate_dataset(cfg, teacher, tmp / name)
@@ -68,9 +71,10 @@ def main() -> int:
 
         dd = load_from_disk(str(out))
         kept = [r for split in ("train", "validation") for r in dd[split]]
-        correct = sum(r["quality"]["gold_match"] is True for r in kept)
-        r = {"kept_rows": len(kept), "kept_correct": correct,
-             "kept_correct_share": round(correct / len(kept), 4) if kept else None,
+        graded = [r for r in kept if r["quality"]["gold_match"] is not None]  # rows whose seed has a gold answer
+        correct = sum(r["quality"]["gold_match"] is True for r in graded)
+        r = {"kept_rows": len(kept), "kept_rows_with_gold": len(graded), "kept_correct": correct,
+             "kept_correct_share": round(correct / len(graded), 4) if graded else None,
              "questions_covered": len({r["seed_id"] for r in kept}),
              "correct_questions": len({r["seed_id"] for r in kept if r["quality"]["gold_match"] is True}),
              "removed_by_reason": stats["removed_by_reason"], "teacher_completion_tokens": stats["teacher"]["completion_tokens"],
@@ -91,7 +95,7 @@ def main() -> int:
                                                "self_consistency": sc["correct_questions"]},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cot_self_consistency.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results["summary"], indent=2))
     return 0
 
