@@ -9,7 +9,7 @@ Two public formats load as they are (``fmt="auto"`` recognises them from the fir
 
 - ``gsm8k``: ``{question, answer}`` where ``answer`` is the worked solution ending ``#### 72``
   (Cobbe et al. 2021). The id is ``gsm8k-<line>``, the gold answer the part after ``####``, the
-  rationale the part before it with the ``<<48/2=24>>`` calculator annotations removed.
+  rationale the part before it with the ``<<3*4=12>>`` calculator annotations removed.
 - ``self_instruct``: the 175 seed tasks of Wang et al. 2023 (``{id, name, instruction, instances:
   [{input, output}], is_classification}``); the first instance gives ``input`` and ``answer``, ``name``
   becomes ``task``.

@@ -107,24 +107,24 @@ def test_apply_filters_plain_functions_and_unique_names():
         LengthFilter(min_instruction_words=10, max_instruction_words=5)
 
 
-EVAL = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-        "How many clips did Natalia sell altogether in April and May?",
+EVAL = ["Marco baked cookies for 36 of his neighbours in June, and then he baked half as many cookies in July. "
+        "How many cookies did Marco bake altogether in June and July?",
         "What is 7 times 8?"]
 
 
 def test_contamination_detects_injected_13_gram():
-    injected = "Here is a story. " + "she sold half as many clips in May. How many clips did Natalia sell" + " tonight."
+    injected = "Here is a story. " + "he baked half as many cookies in July. How many cookies did Marco bake" + " tonight."
     rows = [row("Write a story about a baker.", "Once upon a time there was a baker."),
             row("Solve this problem.", injected, id="leak"),
             # 12 consecutive eval words only: below n = 13
-            row("Solve this.", "Natalia sold clips to 48 of her friends in April, and then")]
+            row("Solve this.", "Marco baked cookies for 36 of his neighbours in June, and then")]
     rep = ngram_contamination(rows, EVAL, n=13)
     assert rep.contaminated == 1 and rep.eval_items_hit == 1 and rep.rows == 3
     assert rep.per_row[1].id == "leak" and rep.per_row[1].eval_indices == [0] and rep.per_row[1].ngrams >= 1
     assert rep.per_row[0].ngrams == 0 and rep.per_row[2].ngrams == 0
     assert rep.skipped_short_eval == 1  # "What is 7 times 8?" has 5 tokens < min_n = 8
     # normalisation: case and punctuation do not hide the overlap
-    shouted = "SHE SOLD HALF, AS MANY CLIPS IN MAY -- HOW MANY CLIPS DID NATALIA SELL!!"
+    shouted = "HE BAKED HALF, AS MANY COOKIES IN JULY -- HOW MANY COOKIES DID MARCO BAKE!!"
     assert ngram_contamination([shouted], EVAL).contaminated == 1
     # a smaller n (short math questions) catches the 12-word row too
     assert ngram_contamination(rows, EVAL, n=8).contaminated == 2
