@@ -60,7 +60,7 @@ def test_gsm8k_and_self_instruct_formats(tmp_path):
     assert (seed.id, seed.answer, seed.task) == ("gsm8k-1", "6", "gsm8k")
     assert seed.rationale == "2 bags x 3 = 6 apples." and "<<" not in seed.rationale
     si = tmp_path / "si.jsonl"
-    si.write_text(json.dumps({"id": "seed_task_0", "name": "antonyms", "instruction": "Give the antonym.",
+    si.write_text(json.dumps({"id": "my_task_1", "name": "antonyms", "instruction": "Give the antonym.",
                               "instances": [{"input": "hot", "output": "cold"}], "is_classification": False}) + "\n")
     (seed,) = load_seeds(si)
     assert (seed.instruction, seed.input, seed.answer, seed.task) == ("Give the antonym.", "hot", "cold", "antonyms")
