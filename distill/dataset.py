@@ -47,7 +47,7 @@ from distill.config import ConfigError, StageConfig
 from distill.demos import METHODS as DEMO_METHODS
 from distill.demos import BM25Index
 from distill.demos import select_demos as rank_demos
-from distill.filters import BlocklistFilter, ContaminationFilter, FormatFilter, LengthFilter, apply_filters, ngram_contamination
+from distill.filters import BlocklistFilter, FormatFilter, LengthFilter, NgramIndex, apply_filters, ngram_contamination
 from distill.seeds import Seed, SeedFormat, load_seeds
 from distill.selfinstruct import BootstrapConfig, bootstrap_instructions
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
@@ -468,7 +468,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         cc = cfg.filters.contamination
         eval_texts = _read_eval_texts(cc.eval_paths)
         eval_items = len(eval_texts)
-        contamination = ContaminationFilter(eval_texts, n=cc.n, min_n=cc.min_n)
+        contamination = NgramIndex(eval_texts, n=cc.n, min_n=cc.min_n)
     extra_rows: list[dict] = []
     boot_stats = None
     bootstrapped: list[Seed] = []
@@ -512,16 +512,16 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     contamination_stats = None
     if contamination is not None:
         live_rows = [r for r in rows if r["removed_reason"] is None]
-        rep = ngram_contamination(live_rows, contamination.index)
+        rep = ngram_contamination(live_rows, contamination)
         contamination_stats = {"n": rep.n, "rows_checked": rep.rows, "contaminated": rep.contaminated,
                                "eval_items": eval_items,
                                "eval_items_hit": rep.eval_items_hit, "skipped_short_eval": rep.skipped_short_eval,
                                "action": cfg.filters.contamination.action}
-        if cfg.filters.contamination.action == "filter":
-            for r in live_rows:
-                reason = contamination(r)
-                if reason is not None:
-                    r["removed_reason"] = f"contamination: {reason}"
+        if cfg.filters.contamination.action == "filter":  # the report already scanned every row: reuse it
+            for r, hit in zip(live_rows, rep.per_row):
+                if hit.ngrams >= 1:
+                    r["removed_reason"] = (f"contamination: {hit.ngrams} {rep.n}-gram(s) overlap eval items "
+                                           f"{hit.eval_indices[:5]}, e.g. {hit.example!r}")
     rows += extra_rows
     kept = [r for r in rows if r["removed_reason"] is None]
     removed = [r for r in rows if r["removed_reason"] is not None]
