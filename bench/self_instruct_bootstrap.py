@@ -9,7 +9,9 @@ The cost scaling of the two filters is measured separately by ``bench/novelty_sc
 
 Writes bench/results/self_instruct_bootstrap.json and keeps the dataset under --out when given.
 
-Run: ``python bench/self_instruct_bootstrap.py --target 500`` (bundled teacher in-process; ~15-25 min on 2 CPU cores).
+Run: ``python bench/self_instruct_bootstrap.py --target 700 --response-tokens 256`` (bundled teacher
+in-process; ~30-40 min on 2 CPU cores). The 135M teacher's answers often run past short token caps and
+truncated answers are removed, so the target is set above the 500 rows wanted.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def main() -> int:
     ap.add_argument("--response-tokens", type=int, default=128)
     ap.add_argument("--novelty", choices=["rougel", "minhash"], default="rougel")
     ap.add_argument("--out", type=Path, default=None, help="keep the dataset here (default: a temp folder)")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="teacher response cache to use (default: a fresh one); an earlier run's cache makes its answers free")
     args = ap.parse_args()
 
     from datasets import load_from_disk
@@ -57,7 +61,7 @@ def main() -> int:
         bootstrap={"target": args.target, "prompts_per_round": args.prompts_per_round, "max_rounds": args.max_rounds,
                    "novelty": args.novelty},
     )
-    teacher = TeacherConfig(backend="vllm", model="bundled", cache_path=str(tmp / "cache.sqlite"), max_model_len=2048)
+    teacher = TeacherConfig(backend="vllm", model="bundled", cache_path=str(args.cache or tmp / "cache.sqlite"), max_model_len=2048)
     t0 = time.perf_counter()
     generate_dataset(cfg, teacher, out)
     wall = time.perf_counter() - t0

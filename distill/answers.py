@@ -164,6 +164,17 @@ def _match_spans(name: str, text: str, cfg: ExtractionConfig) -> list[tuple[int,
     return [(m.start(), m.end(), m.group(1) or "") for m in pat.finditer(text)]
 
 
+_QUOTES = "\"'`“”‘’"
+
+
+def _trim(raw: str) -> str:
+    """Drop what wraps a captured answer: spaces, quotes and a sentence's final period (``3."`` -> ``3``)."""
+    prev = None
+    while raw != prev:
+        prev, raw = raw, raw.strip().strip(_QUOTES).rstrip(".")
+    return raw
+
+
 def extract_answer(text: str, cfg: ExtractionConfig | None = None) -> Extracted:
     """Split a CoT completion into (rationale, answer); the last match of the first matching pattern wins."""
     cfg = cfg or _DEFAULT_CFG
@@ -181,7 +192,7 @@ def extract_answer(text: str, cfg: ExtractionConfig | None = None) -> Extracted:
         spans = _match_spans(name, text, cfg)
         if spans:
             start, end, raw = spans[-1]
-            answer = raw.strip().rstrip(".").strip()
+            answer = _trim(raw)
             rationale = (text[:start] + text[end:]).strip()
             return Extracted(rationale=rationale, answer=answer or None, method=name)
     return Extracted(rationale=text.strip(), answer=None, method="none")

@@ -43,6 +43,7 @@ from pydantic import model_validator
 from pydantic import Field
 
 from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer, majority_vote
+from distill.budget import Budget
 from distill.config import ConfigError, StageConfig
 from distill.demos import METHODS as DEMO_METHODS
 from distill.demos import BM25Index
@@ -66,6 +67,11 @@ class SamplingConfig(StageConfig):
     n: int = Field(1, ge=1, le=64, description="samples per prompt")
     seed: int | None = Field(0, description="sampling seed (None = engine's choice)")
     top_logprobs: int | None = Field(None, ge=1, le=100, description="store top-k teacher logprobs per token (for logit KD)")
+    stop: list[str] = Field(default_factory=list, description="stop strings: generation ends before any of them")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, le=2.0,
+        description="penalise tokens already generated (>1; 1.0 = off). A vLLM extension: sent as extra_body over HTTP, "
+                    "which the OpenAI API itself rejects")
 
 
 class SelfConsistencyConfig(StageConfig):
@@ -217,7 +223,7 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
         req = TeacherRequest(
             messages=messages, model=model_id, style=style, template=tmpl.name, template_sha=tmpl.sha256,
             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n, seed=s.seed,
-            top_logprobs=s.top_logprobs,
+            top_logprobs=s.top_logprobs, stop=list(s.stop), repetition_penalty=s.repetition_penalty,
         )
         student_prompt = messages
         if style == "icl" and cfg.erase_demos:
@@ -244,7 +250,8 @@ def _blank_row(seed_id: str, style: str, reason: str, origin: str, split: str = 
 def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str) -> list[dict]:
     seed, style, req = plan["seed"], plan["style"], plan["request"]
     teacher = {"model": resp.model or req.model, "engine": resp.engine,
-               "params": json.dumps({k: getattr(req, k) for k in ("temperature", "top_p", "max_tokens", "n", "seed", "top_logprobs")}),
+               "params": json.dumps({k: getattr(req, k) for k in ("temperature", "top_p", "max_tokens", "n", "seed", "top_logprobs",
+                                                                     "stop", "repetition_penalty")}),
                "template": req.template, "template_sha": req.template_sha}
     base = {"seed_id": seed.id, "style": style, "prompt_messages": req.messages, "gold": seed.answer,
             "demo_ids": plan["demo_ids"], "origin": plan.get("origin", "seed"), "teacher": teacher, "split": split}
@@ -469,12 +476,13 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         eval_texts = _read_eval_texts(cc.eval_paths)
         eval_items = len(eval_texts)
         contamination = NgramIndex(eval_texts, n=cc.n, min_n=cc.min_n)
+    budget = Budget.from_config(teacher_cfg)  # one cap for the whole run: bootstrap rounds and responses
     extra_rows: list[dict] = []
     boot_stats = None
     bootstrapped: list[Seed] = []
     if cfg.bootstrap is not None:
         try:
-            boot = bootstrap_instructions(seeds, cfg.bootstrap, teacher_cfg, cfg.filters.blocklist or None)
+            boot = bootstrap_instructions(seeds, cfg.bootstrap, teacher_cfg, cfg.filters.blocklist or None, budget)
         except TemplateError as exc:
             raise ConfigError(f"generate.bootstrap.template: {exc}") from None
         bootstrapped = boot.seeds
@@ -491,7 +499,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         raise ConfigError(f"generate.templates: {exc}") from None
     live = [p for p in plans if "request" in p]
     tstats = TeacherStats()
-    responses = query_teacher([p["request"] for p in live], teacher_cfg, tstats)
+    responses = query_teacher([p["request"] for p in live], teacher_cfg, tstats, budget)
 
     val_ids = {s.id for s in seeds if _unit_hash("split", s.id) < cfg.validation_fraction}
     # a bootstrapped instruction goes with the split of nothing in particular: split it by its own id too

@@ -39,6 +39,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from distill.budget import Budget
 from distill.config import StageConfig
 from distill.filters import BlocklistFilter, FormatFilter, LengthFilter, apply_filters
 from distill.novelty import drop_agreement, minhash_dedup_filter, rougel_novelty_filter
@@ -108,8 +109,10 @@ def _prompt_vars(seeds: list[Seed], machine: list[Seed], cfg: BootstrapConfig, r
 
 
 def bootstrap_instructions(seeds: list[Seed], cfg: BootstrapConfig, teacher_cfg: TeacherConfig,
-                           blocklist: list[str] | None = None) -> BootstrapResult:
-    """Run the rounds; returns the kept instructions (as seeds with ids ``si-<round>-<prompt>-<item>``)."""
+                           blocklist: list[str] | None = None, budget: Budget | None = None) -> BootstrapResult:
+    """Run the rounds; returns the kept instructions (as seeds with ids ``si-<round>-<prompt>-<item>``).
+
+    ``budget``: the run's spending cap, shared with the response step (see :mod:`distill.budget`)."""
     tmpl = load_template(cfg.template)
     stats = TeacherStats()
     heuristics = [FormatFilter(check_response=False),
@@ -132,7 +135,7 @@ def bootstrap_instructions(seeds: list[Seed], cfg: BootstrapConfig, teacher_cfg:
                                template_sha=tmpl.sha256, temperature=cfg.temperature, top_p=cfg.top_p,
                                max_tokens=cfg.max_tokens, n=1, seed=cfg.seed * 1_000_003 + rnd * 4099 + j)
                 for j in range(cfg.prompts_per_round)]
-        responses = query_teacher(reqs, teacher_cfg, stats)
+        responses = query_teacher(reqs, teacher_cfg, stats, budget)
         cands: list[dict] = []
         for j, resp in enumerate(responses):
             origin = f"bootstrap:r{rnd}:p{j}"

@@ -33,12 +33,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from distill.budget import Budget, BudgetExceeded
 from distill.cache import ResponseCache
 from distill.config import ConfigError, StageConfig
 from distill.models import BUNDLED_ALIAS, BUNDLED_NAME
 
 log = logging.getLogger(__name__)
 
+BUDGET_EXIT = 3  # exit code of the vLLM child when it stopped at the budget
+BUDGET_ERROR = "budget:"  # error prefix of a request the budget did not let out
 REQUEST_VERSION = 2  # bump when the request's canonical form or the stored response format changes (invalidates cache keys)
 
 
@@ -60,6 +63,9 @@ class TeacherConfig(StageConfig):
     prefix_scheduling: bool = Field(True, description="group requests sharing a prompt prefix and run one per group first, so the engine's prefix cache serves the rest")
     price_prompt_per_mtok: float | None = Field(None, ge=0, description="cost accounting: price per million prompt tokens (None: not reported)")
     price_completion_per_mtok: float | None = Field(None, ge=0, description="cost accounting: price per million completion tokens")
+    tokenizer: str | None = Field(None, description="local tokenizer folder for exact prompt-token counts (dry run); default: the vllm model folder")
+    max_tokens_total: int | None = Field(None, ge=1, description="cap: most prompt + completion tokens paid in one run (cached answers are free); reaching it stops the run cleanly, resumable")
+    max_cost_usd: float | None = Field(None, gt=0, description="cap: most USD paid in one run, priced with price_*_per_mtok; stops cleanly, resumable")
     max_model_len: int = Field(2048, ge=128, description="vllm: context length of the engine")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs to shard the teacher over (CUDA only)")
     enforce_eager: bool = Field(True, description="vllm: skip graph compilation (faster start on CPU)")
@@ -88,6 +94,8 @@ class TeacherConfig(StageConfig):
     def _window(self) -> TeacherConfig:
         if self.min_concurrency > self.max_concurrency:
             raise ValueError(f"min_concurrency ({self.min_concurrency}) must be <= max_concurrency ({self.max_concurrency})")
+        if self.max_cost_usd is not None and self.price_prompt_per_mtok is None and self.price_completion_per_mtok is None:
+            raise ValueError("max_cost_usd needs prices to count with: set price_prompt_per_mtok and/or price_completion_per_mtok")
         return self
 
     def urls(self) -> list[str]:
@@ -115,9 +123,12 @@ class TeacherRequest:
     seed: int | None = 0
     stop: list[str] = field(default_factory=list)
     top_logprobs: int | None = None  # None: no logprobs; k: top-k per generated token
+    repetition_penalty: float = 1.0  # vLLM's sampling extension (1.0 = off); sent as extra_body over HTTP
 
     def canonical(self) -> str:
         body = asdict(self) | {"v": REQUEST_VERSION}
+        if self.repetition_penalty == 1.0:  # the default is left out, so keys cached before the field existed still hit
+            del body["repetition_penalty"]
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def key(self) -> str:
@@ -178,6 +189,7 @@ class TeacherStats:
     replicas: dict[str, int] = field(default_factory=dict)  # requests answered per replica URL
     prefix_groups: int | None = None  # prefix groups scheduled (None: prefix scheduling off)
     cost_usd: float | None = None  # paid this run, when prices are configured
+    budget: dict | None = None  # the run's cap and what it spent (teacher.max_tokens_total / max_cost_usd)
 
     @property
     def completion_tokens_per_s(self) -> float:
@@ -194,8 +206,11 @@ class TeacherStats:
         return asdict(self) | {"completion_tokens_per_s": round(self.completion_tokens_per_s, 2)}
 
 
-def _run_vllm_worker(pending: list[TeacherRequest], cfg: TeacherConfig, cache_path: Path) -> None:
-    """Run the in-process engine in a child Python; it writes every response into the cache."""
+def _run_vllm_worker(pending: list[TeacherRequest], cfg: TeacherConfig, cache_path: Path,
+                     budget: Budget | None = None) -> bool:
+    """Run the in-process engine in a child Python; it writes every response into the cache.
+
+    Returns False when the child stopped at the budget (what is left of ``budget`` is passed to it)."""
     with tempfile.TemporaryDirectory(prefix="eakd-vllm-") as tmp:
         req_file = Path(tmp) / "requests.jsonl"
         with open(req_file, "w") as f:
@@ -206,6 +221,13 @@ def _run_vllm_worker(pending: list[TeacherRequest], cfg: TeacherConfig, cache_pa
         env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}
         env |= cpu_thread_env(env)
         cmd = [sys.executable, "-m", "distill.teacher_vllm", str(req_file), str(cfg_file), str(cache_path)]
+        if budget is not None:
+            left = Path(tmp) / "budget.json"
+            left.write_text(json.dumps({
+                "max_tokens": None if budget.max_tokens is None else budget.max_tokens - budget.spent_tokens - budget.reserved_tokens,
+                "max_cost_usd": None if budget.max_cost_usd is None else budget.max_cost_usd - budget.spent_cost - budget.reserved_cost,
+                "price_prompt_per_mtok": budget.price_prompt_per_mtok, "price_completion_per_mtok": budget.price_completion_per_mtok}))
+            cmd.append(str(left))
         # its own process group: the engine's worker processes join it, so one killpg cleans them all up
         # (a plain terminate of the child would leave vLLM's EngineCore/Worker running)
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -213,11 +235,14 @@ def _run_vllm_worker(pending: list[TeacherRequest], cfg: TeacherConfig, cache_pa
             proc.wait()
         finally:
             _stop_group(proc)
+        if proc.returncode == BUDGET_EXIT:
+            return False
         if proc.returncode != 0:
             raise RuntimeError(
                 f"the vLLM teacher process exited with code {proc.returncode} (its log is above); "
                 "responses it finished are cached — rerun to resume"
             )
+    return True
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -251,9 +276,15 @@ def cpu_thread_env(env: dict[str, str]) -> dict[str, str]:
     return {k: env.get(k, v) for k, v in out.items()}
 
 
-def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: TeacherStats | None = None) -> list[TeacherResponse]:
-    """Answer every request, from the cache where possible; returns responses in request order."""
+def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: TeacherStats | None = None,
+                  budget: Budget | None = None) -> list[TeacherResponse]:
+    """Answer every request, from the cache where possible; returns responses in request order.
+
+    ``budget`` (default: the cap ``cfg`` sets, for this call alone) is shared by the calls of one run.
+    Raises :class:`~distill.budget.BudgetExceeded` after saving every answer when the cap stops the run.
+    """
     stats = stats if stats is not None else TeacherStats()
+    budget = budget if budget is not None else Budget.from_config(cfg)
     t0 = time.perf_counter()
     cache_path = Path(cfg.cache_path) if cfg.cache_path else None
     throwaway = None
@@ -282,15 +313,36 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
 
                 schedule = prefix_groups([prompt_text(r.messages) for r in pending])
                 stats.prefix_groups = (stats.prefix_groups or 0) + len({s.group for s in schedule})
-            _run_vllm_worker(pending, cfg, cache.path)
+            stopped_by_budget = not _run_vllm_worker(pending, cfg, cache.path, budget)
         else:
             from distill.teacher_openai import send_openai
 
-            for resp in send_openai(pending, cfg, cache, stats):
-                if resp.error is not None:
+            stopped_by_budget = False
+            for resp in send_openai(pending, cfg, cache, stats, budget):
+                if resp.error is not None and resp.error.startswith(BUDGET_ERROR):
+                    stopped_by_budget = True
+                elif resp.error is not None:
                     errors[resp.key] = resp
         fresh = cache.get_many([r.key() for r in pending])
         found.update(fresh)
+        if budget is not None and cfg.backend == "vllm":  # the child kept its own tally; count what it answered
+            for d in fresh.values():
+                budget.settle(0, 0, d.get("prompt_tokens", 0), d.get("completion_tokens", 0))
+        if stopped_by_budget:
+            unanswered = sum(1 for r in pending if r.key() not in found)
+            if budget is not None and cfg.backend == "vllm":  # the child's refusals happened in the child
+                budget.refused += unanswered
+            stats.budget = budget.to_dict() if budget is not None else None
+            cache.close()
+            if throwaway is not None:
+                throwaway.cleanup()
+            raise BudgetExceeded(
+                f"teacher budget reached ({budget.describe() if budget else 'cap'}): {len(pending) - unanswered} of "
+                f"{len(pending)} requests sent in this step were answered and saved to the response cache "
+                f"({cfg.cache_path or 'default cache'}), {unanswered} were not sent. Nothing is lost: raise "
+                "teacher.max_tokens_total / teacher.max_cost_usd (or remove them) and re-run the same command; "
+                "cached answers are reused without paying again."
+                + ("" if cfg.cache else " (teacher.cache is off, so this run's answers were not kept: turn it on)"))
 
     out: list[TeacherResponse] = []
     counted: set[str] = set()
@@ -315,6 +367,8 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
         throwaway.cleanup()
     stats.wall_s += time.perf_counter() - t0
     stats.add_cost(cfg)
+    if budget is not None:
+        stats.budget = budget.to_dict()
     return out
 
 

@@ -31,11 +31,12 @@ import httpx
 import openai
 from tqdm import tqdm
 
+from distill.budget import Budget
 from distill.cache import ResponseCache
 from distill.config import ConfigError
 from distill.schedule import (AdaptiveLimit, RateLimiter, Scheduled, arrival_order, estimate_tokens, prefix_groups,
                               prompt_text)
-from distill.teacher import Choice, TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, require_api_key
+from distill.teacher import BUDGET_ERROR, Choice, TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, require_api_key
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def _body(r: TeacherRequest, model: str) -> dict[str, Any]:
     if r.top_logprobs:
         body["logprobs"] = True
         body["top_logprobs"] = r.top_logprobs
+    if r.repetition_penalty != 1.0:  # not in the OpenAI API; vLLM, SGLang and TGI-compatible servers accept it
+        body["extra_body"] = {"repetition_penalty": r.repetition_penalty}
     return body
 
 
@@ -170,9 +173,30 @@ PUSHBACK = {"http_429", "http_503", "timeout"}
 
 
 async def _one(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherConfig, model: str,
-               stats: TeacherStats, group: int | None) -> TeacherResponse:
+               stats: TeacherStats, group: int | None, budget: Budget | None = None) -> TeacherResponse:
     key = r.key()
     estimate = estimate_tokens(r.messages, r.max_tokens, r.n)
+    worst = (estimate - r.max_tokens * r.n, r.max_tokens * r.n)  # (prompt estimate, most completion tokens)
+    if budget is not None:
+        while not budget.try_reserve(*worst):
+            if budget.idle():  # nothing in flight can give room back: this request does not fit
+                budget.refused += 1
+                return TeacherResponse(key=key, choices=[], engine="openai", model=model,
+                                       error=f"{BUDGET_ERROR} not sent, the run's cap is reached ({budget.describe()})")
+            await asyncio.sleep(0.05)
+    try:
+        resp = await _attempts(pool, rate, r, cfg, model, stats, group, key, estimate)
+    except BaseException:
+        if budget is not None:
+            budget.settle(*worst, 0, 0)
+        raise
+    if budget is not None:
+        budget.settle(*worst, resp.prompt_tokens, resp.completion_tokens)
+    return resp
+
+
+async def _attempts(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherConfig, model: str,
+                    stats: TeacherStats, group: int | None, key: str, estimate: int) -> TeacherResponse:
     attempt = 0
     while True:
         attempt += 1
@@ -225,7 +249,7 @@ async def _one(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherCo
 
 
 async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache,
-                    stats: TeacherStats) -> list[TeacherResponse]:
+                    stats: TeacherStats, budget: Budget | None = None) -> list[TeacherResponse]:
     model = cfg.model_id()
     key = require_api_key(cfg)
     replicas = [_Replica(url, openai.AsyncOpenAI(base_url=url, api_key=key, timeout=cfg.timeout_s, max_retries=0),
@@ -246,7 +270,7 @@ async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: R
         if event is not None and not s.leader:
             await event.wait()
         try:
-            return await _one(pool, rate, requests[s.index], cfg, model, stats, s.group if event else None)
+            return await _one(pool, rate, requests[s.index], cfg, model, stats, s.group if event else None, budget)
         finally:
             if event is not None and s.leader:
                 event.set()
@@ -280,21 +304,21 @@ async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: R
 
 
 def send_openai(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache,
-                stats: TeacherStats) -> list[TeacherResponse]:
+                stats: TeacherStats, budget: Budget | None = None) -> list[TeacherResponse]:
     """Send ``requests`` (all cache misses); returns their responses in completion order."""
     if not cfg.urls():
         raise ConfigError("teacher.base_url is required for the openai backend (e.g. http://127.0.0.1:8000/v1)")
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_send_all(requests, cfg, cache, stats))
+        return asyncio.run(_send_all(requests, cfg, cache, stats, budget))
     # Called from inside a running loop (e.g. a notebook): run in a private thread and loop.
     result: list[list[TeacherResponse]] = []
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            result.append(asyncio.run(_send_all(requests, cfg, cache, stats)))
+            result.append(asyncio.run(_send_all(requests, cfg, cache, stats, budget)))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
 

@@ -1,6 +1,6 @@
 """The in-process vLLM teacher, run as a child process by ``distill.teacher.query_teacher``.
 
-``python -m distill.teacher_vllm REQUESTS.jsonl TEACHER.json CACHE.sqlite`` builds one ``vllm.LLM``
+``python -m distill.teacher_vllm REQUESTS.jsonl TEACHER.json CACHE.sqlite [BUDGET.json]`` builds one ``vllm.LLM``
 (automatic prefix caching on), answers the requests through ``LLM.chat`` in batches of
 ``batch_size`` and commits each batch's responses to the cache before starting the next, so a kill
 loses at most one batch. With ``prefix_scheduling`` the requests are ordered by shared prompt prefix
@@ -18,11 +18,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from distill.budget import Budget
 from distill.cache import ResponseCache
 from distill.logprobs import pack_topk
 from distill.models import resolve_dtype, resolve_model_path
-from distill.schedule import prefix_groups, prompt_text, shared_prefix_share
-from distill.teacher import Choice, TeacherConfig, TeacherRequest, TeacherResponse
+from distill.schedule import estimate_tokens, prefix_groups, prompt_text, shared_prefix_share
+from distill.teacher import BUDGET_EXIT, Choice, TeacherConfig, TeacherRequest, TeacherResponse
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,11 @@ def make_engine(cfg: TeacherConfig):
     return llm
 
 
-def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache, llm=None) -> None:
-    """Answer ``requests`` on ``llm`` (built from ``cfg`` when None), committing each batch to ``cache``."""
+def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache, llm=None,
+        budget: Budget | None = None) -> bool:
+    """Answer ``requests`` on ``llm`` (built from ``cfg`` when None), committing each batch to ``cache``.
+
+    Returns False when ``budget`` stopped it before every request was sent."""
     from vllm import SamplingParams
 
     llm = llm if llm is not None else make_engine(cfg)
@@ -93,8 +97,20 @@ def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache
                  len(requests), len(sizes), 100 * shared_prefix_share(prompts, schedule))
     else:
         leader_at = set()
-    for start in range(0, len(requests), cfg.batch_size):
+    tokenizer = llm.get_tokenizer() if budget is not None else None
+    start = 0
+    while start < len(requests):
         batch = requests[start : start + cfg.batch_size]
+        worst = [_worst_case(r, tokenizer) for r in batch] if budget is not None else [(0, 0)] * len(batch)
+        if budget is not None:  # admit the batch's head while its worst case fits the cap
+            admitted = 0
+            while admitted < len(batch) and budget.try_reserve(*worst[admitted]):
+                admitted += 1
+            if admitted == 0:
+                budget.refused += len(requests) - start
+                log.warning("vLLM: budget reached (%s); %d requests not sent", budget.describe(), len(requests) - start)
+                return False
+            batch, worst = batch[:admitted], worst[:admitted]
         leaders = [r for i, r in enumerate(batch, start) if i in leader_at]
         if leaders:
             # One-token warm-up per shared-prefix group: the prefix cache only serves blocks that are already
@@ -104,7 +120,7 @@ def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache
         params = [
             SamplingParams(
                 n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed,
-                stop=r.stop or None, logprobs=r.top_logprobs,
+                stop=r.stop or None, logprobs=r.top_logprobs, repetition_penalty=r.repetition_penalty,
             )
             for r in batch
         ]
@@ -113,7 +129,7 @@ def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache
         outputs = llm.chat([r.messages for r in batch], sampling_params=params, use_tqdm=not _tqdm_disabled())
         per_request = (time.perf_counter() - t) / max(1, len(batch))
         items = []
-        for r, out in zip(batch, outputs):
+        for r, w, out in zip(batch, worst, outputs):
             resp = TeacherResponse(
                 key=r.key(), choices=[_choice(c) for c in out.outputs],
                 prompt_tokens=len(out.prompt_token_ids or []),
@@ -121,8 +137,24 @@ def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache
                 engine="vllm", model=model_id, latency_s=round(per_request, 4),
             )
             items.append((resp.key, resp.to_dict()))
+            if budget is not None:
+                budget.settle(*w, resp.prompt_tokens, resp.completion_tokens)
         cache.put_many(items)
-        log.info("vLLM: %d/%d requests answered", min(start + cfg.batch_size, len(requests)), len(requests))
+        start += len(batch)
+        log.info("vLLM: %d/%d requests answered", start, len(requests))
+    return True
+
+
+def _worst_case(r: TeacherRequest, tokenizer=None) -> tuple[int, int]:
+    """(prompt tokens, most completion tokens) of a request, for the budget: the prompt is counted
+    exactly with the engine's chat template when the tokenizer allows, else estimated (~4 chars/token)."""
+    completion = r.max_tokens * r.n
+    if tokenizer is not None:
+        try:
+            return len(tokenizer.apply_chat_template(r.messages, tokenize=True, add_generation_prompt=True)), completion
+        except Exception:  # noqa: BLE001 - a template quirk only costs precision here
+            pass
+    return estimate_tokens(r.messages, r.max_tokens, r.n) - completion, completion
 
 
 def _die_with_parent() -> None:
@@ -147,15 +179,16 @@ def _die_with_parent() -> None:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _die_with_parent()
-    req_file, cfg_file, cache_file = (Path(a) for a in argv)
+    req_file, cfg_file, cache_file = (Path(a) for a in argv[:3])
     cfg = TeacherConfig.model_validate_json(cfg_file.read_text())
     requests = [TeacherRequest(**json.loads(line)) for line in req_file.read_text().splitlines() if line]
+    budget = Budget(**json.loads(Path(argv[3]).read_text())) if len(argv) > 3 else None  # what is left of the run's cap
     cache = ResponseCache(cache_file)
     try:
-        run(requests, cfg, cache)
+        done = run(requests, cfg, cache, budget=budget)
     finally:
         cache.close()
-    return 0
+    return 0 if done else BUDGET_EXIT
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ def _fail(msg: str, code: int) -> None:
 
 
 def _guard(fn):
-    """Run ``fn``; user-fixable problems become one error line and exit 2, run-time failures exit 1."""
+    """Run ``fn``; user-fixable problems become one error line and exit 2, run-time failures exit 1,
+    a stop at the teacher budget exits 3."""
+    from distill.budget import BudgetExceeded
     from distill.teacher_openai import TeacherUnavailable
     from prompts import TemplateError
 
@@ -55,6 +57,8 @@ def _guard(fn):
         return fn()
     except (ConfigError, TemplateError) as exc:
         _fail(str(exc), 2)
+    except BudgetExceeded as exc:  # a clean, resumable stop: its own exit code so schedulers can tell it apart
+        _fail(str(exc), 3)
     except TeacherUnavailable as exc:
         _fail(str(exc), 1)
     except KeyboardInterrupt:
@@ -114,12 +118,26 @@ def teacher_serve(model: str = typer.Option("bundled", help="model folder or 'bu
 
 @app.command()
 def generate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
-             out: Path = typer.Option(..., "--out", help="dataset output folder")) -> None:
-    """Render prompts, query the teacher, save the parsed and filtered dataset."""
+             out: Optional[Path] = typer.Option(None, "--out", help="dataset output folder (required unless --dry-run)"),
+             dry_run: bool = typer.Option(False, "--dry-run", help="render every request and estimate tokens and cost; call no teacher"),
+             as_json: bool = typer.Option(False, "--json", help="with --dry-run: print the estimate as JSON")) -> None:
+    """Render prompts, query the teacher, save the parsed and filtered dataset.
+
+    Exit codes: 0 done, 1 run-time failure, 2 bad input, 3 stopped at the teacher budget (resumable)."""
     _setup_logging()
+    cfg = _guard(lambda: _pipeline_cfg(config, overrides))
+    if dry_run:
+        import json
+
+        from distill.dryrun import dry_run as plan, format_dry_run
+
+        d = _guard(lambda: plan(cfg.generate, cfg.teacher))
+        typer.echo(json.dumps(d.to_dict(), indent=2, ensure_ascii=False) if as_json else format_dry_run(d))
+        return
+    if out is None:
+        _fail("--out is required (the dataset output folder), unless --dry-run", 2)
     from distill.dataset import generate_dataset
 
-    cfg = _guard(lambda: _pipeline_cfg(config, overrides))
     typer.echo(_guard(lambda: generate_dataset(cfg.generate, cfg.teacher, out)))
 
 

@@ -76,9 +76,11 @@ def resolve_calib_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[s
 
 
 def _not_config_error(task, task_run, state) -> bool:
+    from distill.budget import BudgetExceeded
+
     try:
         state.result()
-    except ConfigError:
+    except (ConfigError, BudgetExceeded):  # a retry would fail the same way (or spend past the cap)
         return False
     except Exception:  # noqa: BLE001 - anything else is worth a retry
         return True

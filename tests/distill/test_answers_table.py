@@ -92,6 +92,10 @@ EXTRACTIONS = [
     ("nothing", REGEX_CFG, None, "none"),
     ("The answer is 5.\n#### 6", ExtractionConfig(patterns=["the_answer_is", "gsm8k"]), "5", "the_answer_is"),
     ("", ExtractionConfig(patterns=["last_number"]), None, "none"),
+    # a small teacher echoing the template's instruction: quotes and the final period are not the answer
+    ('The answer is 3.\nWrite it as "The answer is 3."', None, "3", "the_answer_is"),
+    ("The answer is '12.5'.", None, "12.5", "the_answer_is"),
+    ("The answer is 3.5.", None, "3.5", "the_answer_is"),
 ]
 
 

@@ -41,3 +41,18 @@ def test_shipped_configs_validate(repo_root, name):
 
     cfg = load_config(PipelineConfig, repo_root / "flows" / "configs" / name)
     assert cfg.generate.styles
+
+
+def test_generate_dry_run_prints_the_plan_and_calls_no_teacher(repo_root, tmp_path):
+    proc = eakd("generate", "flows/configs/demo.yaml", "--dry-run", "--json", "teacher.backend=openai",
+                "teacher.base_url=http://127.0.0.1:9/v1", f"teacher.cache_path={tmp_path / 'c.sqlite'}", cwd=repo_root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    d = json.loads(proc.stdout)
+    assert d["requests"] > 0 and set(d["styles"]) == {"icl", "cot", "instruct"} and d["cached"] == 0
+
+
+def test_generate_without_out_or_dry_run_is_a_clear_error(repo_root):
+    proc = eakd("generate", "flows/configs/demo.yaml", cwd=repo_root)
+    assert proc.returncode == 2 and "error: --out is required" in proc.stderr

@@ -53,3 +53,31 @@ def test_unreachable_url_is_marked_not_lost(cache_path):
     [resp] = query_teacher([req], cfg, stats)
     assert resp.error and resp.error.startswith("connection") and resp.attempts == 2
     assert stats.failures == {"connection": 2} and stats.retries == 1
+
+
+def test_cost_cap_stops_cleanly_and_the_rerun_resumes(vllm_server, cache_path):
+    from distill.budget import Budget, BudgetExceeded
+
+    # $1 per completion token, prompts free: a request's worst case is exactly its max_tokens
+    capped = TeacherConfig(backend="openai", model="bundled", base_url=vllm_server, max_concurrency=4,
+                           cache_path=str(cache_path), price_prompt_per_mtok=0.0, price_completion_per_mtok=1e6,
+                           max_cost_usd=40.0)
+    reqs = [TeacherRequest(messages=[{"role": "user", "content": f"Write a sentence about the number {i}."}],
+                           model=capped.model_id(), style="instruct", template="instruct", template_sha="t",
+                           max_tokens=16) for i in range(12)]
+    budget = Budget.from_config(capped)
+    with pytest.raises(BudgetExceeded, match="max_cost_usd=40.0.*re-run the same command"):
+        query_teacher(reqs, capped, TeacherStats(), budget)
+    assert budget.spent_cost <= 40.0 and budget.spent_completion > 0  # never past the cap
+    assert budget.reserved_tokens == 0 and budget.refused > 0
+    from distill.cache import ResponseCache
+
+    cache = ResponseCache(cache_path)
+    answered = len(cache.get_many([r.key() for r in reqs]))
+    cache.close()
+    assert 2 <= answered < 12  # two fit at once; more as answers come back under their worst case
+    # without the cap, the same requests resume: only the unanswered ones are sent
+    stats = TeacherStats()
+    out = query_teacher(reqs, capped.model_copy(update={"max_cost_usd": None}), stats)
+    assert stats.sent == 12 - answered and stats.cache_hits == answered
+    assert all(r.error is None for r in out)

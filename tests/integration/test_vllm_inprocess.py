@@ -62,3 +62,22 @@ def test_generate_with_topk_then_offline_logit_kd(repo_root, bundled_dir, tiny_m
                       batch_size=2, dtype="float32", device="cpu")
     m = json.loads((train_student(cfg, ds, tmp_path / "student") / "metrics.json").read_text())
     assert m["mode"] == "logit_kd_topk_forward_kl" and m["steps"] == 3
+
+
+def test_token_cap_in_process_stops_between_batches_and_resumes(bundled_dir, cache_path):
+    from transformers import AutoTokenizer
+
+    from distill.budget import BudgetExceeded
+
+    cfg = TeacherConfig(backend="vllm", model="bundled", cache_path=str(cache_path), max_model_len=1024)
+    reqs = requests(cfg.model_id())
+    tok = AutoTokenizer.from_pretrained(bundled_dir)
+    prompt = [len(tok.apply_chat_template(r.messages, tokenize=True, add_generation_prompt=True)) for r in reqs]
+    cap = max(prompt) + 24 + 5  # the first request fits whatever the order; a second cannot after it
+    stats = TeacherStats()
+    with pytest.raises(BudgetExceeded, match=f"max_tokens_total={cap}"):
+        query_teacher(reqs, cfg.model_copy(update={"max_tokens_total": cap}), stats)
+    assert stats.budget["spent_tokens"] <= cap and stats.budget["requests_refused"] == 2
+    stats2 = TeacherStats()
+    out = query_teacher(reqs, cfg, stats2)
+    assert stats2.sent == 2 and stats2.cache_hits == 1 and all(r.error is None for r in out)

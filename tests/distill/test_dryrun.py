@@ -1,0 +1,87 @@
+"""`eakd generate --dry-run`: every request rendered and priced, cache hits counted, no teacher called."""
+
+import json
+
+import pytest
+
+from distill.cache import ResponseCache
+from distill.dataset import GenerateConfig, build_requests
+from distill.dryrun import dry_run, format_dry_run
+from distill.seeds import load_seeds
+from distill.teacher import TeacherConfig
+
+
+@pytest.fixture
+def seeds_file(tmp_path):
+    rows = [{"id": f"s{i}", "task": "add", "instruction": "Add the numbers.", "input": f"{i} + {i + 1}",
+             "answer": str(2 * i + 1)} for i in range(6)]
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def gen_cfg(seeds_file, **kw):
+    return GenerateConfig(seeds=str(seeds_file), styles=["icl", "instruct"], num_demos=2,
+                          sampling={"max_tokens": 50, "n": 2, "temperature": 0.7}, **kw)
+
+
+def test_dry_run_counts_requests_cache_hits_tokens_and_cost(seeds_file, tmp_path):
+    # an unreachable endpoint: a dry run must never call it
+    teacher = TeacherConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                            cache_path=str(tmp_path / "cache.sqlite"), price_prompt_per_mtok=2.0,
+                            price_completion_per_mtok=8.0, max_cost_usd=0.0001)
+    cfg = gen_cfg(seeds_file)
+    first = dry_run(cfg, teacher)
+    assert not (tmp_path / "cache.sqlite").exists()  # looked up, not created
+    assert first.requests == 12 and first.cached == 0 and first.seeds == 6
+    assert {s: e.requests for s, e in first.styles.items()} == {"icl": 6, "instruct": 6}
+    assert all(len(e.examples) == 3 for e in first.styles.values())
+    assert "Add the numbers." in first.styles["icl"].examples[0][-1]["content"]
+    assert first.completion_tokens_max == 12 * 2 * 50
+    assert first.token_counter.startswith("estimate")
+    assert first.cost_usd_max == pytest.approx((first.prompt_tokens * 2.0 + first.completion_tokens_max * 8.0) / 1e6)
+    assert any("max_cost_usd" in w for w in first.warnings)  # the worst case is above the cap
+
+    # two answers already in the cache: they are counted as hits, not as tokens to pay
+    plans, _ = build_requests(load_seeds(str(seeds_file)), cfg, teacher.model_id(), [])
+    reqs = [p["request"] for p in plans if "request" in p][:2]
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    for r in reqs:
+        cache.put(r.key(), {"key": r.key(), "choices": [], "prompt_tokens": 10, "completion_tokens": 30})
+    cache.close()
+    second = dry_run(cfg, teacher)
+    assert second.cached == 2 and second.completion_tokens_max == 10 * 2 * 50
+    assert second.prompt_tokens < first.prompt_tokens
+    assert second.completion_tokens_expected == 30 * 10  # mean cached length x requests left
+    text = format_dry_run(second)
+    assert "12 requests from 6 seeds; 2 already answered" in text and "== icl" in text and "[user]" in text
+
+
+def test_dry_run_counts_prompt_tokens_with_the_teacher_tokenizer(seeds_file, tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    teacher = TeacherConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", tokenizer=str(tiny_model),
+                            cache_path=str(tmp_path / "cache.sqlite"))
+    cfg = gen_cfg(seeds_file)
+    d = dry_run(cfg, teacher)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    plans, _ = build_requests(load_seeds(str(seeds_file)), cfg, teacher.model_id(), [])
+    exact = sum(len(tok.apply_chat_template(p["request"].messages, tokenize=True, add_generation_prompt=True))
+                for p in plans if "request" in p)
+    assert d.token_counter == f"tokenizer:{tiny_model}" and d.prompt_tokens == exact
+    assert not any("estimated" in w for w in d.warnings)
+
+
+def test_dry_run_gives_bootstrap_upper_bounds(tmp_path):
+    rows = [{"id": f"t{i}", "name": f"task_{i}", "instruction": f"Write a short poem about topic number {i}.",
+             "instances": [{"input": "", "output": "A poem."}], "is_classification": False} for i in range(10)]
+    path = tmp_path / "si.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = GenerateConfig(seeds=str(path), styles=["instruct"], sampling={"max_tokens": 64},
+                         bootstrap={"target": 40, "prompts_per_round": 4, "max_rounds": 3, "max_tokens": 100})
+    d = dry_run(cfg, TeacherConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                                   cache_path=str(tmp_path / "c.sqlite")))
+    b = d.bootstrap
+    assert b["instruction_prompts_max"] == 12 and b["instruction_completion_tokens_max"] == 1200
+    assert b["responses_max"] == 40 and b["response_completion_tokens_max"] == 40 * 64
+    assert "Write a short poem" in b["example"][-1]["content"]
