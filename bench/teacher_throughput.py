@@ -170,21 +170,23 @@ def in_process(prompts_by_workload: dict, max_tokens: int, tmp: Path) -> dict:
     out = {}
     for name, prompts in prompts_by_workload.items():
         runs = {}
-        for variant in ("raw", "eakd"):
+        variants = ("raw", "eakd_arrival", "eakd") if name.startswith("icl") else ("raw", "eakd")
+        for variant in variants:
             llm.reset_prefix_cache()
             t = time.perf_counter()
             if variant == "raw":
                 res = llm.chat(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=0), use_tqdm=False)
                 tokens = sum(len(r.outputs[0].token_ids) for r in res)
             else:
-                reqs = to_requests(prompts, max_tokens, f"inproc-{name}")
-                cache = ResponseCache(tmp / f"inproc-{name}.sqlite")
-                run(reqs, cfg.model_copy(update={"prefix_scheduling": name.startswith("icl")}), cache, llm=llm)
+                reqs = to_requests(prompts, max_tokens, f"inproc-{name}-{variant}")
+                cache = ResponseCache(tmp / f"inproc-{name}-{variant}.sqlite")
+                run(reqs, cfg.model_copy(update={"prefix_scheduling": variant == "eakd" and name.startswith("icl")}),
+                    cache, llm=llm)
                 tokens = sum(r["completion_tokens"] for r in cache.get_many([r.key() for r in reqs]).values())
                 cache.close()
             wall = time.perf_counter() - t
             runs[variant] = {"wall_s": wall, "completion_tokens": tokens, "ok": len(prompts)}
-            print(f"  in-process {name:5s} {variant:4s} {wall:7.1f} s  {tokens / wall:7.1f} tok/s", flush=True)
+            print(f"  in-process {name:8s} {variant:12s} {wall:7.1f} s  {tokens / wall:7.1f} tok/s", flush=True)
         out[name] = runs
     return out
 
@@ -301,6 +303,8 @@ def summarize(results: dict) -> dict:
         out[name] = s
     for name, runs in results.get("in_process", {}).items():
         out[f"in_process_{name}_eakd_vs_raw"] = round(runs["raw"]["wall_s"] / runs["eakd"]["wall_s"], 3)
+        if "eakd_arrival" in runs:
+            out[f"in_process_{name}_prefix_vs_arrival"] = round(runs["eakd_arrival"]["wall_s"] / runs["eakd"]["wall_s"], 3)
     return out
 
 

@@ -397,6 +397,8 @@ def _card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict[str, 
         lines += ["## Self-Instruct bootstrapping", "",
                   f"- {b['rounds']} rounds, {b['candidates']} candidate instructions, {b['kept']} kept; removed by: "
                   f"`{json.dumps(b['removed_by'])}`",
+                  f"- teacher answers parsed into instructions: {b['batches_parsed']} of {b['batches']} "
+                  f"({'JSON, structured decoding' if b['config'].get('structured') else 'numbered list, free text'})",
                   f"- novelty decided by {a['decided_by']}; ROUGE-L > {a['rougel_threshold']} vs MinHash Jaccard > "
                   f"{a['minhash_threshold']} drop-sets: both {a['both']}, only ROUGE-L {a['only_rougel']}, only MinHash "
                   f"{a['only_minhash']} (Jaccard {a['jaccard']}, MinHash precision {a['minhash_precision']}, recall {a['minhash_recall']})",
@@ -490,6 +492,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
             extra_rows.append(_blank_row(r.get("id") or r["origin"], "instruct", r["removed_reason"], r["origin"],
                                          instruction=r["instruction"]))
         boot_stats = {"rounds": boot.rounds, "candidates": boot.candidates, "kept": len(boot.seeds),
+                      "batches": boot.batches, "batches_parsed": boot.batches_parsed,
                       "removed_by": boot.removed_by, "novelty_agreement": boot.agreement, "teacher": boot.teacher,
                       "template": {"name": boot.template.name, "sha256": boot.template.sha256},
                       "config": cfg.bootstrap.model_dump(mode="json")}

@@ -26,6 +26,7 @@ from distill.cache import ResponseCache, default_cache_path
 from distill.config import ConfigError
 from distill.dataset import GenerateConfig, build_requests
 from distill.models import BUNDLED_ALIAS, bundled_teacher_dir, load_tokenizer
+from distill.schedule import chat_token_count
 from distill.seeds import load_seeds
 from distill.teacher import TeacherConfig, TeacherRequest
 from prompts import TemplateError
@@ -74,18 +75,18 @@ def _token_counter(teacher_cfg: TeacherConfig):
         if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file():
             tok = load_tokenizer(path)
             if tok.chat_template:
-                return (lambda m: len(tok.apply_chat_template(m, tokenize=True, add_generation_prompt=True)),
+                return (lambda m: chat_token_count(tok, m),
                         f"tokenizer:{path}")
             return (lambda m: len(tok("\n".join(x["content"] for x in m))["input_ids"]), f"tokenizer (no chat template):{path}")
     return (lambda m: max(1, len(json.dumps(m, ensure_ascii=False)) // 4), "estimate: 4 characters per token")
 
 
 def _bootstrap_bounds(cfg: GenerateConfig, teacher_cfg: TeacherConfig, seeds, count) -> dict:
-    from distill.selfinstruct import _prompt_vars
+    from distill.selfinstruct import _prompt_vars, template_name
     from prompts import load_template, render_messages
 
     b = cfg.bootstrap
-    tmpl = load_template(b.template)
+    tmpl = load_template(template_name(b))
     first = [render_messages(tmpl, _prompt_vars(seeds, [], b, 0, j)) for j in range(b.prompts_per_round)]
     per_prompt = sum(count(m) for m in first) / max(1, len(first))
     prompts_max = b.max_rounds * b.prompts_per_round

@@ -182,6 +182,18 @@ class RateLimiter:
             self.tokens.level += min(estimated, self.tokens.capacity) - actual
 
 
+def chat_token_count(tokenizer, messages: Sequence[dict[str, Any]]) -> int:
+    """Exact prompt tokens of ``messages`` under ``tokenizer``'s chat template (with the generation prompt).
+
+    ``apply_chat_template(tokenize=True)`` returns a list of ids in some transformers versions and a
+    ``BatchEncoding`` (whose ``len`` is its number of keys) in others; this returns the id count in both.
+    """
+    ids = tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=True)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return len(ids)
+
+
 def estimate_tokens(messages: Sequence[dict[str, Any]], max_tokens: int, n: int) -> int:
     """Upper-ish estimate of a request's tokens for the TPM bucket: ~4 characters per prompt token."""
     chars = len(json.dumps(messages, ensure_ascii=False))

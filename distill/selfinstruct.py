@@ -44,6 +44,7 @@ from distill.config import StageConfig
 from distill.filters import BlocklistFilter, FormatFilter, LengthFilter, apply_filters
 from distill.novelty import drop_agreement, minhash_dedup_filter, rougel_novelty_filter
 from distill.seeds import Seed
+from distill.structured import validate_output
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
 from prompts import Template, load_template, render_messages
 
@@ -68,7 +69,8 @@ class BootstrapConfig(StageConfig):
     minhash_threshold: float = Field(0.4, gt=0.0, lt=1.0, description="drop when estimated char-5-gram Jaccard exceeds this (0.4 tracks ROUGE-L 0.7 best)")
     min_words: int = Field(4, ge=1, description="shortest instruction kept (paper: > 3 words)")
     max_words: int = Field(150, ge=1, description="longest instruction kept (paper: <= 150 words)")
-    template: str = Field("self_instruct", description="prompt template: shipped name or .jinja path")
+    template: str | None = Field(None, description="prompt template: shipped name or .jinja path (default: self_instruct, or self_instruct_json when structured)")
+    structured: bool = Field(False, description="ask for the new tasks as JSON {\"instructions\": [...]} with the engine's structured-output decoding, instead of parsing a numbered list")
 
 
 @dataclass
@@ -79,6 +81,8 @@ class BootstrapResult:
     rounds: int = 0
     candidates: int = 0
     removed_by: dict[str, int] = field(default_factory=dict)
+    batches: int = 0                    # teacher answers (one per prompt)
+    batches_parsed: int = 0             # answers that yielded at least one instruction (JSON valid, or a list found)
     agreement: dict = field(default_factory=dict)   # ROUGE-L vs MinHash drop-sets, summed over rounds
     teacher: dict = field(default_factory=dict)
 
@@ -99,6 +103,26 @@ def parse_instructions(text: str, limit: int | None = None, truncated: bool = Fa
     return items[:limit] if limit else items
 
 
+def template_name(cfg: BootstrapConfig) -> str:
+    """The configured template, else the shipped one for the answer format."""
+    return cfg.template or ("self_instruct_json" if cfg.structured else "self_instruct")
+
+
+def instructions_schema(n_new: int) -> dict:
+    """The JSON schema of a structured bootstrap answer: ``{"instructions": [1..n_new strings]}``."""
+    return {"type": "object", "additionalProperties": False, "required": ["instructions"],
+            "properties": {"instructions": {"type": "array", "minItems": 1, "maxItems": n_new,
+                                            "items": {"type": "string", "minLength": 1}}}}
+
+
+def structured_instructions(text: str, schema: dict) -> list[str]:
+    """The instructions of a structured answer: all of them when it is valid, none otherwise."""
+    value, error = validate_output(text, schema)
+    if error is not None:
+        return []
+    return [" ".join(i.split()) for i in value["instructions"] if i.strip()]
+
+
 def _prompt_vars(seeds: list[Seed], machine: list[Seed], cfg: BootstrapConfig, rnd: int, j: int) -> dict:
     rng = random.Random(f"{cfg.seed}:{rnd}:{j}")
     human = rng.sample(seeds, min(cfg.human_shots, len(seeds)))
@@ -113,7 +137,8 @@ def bootstrap_instructions(seeds: list[Seed], cfg: BootstrapConfig, teacher_cfg:
     """Run the rounds; returns the kept instructions (as seeds with ids ``si-<round>-<prompt>-<item>``).
 
     ``budget``: the run's spending cap, shared with the response step (see :mod:`distill.budget`)."""
-    tmpl = load_template(cfg.template)
+    tmpl = load_template(template_name(cfg))
+    schema = instructions_schema(cfg.new_per_prompt) if cfg.structured else None
     stats = TeacherStats()
     heuristics = [FormatFilter(check_response=False),
                   LengthFilter(min_instruction_words=cfg.min_words, max_instruction_words=cfg.max_words,
@@ -133,7 +158,8 @@ def bootstrap_instructions(seeds: list[Seed], cfg: BootstrapConfig, teacher_cfg:
         reqs = [TeacherRequest(messages=render_messages(tmpl, _prompt_vars(seeds, machine, cfg, rnd, j)),
                                model=teacher_cfg.model_id(), style="self_instruct", template=tmpl.name,
                                template_sha=tmpl.sha256, temperature=cfg.temperature, top_p=cfg.top_p,
-                               max_tokens=cfg.max_tokens, n=1, seed=cfg.seed * 1_000_003 + rnd * 4099 + j)
+                               max_tokens=cfg.max_tokens, n=1, seed=cfg.seed * 1_000_003 + rnd * 4099 + j,
+                               json_schema=schema)
                 for j in range(cfg.prompts_per_round)]
         responses = query_teacher(reqs, teacher_cfg, stats, budget)
         cands: list[dict] = []
@@ -143,7 +169,19 @@ def bootstrap_instructions(seeds: list[Seed], cfg: BootstrapConfig, teacher_cfg:
                 removed.append({"instruction": "", "origin": origin, "removed_reason": f"teacher_error: {(resp.error or 'no choices')[:200]}"})
                 continue
             ch = resp.choices[0]
-            for k, inst in enumerate(parse_instructions(ch.text, cfg.new_per_prompt, ch.finish_reason == "length")):
+            res.batches += 1
+            if schema is not None:
+                items = structured_instructions(ch.text, schema)
+                why = ch.schema_error or validate_output(ch.text, schema)[1]
+            else:
+                items = parse_instructions(ch.text, cfg.new_per_prompt, ch.finish_reason == "length")
+                why = None if items else "no task list found in the answer"
+            if not items:  # kept and marked, never silently dropped
+                removed.append({"instruction": ch.text[:300], "origin": origin, "removed_reason": f"unparseable: {why}"})
+                res.removed_by["unparseable"] = res.removed_by.get("unparseable", 0) + 1
+                continue
+            res.batches_parsed += 1
+            for k, inst in enumerate(items):
                 cands.append({"instruction": inst, "origin": f"{origin}:i{k}", "id": f"si-{rnd}-{j}-{k}"})
         res.candidates += len(cands)
         exact = []

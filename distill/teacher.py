@@ -64,6 +64,7 @@ class TeacherConfig(StageConfig):
     price_prompt_per_mtok: float | None = Field(None, ge=0, description="cost accounting: price per million prompt tokens (None: not reported)")
     price_completion_per_mtok: float | None = Field(None, ge=0, description="cost accounting: price per million completion tokens")
     tokenizer: str | None = Field(None, description="local tokenizer folder for exact prompt-token counts (dry run); default: the vllm model folder")
+    structured_retries: int = Field(2, ge=0, le=10, description="structured requests: re-ask (new seed) when an answer fails its schema; not at temperature 0, where it would repeat")
     max_tokens_total: int | None = Field(None, ge=1, description="cap: most prompt + completion tokens paid in one run (cached answers are free); reaching it stops the run cleanly, resumable")
     max_cost_usd: float | None = Field(None, gt=0, description="cap: most USD paid in one run, priced with price_*_per_mtok; stops cleanly, resumable")
     max_model_len: int = Field(2048, ge=128, description="vllm: context length of the engine")
@@ -124,11 +125,15 @@ class TeacherRequest:
     stop: list[str] = field(default_factory=list)
     top_logprobs: int | None = None  # None: no logprobs; k: top-k per generated token
     repetition_penalty: float = 1.0  # vLLM's sampling extension (1.0 = off); sent as extra_body over HTTP
+    json_schema: dict[str, Any] | None = None  # structured output: every answer must be JSON matching it
 
     def canonical(self) -> str:
         body = asdict(self) | {"v": REQUEST_VERSION}
-        if self.repetition_penalty == 1.0:  # the default is left out, so keys cached before the field existed still hit
+        # defaults of fields added later are left out, so keys cached before they existed still hit
+        if self.repetition_penalty == 1.0:
             del body["repetition_penalty"]
+        if self.json_schema is None:
+            del body["json_schema"]
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def key(self) -> str:
@@ -143,6 +148,7 @@ class Choice:
     # openai backend -> [{"tokens": [str], "logprobs": [float]}] per token (strings: not usable for logit KD)
     logprobs: dict[str, Any] | list[dict[str, Any]] | None = None
     token_ids: list[int] | None = None  # the generated ids (vllm backend): what logit KD trains on
+    schema_error: str | None = None  # structured requests: why the answer fails its schema (None: valid)
 
 
 @dataclass
@@ -190,6 +196,8 @@ class TeacherStats:
     prefix_groups: int | None = None  # prefix groups scheduled (None: prefix scheduling off)
     cost_usd: float | None = None  # paid this run, when prices are configured
     budget: dict | None = None  # the run's cap and what it spent (teacher.max_tokens_total / max_cost_usd)
+    schema_invalid: int = 0  # structured answers still failing their schema after the retries (kept, marked)
+    schema_retries: int = 0
 
     @property
     def completion_tokens_per_s(self) -> float:
@@ -365,6 +373,10 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
     cache.close()
     if throwaway is not None:
         throwaway.cleanup()
+    for resp in out:
+        stats.schema_invalid += sum(c.schema_error is not None for c in resp.choices)
+        if cfg.backend == "vllm" and not resp.cached:  # the child re-asked these (the openai sender counts its own)
+            stats.schema_retries += max(0, resp.attempts - 1)
     stats.wall_s += time.perf_counter() - t0
     stats.add_cost(cfg)
     if budget is not None:

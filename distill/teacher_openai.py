@@ -23,7 +23,7 @@ import random
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,23 +36,35 @@ from distill.cache import ResponseCache
 from distill.config import ConfigError
 from distill.schedule import (AdaptiveLimit, RateLimiter, Scheduled, arrival_order, estimate_tokens, prefix_groups,
                               prompt_text)
+from distill.structured import fallback_instruction, response_format, validate_output
 from distill.teacher import BUDGET_ERROR, Choice, TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, require_api_key
 
 log = logging.getLogger(__name__)
 
 FATAL_STATUS = {401: "wrong or missing API key", 403: "access denied", 404: "model or URL not found"}
 RETRY_STATUS = {408, 409, 429}
+# words in a 400 that mean "this server has no structured outputs" (not e.g. a prompt that is too long)
+FORMAT_REJECTIONS = ("response_format", "json_schema", "structured", "guided", "grammar", "not supported")
 
 
 class TeacherUnavailable(RuntimeError):
     """The endpoint refuses every request (auth, unknown model, wrong URL): no point in continuing."""
 
 
-def _body(r: TeacherRequest, model: str) -> dict[str, Any]:
+def _body(r: TeacherRequest, model: str, response_format_ok: bool = True) -> dict[str, Any]:
+    messages = r.messages
+    if r.json_schema is not None and not response_format_ok:  # the server lacks response_format: ask in words
+        instruction = fallback_instruction(r.json_schema)
+        if messages and messages[0]["role"] == "system":
+            messages = [{"role": "system", "content": messages[0]["content"] + "\n\n" + instruction["content"]}] + messages[1:]
+        else:
+            messages = [instruction] + messages
     body: dict[str, Any] = {
-        "model": model, "messages": r.messages, "temperature": r.temperature, "top_p": r.top_p,
+        "model": model, "messages": messages, "temperature": r.temperature, "top_p": r.top_p,
         "max_tokens": r.max_tokens, "n": r.n,
     }
+    if r.json_schema is not None and response_format_ok:
+        body["response_format"] = response_format(r.json_schema)
     if r.seed is not None:
         body["seed"] = r.seed
     if r.stop:
@@ -117,6 +129,7 @@ class _Replica:
     answered: int = 0
     down_until: float = 0.0  # connection failures take a replica out for a growing pause
     down_streak: int = 0
+    response_format_ok: bool = True  # False once it rejected a json_schema response_format (400)
 
     def load(self) -> float:
         return self.inflight / self.limit.cap
@@ -176,7 +189,9 @@ async def _one(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherCo
                stats: TeacherStats, group: int | None, budget: Budget | None = None) -> TeacherResponse:
     key = r.key()
     estimate = estimate_tokens(r.messages, r.max_tokens, r.n)
-    worst = (estimate - r.max_tokens * r.n, r.max_tokens * r.n)  # (prompt estimate, most completion tokens)
+    # (prompt estimate, most completion tokens), times the asks a structured request may need
+    asks = 1 + (cfg.structured_retries if r.json_schema is not None and r.temperature > 0 else 0)
+    worst = ((estimate - r.max_tokens * r.n) * asks, r.max_tokens * r.n * asks)
     if budget is not None:
         while not budget.try_reserve(*worst):
             if budget.idle():  # nothing in flight can give room back: this request does not fit
@@ -186,12 +201,42 @@ async def _one(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherCo
             await asyncio.sleep(0.05)
     try:
         resp = await _attempts(pool, rate, r, cfg, model, stats, group, key, estimate)
+        if r.json_schema is not None and resp.error is None:
+            resp = await _validated(pool, rate, r, cfg, model, stats, group, key, estimate, resp)
     except BaseException:
         if budget is not None:
             budget.settle(*worst, 0, 0)
         raise
     if budget is not None:
         budget.settle(*worst, resp.prompt_tokens, resp.completion_tokens)
+    return resp
+
+
+async def _validated(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherConfig, model: str,
+                     stats: TeacherStats, group: int | None, key: str, estimate: int,
+                     resp: TeacherResponse) -> TeacherResponse:
+    """Check a structured answer against its schema; re-ask (new seed) for failing samples while
+    ``structured_retries`` last (not at temperature 0, where the answer would repeat). Answers still
+    failing are kept with ``schema_error`` set."""
+    for c in resp.choices:
+        c.schema_error = validate_output(c.text, r.json_schema)[1]
+    for k in range(1, cfg.structured_retries + 1):
+        if r.temperature == 0 or not any(c.schema_error for c in resp.choices):
+            break
+        stats.schema_retries += 1
+        again = await _attempts(pool, rate, replace(r, seed=(r.seed or 0) + 7919 * k), cfg, model, stats, group, key,
+                                estimate)
+        if again.error is not None:
+            break
+        resp.prompt_tokens += again.prompt_tokens
+        resp.completion_tokens += again.completion_tokens
+        resp.attempts += again.attempts
+        for i, c in enumerate(resp.choices):
+            if c.schema_error and i < len(again.choices):  # replace only the failing samples
+                new = again.choices[i]
+                new.schema_error = validate_output(new.text, r.json_schema)[1]
+                if new.schema_error is None or len(new.text) >= len(c.text):
+                    resp.choices[i] = new
     return resp
 
 
@@ -203,8 +248,9 @@ async def _attempts(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: Teac
         await rate.acquire(estimate)
         replica = await pool.acquire(group)
         t = time.perf_counter()
+        sent_format = replica.response_format_ok
         try:
-            comp = await replica.client.chat.completions.create(**_body(r, model))
+            comp = await replica.client.chat.completions.create(**_body(r, model, sent_format))
             if not comp.choices:
                 raise ValueError("response has no choices")
             usage = comp.usage
@@ -221,6 +267,13 @@ async def _attempts(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: Teac
             replica.down_streak = 0
             return resp
         except Exception as exc:  # noqa: BLE001 - classified below, nothing swallowed silently
+            if (isinstance(exc, openai.BadRequestError) and r.json_schema is not None and sent_format
+                    and any(w in str(exc).lower() for w in FORMAT_REJECTIONS)):
+                # a server without structured outputs: ask for the JSON in words from now on, validate after
+                replica.response_format_ok = False
+                log.warning("%s rejected response_format (json_schema): %s; falling back to prompting + validation",
+                            _redact(replica.url), str(exc)[:200])
+                continue
             if isinstance(exc, openai.APIStatusError) and exc.status_code in FATAL_STATUS:
                 raise TeacherUnavailable(
                     f"teacher at {_redact(replica.url)} answered {exc.status_code} ({FATAL_STATUS[exc.status_code]}) "

@@ -22,7 +22,7 @@ from distill.budget import Budget
 from distill.cache import ResponseCache
 from distill.logprobs import pack_topk
 from distill.models import resolve_dtype, resolve_model_path
-from distill.schedule import estimate_tokens, prefix_groups, prompt_text, shared_prefix_share
+from distill.schedule import chat_token_count, estimate_tokens, prefix_groups, prompt_text, shared_prefix_share
 from distill.teacher import BUDGET_EXIT, Choice, TeacherConfig, TeacherRequest, TeacherResponse
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache
     start = 0
     while start < len(requests):
         batch = requests[start : start + cfg.batch_size]
-        worst = [_worst_case(r, tokenizer) for r in batch] if budget is not None else [(0, 0)] * len(batch)
+        worst = ([_worst_case(r, tokenizer, cfg.structured_retries) for r in batch] if budget is not None
+                 else [(0, 0)] * len(batch))
         if budget is not None:  # admit the batch's head while its worst case fits the cap
             admitted = 0
             while admitted < len(batch) and budget.try_reserve(*worst[admitted]):
@@ -117,24 +118,19 @@ def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache
             # computed, so without it the whole group would prefill the shared prefix side by side.
             llm.chat([r.messages for r in leaders], sampling_params=SamplingParams(max_tokens=1, temperature=0.0),
                      use_tqdm=False)
-        params = [
-            SamplingParams(
-                n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed,
-                stop=r.stop or None, logprobs=r.top_logprobs, repetition_penalty=r.repetition_penalty,
-            )
-            for r in batch
-        ]
         t = time.perf_counter()
-        # vLLM's own bar divides by its elapsed time, which is 0 when tqdm is disabled (TQDM_DISABLE=1)
-        outputs = llm.chat([r.messages for r in batch], sampling_params=params, use_tqdm=not _tqdm_disabled())
+        outputs = _generate(llm, batch)
         per_request = (time.perf_counter() - t) / max(1, len(batch))
         items = []
         for r, w, out in zip(batch, worst, outputs):
+            choices, attempts, extra = [_choice(c) for c in out.outputs], 1, 0
+            if r.json_schema is not None:
+                choices, attempts, extra = _structured(llm, r, choices, cfg.structured_retries)
             resp = TeacherResponse(
-                key=r.key(), choices=[_choice(c) for c in out.outputs],
-                prompt_tokens=len(out.prompt_token_ids or []),
-                completion_tokens=sum(len(c.token_ids) for c in out.outputs),
-                engine="vllm", model=model_id, latency_s=round(per_request, 4),
+                key=r.key(), choices=choices,
+                prompt_tokens=len(out.prompt_token_ids or []) * attempts,
+                completion_tokens=sum(len(c.token_ids) for c in out.outputs) + extra,
+                engine="vllm", model=model_id, latency_s=round(per_request, 4), attempts=attempts,
             )
             items.append((resp.key, resp.to_dict()))
             if budget is not None:
@@ -145,16 +141,67 @@ def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache
     return True
 
 
-def _worst_case(r: TeacherRequest, tokenizer=None) -> tuple[int, int]:
+def _params(r: TeacherRequest, seed: int | None = None):
+    from vllm import SamplingParams
+
+    structured = None
+    if r.json_schema is not None:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(json=r.json_schema)
+    return SamplingParams(
+        n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed if seed is None else seed,
+        stop=r.stop or None, logprobs=r.top_logprobs, repetition_penalty=r.repetition_penalty,
+        structured_outputs=structured,
+    )
+
+
+def _generate(llm, batch: list[TeacherRequest], seeds: list[int | None] | None = None):
+    seeds = seeds or [None] * len(batch)
+    # vLLM's own bar divides by its elapsed time, which is 0 when tqdm is disabled (TQDM_DISABLE=1)
+    return llm.chat([r.messages for r in batch], sampling_params=[_params(r, s) for r, s in zip(batch, seeds)],
+                    use_tqdm=not _tqdm_disabled())
+
+
+def _structured(llm, r: TeacherRequest, choices: list[Choice], retries: int) -> tuple[list[Choice], int, int]:
+    """Validate a structured request's answers; re-ask (new seed) for failing ones while retries last.
+
+    Returns (choices, attempts, completion tokens spent on retries). Answers still failing are kept with
+    ``schema_error`` set. At temperature 0 a retry would repeat the same text, so none is made.
+    """
+    from distill.structured import validate_output
+
+    for c in choices:
+        c.schema_error = validate_output(c.text, r.json_schema)[1]
+    attempts, extra = 1, 0
+    while retries > 0 and r.temperature > 0 and any(c.schema_error for c in choices):
+        retries -= 1
+        attempts += 1
+        [out] = _generate(llm, [r], [(r.seed or 0) + 7919 * attempts])
+        extra += sum(len(c.token_ids) for c in out.outputs)
+        fresh = [_choice(c) for c in out.outputs]
+        for i, c in enumerate(choices):
+            if c.schema_error:  # replace only the failing samples, in place (the others stay as they were)
+                new = fresh[i]
+                new.schema_error = validate_output(new.text, r.json_schema)[1]
+                if new.schema_error is None or len(new.text) >= len(c.text):
+                    choices[i] = new
+    return choices, attempts, extra
+
+
+def _worst_case(r: TeacherRequest, tokenizer=None, structured_retries: int = 0) -> tuple[int, int]:
     """(prompt tokens, most completion tokens) of a request, for the budget: the prompt is counted
-    exactly with the engine's chat template when the tokenizer allows, else estimated (~4 chars/token)."""
+    exactly with the engine's chat template when the tokenizer allows, else estimated (~4 chars/token).
+    A structured request sampled at temperature > 0 may be asked again: its retries are reserved too."""
+    asks = 1 + (structured_retries if r.json_schema is not None and r.temperature > 0 else 0)
     completion = r.max_tokens * r.n
+    prompt = estimate_tokens(r.messages, r.max_tokens, r.n) - completion
     if tokenizer is not None:
         try:
-            return len(tokenizer.apply_chat_template(r.messages, tokenize=True, add_generation_prompt=True)), completion
+            prompt = chat_token_count(tokenizer, r.messages)
         except Exception:  # noqa: BLE001 - a template quirk only costs precision here
             pass
-    return estimate_tokens(r.messages, r.max_tokens, r.n) - completion, completion
+    return prompt * asks, completion * asks
 
 
 def _die_with_parent() -> None:

@@ -21,10 +21,11 @@ FAULTS = ("429_retry_after", "429", "500", "502", "503", "hang", "reset", "malfo
 
 class FaultProxy:
     def __init__(self, upstream: str, rate: float, seed: int = 0, hang_s: float = 30.0,
-                 faults: tuple[str, ...] = FAULTS, fault_first: int = 0):
+                 faults: tuple[str, ...] = FAULTS, fault_first: int = 0, reject_response_format: bool = False):
         self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:8000 (no /v1)
         self.rate, self.hang_s, self.faults = rate, hang_s, faults
         self.fault_first = fault_first  # the first N attempts are all faulted (a burst of pushback)
+        self.reject_response_format = reject_response_format  # act like a server without structured outputs
         self.attempts = 0
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
@@ -40,6 +41,9 @@ class FaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.attempts += 1
+        if self.reject_response_format and b'"response_format"' in body:
+            self.counts["rejected_response_format"] += 1
+            return web.json_response({"error": {"message": "response_format is not supported"}}, status=400)
         burst = self.attempts <= self.fault_first
         fault = self.rng.choice(self.faults) if burst or self.rng.random() < self.rate else None
         self.counts[fault or "forwarded"] += 1

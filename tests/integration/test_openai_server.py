@@ -81,3 +81,30 @@ def test_cost_cap_stops_cleanly_and_the_rerun_resumes(vllm_server, cache_path):
     out = query_teacher(reqs, capped.model_copy(update={"max_cost_usd": None}), stats)
     assert stats.sent == 12 - answered and stats.cache_hits == answered
     assert all(r.error is None for r in out)
+
+
+def test_structured_outputs_over_http_and_the_fallback_for_servers_without_them(vllm_server, tmp_path):
+    import json
+
+    from distill.selfinstruct import instructions_schema
+    from faultproxy import FaultProxy
+
+    schema = instructions_schema(3)
+    ask = [{"role": "user", "content": "Write 3 new task instructions for an assistant."}]
+    reqs = [TeacherRequest(messages=ask, model="SmolLM2-135M-Instruct", style="self_instruct", template="t",
+                           template_sha="t", max_tokens=160, json_schema=schema),
+            TeacherRequest(messages=ask, model="SmolLM2-135M-Instruct", style="self_instruct", template="t",
+                           template_sha="t", max_tokens=6, json_schema=schema)]
+    cfg = TeacherConfig(backend="openai", model="bundled", base_url=vllm_server, cache_path=str(tmp_path / "a.sqlite"))
+    stats = TeacherStats()
+    ok, cut = query_teacher(reqs, cfg, stats)
+    assert ok.choices[0].schema_error is None and json.loads(ok.choices[0].text)["instructions"]
+    assert cut.choices[0].schema_error.startswith("not JSON") and stats.schema_invalid == 1
+    # a server that rejects response_format: the client asks in words, validates, and marks what fails
+    with FaultProxy(vllm_server.rsplit("/v1", 1)[0], rate=0.0, reject_response_format=True) as proxy:
+        fb_cfg = cfg.model_copy(update={"base_url": proxy.base_url, "cache_path": str(tmp_path / "b.sqlite")})
+        fb_stats = TeacherStats()
+        out = query_teacher(reqs, fb_cfg, fb_stats)
+    assert proxy.counts["rejected_response_format"] >= 1 and proxy.counts["forwarded"] == 2
+    assert all(r.error is None for r in out) and out[1].choices[0].schema_error is not None
+    assert fb_stats.schema_invalid == sum(c.schema_error is not None for r in out for c in r.choices)

@@ -72,7 +72,10 @@ def test_token_cap_in_process_stops_between_batches_and_resumes(bundled_dir, cac
     cfg = TeacherConfig(backend="vllm", model="bundled", cache_path=str(cache_path), max_model_len=1024)
     reqs = requests(cfg.model_id())
     tok = AutoTokenizer.from_pretrained(bundled_dir)
-    prompt = [len(tok.apply_chat_template(r.messages, tokenize=True, add_generation_prompt=True)) for r in reqs]
+    # counted independently of eakd's helper: render the template to text, then tokenize it
+    prompt = [len(tok(tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True),
+                      add_special_tokens=False)["input_ids"]) for r in reqs]
+    assert min(prompt) > 10
     cap = max(prompt) + 24 + 5  # the first request fits whatever the order; a second cannot after it
     stats = TeacherStats()
     with pytest.raises(BudgetExceeded, match=f"max_tokens_total={cap}"):
@@ -81,3 +84,27 @@ def test_token_cap_in_process_stops_between_batches_and_resumes(bundled_dir, cac
     stats2 = TeacherStats()
     out = query_teacher(reqs, cfg, stats2)
     assert stats2.sent == 2 and stats2.cache_hits == 1 and all(r.error is None for r in out)
+
+
+def test_structured_outputs_in_process_valid_and_violations_recorded(bundled_dir, cache_path):
+    from distill.selfinstruct import instructions_schema
+
+    cfg = TeacherConfig(backend="vllm", model="bundled", cache_path=str(cache_path), max_model_len=1024,
+                        structured_retries=2)
+    schema = instructions_schema(3)
+    ask = [{"role": "user", "content": "Write 3 new task instructions for an assistant."}]
+    base = dict(messages=ask, model=cfg.model_id(), style="self_instruct", template="t", template_sha="t", json_schema=schema)
+    reqs = [TeacherRequest(**base, max_tokens=160),  # room to finish: valid JSON by construction
+            TeacherRequest(**base, max_tokens=6),  # cut by the token cap: a schema violation, greedy -> no retry
+            TeacherRequest(**base, max_tokens=6, temperature=0.9, seed=3)]  # sampled: re-asked, then kept and marked
+    stats = TeacherStats()
+    ok, cut, sampled = query_teacher(reqs, cfg, stats)
+    assert ok.choices[0].schema_error is None and ok.attempts == 1
+    import json
+
+    assert 1 <= len(json.loads(ok.choices[0].text)["instructions"]) <= 3
+    assert cut.choices[0].schema_error.startswith("not JSON") and cut.attempts == 1
+    assert sampled.choices[0].schema_error.startswith("not JSON") and sampled.attempts == 3
+    assert stats.schema_invalid == 2 and stats.schema_retries == 2
+    again = query_teacher(reqs, cfg, TeacherStats())  # the verdicts are stored with the answers
+    assert [r.choices[0].schema_error for r in again] == [r.choices[0].schema_error for r in (ok, cut, sampled)]

@@ -1,0 +1,71 @@
+"""Structured outputs: a JSON schema on a teacher request, and the check every answer goes through.
+
+The decoding itself is the engines' (vLLM's structured-output backends in-process, ``response_format``
+with a ``json_schema`` over HTTP); validation uses ``jsonschema``. What is written here is only the
+glue no library has: turning a pydantic model into a schema, the fallback instruction for servers
+without ``response_format``, and a one-line, stored verdict per answer (``Choice.schema_error``), so an
+invalid answer is kept and marked, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+SCHEMA_NAME = "eakd_output"
+
+
+def schema_of(model_or_schema: Any) -> dict:
+    """A JSON schema from a dict (returned as is) or a pydantic model class."""
+    if isinstance(model_or_schema, dict):
+        return model_or_schema
+    if hasattr(model_or_schema, "model_json_schema"):
+        return model_or_schema.model_json_schema()
+    raise TypeError(f"expected a JSON schema dict or a pydantic model class, got {type(model_or_schema).__name__}")
+
+
+def check_schema(schema: dict) -> None:
+    """Raise ``ValueError`` naming the problem when ``schema`` is not a valid JSON schema."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"not a valid JSON schema: {exc.message}") from None
+
+
+def validate_output(text: str, schema: dict) -> tuple[Any | None, str | None]:
+    """(parsed value, None) when ``text`` is JSON matching ``schema``; else (value or None, the reason).
+
+    A JSON object inside a ```json fence is accepted (servers without structured decoding add them).
+    """
+    from jsonschema import Draft202012Validator
+
+    raw = text.strip()
+    if raw.startswith("```"):
+        raw = raw.split("\n", 1)[1] if "\n" in raw else ""
+        raw = raw.rsplit("```", 1)[0]
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON: {exc.msg} at char {exc.pos}"
+    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        return value, f"schema: {e.message} at {where}{more}"
+    return value, None
+
+
+def fallback_instruction(schema: dict) -> dict[str, str]:
+    """The system message sent instead of ``response_format`` to servers that do not support it."""
+    return {"role": "system",
+            "content": "Answer with one JSON value only (no prose, no code fence) that matches this JSON schema:\n"
+                       + json.dumps(schema, separators=(",", ":"))}
+
+
+def response_format(schema: dict) -> dict:
+    """The OpenAI ``response_format`` for ``schema``."""
+    return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema, "strict": True}}
