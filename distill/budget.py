@@ -18,6 +18,25 @@ import threading
 from dataclasses import dataclass, field
 
 
+def worst_case(r, structured_retries: int = 0, tokenizer=None) -> tuple[int, int]:
+    """(prompt tokens, most completion tokens) a :class:`~distill.teacher.TeacherRequest` can cost.
+
+    The prompt is counted exactly with ``tokenizer``'s chat template when one is given, else estimated
+    (~4 characters per token). A structured request sampled at temperature > 0 may be asked again:
+    its re-asks are included."""
+    from distill.schedule import chat_token_count, estimate_tokens
+
+    asks = 1 + (structured_retries if r.json_schema is not None and r.temperature > 0 else 0)
+    completion = r.max_tokens * r.n
+    prompt = estimate_tokens(r.messages, r.max_tokens, r.n) - completion
+    if tokenizer is not None:
+        try:
+            prompt = chat_token_count(tokenizer, r.messages)
+        except Exception:  # noqa: BLE001 - a template quirk only costs precision here
+            pass
+    return prompt * asks, completion * asks
+
+
 class BudgetExceeded(RuntimeError):
     """The run stopped at its spending cap; everything answered so far is in the response cache."""
 

@@ -69,3 +69,14 @@ def fallback_instruction(schema: dict) -> dict[str, str]:
 def response_format(schema: dict) -> dict:
     """The OpenAI ``response_format`` for ``schema``."""
     return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema, "strict": True}}
+
+
+def merge_reasked(choices: list, fresh: list, schema: dict) -> None:
+    """Replace, in place, each failing choice by its re-asked counterpart (validated here) when that one
+    passes or is no shorter; passing choices are left as they were."""
+    for i, c in enumerate(choices):
+        if c.schema_error and i < len(fresh):
+            new = fresh[i]
+            new.schema_error = validate_output(new.text, schema)[1]
+            if new.schema_error is None or len(new.text) >= len(c.text):
+                choices[i] = new

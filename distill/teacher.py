@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from distill.budget import Budget, BudgetExceeded
+from distill.budget import Budget, BudgetExceeded, worst_case
 from distill.cache import ResponseCache
 from distill.config import ConfigError, StageConfig
 from distill.models import BUNDLED_ALIAS, BUNDLED_NAME
@@ -290,13 +290,12 @@ def _send_batch(pending: list[TeacherRequest], cfg: TeacherConfig, cache: Respon
     """Batch mode (see :mod:`distill.batch`); with a budget only the head whose worst case fits is sent.
     Returns True when the budget held requests back."""
     from distill.batch import send_batch
-    from distill.schedule import estimate_tokens
 
     admitted, worst = pending, []
     if budget is not None:
         admitted = []
         for r in pending:
-            w = (estimate_tokens(r.messages, r.max_tokens, r.n) - r.max_tokens * r.n, r.max_tokens * r.n)
+            w = worst_case(r)  # a batch has no re-asks
             if not budget.try_reserve(*w):
                 budget.refused += len(pending) - len(admitted)
                 break

@@ -31,12 +31,12 @@ import httpx
 import openai
 from tqdm import tqdm
 
-from distill.budget import Budget
+from distill.budget import Budget, worst_case
 from distill.cache import ResponseCache
 from distill.config import ConfigError
 from distill.schedule import (AdaptiveLimit, RateLimiter, Scheduled, arrival_order, estimate_tokens, prefix_groups,
                               prompt_text)
-from distill.structured import fallback_instruction, response_format, validate_output
+from distill.structured import fallback_instruction, merge_reasked, response_format, validate_output
 from distill.teacher import BUDGET_ERROR, Choice, TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, require_api_key
 
 log = logging.getLogger(__name__)
@@ -189,9 +189,7 @@ async def _one(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherCo
                stats: TeacherStats, group: int | None, budget: Budget | None = None) -> TeacherResponse:
     key = r.key()
     estimate = estimate_tokens(r.messages, r.max_tokens, r.n)
-    # (prompt estimate, most completion tokens), times the asks a structured request may need
-    asks = 1 + (cfg.structured_retries if r.json_schema is not None and r.temperature > 0 else 0)
-    worst = ((estimate - r.max_tokens * r.n) * asks, r.max_tokens * r.n * asks)
+    worst = worst_case(r, cfg.structured_retries)
     if budget is not None:
         while not budget.try_reserve(*worst):
             if budget.idle():  # nothing in flight can give room back: this request does not fit
@@ -231,12 +229,7 @@ async def _validated(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: Tea
         resp.prompt_tokens += again.prompt_tokens
         resp.completion_tokens += again.completion_tokens
         resp.attempts += again.attempts
-        for i, c in enumerate(resp.choices):
-            if c.schema_error and i < len(again.choices):  # replace only the failing samples
-                new = again.choices[i]
-                new.schema_error = validate_output(new.text, r.json_schema)[1]
-                if new.schema_error is None or len(new.text) >= len(c.text):
-                    resp.choices[i] = new
+        merge_reasked(resp.choices, again.choices, r.json_schema)
     return resp
 
 

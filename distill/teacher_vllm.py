@@ -18,11 +18,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from distill.budget import Budget
+from distill.budget import Budget, worst_case
 from distill.cache import ResponseCache
 from distill.logprobs import pack_topk
 from distill.models import resolve_dtype, resolve_model_path
-from distill.schedule import chat_token_count, estimate_tokens, prefix_groups, prompt_text, shared_prefix_share
+from distill.schedule import prefix_groups, prompt_text, shared_prefix_share
 from distill.teacher import BUDGET_EXIT, Choice, TeacherConfig, TeacherRequest, TeacherResponse
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache
     start = 0
     while start < len(requests):
         batch = requests[start : start + cfg.batch_size]
-        worst = ([_worst_case(r, tokenizer, cfg.structured_retries) for r in batch] if budget is not None
+        worst = ([worst_case(r, cfg.structured_retries, tokenizer) for r in batch] if budget is not None
                  else [(0, 0)] * len(batch))
         if budget is not None:  # admit the batch's head while its worst case fits the cap
             admitted = 0
@@ -169,7 +169,7 @@ def _structured(llm, r: TeacherRequest, choices: list[Choice], retries: int) -> 
     Returns (choices, attempts, completion tokens spent on retries). Answers still failing are kept with
     ``schema_error`` set. At temperature 0 a retry would repeat the same text, so none is made.
     """
-    from distill.structured import validate_output
+    from distill.structured import merge_reasked, validate_output
 
     for c in choices:
         c.schema_error = validate_output(c.text, r.json_schema)[1]
@@ -179,29 +179,8 @@ def _structured(llm, r: TeacherRequest, choices: list[Choice], retries: int) -> 
         attempts += 1
         [out] = _generate(llm, [r], [(r.seed or 0) + 7919 * attempts])
         extra += sum(len(c.token_ids) for c in out.outputs)
-        fresh = [_choice(c) for c in out.outputs]
-        for i, c in enumerate(choices):
-            if c.schema_error:  # replace only the failing samples, in place (the others stay as they were)
-                new = fresh[i]
-                new.schema_error = validate_output(new.text, r.json_schema)[1]
-                if new.schema_error is None or len(new.text) >= len(c.text):
-                    choices[i] = new
+        merge_reasked(choices, [_choice(c) for c in out.outputs], r.json_schema)
     return choices, attempts, extra
-
-
-def _worst_case(r: TeacherRequest, tokenizer=None, structured_retries: int = 0) -> tuple[int, int]:
-    """(prompt tokens, most completion tokens) of a request, for the budget: the prompt is counted
-    exactly with the engine's chat template when the tokenizer allows, else estimated (~4 chars/token).
-    A structured request sampled at temperature > 0 may be asked again: its retries are reserved too."""
-    asks = 1 + (structured_retries if r.json_schema is not None and r.temperature > 0 else 0)
-    completion = r.max_tokens * r.n
-    prompt = estimate_tokens(r.messages, r.max_tokens, r.n) - completion
-    if tokenizer is not None:
-        try:
-            prompt = chat_token_count(tokenizer, r.messages)
-        except Exception:  # noqa: BLE001 - a template quirk only costs precision here
-            pass
-    return prompt * asks, completion * asks
 
 
 def _die_with_parent() -> None:
