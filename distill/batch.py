@@ -8,10 +8,18 @@ engine, no server), and reads the output back by ``custom_id`` into the same res
 batch that dies or partly fails is resumed by running again: only the ``custom_id``s without a stored
 answer go into the next file. Per-line failures are reported with their error and not cached.
 
+With the ``openai`` backend the same file goes to the endpoint's Batch API instead (``POST /v1/files``,
+``POST /v1/batches``, poll ``GET /v1/batches/{id}``, download the output and error files). Every
+submitted batch is written to a journal beside the cache before it is polled, so a process that dies
+or stops waiting (``teacher.batch_wait_s``) re-attaches to the batch it already paid for on the next
+run instead of submitting again. A batch that expires, is cancelled, or returns retryable line errors
+(429, 5xx) is resumed within the run: only the ``custom_id``s with no answer go into the next batch
+(at most ``teacher.max_retries`` more); 4xx line errors are kept on their records.
+
 Why not the in-process backend: the batch file is the portable artifact (the same file can go to any
 Batch-API-compatible service), and the batch runner is vLLM's own offline path for it. Structured
-requests are validated like online ones (no re-asks in a batch). Submitting to a remote Batch API
-(``/v1/batches``) is not implemented: there is no such endpoint to test against offline.
+requests are validated like online ones (no re-asks in a batch). Hand-written because no library
+resumes a Batch API job across processes by ``custom_id`` into a content-addressed cache.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ import time
 from pathlib import Path
 
 from distill.cache import ResponseCache
-from distill.teacher import Choice, TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, cpu_thread_env
+from distill.teacher import (Choice, TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, cpu_thread_env,
+                             require_api_key)
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +78,23 @@ def _choice(c: dict) -> Choice:
 def read_batch_output(path: Path, by_key: dict[str, TeacherRequest], engine: str,
                       model: str) -> tuple[list[TeacherResponse], dict[str, str]]:
     """Parse an output file: (answers, {custom_id: error}) for the ids in ``by_key`` (others are ignored)."""
+    answers, errors = parse_batch_output(path.read_text(), by_key, engine, model, str(path))
+    return answers, {k: msg for k, (_, msg) in errors.items()}
+
+
+def parse_batch_output(text: str, by_key: dict[str, TeacherRequest], engine: str, model: str,
+                       where: str = "batch output") -> tuple[list[TeacherResponse], dict[str, tuple[int | None, str]]]:
+    """Parse Batch API output (or error) lines: (answers, {custom_id: (http status, error)})."""
     from distill.structured import validate_output
 
     answers, errors = [], {}
-    for n, raw in enumerate(path.read_text().splitlines(), 1):
+    for n, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
         try:
             line = json.loads(raw)
         except json.JSONDecodeError as exc:
-            log.warning("%s:%d is not JSON (%s); skipped", path, n, exc.msg)
+            log.warning("%s:%d is not JSON (%s); skipped", where, n, exc.msg)
             continue
         key = line.get("custom_id")
         if key not in by_key:
@@ -86,7 +102,9 @@ def read_batch_output(path: Path, by_key: dict[str, TeacherRequest], engine: str
         resp, err = line.get("response") or {}, line.get("error")
         body = resp.get("body") or {}
         if err or resp.get("status_code", 200) != 200 or not body.get("choices"):
-            errors[key] = f"batch line {n}: status {resp.get('status_code')}: {err or body.get('message') or body}"[:500]
+            status = resp.get("status_code")
+            detail = err or body.get("error") or body.get("message") or body
+            errors[key] = (status, f"batch line {n}: status {status}: {detail}"[:500])
             continue
         usage = body.get("usage") or {}
         r = by_key[key]
@@ -122,10 +140,7 @@ def send_batch(pending: list[TeacherRequest], cfg: TeacherConfig, cache: Respons
                stats: TeacherStats) -> dict[str, TeacherResponse]:
     """Answer ``pending`` (all cache misses) through one batch file; stores answers, returns failures by key."""
     if cfg.backend != "vllm":
-        from distill.config import ConfigError
-
-        raise ConfigError("teacher.batch: submitting to a remote Batch API (/v1/batches) is not supported yet; "
-                          "use the vllm backend (vLLM's local batch runner) or turn teacher.batch off")
+        return send_remote_batch(pending, cfg, cache, stats)
     by_key = {r.key(): r for r in pending}
     with tempfile.TemporaryDirectory(prefix="eakd-batch-") as tmp:
         inp, out = Path(tmp) / "input.jsonl", Path(tmp) / "output.jsonl"
@@ -152,4 +167,130 @@ def send_batch(pending: list[TeacherRequest], cfg: TeacherConfig, cache: Respons
         log.warning("batch: %d of %d requests failed; they are not cached, so a rerun resubmits only them",
                     len(errors), lines)
     return {k: TeacherResponse(key=k, choices=[], engine="vllm-batch", model=cfg.model_id(), error=e)
+            for k, e in errors.items()}
+
+
+# --- remote Batch API (openai backend) ---------------------------------------------------------------
+
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+class BatchPending(RuntimeError):
+    """A submitted batch is still running after ``teacher.batch_wait_s``; a rerun collects it."""
+
+
+def journal_path(cache: ResponseCache) -> Path:
+    """Submitted, not yet collected batches: a JSON file beside the response cache."""
+    return cache.path.with_name(cache.path.stem + ".batches.json")
+
+
+def _load_journal(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"{path}: the batch journal is not valid JSON ({exc.msg}); it lists batches already "
+                           "paid for, so it is not overwritten: fix or remove it (then those batches are not collected)") from exc
+
+
+def _save_journal(path: Path, journal: dict[str, dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(journal, indent=1))
+    os.replace(tmp, path)  # atomic: a crash leaves the old or the new journal, never half of one
+
+
+def _retryable(status: int | None) -> bool:
+    return status is None or status in (408, 409, 429) or status >= 500
+
+
+def send_remote_batch(pending: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache,
+                      stats: TeacherStats) -> dict[str, TeacherResponse]:
+    """Answer ``pending`` through the endpoint's Batch API; stores answers, returns failures by key.
+
+    First re-attaches to journalled batches of this endpoint that cover any pending request, then
+    submits what is still unanswered, in at most ``1 + max_retries`` batches.
+    """
+    import openai
+
+    client = openai.OpenAI(base_url=cfg.base_url, api_key=require_api_key(cfg), timeout=cfg.timeout_s,
+                           max_retries=cfg.max_retries)
+    by_key = {r.key(): r for r in pending}
+    jpath = journal_path(cache)
+    journal = _load_journal(jpath)
+    final: dict[str, str] = {}  # custom_id -> error that another batch would not fix
+
+    def unanswered() -> list[TeacherRequest]:
+        got = cache.get_many(list(by_key))
+        return [r for k, r in by_key.items() if k not in got and k not in final]
+
+    def collect(batch_id: str) -> None:
+        t0, deadline = time.perf_counter(), time.monotonic() + cfg.batch_wait_s
+        while True:
+            b = client.batches.retrieve(batch_id)
+            if b.status in TERMINAL:
+                break
+            if time.monotonic() >= deadline:
+                raise BatchPending(
+                    f"batch {batch_id} is still {b.status} after teacher.batch_wait_s={cfg.batch_wait_s:g} s; it is "
+                    f"recorded in {jpath}, so re-running the same command collects it without submitting again")
+            time.sleep(min(cfg.batch_poll_s, max(0.0, deadline - time.monotonic())))
+        if b.status == "failed" and not b.output_file_id:  # the whole file was refused (validation)
+            errs = "; ".join(f"{e.code}: {e.message}" for e in ((b.errors.data or []) if b.errors else []))
+            raise RuntimeError(f"batch {batch_id} failed before any request ran: {errs or 'no reason given'}; "
+                               "nothing was paid for (it stays in the journal until you remove it)")
+        answers, errors = [], {}
+        for file_id in (b.output_file_id, b.error_file_id):
+            if file_id:
+                a, e = parse_batch_output(client.files.content(file_id).text, by_key, "openai-batch",
+                                          cfg.model_id(), f"batch {batch_id} file {file_id}")
+                answers += a
+                errors |= e
+        per = (time.perf_counter() - t0) / max(1, len(answers))
+        for a in answers:
+            a.latency_s = round(per, 4)
+        cache.put_many([(a.key, a.to_dict()) for a in answers])
+        for k, (status, msg) in errors.items():
+            stats.failures["batch"] = stats.failures.get("batch", 0) + 1
+            if not _retryable(status):
+                final[k] = msg
+        log.info("batch %s %s: %d answered, %d line errors", batch_id, b.status, len(answers), len(errors))
+        journal.pop(batch_id, None)
+        _save_journal(jpath, journal)
+
+    for batch_id, entry in list(journal.items()):
+        if entry.get("base_url") == cfg.base_url and set(entry.get("custom_ids", ())) & set(by_key):
+            log.info("batch: re-attaching to %s submitted earlier (%d requests)", batch_id, len(entry["custom_ids"]))
+            collect(batch_id)
+
+    for _ in range(1 + cfg.max_retries):
+        todo = unanswered()
+        if not todo:
+            break
+        with tempfile.TemporaryDirectory(prefix="eakd-batch-") as tmp:
+            inp = Path(tmp) / "input.jsonl"
+            lines = write_batch_file(todo, cfg.model_id(), inp)
+            try:
+                with open(inp, "rb") as f:
+                    file_id = client.files.create(file=f, purpose="batch").id
+                batch = client.batches.create(input_file_id=file_id, endpoint=CHAT_URL,
+                                              completion_window=cfg.batch_completion_window)
+            except openai.NotFoundError as exc:
+                from distill.config import ConfigError
+
+                raise ConfigError(f"teacher.batch: {cfg.base_url} has no Batch API ({exc.request.method} "
+                                   f"{exc.request.url.path} -> 404); turn teacher.batch off to send the same "
+                                   "requests online (same cache keys)") from exc
+        journal[batch.id] = {"base_url": cfg.base_url, "input_file_id": file_id, "created": time.time(),
+                             "custom_ids": [r.key() for r in todo]}
+        _save_journal(jpath, journal)  # before polling: a crash from here on re-attaches, never resubmits
+        log.info("batch: submitted %d requests as %s", lines, batch.id)
+        collect(batch.id)
+
+    errors = {r.key(): "no answer after the batch and its resubmissions (expired or retryable errors each time)"
+              for r in unanswered()} | final
+    if errors:
+        log.warning("batch: %d of %d requests failed; they are not cached, so a rerun resubmits only them",
+                    len(errors), len(by_key))
+    return {k: TeacherResponse(key=k, choices=[], engine="openai-batch", model=cfg.model_id(), error=e)
             for k, e in errors.items()}

@@ -48,7 +48,8 @@ def _fail(msg: str, code: int) -> None:
 
 def _guard(fn):
     """Run ``fn``; user-fixable problems become one error line and exit 2, run-time failures exit 1,
-    a stop at the teacher budget exits 3."""
+    a stop at the teacher budget exits 3, a remote batch still running exits 4 (rerun later to collect it)."""
+    from distill.batch import BatchPending
     from distill.budget import BudgetExceeded
     from distill.teacher_openai import TeacherUnavailable
     from prompts import TemplateError
@@ -59,6 +60,8 @@ def _guard(fn):
         _fail(str(exc), 2)
     except BudgetExceeded as exc:  # a clean, resumable stop: its own exit code so schedulers can tell it apart
         _fail(str(exc), 3)
+    except BatchPending as exc:
+        _fail(str(exc), 4)
     except TeacherUnavailable as exc:
         _fail(str(exc), 1)
     except KeyboardInterrupt:
@@ -121,10 +124,11 @@ def generate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
              out: Optional[Path] = typer.Option(None, "--out", help="dataset output folder (required unless --dry-run)"),
              dry_run: bool = typer.Option(False, "--dry-run", help="render every request and estimate tokens and cost; call no teacher"),
              as_json: bool = typer.Option(False, "--json", help="with --dry-run: print the estimate as JSON"),
-             batch: bool = typer.Option(False, "--batch", help="send the uncached requests as one Batch API file through vLLM's batch runner (same as teacher.batch=true)")) -> None:
+             batch: bool = typer.Option(False, "--batch", help="send the uncached requests as one Batch API file: vLLM's batch runner (vllm backend) or the endpoint's /v1/batches (openai backend); same as teacher.batch=true")) -> None:
     """Render prompts, query the teacher, save the parsed and filtered dataset.
 
-    Exit codes: 0 done, 1 run-time failure, 2 bad input, 3 stopped at the teacher budget (resumable)."""
+    Exit codes: 0 done, 1 run-time failure, 2 bad input, 3 stopped at the teacher budget (resumable),
+    4 a remote batch is still running (rerun to collect it)."""
     _setup_logging()
     cfg = _guard(lambda: _pipeline_cfg(config, overrides))
     if batch:

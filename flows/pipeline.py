@@ -76,11 +76,12 @@ def resolve_calib_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[s
 
 
 def _not_config_error(task, task_run, state) -> bool:
+    from distill.batch import BatchPending
     from distill.budget import BudgetExceeded
 
     try:
         state.result()
-    except (ConfigError, BudgetExceeded):  # a retry would fail the same way (or spend past the cap)
+    except (ConfigError, BudgetExceeded, BatchPending):  # a retry would fail the same way (or spend past the cap)
         return False
     except Exception:  # noqa: BLE001 - anything else is worth a retry
         return True

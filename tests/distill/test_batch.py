@@ -45,3 +45,25 @@ def test_output_is_read_back_by_custom_id_with_failures_named(tmp_path):
     assert by[ok.key()].engine == "vllm-batch" and by[ok.key()].choices[0].schema_error is None
     assert by[shaped.key()].choices[0].schema_error.startswith("not JSON")  # kept and marked
     assert list(errors) == [bad.key()] and "status 400" in errors[bad.key()]
+
+
+def test_line_errors_carry_their_status_so_only_retryable_ones_are_resubmitted():
+    from distill.batch import _retryable, parse_batch_output
+
+    r = TeacherRequest(messages=[{"role": "user", "content": "x"}], model="M", style="instruct", template="t", template_sha="t")
+    line = {"custom_id": r.key(), "response": {"status_code": 429, "body": {"error": {"message": "slow down"}}}}
+    answers, errors = parse_batch_output(json.dumps(line), {r.key(): r}, "openai-batch", "M")
+    assert answers == [] and errors[r.key()][0] == 429 and "slow down" in errors[r.key()][1]
+    assert _retryable(429) and _retryable(503) and _retryable(None) and not _retryable(400) and not _retryable(422)
+
+
+def test_a_corrupt_batch_journal_is_refused_not_overwritten(tmp_path):
+    import pytest
+
+    from distill.batch import _load_journal
+
+    path = tmp_path / "teacher.batches.json"
+    path.write_text('{"batch-1": {"custom_ids": [')
+    with pytest.raises(RuntimeError, match="not overwritten: fix or remove it"):
+        _load_journal(path)
+    assert path.read_text() == '{"batch-1": {"custom_ids": ['
