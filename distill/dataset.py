@@ -51,6 +51,7 @@ from distill.demos import select_demos as rank_demos
 from distill.filters import BlocklistFilter, FormatFilter, LengthFilter, NgramIndex, apply_filters, ngram_contamination
 from distill.seeds import Seed, SeedFormat, load_seeds
 from distill.selfinstruct import BootstrapConfig, bootstrap_instructions
+from distill.structured import COT_SCHEMA
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
 from prompts import Template, TemplateError, load_template, render_messages
 
@@ -99,11 +100,19 @@ class ContaminationConfig(StageConfig):
         return self
 
 
+class JudgeConfig(StageConfig):
+    template: str = Field("judge", description="judge template (shipped name or .jinja path); sees `instruction` and `response`")
+    min_score: int = Field(3, ge=1, le=5, description="rows scored below this are removed (action: filter)")
+    action: Literal["report", "filter"] = Field("filter", description="only record the scores, or also remove low-scored rows")
+    max_tokens: int = Field(128, ge=8, le=4096, description="completion cap of a verdict")
+
+
 class FiltersConfig(StageConfig):
     length: LengthBounds | None = Field(None, description="word-count bounds on the prompt's last user turn and the response")
     format: bool = Field(False, description="Self-Instruct format heuristics + refusal/disclaimer responses")
     blocklist: list[str] = Field(default_factory=list, description="whole-word, case-insensitive words/phrases")
     contamination: ContaminationConfig | None = None
+    judge: JudgeConfig | None = Field(None, description="LLM-as-judge: the teacher scores each surviving row 1-5 (JSON, structured outputs)")
 
 
 class HubConfig(StageConfig):
@@ -125,6 +134,8 @@ class GenerateConfig(StageConfig):
     demo_seed: int = Field(0, description="ICL: seed of the demonstration sampler")
     erase_demos: bool = Field(False, description="ICL context distillation: the student sees the prompt without demos")
     cot_shots: int = Field(0, ge=0, le=32, description="CoT: worked examples (seeds with a rationale); 0 = zero-shot CoT")
+    structured_cot: bool = Field(False, description="CoT: ask for JSON {rationale, answer} (structured outputs) instead of parsing "
+                                 "free text; the student learns the rationale followed by 'The answer is <answer>.'")
     extraction: ExtractionConfig = ExtractionConfig()
     self_consistency: SelfConsistencyConfig = SelfConsistencyConfig()
     drop_truncated: bool = Field(True, description="move finish_reason=length rows to the removed split")
@@ -188,7 +199,7 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
     """Render every (seed, style) prompt, plus the instruct prompt of each ``bootstrapped`` instruction
     (they have no gold answer, so no ICL/CoT; they are never demos). Returns plans (request +
     bookkeeping, ``origin``) and the templates used."""
-    default = {"cot": "cot_fewshot" if cfg.cot_shots else "cot"}
+    default = {"cot": "cot_json" if cfg.structured_cot else "cot_fewshot" if cfg.cot_shots else "cot"}
     templates = {style: load_template(cfg.templates.get(style, default.get(style, style))) for style in cfg.styles}
     if cfg.erase_demos and "instruct" not in templates:
         templates["instruct"] = load_template(cfg.templates.get("instruct", "instruct"))
@@ -224,6 +235,7 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
             messages=messages, model=model_id, style=style, template=tmpl.name, template_sha=tmpl.sha256,
             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n, seed=s.seed,
             top_logprobs=s.top_logprobs, stop=list(s.stop), repetition_penalty=s.repetition_penalty,
+            json_schema=COT_SCHEMA if style == "cot" and cfg.structured_cot else None,
         )
         student_prompt = messages
         if style == "icl" and cfg.erase_demos:
@@ -243,7 +255,8 @@ def _blank_row(seed_id: str, style: str, reason: str, origin: str, split: str = 
             "teacher": {"model": "", "engine": "", "params": "", "template": "", "template_sha": ""},
             "id": f"{seed_id}:{style}:0", "messages": [], "raw_output": "", "rationale": "", "answer": None,
             "quality": {"gold_match": None, "finish_reason": None, "extraction": "none", "choice": 0,
-                        "vote_share": None, "voted_answer": None, "completion_tokens": None},
+                        "vote_share": None, "voted_answer": None, "completion_tokens": None,
+                        "judge_score": None, "judge_reason": None},
             "teacher_logprobs": None, "teacher_token_ids": None, "removed_reason": reason}
 
 
@@ -261,7 +274,12 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
     rows = []
     for i, choice in enumerate(resp.choices):
         text = choice.text.strip()
-        if style == "cot":
+        target = text  # what the student learns
+        if style == "cot" and req.json_schema is not None and choice.schema_error is None:
+            obj = json.loads(text)
+            rationale, answer, method = obj["rationale"].strip(), obj["answer"].strip() or None, "json"
+            target = f"{rationale}\nThe answer is {answer}." if rationale else f"The answer is {answer}."
+        elif style == "cot":
             ex = extract_answer(text, cfg.extraction)
             rationale, answer, method = ex.rationale, ex.answer, ex.method
         else:
@@ -273,15 +291,18 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
             reason = "empty"
         elif choice.finish_reason == "length" and cfg.drop_truncated:
             reason = "truncated"
+        elif choice.schema_error is not None:  # kept in the removed split with why, never dropped
+            reason = f"schema_invalid: {choice.schema_error}"
         elif cfg.require_gold_match and gold_match is False:
             reason = "gold_mismatch"
         ntok = len(choice.token_ids) if choice.token_ids is not None else None
         rows.append(base | {
             "id": f"{seed.id}:{style}:{i}",
-            "messages": plan["student_prompt"] + [{"role": "assistant", "content": text}],
+            "messages": plan["student_prompt"] + [{"role": "assistant", "content": target}],
             "raw_output": choice.text, "rationale": rationale, "answer": answer,
             "quality": {"gold_match": gold_match, "finish_reason": choice.finish_reason, "extraction": method, "choice": i,
-                        "vote_share": None, "voted_answer": None, "completion_tokens": ntok},
+                        "vote_share": None, "voted_answer": None, "completion_tokens": ntok,
+                        "judge_score": None, "judge_reason": None},
             "teacher_logprobs": json.dumps(choice.logprobs) if choice.logprobs else None,
             "teacher_token_ids": choice.token_ids,
             "removed_reason": reason,
@@ -361,7 +382,8 @@ def _card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict[str, 
         f"- seeds: {stats['seeds']} from `{cfg.seeds}` (format `{cfg.seed_format}`), "
         f"{stats['seeds_train']} train / {stats['seeds_validation']} validation, split by seed id",
         f"- demonstrations: `{json.dumps(stats['demos'])}`; ICL context distillation (demos erased for the student): {cfg.erase_demos}",
-        f"- answer extraction: patterns `{list(cfg.extraction.patterns)}`", "",
+        (f"- CoT answers: structured JSON `{{rationale, answer}}` (`generate.structured_cot`), no answer parsing"
+         if cfg.structured_cot else f"- answer extraction: patterns `{list(cfg.extraction.patterns)}`"), "",
         "## Counts and filters", "",
         f"- rows kept: {stats['rows']['train']} train, {stats['rows']['validation']} validation; removed: {stats['rows']['removed']} "
         "(kept in the `removed` split with the reason)",
@@ -391,6 +413,17 @@ def _card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict[str, 
         lines += ["## Contamination", "",
                   f"- {c['contaminated']} of {c['rows_checked']} rows share a {c['n']}-gram with {c['eval_items_hit']} of "
                   f"{c['eval_items']} eval items ({', '.join(cfg.filters.contamination.eval_paths)}); action: {c['action']}", ""]
+    if stats.get("judge"):
+        j = stats["judge"]
+        jt = j["teacher"]
+        lines += ["## LLM-as-judge", "",
+                  f"- template `{j['template']['name']}` (sha256 `{j['template']['sha256'][:12]}`), JSON verdicts "
+                  f"(structured outputs); {j['judged']} of {j['rows']} rows scored, mean {j['mean_score']}, "
+                  f"counts `{json.dumps(j['score_counts'])}`",
+                  f"- invalid verdicts {j['invalid']}, failed requests {j['failed']} (rows kept, marked); action "
+                  f"`{j['action']}`, min score {j['min_score']}: {j['filtered']} rows removed",
+                  f"- judge tokens: {jt['prompt_tokens'] + jt.get('cached_prompt_tokens', 0)} prompt, "
+                  f"{jt['completion_tokens'] + jt.get('cached_completion_tokens', 0)} completion", ""]
     if stats.get("bootstrap"):
         b = stats["bootstrap"]
         a = b["novelty_agreement"]
@@ -533,6 +566,14 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
                 if hit.ngrams >= 1:
                     r["removed_reason"] = (f"contamination: {hit.ngrams} {rep.n}-gram(s) overlap eval items "
                                            f"{hit.eval_indices[:5]}, e.g. {hit.example!r}")
+    judge_stats = None
+    if cfg.filters.judge is not None:  # last: the teacher only judges rows every cheaper check kept
+        from distill.judge import judge_rows
+
+        try:
+            judge_stats = judge_rows([r for r in rows if r["removed_reason"] is None], cfg.filters.judge, teacher_cfg, budget)
+        except TemplateError as exc:
+            raise ConfigError(f"generate.filters.judge.template: {exc}") from None
     rows += extra_rows
     kept = [r for r in rows if r["removed_reason"] is None]
     removed = [r for r in rows if r["removed_reason"] is not None]
@@ -556,6 +597,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         "tokens": _token_counts(kept),
         "self_consistency": _sc_stats(rows) if cfg.self_consistency.enabled else None,
         "contamination": contamination_stats,
+        "judge": judge_stats,
         "bootstrap": boot_stats,
         "teacher": tstats.to_dict(), "templates": {s: {"name": t.name, "sha256": t.sha256} for s, t in templates.items()},
         "config": cfg.model_dump(mode="json"), "teacher_config": teacher_cfg.model_dump(mode="json"),

@@ -14,6 +14,14 @@ from typing import Any
 
 SCHEMA_NAME = "eakd_output"
 
+# chain of thought with the reasoning and the final answer in separate fields (generate.structured_cot)
+COT_SCHEMA = {"type": "object", "properties": {"rationale": {"type": "string"}, "answer": {"type": "string"}},
+              "required": ["rationale", "answer"], "additionalProperties": False}
+# an LLM-as-judge verdict (generate.filters.judge): the reason first, so the score follows from it
+JUDGE_SCHEMA = {"type": "object", "properties": {"reason": {"type": "string"},
+                                                 "score": {"type": "integer", "minimum": 1, "maximum": 5}},
+                "required": ["reason", "score"], "additionalProperties": False}
+
 
 def schema_of(model_or_schema: Any) -> dict:
     """A JSON schema from a dict (returned as is) or a pydantic model class."""

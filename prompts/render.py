@@ -13,7 +13,7 @@ from jinja2.sandbox import SandboxedEnvironment
 BUILTIN_DIR = Path(__file__).parent
 BUILTIN_STYLES = ("icl", "cot", "instruct")
 # every shipped template: the three styles, few-shot CoT, and the Self-Instruct bootstrapping prompt
-SHIPPED = (*BUILTIN_STYLES, "cot_fewshot", "self_instruct", "self_instruct_json")
+SHIPPED = (*BUILTIN_STYLES, "cot_fewshot", "cot_json", "self_instruct", "self_instruct_json", "judge")
 ROLES = ("system", "user")
 
 

@@ -187,3 +187,36 @@ def test_push_to_hub_without_a_token_fails_before_any_teacher_call(tmp_path, mon
     with pytest.raises(ConfigError, match="EAKD_TEST_HUB_TOKEN .* not set"):
         generate_dataset(cfg, TeacherConfig(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _cot_plan(cfg):
+    plans, _ = build_requests(gsm_pool()[:1], cfg, "m")
+    return plans[0]
+
+
+def test_structured_cot_asks_for_json_and_trains_on_rationale_then_answer():
+    from distill.dataset import _rows_for
+    from distill.structured import COT_SCHEMA, validate_output
+    from distill.teacher import Choice, TeacherResponse
+
+    cfg = GenerateConfig(seeds="unused", styles=["cot"], structured_cot=True)
+    plan = _cot_plan(cfg)
+    assert plan["request"].json_schema == COT_SCHEMA and plan["request"].template == "cot_json"
+    plain = _cot_plan(GenerateConfig(seeds="unused", styles=["cot"]))["request"]
+    assert plain.json_schema is None and plain.key() != plan["request"].key()  # the schema is part of the cache key
+    good = '{"rationale": "3 boxes of 4 is 12.", "answer": "12"}'
+    bad = '{"rationale": "3 boxes of 4 is 12.", "answer": 12'  # cut off: not JSON
+    choices = [Choice(text=t, finish_reason="stop", schema_error=validate_output(t, COT_SCHEMA)[1]) for t in (good, bad)]
+    rows = _rows_for(plan, TeacherResponse(key="k", choices=choices), cfg, "train")
+    assert rows[0]["rationale"] == "3 boxes of 4 is 12." and rows[0]["answer"] == "12"
+    assert rows[0]["quality"]["extraction"] == "json" and rows[0]["removed_reason"] is None
+    assert rows[0]["messages"][-1]["content"] == "3 boxes of 4 is 12.\nThe answer is 12."
+    assert rows[0]["raw_output"] == good  # provenance keeps what the teacher said
+    # a schema violation is caught, recorded with its reason and kept in the removed split
+    assert rows[1]["removed_reason"].startswith("schema_invalid: not JSON")
+    assert rows[1]["raw_output"] == bad
+
+
+def test_judge_config_rejects_scores_off_the_scale():
+    with pytest.raises(Exception, match="min_score"):
+        GenerateConfig(seeds="unused", filters={"judge": {"min_score": 6}})

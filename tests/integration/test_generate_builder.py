@@ -82,3 +82,36 @@ def test_generate_builds_cot_sc_and_bootstrapped_if_dataset(vllm_server, tmp_pat
     rows2 = [r for split in ("train", "validation", "removed") for r in load_from_disk(str(out2))[split]]
     assert [(r["id"], r["messages"], r["removed_reason"]) for r in rows2] == \
         [(r["id"], r["messages"], r["removed_reason"]) for r in rows]
+
+
+@pytest.mark.parametrize("backend", ["openai", "vllm"])
+def test_structured_cot_and_llm_judge_on_the_real_teacher(backend, vllm_server, tmp_path):
+    """CoT answers as JSON {rationale, answer} and judge verdicts as JSON {reason, score}, over HTTP
+    (response_format) and in-process (vLLM structured decoding); nothing parsed out of prose."""
+    from datasets import load_from_disk
+
+    seeds = tmp_path / "gsm8k.jsonl"
+    seeds.write_text("".join(json.dumps({"question": q, "answer": f"{r}\n#### {a}"}) + "\n" for q, r, a in QUESTIONS[:3]))
+    gen = GenerateConfig(seeds=str(seeds), styles=["cot"], structured_cot=True, validation_fraction=0.0,
+                         sampling={"max_tokens": 160}, filters={"judge": {"min_score": 1, "max_tokens": 96}})
+    teacher = TeacherConfig(backend=backend, model="bundled", base_url=vllm_server if backend == "openai" else None,
+                            cache_path=str(tmp_path / "cache.sqlite"), max_model_len=1024)
+    out = generate_dataset(gen, teacher, tmp_path / "ds")
+    stats = json.loads((out / "stats.json").read_text())
+    dd = load_from_disk(str(out))
+    rows = list(dd["train"]) + list(dd["removed"])
+    assert len(rows) == 3
+    for r in rows:  # every answer is either parsed JSON or marked with why it is not
+        if r["removed_reason"] is None:
+            assert r["quality"]["extraction"] == "json" and r["answer"] is not None
+            assert r["messages"][-1]["content"].endswith(f"The answer is {r['answer']}.")
+            assert json.loads(r["raw_output"])["answer"].strip() == r["answer"]
+        else:
+            assert r["removed_reason"].startswith(("schema_invalid", "truncated")), r["removed_reason"]
+    j = stats["judge"]
+    assert j["rows"] == len(dd["train"]) and j["judged"] + j["invalid"] + j["failed"] == j["rows"]
+    for r in dd["train"]:
+        score = r["quality"]["judge_score"]
+        assert (score is not None and 1 <= score <= 5 and r["quality"]["judge_reason"]) or \
+            r["quality"]["judge_reason"].startswith(("invalid verdict", "no verdict"))
+    assert "## LLM-as-judge" in (out / "README.md").read_text()

@@ -15,6 +15,7 @@ VARS = {
     "task": "arithmetic",
     "tasks": ["Name three fruits.", "Translate 'cat' into French."],
     "n_new": 2,
+    "response": "3 boxes of 4 apples is 12 apples. The answer is 12.",
 }
 
 
