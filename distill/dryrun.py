@@ -55,6 +55,7 @@ class DryRun:
     cost_usd_max: float | None
     styles: dict[str, StyleEstimate]
     bootstrap: dict | None = None
+    judge: dict | None = None
     caps: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -96,6 +97,20 @@ def _bootstrap_bounds(cfg: GenerateConfig, teacher_cfg: TeacherConfig, seeds, co
             "instruction_completion_tokens_max": prompts_max * b.max_tokens,
             "responses_max": b.target, "response_completion_tokens_max": b.target * s.n * s.max_tokens,
             "example": first[0] if first else None}
+
+
+def _judge_bounds(cfg: GenerateConfig, live: list, boot: dict | None, count) -> dict:
+    """Upper bounds of the judge's verdicts: one per generated row, each prompt at most the judge
+    template + the row's prompt + a full-length response."""
+    from prompts import load_template, render_messages
+
+    j = cfg.filters.judge
+    tmpl = load_template(j.template)
+    rows = sum(r.n for _, r in live) + (boot["responses_max"] * cfg.sampling.n if boot else 0)
+    per_row = [count(render_messages(tmpl, {"instruction": r.messages[-1]["content"], "response": ""})) + r.max_tokens
+               for _, r in live[:50]]
+    mean = sum(per_row) / len(per_row) if per_row else cfg.sampling.max_tokens
+    return {"verdicts_max": rows, "prompt_tokens_max": round(mean * rows), "completion_tokens_max": rows * j.max_tokens}
 
 
 def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style: int = 3) -> DryRun:
@@ -141,9 +156,13 @@ def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style:
         expected = round(mean * len(seen))
 
     boot = _bootstrap_bounds(cfg, teacher_cfg, seeds, count) if cfg.bootstrap is not None else None
-    all_prompt = prompt + (boot["instruction_prompt_tokens_max"] if boot else 0)
+    try:
+        judge = _judge_bounds(cfg, live, boot, count) if cfg.filters.judge is not None else None
+    except TemplateError as exc:
+        raise ConfigError(f"generate.filters.judge.template: {exc}") from None
+    all_prompt = prompt + (boot["instruction_prompt_tokens_max"] if boot else 0) + (judge["prompt_tokens_max"] if judge else 0)
     all_completion = completion_max + (boot["instruction_completion_tokens_max"] + boot["response_completion_tokens_max"]
-                                       if boot else 0)
+                                       if boot else 0) + (judge["completion_tokens_max"] if judge else 0)
     cost = None
     if teacher_cfg.price_prompt_per_mtok is not None or teacher_cfg.price_completion_per_mtok is not None:
         cost = round((all_prompt * (teacher_cfg.price_prompt_per_mtok or 0.0)
@@ -161,7 +180,7 @@ def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style:
                         "tokenizer folder for exact counts")
     return DryRun(seeds=len(seeds), requests=len(live), cached=sum(e.cached for e in styles.values()),
                   token_counter=counter, prompt_tokens=prompt, completion_tokens_max=completion_max,
-                  completion_tokens_expected=expected, cost_usd_max=cost, styles=styles, bootstrap=boot, caps=caps,
+                  completion_tokens_expected=expected, cost_usd_max=cost, styles=styles, bootstrap=boot, judge=judge, caps=caps,
                   warnings=warnings)
 
 
@@ -179,6 +198,10 @@ def format_dry_run(d: DryRun) -> str:
                      f"instruction prompts (~{b['instruction_prompt_tokens_max']} prompt + {b['instruction_completion_tokens_max']} "
                      f"completion tokens), then up to {b['responses_max']} responses ({b['response_completion_tokens_max']} "
                      "completion tokens)")
+    if d.judge:
+        j = d.judge
+        lines.append(f"LLM-as-judge (after generation, upper bounds): up to {j['verdicts_max']} verdicts "
+                     f"(~{j['prompt_tokens_max']} prompt + {j['completion_tokens_max']} completion tokens)")
     lines.append("cost: " + (f"at most ${d.cost_usd_max:.4f}" if d.cost_usd_max is not None
                              else "no prices configured (teacher.price_prompt_per_mtok / price_completion_per_mtok)"))
     for style, e in d.styles.items():

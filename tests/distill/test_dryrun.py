@@ -87,3 +87,15 @@ def test_dry_run_gives_bootstrap_upper_bounds(tmp_path):
     assert b["instruction_prompts_max"] == 12 and b["instruction_completion_tokens_max"] == 1200
     assert b["responses_max"] == 40 and b["response_completion_tokens_max"] == 40 * 64
     assert "Write a short poem" in b["example"][-1]["content"]
+
+
+def test_dry_run_bounds_the_judge_verdicts(seeds_file, tmp_path):
+    teacher = TeacherConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                            cache_path=str(tmp_path / "cache.sqlite"))
+    plain = dry_run(gen_cfg(seeds_file), teacher)
+    judged = dry_run(gen_cfg(seeds_file, filters={"judge": {"max_tokens": 40}}), teacher)
+    assert plain.judge is None
+    assert judged.judge["verdicts_max"] == 12 * 2  # one per generated row (n = 2)
+    assert judged.judge["completion_tokens_max"] == 24 * 40
+    assert judged.judge["prompt_tokens_max"] > 24 * 50  # each verdict's prompt holds a full-length response
+    assert "LLM-as-judge (after generation, upper bounds): up to 24 verdicts" in format_dry_run(judged)
