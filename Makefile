@@ -10,7 +10,7 @@ LOCK   ?= requirements/cpu.lock
 STAMP  := $(VENV)/.eakd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup models demo test test-fast test-all clean help
+.PHONY: setup models demo test test-fast test-all reliability clean help
 
 help:
 	@echo "make demo       # set up, then run the demo pipeline (flows/configs/demo.yaml)"
@@ -41,6 +41,9 @@ test: models
 
 test-fast: models
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not gpu and not integration" $(PYTEST_ARGS)
+
+reliability: models
+	EAKD_RELIABILITY_OUT=bench/results/reliability.json HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "reliability and not gpu" $(PYTEST_ARGS)
 
 test-all: models
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

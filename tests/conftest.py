@@ -6,9 +6,11 @@ it fetch it on demand (idempotent). Each test gets its own response cache and Pr
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,39 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- the reliability table (issue 8) -----------------------------------------------------------------
+# Tests marked `reliability` add what they did to this tally through the `reliability` fixture; the
+# table is printed at the end of the run and, with EAKD_RELIABILITY_OUT=path, written as JSON.
+RELIABILITY_ROWS = {
+    "faults_injected": "faults injected (proxy: 429/5xx/hang/reset/malformed/empty, truncation, server death)",
+    "crashes_survived": "crashes survived (kill -9, then resume)",
+    "bad_inputs_tried": "bad inputs tried (one-line error, non-zero exit, earlier output intact)",
+    "secret_files_scanned": "produced files scanned for a planted secret",
+    "records_checked": "records checked after faults and crashes",
+    "records_lost": "records lost",
+    "records_duplicated": "records duplicated",
+}
+_RELIABILITY: Counter = Counter()
+
+
+@pytest.fixture
+def reliability() -> Counter:
+    """The run's reliability tally: ``reliability["faults_injected"] += n`` etc. (keys: RELIABILITY_ROWS)."""
+    return _RELIABILITY
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _RELIABILITY:
+        return
+    unknown = set(_RELIABILITY) - set(RELIABILITY_ROWS)
+    assert not unknown, f"unknown reliability keys {unknown}"
+    terminalreporter.section("reliability")
+    width = max(len(v) for v in RELIABILITY_ROWS.values())
+    for key, label in RELIABILITY_ROWS.items():
+        terminalreporter.write_line(f"{label:<{width}}  {_RELIABILITY.get(key, 0):>6}")
+    out = os.environ.get("EAKD_RELIABILITY_OUT")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({k: _RELIABILITY.get(k, 0) for k in RELIABILITY_ROWS}, indent=2) + "\n")
