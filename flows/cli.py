@@ -13,7 +13,10 @@ A bad input is one ``error:`` line on stderr and exit code 2; a failure at run t
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -46,7 +49,27 @@ def _fail(msg: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _guard(fn):
+DISK_ERRNOS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota)",
+               errno.EFBIG: "free some space or raise the file-size limit", errno.EROFS: "choose a writable folder",
+               errno.EACCES: "choose a writable folder", errno.EPERM: "choose a writable folder"}
+
+
+def _write_failure(exc: BaseException, where: Path | None) -> str | None:
+    """The one-line message for a write that failed for lack of space or permission (OSError, or a
+    library error wrapping one, e.g. safetensors' "os error 28"); None for anything else."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        m = re.search(r"os error (\d+)", str(exc))
+        code = int(m.group(1)) if m else None
+    if code not in DISK_ERRNOS:
+        return None
+    place = where or (getattr(exc, "filename", None) and Path(exc.filename)) or "the output folder"
+    return (f"cannot write {place}: {os.strerror(code)} ({errno.errorcode[code]}); {DISK_ERRNOS[code]} and rerun the "
+            "same command. Nothing finished is lost: completed artifacts and cached teacher answers are kept, "
+            "and unfinished output is never published")
+
+
+def _guard(fn, where: Path | None = None):
     """Run ``fn``; user-fixable problems become one error line and exit 2, run-time failures exit 1,
     a stop at the teacher budget exits 3, a remote batch still running exits 4 (rerun later to collect it)."""
     from distill.batch import BatchPending
@@ -64,6 +87,11 @@ def _guard(fn):
         _fail(str(exc), 4)
     except TeacherUnavailable as exc:
         _fail(str(exc), 1)
+    except Exception as exc:  # noqa: BLE001 - a full or read-only disk is one line, anything else a traceback
+        msg = _write_failure(exc, where)
+        if msg is None:
+            raise
+        _fail(msg, 1)
     except KeyboardInterrupt:
         _fail("interrupted; finished work is kept (teacher responses are cached, outputs are written atomically)", 130)
 
@@ -145,7 +173,7 @@ def generate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
         _fail("--out is required (the dataset output folder), unless --dry-run", 2)
     from distill.dataset import generate_dataset
 
-    typer.echo(_guard(lambda: generate_dataset(cfg.generate, cfg.teacher, out)))
+    typer.echo(_guard(lambda: generate_dataset(cfg.generate, cfg.teacher, out), where=out))
 
 
 @app.command()
@@ -157,7 +185,7 @@ def train(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
     from distill.train import train_student
 
     cfg = _guard(lambda: _pipeline_cfg(config, overrides))
-    typer.echo(_guard(lambda: train_student(cfg.train, dataset, out)))
+    typer.echo(_guard(lambda: train_student(cfg.train, dataset, out), where=out))
 
 
 @app.command()
@@ -172,7 +200,7 @@ def compress(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
     cfg = _guard(lambda: _pipeline_cfg(config, overrides))
     text, source = _guard(lambda: resolve_eval_text(cfg, None))
     logging.getLogger(__name__).info("perplexity text: %s", source)
-    typer.echo(_guard(lambda: compress_student(cfg.compress, model, out, eval_text=text, eval_source=source)))
+    typer.echo(_guard(lambda: compress_student(cfg.compress, model, out, eval_text=text, eval_source=source), where=out))
 
 
 @app.command()
