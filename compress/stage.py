@@ -275,6 +275,26 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Delete folders a killed run left behind (``.<step>.tmp-<pid>-*``, ``.<step>.old-<pid>``) whose
+    process is gone."""
+    for p in [*out_dir.glob(".*.tmp-*"), *out_dir.glob(".*.old-*")]:
+        marker = ".tmp-" if ".tmp-" in p.name else ".old-"
+        try:
+            pid = int(p.name.split(marker, 1)[1].split("-", 1)[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # a live process owns it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        log.info("removing %s, left by a killed run", p)
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def _publish(tmp: Path, final: Path) -> None:
     """Rename the finished ``tmp`` folder to ``final``, replacing an older ``final`` from a previous run."""
     if final.exists():
@@ -350,6 +370,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
     if any(step.method in CALIBRATED or step.recover_steps for step in cfg.steps):
         calib, calib_from = _calibration(cfg.calibration, tokenizer, calib_text, calib_source)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out_dir)
     baseline = measure(model, tokenizer, eval_text, model_dir, cfg.eval)
     log.info("baseline %s: ppl %.3f, params %s, bytes %s", model_dir, baseline["perplexity"],
              _fmt(baseline["params_total"]), _fmt(baseline["bytes_on_disk"], "B"))
@@ -386,7 +407,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         manifest["steps"].append({"name": name, "method": step.method, "params": step.params(), "stats": stats})
         recipe.append(step.model_dump(mode="json"))
         final = out_dir / dirname
-        tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{dirname}.tmp-"))
+        tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{dirname}.tmp-{os.getpid()}-"))
         try:
             save_compressed(model, tmp, tokenizer, manifest, dtype=storage, codes=codes)
             _write_json(tmp / "recipe.json", recipe)

@@ -3,7 +3,11 @@
 Each request is either forwarded untouched or answered with a fault drawn by a seeded RNG:
 429 with and without ``Retry-After``, 500/502/503, a hang past the client's timeout, a connection
 reset mid-body, malformed JSON, or a 200 with no choices. Faulted requests never reach the upstream,
-so nothing is paid for twice. Listens on 127.0.0.1 only; runs its own event loop in a thread.
+so nothing is paid for twice. Opt-in faults: ``length`` forwards the request with ``max_tokens`` cut to
+2, so the real server returns a truncated answer (``finish_reason=length``). When the upstream is
+down (connection refused) the proxy drops the client's connection too, as the dead server would.
+``counts["answered"]`` counts the upstream's 200s. Listens on 127.0.0.1 only; runs its own event loop
+in a thread.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import random
 import threading
 from collections import Counter
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
 
 FAULTS = ("429_retry_after", "429", "500", "502", "503", "hang", "reset", "malformed", "empty_choices")
 
@@ -67,10 +71,21 @@ class FaultProxy:
             await resp.write(b'{"id": "chatcmpl-partial", "choi')
             request.transport.close()  # the client sees the connection drop mid-body
             return resp
-        async with self._session.request(request.method, self.upstream + request.path_qs, data=body,
-                                         headers={"Content-Type": "application/json"}) as up:
-            payload = await up.read()
-            return web.Response(status=up.status, body=payload, content_type="application/json")
+        if fault == "length":
+            data = json.loads(body)
+            data["max_tokens"] = 2
+            body = json.dumps(data).encode()
+        try:
+            async with self._session.request(request.method, self.upstream + request.path_qs, data=body,
+                                             headers={"Content-Type": "application/json"}) as up:
+                payload = await up.read()
+        except (ClientConnectionError, asyncio.TimeoutError):  # the server is down: so is this connection
+            self.counts["upstream_down"] += 1
+            request.transport.close()
+            return web.Response(status=502)
+        if up.status == 200:
+            self.counts["answered"] += 1
+        return web.Response(status=up.status, body=payload, content_type="application/json")
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

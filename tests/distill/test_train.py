@@ -134,7 +134,8 @@ def test_kd_needs_cached_logprobs(tiny_model, sft_dataset, tmp_path):
         train_student(cfg, sft_dataset, tmp_path / "out")
 
 
-def test_kill_9_and_resume_reproduces_the_uninterrupted_run(tiny_model, sft_dataset, tmp_path, repo_root):
+@pytest.mark.reliability
+def test_kill_9_and_resume_reproduces_the_uninterrupted_run(tiny_model, sft_dataset, tmp_path, repo_root, reliability):
     import subprocess
     import sys
 
@@ -166,3 +167,4 @@ def test_kill_9_and_resume_reproduces_the_uninterrupted_run(tiny_model, sft_data
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in ref["history"]]
     assert resumed["val_loss_after"] == ref["val_loss_after"]
     assert not checkpoint_root(out).exists()
+    reliability["crashes_survived"] += 1

@@ -1,8 +1,10 @@
-"""Kill -9 a running `eakd generate` and restart it: only the requests that were in flight are sent again,
-and the dataset equals an uninterrupted run's. Real CLI, real vLLM server; a counting proxy in between."""
+"""Kill -9 a running `eakd generate` at 5 random points and restart it each time: only the requests that
+were in flight are sent again, and the dataset equals an uninterrupted run's. Real CLI, real vLLM
+server; a counting proxy in between."""
 
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +15,7 @@ import pytest
 import yaml
 from faultproxy import FaultProxy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 CONCURRENCY = 4
 
@@ -50,37 +52,48 @@ def _rows(out):
     return {split: sorted((r["id"], json.dumps(r["messages"])) for r in ds[split]) for split in ds}
 
 
-def test_kill_and_restart_resends_only_in_flight(vllm_server, repo_root, tmp_path):
+KILLS = 5
+
+
+def test_kill_and_restart_resends_only_in_flight(vllm_server, repo_root, tmp_path, reliability):
     upstream = vllm_server.rsplit("/v1", 1)[0]
     cache = tmp_path / "resume.sqlite"
+    out = tmp_path / "ds"
+    rng = random.Random(7)
     with FaultProxy(upstream, rate=0.0) as proxy:
         config = _config(tmp_path, repo_root, proxy.base_url, cache)
-        out = tmp_path / "ds"
-        first = _generate(repo_root, config, out, start_new_session=True)
-        deadline = time.time() + 600
-        while _cached(cache) < 25:
-            assert first.poll() is None, first.stderr.read()[-3000:]
-            assert time.time() < deadline, "the first run made no progress"
-            time.sleep(0.2)
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        time.sleep(1.0)  # requests the proxy already forwarded finish upstream; their answers are lost
+        lost = 0
+        for kill in range(KILLS):
+            # each run is killed after a random number (1..8) of new answers reach the cache
+            target = _cached(cache) + rng.randint(1, 8)
+            sent_before, cached_before = proxy.counts["forwarded"], _cached(cache)
+            run = _generate(repo_root, config, out, start_new_session=True)
+            deadline = time.time() + 600
+            while _cached(cache) < target:
+                assert run.poll() is None, run.stderr.read()[-3000:]
+                assert time.time() < deadline, f"run {kill + 1} made no progress"
+                time.sleep(0.1)
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+            time.sleep(1.0)  # requests the proxy already forwarded finish upstream; their answers are lost
+            in_flight = (proxy.counts["forwarded"] - sent_before) - (_cached(cache) - cached_before)
+            assert 0 <= in_flight <= CONCURRENCY, in_flight  # what a kill loses is at most what was in flight
+            lost += in_flight
+            assert not (out / "stats.json").exists()  # nothing half-written looks finished
         cached_at_kill = _cached(cache)
-        sent_first = proxy.counts["forwarded"]
-        assert not (out / "stats.json").exists()  # nothing half-written looks finished
+        sent_killed = proxy.counts["forwarded"]
 
-        second = _generate(repo_root, config, out)
-        stdout, stderr = second.communicate(timeout=900)
-        assert second.returncode == 0, stderr[-3000:]
-        sent_second = proxy.counts["forwarded"] - sent_first
+        last = _generate(repo_root, config, out)
+        stdout, stderr = last.communicate(timeout=900)
+        assert last.returncode == 0, stderr[-3000:]
+        sent_last = proxy.counts["forwarded"] - sent_killed
 
     stats = json.loads((out / "stats.json").read_text())
     total = stats["requests"]
-    in_flight = sent_first - cached_at_kill
-    assert 0 <= in_flight <= CONCURRENCY  # what was lost is at most what was in flight
     assert stats["teacher"]["cache_hits"] == cached_at_kill
-    assert sent_second == stats["teacher"]["sent"] == total - cached_at_kill  # re-sends nothing that was stored
-    assert sent_first + sent_second <= total + CONCURRENCY
+    assert sent_last == stats["teacher"]["sent"] == total - cached_at_kill  # re-sends nothing that was stored
+    assert sent_killed + sent_last == total + lost  # the only requests sent twice are the ones a kill cut off
+    reliability["crashes_survived"] += KILLS
 
     # the same generation uninterrupted, on a fresh cache, gives the same dataset
     fresh = _config(tmp_path, repo_root, vllm_server, tmp_path / "fresh.sqlite")
@@ -88,3 +101,7 @@ def test_kill_and_restart_resends_only_in_flight(vllm_server, repo_root, tmp_pat
     _, stderr = ref.communicate(timeout=900)
     assert ref.returncode == 0, stderr[-3000:]
     assert _rows(out) == _rows(tmp_path / "ref")
+    got = _rows(out)
+    reliability["records_checked"] += total
+    reliability["records_lost"] += total - sum(len(v) for v in got.values())
+    reliability["records_duplicated"] += sum(len(v) - len(set(v)) for v in got.values())
