@@ -51,7 +51,7 @@ from distill.demos import select_demos as rank_demos
 from distill.filters import BlocklistFilter, FormatFilter, LengthFilter, NgramIndex, apply_filters, ngram_contamination
 from distill.seeds import Seed, SeedFormat, load_seeds
 from distill.selfinstruct import BootstrapConfig, bootstrap_instructions
-from distill.structured import COT_SCHEMA
+from distill.structured import cot_schema
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
 from prompts import Template, TemplateError, load_template, render_messages
 
@@ -235,7 +235,7 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
             messages=messages, model=model_id, style=style, template=tmpl.name, template_sha=tmpl.sha256,
             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n, seed=s.seed,
             top_logprobs=s.top_logprobs, stop=list(s.stop), repetition_penalty=s.repetition_penalty,
-            json_schema=COT_SCHEMA if style == "cot" and cfg.structured_cot else None,
+            json_schema=cot_schema(s.max_tokens) if style == "cot" and cfg.structured_cot else None,
         )
         student_prompt = messages
         if style == "icl" and cfg.erase_demos:

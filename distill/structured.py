@@ -14,13 +14,24 @@ from typing import Any
 
 SCHEMA_NAME = "eakd_output"
 
-# chain of thought with the reasoning and the final answer in separate fields (generate.structured_cot)
-COT_SCHEMA = {"type": "object", "properties": {"rationale": {"type": "string"}, "answer": {"type": "string"}},
-              "required": ["rationale", "answer"], "additionalProperties": False}
-# an LLM-as-judge verdict (generate.filters.judge): the reason first, so the score follows from it
-JUDGE_SCHEMA = {"type": "object", "properties": {"reason": {"type": "string"},
+# An LLM-as-judge verdict (generate.filters.judge): the reason first, so the score follows from it. The
+# reason is capped at 300 characters: under structured decoding the verdict then always closes within
+# ~100 tokens, where an uncapped reason from a small judge rambles past max_tokens and breaks the JSON.
+JUDGE_SCHEMA = {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 300},
                                                  "score": {"type": "integer", "minimum": 1, "maximum": 5}},
                 "required": ["reason", "score"], "additionalProperties": False}
+
+
+def cot_schema(max_tokens: int) -> dict:
+    """Chain of thought with the reasoning and the final answer in separate fields (generate.structured_cot).
+
+    The rationale is capped at ~3 characters per token of ``max_tokens`` less 48 for the JSON and the
+    answer, so under structured decoding the answer always fits (a rationale cut short beats an
+    unterminated JSON with no answer at all)."""
+    return {"type": "object",
+            "properties": {"rationale": {"type": "string", "maxLength": max(120, 3 * (max_tokens - 48))},
+                           "answer": {"type": "string", "maxLength": 120}},
+            "required": ["rationale", "answer"], "additionalProperties": False}
 
 
 def schema_of(model_or_schema: Any) -> dict:

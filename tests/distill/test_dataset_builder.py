@@ -196,17 +196,19 @@ def _cot_plan(cfg):
 
 def test_structured_cot_asks_for_json_and_trains_on_rationale_then_answer():
     from distill.dataset import _rows_for
-    from distill.structured import COT_SCHEMA, validate_output
+    from distill.structured import cot_schema, validate_output
     from distill.teacher import Choice, TeacherResponse
 
     cfg = GenerateConfig(seeds="unused", styles=["cot"], structured_cot=True)
     plan = _cot_plan(cfg)
-    assert plan["request"].json_schema == COT_SCHEMA and plan["request"].template == "cot_json"
+    schema = cot_schema(cfg.sampling.max_tokens)
+    assert plan["request"].json_schema == schema and plan["request"].template == "cot_json"
+    assert schema["properties"]["rationale"]["maxLength"] == 3 * (256 - 48)  # the answer always fits
     plain = _cot_plan(GenerateConfig(seeds="unused", styles=["cot"]))["request"]
     assert plain.json_schema is None and plain.key() != plan["request"].key()  # the schema is part of the cache key
     good = '{"rationale": "3 boxes of 4 is 12.", "answer": "12"}'
     bad = '{"rationale": "3 boxes of 4 is 12.", "answer": 12'  # cut off: not JSON
-    choices = [Choice(text=t, finish_reason="stop", schema_error=validate_output(t, COT_SCHEMA)[1]) for t in (good, bad)]
+    choices = [Choice(text=t, finish_reason="stop", schema_error=validate_output(t, schema)[1]) for t in (good, bad)]
     rows = _rows_for(plan, TeacherResponse(key="k", choices=choices), cfg, "train")
     assert rows[0]["rationale"] == "3 boxes of 4 is 12." and rows[0]["answer"] == "12"
     assert rows[0]["quality"]["extraction"] == "json" and rows[0]["removed_reason"] is None
