@@ -104,7 +104,7 @@ class JudgeConfig(StageConfig):
     template: str = Field("judge", description="judge template (shipped name or .jinja path); sees `instruction` and `response`")
     min_score: int = Field(3, ge=1, le=5, description="rows scored below this are removed (action: filter)")
     action: Literal["report", "filter"] = Field("filter", description="only record the scores, or also remove low-scored rows")
-    max_tokens: int = Field(128, ge=8, le=4096, description="completion cap of a verdict")
+    max_tokens: int = Field(256, ge=8, le=4096, description="completion cap of a verdict (the reason is capped at 300 characters)")
 
 
 class FiltersConfig(StageConfig):

@@ -15,8 +15,8 @@ from typing import Any
 SCHEMA_NAME = "eakd_output"
 
 # An LLM-as-judge verdict (generate.filters.judge): the reason first, so the score follows from it. The
-# reason is capped at 300 characters: under structured decoding the verdict then always closes within
-# ~100 tokens, where an uncapped reason from a small judge rambles past max_tokens and breaks the JSON.
+# reason is capped at 300 characters, so under structured decoding the verdict closes within the judge's
+# default 256 tokens, where an uncapped reason from a small judge rambles past max_tokens.
 JUDGE_SCHEMA = {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 300},
                                                  "score": {"type": "integer", "minimum": 1, "maximum": 5}},
                 "required": ["reason", "score"], "additionalProperties": False}
@@ -25,11 +25,12 @@ JUDGE_SCHEMA = {"type": "object", "properties": {"reason": {"type": "string", "m
 def cot_schema(max_tokens: int) -> dict:
     """Chain of thought with the reasoning and the final answer in separate fields (generate.structured_cot).
 
-    The rationale is capped at ~3 characters per token of ``max_tokens`` less 48 for the JSON and the
-    answer, so under structured decoding the answer always fits (a rationale cut short beats an
-    unterminated JSON with no answer at all)."""
+    The rationale is capped at 2 characters per token of ``max_tokens`` less 48 for the JSON and the
+    answer, so under structured decoding the JSON closes within ``max_tokens`` unless the rationale
+    averages under 2 characters per token (digit-by-digit arithmetic can); such an answer is kept as
+    ``truncated`` like any other."""
     return {"type": "object",
-            "properties": {"rationale": {"type": "string", "maxLength": max(120, 3 * (max_tokens - 48))},
+            "properties": {"rationale": {"type": "string", "maxLength": max(120, 2 * (max_tokens - 48))},
                            "answer": {"type": "string", "maxLength": 120}},
             "required": ["rationale", "answer"], "additionalProperties": False}
 
