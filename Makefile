@@ -10,7 +10,7 @@ LOCK   ?= requirements/cpu.lock
 STAMP  := $(VENV)/.eakd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup models demo test test-fast test-all reliability clean help
+.PHONY: setup models demo test test-fast test-all reliability audit clean help
 
 help:
 	@echo "make demo       # set up, then run the demo pipeline (flows/configs/demo.yaml)"
@@ -44,6 +44,9 @@ test-fast: models
 
 reliability: models
 	EAKD_RELIABILITY_OUT=bench/results/reliability.json HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "reliability and not gpu" $(PYTEST_ARGS)
+
+audit: setup
+	.ci/audit
 
 test-all: models
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

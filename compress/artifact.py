@@ -214,9 +214,9 @@ def load_compressed(folder: str | Path, dtype: str = "float32", device: str = "c
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise ConfigError(f"{path} has {MANIFEST_NAME} but no {WEIGHTS_NAME}; the artifact is incomplete")
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     # Build in fp32: dequantized int8 values (q * scale) are exact only there; cast at the end.
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     apply_low_rank_structure(model, manifest["factorized"])
     tensors = load_file(str(weights))
     for module_name, entry in manifest["quantized"].items():

@@ -97,9 +97,9 @@ def _meta_model(folder: Path) -> nn.Module:
     """The architecture of ``folder/config.json`` on the meta device (no memory, ties applied)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
 
 
 def _tied_in(model: nn.Module, alias: str, source: str) -> bool:

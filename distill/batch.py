@@ -127,7 +127,7 @@ def runner_command(cfg: TeacherConfig, input_file: Path, output_file: Path) -> l
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(input_file), "-o", str(output_file),
            "--model", str(resolve_model_path(cfg.model)), "--served-model-name", cfg.model_id(),
            "--dtype", resolve_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu"),
-           "--max-model-len", str(cfg.max_model_len), "--enable-prefix-caching",
+           "--max-model-len", str(cfg.max_model_len), "--enable-prefix-caching", "--no-trust-remote-code",
            "--tensor-parallel-size", str(cfg.tensor_parallel_size)]
     if cfg.enforce_eager:
         cmd.append("--enforce-eager")

@@ -45,6 +45,7 @@ from pydantic import Field
 from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer, majority_vote
 from distill.budget import Budget
 from distill.config import ConfigError, StageConfig
+from distill.credentials import get_secret
 from distill.demos import METHODS as DEMO_METHODS
 from distill.demos import BM25Index
 from distill.demos import select_demos as rank_demos
@@ -499,7 +500,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     out = Path(out_dir)
     if (out / "stats.json").exists():
         raise ConfigError(f"{out} already holds a dataset; remove it or choose another output folder")
-    if cfg.push_to_hub is not None and not os.environ.get(cfg.push_to_hub.token_env):
+    if cfg.push_to_hub is not None and not get_secret(cfg.push_to_hub.token_env):
         raise ConfigError(f"generate.push_to_hub: the env var {cfg.push_to_hub.token_env} holding a Hub write token is "
                           "not set; set it, or remove push_to_hub to keep the dataset local")
     t0 = time.perf_counter()
@@ -625,7 +626,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     os.replace(tmp, out)
     if cfg.push_to_hub is not None:  # after the local save: a failed upload loses nothing
         hub = cfg.push_to_hub
-        token = os.environ[hub.token_env]
+        token = get_secret(hub.token_env)
         try:
             dd.push_to_hub(hub.repo_id, token=token, private=hub.private)
         except Exception as exc:  # network, auth: the local dataset is complete either way

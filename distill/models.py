@@ -73,8 +73,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False)
     # The GGUF quantizer stays attached after dequantization and blocks save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -155,7 +155,8 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"
     p = Path(path)
     check_model_dir(p)
     model = AutoModelForCausalLM.from_pretrained(
-        p, dtype=getattr(torch, dtype), use_safetensors=True, local_files_only=True
+        p, dtype=getattr(torch, dtype), use_safetensors=True, local_files_only=True,
+        trust_remote_code=False,  # a config.json `auto_map` never runs code from a model folder
     )
     return model.to(device)
 
@@ -163,7 +164,7 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
 
 
 def build_tiny_model(out_dir: str | Path, tokenizer_dir: str | Path, hidden: int = 64, layers: int = 2,

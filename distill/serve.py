@@ -42,7 +42,7 @@ def server_command(model: str, port: int, host: str = "127.0.0.1", max_model_len
     name = BUNDLED_NAME if model == BUNDLED_ALIAS else Path(model).name
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
            "--served-model-name", name, "--host", host, "--port", str(port), "--dtype", dtype,
-           "--max-model-len", str(max_model_len), "--enable-prefix-caching"]
+           "--max-model-len", str(max_model_len), "--enable-prefix-caching", "--no-trust-remote-code"]
     if enforce_eager:
         cmd.append("--enforce-eager")
     if not torch.cuda.is_available():  # see distill.teacher_vllm.cpu_engine_args

@@ -37,6 +37,7 @@ from distill.budget import Budget, BudgetExceeded, worst_case
 from distill.cache import ResponseCache
 from distill.config import ConfigError, StageConfig
 from distill.models import BUNDLED_ALIAS, BUNDLED_NAME
+from distill.credentials import SECRETS_FILE_ENV, get_secret
 
 log = logging.getLogger(__name__)
 
@@ -417,13 +418,15 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
 
 
 def require_api_key(cfg: TeacherConfig) -> str:
-    """The key from the env var the config names; local servers accept any non-empty string."""
-    key = os.environ.get(cfg.api_key_env)
+    """The key named by the config, from the environment or the secrets file (``distill.credentials``);
+    local servers accept any non-empty string."""
+    key = get_secret(cfg.api_key_env)
     if key:
         return key
     if cfg.base_url and ("127.0.0.1" in cfg.base_url or "localhost" in cfg.base_url):
         return "EMPTY"
     raise ConfigError(
-        f"teacher.api_key_env: environment variable {cfg.api_key_env} is not set; "
-        f"export it (the key is never written to configs, logs or caches)"
+        f"teacher.api_key_env: environment variable {cfg.api_key_env} is not set; export it, or add a line "
+        f"{cfg.api_key_env}=... to the secrets file ${SECRETS_FILE_ENV} or $EAKD_HOME/secrets.env (chmod 600); "
+        "the key is never written to configs, logs or caches"
     )

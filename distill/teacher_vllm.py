@@ -73,6 +73,7 @@ def make_engine(cfg: TeacherConfig):
         model=str(model_path), dtype=resolve_dtype(cfg.dtype, "cuda" if cuda else "cpu"), max_model_len=cfg.max_model_len,
         enforce_eager=cfg.enforce_eager, enable_prefix_caching=True, seed=0,
         tensor_parallel_size=cfg.tensor_parallel_size, **({} if cuda else cpu_engine_args(cfg.max_model_len)),
+        trust_remote_code=False,  # never run code a model folder's config.json points at
     )
     log.info("vLLM engine ready in %.1f s", time.perf_counter() - t0)
     return llm

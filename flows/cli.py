@@ -25,6 +25,7 @@ from typing import Optional
 import typer
 
 from distill.config import ConfigError, load_config
+from distill.credentials import install_redaction, redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="eakd: emergent-ability knowledge distillation — generate, distill, compress.")
@@ -42,10 +43,19 @@ def _setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_redaction()  # API keys and tokens eakd has read become *** in every log line (distill.credentials)
+    sys.excepthook = _redacted_excepthook
+
+
+def _redacted_excepthook(exc_type, exc, tb) -> None:
+    """An unexpected error's traceback, with known secret values replaced by ***."""
+    import traceback
+
+    sys.stderr.write(redact("".join(traceback.format_exception(exc_type, exc, tb))))
 
 
 def _fail(msg: str, code: int) -> None:
-    typer.echo(f"error: {msg}", err=True)
+    typer.echo(f"error: {redact(msg)}", err=True)
     raise typer.Exit(code)
 
 

@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m flows.pipeline CONFIG.yaml [key.sub=value ...]")
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from distill.credentials import install_redaction
+
+    install_redaction()
     try:
         cfg = load_config(PipelineConfig, argv[0], argv[1:])
         run_dir = run_pipeline(cfg)

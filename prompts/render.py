@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 BUILTIN_DIR = Path(__file__).parent
@@ -15,6 +16,11 @@ BUILTIN_STYLES = ("icl", "cot", "instruct")
 # every shipped template: the three styles, few-shot CoT, and the Self-Instruct bootstrapping prompt
 SHIPPED = (*BUILTIN_STYLES, "cot_fewshot", "cot_json", "self_instruct", "self_instruct_json", "judge")
 ROLES = ("system", "user")
+# Template-loading tags. The environment has no loader, so these could read no file anyway; they are
+# refused at load time so a template is self-contained: its sha256 (cache key, dataset card) covers
+# everything it renders, and `{% include '/etc/passwd' %}` or `'../x'` is a one-line error, not a read.
+_LOADING_TAGS = {nodes.Extends: "extends", nodes.Include: "include", nodes.Import: "import",
+                 nodes.FromImport: "from ... import"}
 
 
 class TemplateError(ValueError):
@@ -30,6 +36,7 @@ class Template:
 
 
 def _env() -> SandboxedEnvironment:
+    # no `loader`: a template can never open another file (include/import/extends fail)
     return SandboxedEnvironment(
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False,
         trim_blocks=True, lstrip_blocks=True,
@@ -49,10 +56,16 @@ def load_template(name_or_path: str) -> Template:
                 f"template {name_or_path!r} not found: use one of {', '.join(SHIPPED)} or a path to a .jinja file"
             )
     source = path.read_text()
+    env = _env()
     try:
-        compiled = _env().from_string(source)
+        tree = env.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{name}:{exc.lineno}: template syntax error: {exc.message}") from None
+    loading = next(tree.find_all(tuple(_LOADING_TAGS)), None)
+    if loading is not None:
+        raise TemplateError(f"{name}:{loading.lineno}: {{% {_LOADING_TAGS[type(loading)]} %}} is not allowed: a "
+                            "template must be self-contained (it may read no other file); paste the shared part into it")
+    compiled = env.from_string(tree)
     missing = [r for r in ("user",) if r not in compiled.blocks]
     if missing:
         raise TemplateError(f"{name}: template must define {{% block user %}} (and optionally {{% block system %}})")
@@ -89,6 +102,8 @@ def render_messages(template: Template, variables: dict[str, Any]) -> list[dict[
             raise TemplateError(f"{_error_line(exc, template)}: undefined variable: {exc.message}") from None
         except jinja2.exceptions.SecurityError as exc:
             raise TemplateError(f"{_error_line(exc, template)}: refused by the sandbox: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any other template bug is one line naming where, not a traceback
+            raise TemplateError(f"{_error_line(exc, template)}: {type(exc).__name__}: {exc}") from None
         if text:
             messages.append({"role": role, "content": text})
     return messages
