@@ -45,6 +45,7 @@ from pydantic import Field
 from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer, majority_vote
 from distill.budget import Budget
 from distill.config import ConfigError, StageConfig
+from distill.context import check_context
 from distill.credentials import get_secret
 from distill.demos import METHODS as DEMO_METHODS
 from distill.demos import BM25Index
@@ -487,6 +488,21 @@ def _sc_stats(rows: list[dict]) -> dict:
     }
 
 
+def _require_reachable(responses: list[TeacherResponse], teacher_cfg: TeacherConfig) -> None:
+    """Stop (TeacherUnavailable, exit 1) when every request failed to reach the endpoint at all: a dataset of
+    nothing but connection errors is no result. Partial failures stay marked rows in the removed split."""
+    errors = [r.error for r in responses if r.error is not None]
+    if not responses or len(errors) < len(responses) or not all(e.startswith(("connection", "timeout")) for e in errors):
+        return
+    from distill.teacher_openai import TeacherUnavailable, _redact
+
+    urls = ", ".join(_redact(u) for u in teacher_cfg.urls()) or teacher_cfg.backend
+    raise TeacherUnavailable(
+        f"teacher.base_url: could not reach the teacher at {urls}: all {len(responses)} requests failed "
+        f"({errors[0].split(':', 1)[0]} errors after {teacher_cfg.max_retries} retries); start the server (e.g. `eakd "
+        "teacher serve`) or fix teacher.base_url, then rerun the same command. Nothing was written")
+
+
 def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: str | Path) -> Path:
     """Run the generate stage and save the dataset at ``out_dir``; returns ``out_dir``.
 
@@ -534,9 +550,11 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         plans, templates = build_requests(seeds, cfg, teacher_cfg.model_id(), bootstrapped)
     except TemplateError as exc:
         raise ConfigError(f"generate.templates: {exc}") from None
+    check_context(plans, cfg.seeds, teacher_cfg)  # a prompt the engine would refuse fails here, before the teacher
     live = [p for p in plans if "request" in p]
     tstats = TeacherStats()
     responses = query_teacher([p["request"] for p in live], teacher_cfg, tstats, budget)
+    _require_reachable(responses, teacher_cfg)
 
     val_ids = {s.id for s in seeds if _unit_hash("split", s.id) < cfg.validation_fraction}
     # a bootstrapped instruction goes with the split of nothing in particular: split it by its own id too

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from distill.cache import ResponseCache, default_cache_path
 from distill.config import ConfigError
+from distill.context import check_context
 from distill.dataset import GenerateConfig, build_requests
 from distill.models import BUNDLED_ALIAS, bundled_teacher_dir, load_tokenizer
 from distill.schedule import chat_token_count
@@ -122,6 +123,8 @@ def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style:
         raise ConfigError(f"generate.templates: {exc}") from None
     live: list[tuple[dict, TeacherRequest]] = [(p, p["request"]) for p in plans if "request" in p]
     count, counter = _token_counter(teacher_cfg)
+    if not counter.startswith("estimate"):  # the run's own context check, with the tokenizer found on disk
+        check_context(plans, cfg.seeds, teacher_cfg, count)
 
     cached: dict[str, dict] = {}
     cache_path = Path(teacher_cfg.cache_path) if teacher_cfg.cache_path else default_cache_path()

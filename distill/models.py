@@ -134,9 +134,13 @@ def check_model_dir(path: Path) -> None:
     if not path.exists():
         raise ConfigError(f"model path {path} does not exist (use 'bundled' or run `eakd models fetch`)")
     if not path.is_dir():
+        if path.suffix in PICKLE_SUFFIXES:
+            raise ConfigError(f"model path {path} is a pickled weights file; eakd loads safetensors only (pickle can run "
+                              "code): point at a model folder with config.json and *.safetensors")
         raise ConfigError(f"model path {path} is a file; point at a folder with config.json and *.safetensors")
     if not (path / "config.json").is_file():
-        raise ConfigError(f"{path} is not a model folder: config.json is missing")
+        raise ConfigError(f"{path} is not a model folder: config.json is missing; point at a folder with config.json "
+                          "and *.safetensors (a student from `eakd train`, or `eakd models fetch`)")
     if not list(path.glob("*.safetensors")):
         pickled = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if pickled:
@@ -144,7 +148,7 @@ def check_model_dir(path: Path) -> None:
                 f"{path} holds pickled weights ({', '.join(pickled)}); eakd loads safetensors only "
                 "(pickle can run code). Convert with `save_pretrained(..., safe_serialization=True)`"
             )
-        raise ConfigError(f"{path} has no *.safetensors weights")
+        raise ConfigError(f"{path} has no *.safetensors weights; point at a folder with config.json and *.safetensors")
 
 
 def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"):

@@ -111,7 +111,7 @@ def load_seeds(path: str | Path, limit: int | None = None, fmt: SeedFormat = "au
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{p}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line") from None
+                    raise ConfigError(f"{p}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno}); fix or remove the line") from None
                 fmt = detect_format(row) if fmt == "auto" else fmt
                 seeds.append(_seed_from_row(_convert(row, fmt, lineno, f"{p}:{lineno}"), f"{p}:{lineno}"))
                 if limit and len(seeds) >= limit:

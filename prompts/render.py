@@ -60,7 +60,8 @@ def load_template(name_or_path: str) -> Template:
     try:
         tree = env.parse(source)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"{name}:{exc.lineno}: template syntax error: {exc.message}") from None
+        raise TemplateError(f"{name}:{exc.lineno}: template syntax error: {exc.message}; fix the Jinja syntax on "
+                            "that line") from None
     loading = next(tree.find_all(tuple(_LOADING_TAGS)), None)
     if loading is not None:
         raise TemplateError(f"{name}:{loading.lineno}: {{% {_LOADING_TAGS[type(loading)]} %}} is not allowed: a "
@@ -99,7 +100,8 @@ def render_messages(template: Template, variables: dict[str, Any]) -> list[dict[
             ctx = template.compiled.new_context(dict(variables))
             text = "".join(block(ctx)).strip()
         except jinja2.UndefinedError as exc:
-            raise TemplateError(f"{_error_line(exc, template)}: undefined variable: {exc.message}") from None
+            raise TemplateError(f"{_error_line(exc, template)}: undefined variable: {exc.message}; use one of "
+                                f"{', '.join(sorted(variables))}") from None
         except jinja2.exceptions.SecurityError as exc:
             raise TemplateError(f"{_error_line(exc, template)}: refused by the sandbox: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any other template bug is one line naming where, not a traceback

@@ -4,7 +4,10 @@ Each request is either forwarded untouched or answered with a fault drawn by a s
 429 with and without ``Retry-After``, 500/502/503, a hang past the client's timeout, a connection
 reset mid-body, malformed JSON, or a 200 with no choices. Faulted requests never reach the upstream,
 so nothing is paid for twice. Opt-in faults: ``length`` forwards the request with ``max_tokens`` cut to
-2, so the real server returns a truncated answer (``finish_reason=length``). When the upstream is
+2, so the real server returns a truncated answer (``finish_reason=length``); ``401`` and ``404`` answer
+like an endpoint refusing the key or not serving the model. ``api_key``: a request without
+``Authorization: Bearer <api_key>`` gets a 401, as from a real endpoint, and never reaches the upstream
+(so it needs none). When the upstream is
 down (connection refused) the proxy drops the client's connection too, as the dead server would.
 ``counts["answered"]`` counts the upstream's 200s. Listens on 127.0.0.1 only; runs its own event loop
 in a thread.
@@ -25,11 +28,13 @@ FAULTS = ("429_retry_after", "429", "500", "502", "503", "hang", "reset", "malfo
 
 class FaultProxy:
     def __init__(self, upstream: str, rate: float, seed: int = 0, hang_s: float = 30.0,
-                 faults: tuple[str, ...] = FAULTS, fault_first: int = 0, reject_response_format: bool = False):
+                 faults: tuple[str, ...] = FAULTS, fault_first: int = 0, reject_response_format: bool = False,
+                 api_key: str | None = None):
         self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:8000 (no /v1)
         self.rate, self.hang_s, self.faults = rate, hang_s, faults
         self.fault_first = fault_first  # the first N attempts are all faulted (a burst of pushback)
         self.reject_response_format = reject_response_format  # act like a server without structured outputs
+        self.api_key = api_key  # None: no key checked
         self.attempts = 0
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
@@ -45,6 +50,10 @@ class FaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.attempts += 1
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            self.counts["unauthorized"] += 1
+            return web.json_response({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                                "code": "invalid_api_key"}}, status=401)
         if self.reject_response_format and b'"response_format"' in body:
             self.counts["rejected_response_format"] += 1
             return web.json_response({"error": {"message": "response_format is not supported"}}, status=400)
@@ -53,7 +62,7 @@ class FaultProxy:
         self.counts[fault or "forwarded"] += 1
         if fault == "429_retry_after":
             return web.json_response({"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "0.2"})
-        if fault in ("429", "500", "502", "503"):
+        if fault in ("401", "404", "429", "500", "502", "503"):
             return web.json_response({"error": {"message": f"injected {fault}"}}, status=int(fault))
         if fault == "hang":
             await asyncio.sleep(self.hang_s)
