@@ -185,7 +185,9 @@ def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer: Any, manif
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors, tied = compressed_tensors(model, manifest, dtype, codes)
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "eakd": FORMAT})
+    # One metadata key: safetensors writes its metadata map in (per-process random) hash order, so two
+    # keys would make the same weights differ in bytes from run to run. The format lives in the manifest.
+    save_file(dict(sorted(tensors.items())), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
     config = copy.deepcopy(model.config)
     if dtype:
         config.dtype = dtype

@@ -206,7 +206,7 @@ def export_compressed_tensors(artifact_dir: str | Path, out_dir: str | Path, sca
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        save_file({**tensors, **packed}, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(dict(sorted({**tensors, **packed}.items())), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         for path in src.iterdir():
             if path.is_file() and path.name not in _NOT_COPIED:
                 shutil.copy2(path, tmp / path.name)

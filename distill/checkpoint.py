@@ -53,7 +53,7 @@ def save_checkpoint(root: Path, step: int, model, opt, sampler: random.Random, q
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_tensors(model, opt), str(tmp / "state.safetensors"))
+    save_file(dict(sorted(_tensors(model, opt).items())), str(tmp / "state.safetensors"))
     version, internal, gauss = sampler.getstate()
     meta = {"step": step, "fingerprint": fingerprint, "sampler": [version, list(internal), gauss],
             "queue": queue, "history": history, "before": before}

@@ -67,7 +67,7 @@ def test_planted_key_is_never_written(repo_root, tmp_path, monkeypatch, vllm_ser
         "teacher.backend=openai", f"teacher.base_url={vllm_server}", "teacher.model=bundled",
         "teacher.max_concurrency=8",
         "generate.limit=9", "generate.sampling.max_tokens=48", "generate.drop_truncated=false",
-        f"train.student={tiny_model}", "train.keep_layers=null", "train.max_steps=4", "train.batch_size=2",
+        f"train.student={tiny_model}", "train.keep_layers=null", "train.kd.enabled=false", "train.max_steps=4", "train.batch_size=2",
         "train.save_every=2", "train.log_every=1", "train.max_length=256",
         "compress.steps=[{method: rtn_int8}, {method: gptq, bits: 4, group_size: 64}, {method: magnitude, sparsity: 0.5}]",
         "compress.calibration.n_samples=4", "compress.calibration.seq_len=64",
