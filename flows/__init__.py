@@ -14,6 +14,7 @@ os.environ.setdefault("PREFECT_HOME", str(eakd_home() / "prefect"))
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "distill,compress,flows")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")  # Prefect's local API: loopback only (its default, pinned)
 # the local API server starts in ~5 s on an idle 2-core machine, but Prefect gives up after 20 s, which a
 # busy machine (a vLLM engine beside it) overruns; a slow start is not an error
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

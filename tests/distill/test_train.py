@@ -168,3 +168,17 @@ def test_kill_9_and_resume_reproduces_the_uninterrupted_run(tiny_model, sft_data
     assert resumed["val_loss_after"] == ref["val_loss_after"]
     assert not checkpoint_root(out).exists()
     reliability["crashes_survived"] += 1
+
+
+@pytest.mark.reliability
+def test_a_half_written_checkpoint_is_never_read_as_complete(tmp_path):
+    from distill.checkpoint import latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    for name, files in {"step-000003": ("meta.json", "state.safetensors"),  # complete
+                        ".tmp-step-000006": ("meta.json", "state.safetensors"),  # killed before its rename
+                        "step-000009": ("state.safetensors",)}.items():  # renamed by hand, meta missing
+        (root / name).mkdir(parents=True)
+        for f in files:
+            (root / name / f).write_bytes(b"{}")
+    assert latest_checkpoint(root).name == "step-000003"

@@ -9,8 +9,28 @@ from distill.teacher_openai import TeacherUnavailable
 pytestmark = pytest.mark.integration
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses of the sockets listening on ``port`` (Linux /proc/net/tcp{,6}; state 0A = LISTEN)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.rsplit(":", 1)
+            if state == "0A" and int(hexport, 16) == port:
+                found.add(addr)
+    return found
+
+
 def test_server_binds_loopback_and_lists_the_model(vllm_server):
     assert vllm_server.startswith("http://127.0.0.1:")
+    port = int(vllm_server.rsplit(":", 1)[1].split("/")[0])
+    addrs = _listening_addresses(port)
+    if addrs:  # where /proc/net is readable: the socket itself listens on 127.0.0.1 only, not 0.0.0.0 / ::
+        assert addrs == {"0100007F"}, addrs
     models = httpx.get(f"{vllm_server}/models", timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct"]
 
