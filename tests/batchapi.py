@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections import Counter
 
 from aiohttp import ClientSession, web
+from loopback import LoopbackApp
 
 
 class BatchAPI:
@@ -30,9 +30,8 @@ class BatchAPI:
         self.batches: dict[str, dict] = {}
         self.forwarded: Counter[str] = Counter()  # custom_id -> lines sent to the real server
         self.port: int | None = None
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._tasks: set[asyncio.Task] = set()
+        self._server = LoopbackApp(self._app)
 
     @property
     def base_url(self) -> str:
@@ -64,7 +63,9 @@ class BatchAPI:
                              "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
                              "status": "in_progress", "output_file_id": None, "error_file_id": None,
                              "created_at": int(time.time()), "request_counts": {"total": 0, "completed": 0, "failed": 0}}
-        self._loop.create_task(self._work(bid, first=len(self.batches) == 1))
+        task = asyncio.get_running_loop().create_task(self._work(bid, first=len(self.batches) == 1))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return web.json_response(self.batches[bid])
 
     async def _retrieve(self, request: web.Request) -> web.Response:
@@ -105,34 +106,17 @@ class BatchAPI:
             b["error_file_id"] = self._file(dump(err), "batch_output", f"{bid}_error.jsonl")["id"]
         b["status"] = status
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def start() -> None:
-            app = web.Application(client_max_size=64 * 2**20)
-            app.router.add_post("/v1/files", self._upload)
-            app.router.add_get("/v1/files/{fid}/content", self._content)
-            app.router.add_post("/v1/batches", self._create)
-            app.router.add_get("/v1/batches/{bid}", self._retrieve)
-            self._runner = web.AppRunner(app)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self._loop.run_until_complete(start())
-        self._loop.run_forever()
+    async def _app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_post("/v1/files", self._upload)
+        app.router.add_get("/v1/files/{fid}/content", self._content)
+        app.router.add_post("/v1/batches", self._create)
+        app.router.add_get("/v1/batches/{bid}", self._retrieve)
+        return app
 
     def __enter__(self) -> BatchAPI:
-        self._thread.start()
-        self._ready.wait(10)
+        self.port = self._server.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        async def stop() -> None:
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        self._server.stop()

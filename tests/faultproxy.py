@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import threading
 from collections import Counter
 
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
+from loopback import LoopbackApp
 
 FAULTS = ("429_retry_after", "429", "500", "502", "503", "hang", "reset", "malformed", "empty_choices")
 
@@ -39,9 +39,7 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.port: int | None = None
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._server = LoopbackApp(self._app, self._close)
 
     @property
     def base_url(self) -> str:
@@ -96,36 +94,21 @@ class FaultProxy:
             self.counts["answered"] += 1
         return web.Response(status=up.status, body=payload, content_type="application/json")
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
+    async def _app(self) -> web.Application:
+        self._session = ClientSession(timeout=ClientTimeout(total=600))
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
 
-        async def start() -> None:
-            self._session = ClientSession(timeout=ClientTimeout(total=600))
-            app = web.Application(client_max_size=64 << 20)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self._loop.run_until_complete(start())
-        self._loop.run_forever()
+    async def _close(self) -> None:
+        await self._session.close()
 
     def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        self._ready.wait(10)
+        self.port = self._server.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        async def stop() -> None:
-            await self._session.close()
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._server.stop()
 
 
 def summary(counts: Counter) -> str:
