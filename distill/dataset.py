@@ -522,6 +522,11 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     t0 = time.perf_counter()
     seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
     row_filters = _row_filters(cfg.filters)  # config errors surface before any teacher call
+    if cfg.filters.judge is not None:  # the judge runs last: check its template before paying for anything
+        try:
+            render_messages(load_template(cfg.filters.judge.template), {"instruction": "", "response": ""})
+        except TemplateError as exc:
+            raise ConfigError(f"generate.filters.judge.template: {exc}") from None
     contamination, eval_items = None, 0
     if cfg.filters.contamination is not None:
         cc = cfg.filters.contamination

@@ -222,3 +222,18 @@ def test_structured_cot_asks_for_json_and_trains_on_rationale_then_answer():
 def test_judge_config_rejects_scores_off_the_scale():
     with pytest.raises(Exception, match="min_score"):
         GenerateConfig(seeds="unused", filters={"judge": {"min_score": 6}})
+
+
+def test_a_broken_judge_template_fails_before_any_teacher_call(tmp_path):
+    from distill.dataset import generate_dataset
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"id": "a", "instruction": "Say hi."}) + "\n")
+    judge = tmp_path / "judge.jinja"
+    judge.write_text("{% block user %}{{ instruction }} {{ answer }}{% endblock %}")  # `answer` is not passed
+    cfg = GenerateConfig(seeds=str(seeds), styles=["instruct"], filters={"judge": {"template": str(judge)}})
+    teacher = TeacherConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1",  # nothing listens
+                            cache_path=str(tmp_path / "cache.sqlite"))
+    with pytest.raises(ConfigError, match="generate.filters.judge.template: .*undefined variable"):
+        generate_dataset(cfg, teacher, tmp_path / "ds")
+    assert not (tmp_path / "cache.sqlite").exists() and not (tmp_path / "ds").exists()
