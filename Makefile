@@ -10,7 +10,7 @@ LOCK   ?= requirements/cpu.lock
 STAMP  := $(VENV)/.eakd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup models demo test test-fast test-all reliability audit clean help
+.PHONY: setup models browser demo test test-fast test-all reliability audit screenshots clean help
 
 help:
 	@echo "make demo       # set up, then run the demo pipeline (flows/configs/demo.yaml)"
@@ -33,10 +33,19 @@ setup: $(STAMP)
 models: setup
 	$(BIN)/eakd models fetch
 
+# Debian's Chromium for the browser tests of report.html and the dataset viewer (Playwright drives it;
+# its own browser download cannot run offline). Installed once, as root with apt; otherwise those tests skip.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: apt-get install chromium failed; the browser tests will skip"; \
+	  else echo "warning: chromium missing and apt-get unavailable (not root?); the browser tests will skip"; fi; }
+
 demo: models
 	HF_HUB_OFFLINE=1 $(BIN)/eakd run flows/configs/demo.yaml
 
-test: models
+test: models browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-fast: models
@@ -48,7 +57,11 @@ reliability: models
 audit: setup
 	.ci/audit
 
-test-all: models
+# docs/*.png from the newest demo run (make demo first): report.html and the dataset viewer in Chromium
+screenshots: setup browser
+	$(BIN)/python docs/screenshots.py $$(ls -d runs/demo-* | tail -1) docs
+
+test-all: models browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -51,6 +51,15 @@ class ResponseCache:
                 out[key] = json.loads(blob)
         return out
 
+    def created_many(self, keys: list[str]) -> dict[str, float]:
+        """When each stored key was written (epoch seconds): the run's tokens-over-time come from these."""
+        out: dict[str, float] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(self._conn.execute(f"SELECT key, created FROM responses WHERE key IN ({marks})", chunk))
+        return out
+
     def put(self, key: str, response: dict) -> None:
         self._conn.execute(
             "INSERT OR REPLACE INTO responses (key, response, created) VALUES (?, ?, ?)",

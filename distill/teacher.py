@@ -203,6 +203,16 @@ class TeacherStats:
     budget: dict | None = None  # the run's cap and what it spent (teacher.max_tokens_total / max_cost_usd)
     schema_invalid: int = 0  # structured answers still failing their schema after the retries (kept, marked)
     schema_retries: int = 0
+    started: float | None = None  # epoch seconds when this run's first teacher call began
+    # [seconds since ``started``, completion tokens paid so far] when each answer reached the cache
+    timeline: list[list[float]] = field(default_factory=list)
+
+    def add_timeline(self, created: dict[str, float], tokens: dict[str, int]) -> None:
+        """Extend the tokens-over-time curve with answers written at ``created`` (key -> epoch seconds)."""
+        total = self.timeline[-1][1] if self.timeline else 0
+        for key in sorted(created, key=created.get):
+            total += tokens.get(key, 0)
+            self.timeline.append([round(max(0.0, created[key] - (self.started or created[key])), 3), total])
 
     @property
     def completion_tokens_per_s(self) -> float:
@@ -215,8 +225,12 @@ class TeacherStats:
         self.cost_usd = round((self.prompt_tokens * (cfg.price_prompt_per_mtok or 0.0)
                                + self.completion_tokens * (cfg.price_completion_per_mtok or 0.0)) / 1e6, 6)
 
-    def to_dict(self) -> dict:
-        return asdict(self) | {"completion_tokens_per_s": round(self.completion_tokens_per_s, 2)}
+    def to_dict(self, max_points: int = 200) -> dict:
+        d = asdict(self) | {"completion_tokens_per_s": round(self.completion_tokens_per_s, 2)}
+        if len(self.timeline) > max_points:  # evenly thinned for the report's plot, last point kept
+            step = len(self.timeline) / max_points
+            d["timeline"] = [self.timeline[int(i * step)] for i in range(max_points - 1)] + [self.timeline[-1]]
+        return d
 
 
 def _run_vllm_worker(pending: list[TeacherRequest], cfg: TeacherConfig, cache_path: Path,
@@ -325,6 +339,8 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
     stats = stats if stats is not None else TeacherStats()
     budget = budget if budget is not None else Budget.from_config(cfg)
     t0 = time.perf_counter()
+    if stats.started is None:
+        stats.started = time.time()
     cache_path = Path(cfg.cache_path) if cfg.cache_path else None
     throwaway = None
     if not cfg.cache:
@@ -366,6 +382,7 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
                     errors[resp.key] = resp
         fresh = cache.get_many([r.key() for r in pending])
         found.update(fresh)
+        stats.add_timeline(cache.created_many(list(fresh)), {k: d.get("completion_tokens", 0) for k, d in fresh.items()})
         if budget is not None and cfg.backend == "vllm" and not cfg.batch:  # the child kept its own tally
             for d in fresh.values():
                 budget.settle(0, 0, d.get("prompt_tokens", 0), d.get("completion_tokens", 0))

@@ -186,23 +186,31 @@ def labelled_logits(model, batch: dict[str, torch.Tensor], autocast_dtype: torch
     return logits, targets[keep], batch
 
 
-def mixed_loss(logits: torch.Tensor, targets: torch.Tensor, batch: dict[str, torch.Tensor], kd: KDConfig | None) -> torch.Tensor:
-    """Mean CE on ``targets`` [N]; with ``kd`` and top-k in the batch, ``(1 - alpha_ce) * topk_kd + alpha_ce * CE``."""
-    loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="mean")
+def mixed_loss_terms(logits: torch.Tensor, targets: torch.Tensor, batch: dict[str, torch.Tensor],
+                     kd: KDConfig | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(loss, ce, kd_term): mean CE on ``targets`` [N]; with ``kd`` and top-k in the batch the loss is
+    ``(1 - alpha_ce) * topk_kd + alpha_ce * CE`` and ``kd_term`` is the top-k KD term, else None."""
+    ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="mean")
     if kd is not None and kd.enabled and "topk_ids" in batch:
         from distill.losses import topk_kd_loss
 
         kd_term = topk_kd_loss(logits[None], batch["topk_ids"][None], batch["topk_logprobs"][None],
                                targets[None], method=kd.method, temperature=kd.temperature)
-        loss = (1 - kd.alpha_ce) * kd_term + kd.alpha_ce * loss
-    return loss
+        return (1 - kd.alpha_ce) * kd_term + kd.alpha_ce * ce, ce, kd_term
+    return ce, ce, None
+
+
+def mixed_loss(logits: torch.Tensor, targets: torch.Tensor, batch: dict[str, torch.Tensor], kd: KDConfig | None) -> torch.Tensor:
+    """The training loss of :func:`mixed_loss_terms` alone."""
+    return mixed_loss_terms(logits, targets, batch, kd)[0]
 
 
 def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None,
-                   kd: KDConfig | None = None) -> tuple[torch.Tensor, int]:
-    """Mean training loss over labelled positions; (loss, n_tokens)."""
+                   kd: KDConfig | None = None) -> tuple[torch.Tensor, int, dict[str, float | None]]:
+    """Mean training loss over labelled positions; (loss, n_tokens, {"ce", "kd"} as floats for the log)."""
     logits, targets, batch = labelled_logits(model, batch, autocast_dtype)
-    return mixed_loss(logits, targets, batch, kd), int(targets.numel())
+    loss, ce, kd_term = mixed_loss_terms(logits, targets, batch, kd)
+    return loss, int(targets.numel()), {"ce": ce.item(), "kd": None if kd_term is None else kd_term.item()}
 
 
 @torch.no_grad()
@@ -355,7 +363,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         lr = _lr_at(step, total_steps, warmup, cfg.lr)
         for g in opt.param_groups:
             g["lr"] = lr
-        step_loss, step_tokens = 0.0, 0
+        step_loss, step_ce, step_kd, step_tokens = 0.0, 0.0, None, 0
         micro = []
         for _ in range(cfg.grad_accum):
             if not queue:
@@ -363,20 +371,26 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
             micro.append(collate([train_rows[j] for j in queue.pop()], pad_id))
         n_total = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
         for m in micro:
-            loss, n = assistant_loss(model, m, autocast_dtype, cfg.kd)
+            loss, n, terms = assistant_loss(model, m, autocast_dtype, cfg.kd)
             # weight by token count so accumulation equals one big batch
             (loss * n / n_total).backward()
             step_loss += loss.item() * n
+            step_ce += terms["ce"] * n
+            if terms["kd"] is not None:
+                step_kd = (step_kd or 0.0) + terms["kd"] * n
             step_tokens += int(m["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         tokens_seen += step_tokens
         window_tokens += step_tokens
-        history.append({"step": step + 1, "loss": round(step_loss / n_total, 5), "lr": lr, "tokens": step_tokens})
+        history.append({"step": step + 1, "loss": round(step_loss / n_total, 5), "ce": round(step_ce / n_total, 5),
+                        "kd": None if step_kd is None else round(step_kd / n_total, 5), "lr": lr, "tokens": step_tokens})
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
             rate = window_tokens / max(1e-9, time.perf_counter() - window_t)
-            log.info("step %d | loss %.4f | lr %.2e | tok/s %.0f", step + 1, step_loss / n_total, lr, rate)
+            kd_part = "" if step_kd is None else f" | kd {step_kd / n_total:.4f}"
+            log.info("step %d | loss %.4f | ce %.4f%s | lr %.2e | tok/s %.0f", step + 1, step_loss / n_total,
+                     step_ce / n_total, kd_part, lr, rate)
             window_tokens, window_t = 0, time.perf_counter()
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
             save_checkpoint(ckpt_root, step + 1, model, opt, rng, queue, history, before, fingerprint)

@@ -6,7 +6,8 @@
     eakd train CONFIG --dataset DIR --out DIR
     eakd compress CONFIG --model DIR --out DIR
     eakd run CONFIG [overrides]            # the whole pipeline as a Prefect flow
-    eakd report RUN_DIR
+    eakd report RUN_DIR                    # report.json, report.md, report.html
+    eakd view DATASET_DIR [--port N]       # local dataset viewer on 127.0.0.1
 
 A bad input is one ``error:`` line on stderr and exit code 2; a failure at run time, exit code 1.
 """
@@ -223,16 +224,35 @@ def run(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> No
     run_dir = _guard(lambda: run_pipeline(cfg))
     typer.echo(f"run directory: {run_dir}")
     typer.echo(f"report: {run_dir / 'report.md'}")
+    typer.echo(f"report (open in a browser): {run_dir / 'report.html'}")
+
+
+RUN_PARTS = ("dataset/stats.json", "student/metrics.json", "compressed/summary.json", "report.json", "timings.json")
 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory under runs/")) -> None:
-    """(Re)write report.json and report.md for a run directory."""
+    """(Re)write report.json, report.md and report.html (self-contained, no network) for a run directory."""
     from flows.report import write_report
 
     if not run_dir.is_dir():
-        _fail(f"run directory not found: {run_dir}", 2)
-    typer.echo(write_report(run_dir))
+        _fail(f"run directory not found: {run_dir}; pass a folder under runs/ that `eakd run` made", 2)
+    if not any((run_dir / p).is_file() for p in RUN_PARTS):
+        _fail(f"{run_dir} is not an eakd run directory (none of {', '.join(RUN_PARTS)} is in it); "
+              "pass a folder under runs/ that `eakd run` made", 2)
+    md = _guard(lambda: write_report(run_dir), where=run_dir)
+    typer.echo(md)
+    typer.echo(run_dir / "report.html")
+
+
+@app.command()
+def view(dataset_dir: Path = typer.Argument(..., help="a dataset folder, e.g. runs/<run-id>/dataset"),
+         port: int = typer.Option(0, help="port on 127.0.0.1 (0: a free one)", min=0, max=65535)) -> None:
+    """Browse a dataset's rows in a local page on 127.0.0.1 (the data never leaves this machine)."""
+    _setup_logging()
+    from flows.viewer import serve
+
+    _guard(lambda: serve(dataset_dir, port=port))
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ clients. Generation retries (it talks to the network); a configuration error is 
 With no Prefect server configured, Prefect starts a temporary local API for the run (~10 s).
 
 Run directory ``runs/<run-id>/``: ``config.yaml`` (resolved), ``dataset/``, ``student/``,
-``compressed/<step>/``, ``report.json``, ``report.md``.
+``compressed/<step>/``, ``timings.json``, ``report.json``, ``report.md``, ``report.html``.
 
 Run: ``eakd run flows/configs/demo.yaml [key.sub=value ...]`` or
 ``python -m flows.pipeline flows/configs/demo.yaml [key.sub=value ...]``.
@@ -175,6 +175,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> Path:
                 (Path(run_dir) / "timings.json").write_text(json.dumps(timings, indent=2))
                 raise
             timings[name] = {"status": "completed", "seconds": round(time.perf_counter() - t, 2)}
+            (Path(run_dir) / "timings.json").write_text(json.dumps(timings, indent=2))
             return result
 
         if "generate" in stages:

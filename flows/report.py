@@ -1,7 +1,8 @@
 """The run report: ``report.json`` (everything, machine-readable) and ``report.md`` (for people).
 
 Reads what each stage left in the run directory — ``dataset/stats.json``, ``student/metrics.json``,
-``compressed/summary.json`` — plus the flow's stage timings. Run: ``eakd report runs/<run-id>``.
+``compressed/summary.json`` — plus the flow's stage timings; :mod:`flows.report_html` renders the same
+report as ``report.html``. Run: ``eakd report runs/<run-id>``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def _params(n: int | None) -> str:
 
 
 def build_report(run_dir: Path, timings: dict | None = None) -> dict:
-    timings = timings if timings is not None else (_load(run_dir / "timings.json") or {})
+    if timings is None:  # a rerun of `eakd report`: the flow's timings, else the stages of the last report
+        timings = _load(run_dir / "timings.json") or (_load(run_dir / "report.json") or {}).get("stages", {})
     data = _load(run_dir / "dataset" / "stats.json")
     student = _load(run_dir / "student" / "metrics.json")
     comp = _load(run_dir / "compressed" / "summary.json")
@@ -102,9 +104,12 @@ def render_markdown(report: dict) -> str:
 
 
 def write_report(run_dir: Path, timings: dict | None = None) -> Path:
-    """Write ``report.json`` and ``report.md`` into ``run_dir``; returns the markdown path."""
+    """Write ``report.json``, ``report.md`` and ``report.html`` into ``run_dir``; returns the markdown path."""
+    from flows.report_html import write_html_report
+
     report = build_report(run_dir, timings)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     md = run_dir / "report.md"
     md.write_text(render_markdown(report))
+    write_html_report(run_dir, report)
     return md

@@ -77,6 +77,38 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def e2e_run(vllm_server, tiny_model, tmp_path_factory):
+    """One whole pipeline run on a tiny config through the real CLI (real vLLM server over HTTP, real
+    Prefect flow, LoRA training, three compression steps); yields (run_dir, the finished process)."""
+    import subprocess
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    text = tmp_path / "heldout.txt"
+    text.write_text(" ".join(f"The {w} sat on the mat and looked at the {w}." for w in
+                             ["cat", "dog", "bird", "fox", "owl", "cow", "pig", "hen"] * 12))
+    cfg = {
+        "run": {"name": "e2e", "runs_dir": str(tmp_path / "runs")},
+        "teacher": {"backend": "openai", "model": "bundled", "base_url": vllm_server, "max_concurrency": 8,
+                    "cache_path": str(tmp_path / "cache.sqlite")},
+        "generate": {"seeds": str(root / "flows/configs/demo_seeds.jsonl"), "limit": 9,
+                     "sampling": {"max_tokens": 48}, "drop_truncated": False},
+        "train": {"student": str(tiny_model), "max_steps": 4, "batch_size": 2, "lr": 1e-3, "log_every": 1},
+        "compress": {"steps": [{"method": "svd", "rank_ratio": 0.5}, {"method": "magnitude", "sparsity": 0.5},
+                               {"method": "rtn_int8"}],
+                     "eval": {"text_path": str(text), "window": 32, "max_windows": 4, "dtype": "float32"}},
+    }
+    path = tmp_path / "e2e.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(path)], cwd=root,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return next((tmp_path / "runs").iterdir()), proc
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests skip (with the reason) where no CUDA device is visible."""
     import torch

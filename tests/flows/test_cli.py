@@ -30,7 +30,7 @@ def test_bad_input_is_one_line_and_exit_2(repo_root, tmp_path, args, needle):
 def test_help_lists_every_command(repo_root):
     proc = eakd("--help", cwd=repo_root)
     assert proc.returncode == 0
-    for cmd in ("models", "teacher", "generate", "train", "compress", "run", "report"):
+    for cmd in ("models", "teacher", "generate", "train", "compress", "run", "report", "view"):
         assert cmd in proc.stdout
 
 
