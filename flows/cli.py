@@ -5,7 +5,9 @@
     eakd generate CONFIG --out DIR         # teacher data -> HF dataset
     eakd train CONFIG --dataset DIR --out DIR
     eakd compress CONFIG --model DIR --out DIR
-    eakd run CONFIG [overrides]            # the whole pipeline as a Prefect flow
+    eakd run CONFIG [overrides] [--refresh]  # the whole pipeline as a Prefect flow (unchanged stages cached)
+    eakd serve CONFIG [--cron "0 2 * * *"]  # the pipeline deployment, served from this process
+    eakd deploy CONFIG --pool POOL [--cron]  # the pipeline deployment, run by a work pool's workers
     eakd report RUN_DIR                    # report.json, report.md, report.html
     eakd view DATASET_DIR [--port N]       # local dataset viewer on 127.0.0.1
 
@@ -215,13 +217,17 @@ def compress(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 
 
 @app.command()
-def run(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> None:
-    """Run the whole pipeline (generate -> train -> compress -> report) as a Prefect flow; print the run folder."""
+def run(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
+        refresh: bool = typer.Option(False, "--refresh", help="run every stage even when its inputs are unchanged")) -> None:
+    """Run the whole pipeline (generate -> train -> compress -> report) as a Prefect flow; print the run folder.
+
+    A stage whose inputs (config section, seed and template contents, upstream outputs, code version)
+    are unchanged since an earlier run is skipped and its output reused (Prefect's cache)."""
     _setup_logging()
+    _guard(lambda: _pipeline_cfg(config, overrides))  # bad input: one line, before Prefect starts
     from flows.pipeline import run_pipeline
 
-    cfg = _guard(lambda: _pipeline_cfg(config, overrides))
-    run_dir = _guard(lambda: run_pipeline(cfg))
+    run_dir = _guard(lambda: run_pipeline(config, overrides or [], refresh=refresh))
     typer.echo(f"run directory: {run_dir}")
     typer.echo(f"report: {run_dir / 'report.md'}")
     typer.echo(f"report (open in a browser): {run_dir / 'report.html'}")
@@ -243,6 +249,56 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory under runs/
     md = _guard(lambda: write_report(run_dir), where=run_dir)
     typer.echo(md)
     typer.echo(run_dir / "report.html")
+
+
+def _deployment_params(config: Path, overrides: Optional[list[str]]) -> dict:
+    _guard(lambda: _pipeline_cfg(config, overrides))  # a deployment of a config that cannot load is refused now
+    return {"config": str(config.resolve()), "overrides": list(overrides or []), "refresh": False}
+
+
+@app.command()
+def serve(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
+          name: str = typer.Option("nightly", help="deployment name (the flow is eakd-pipeline)"),
+          cron: Optional[str] = typer.Option(None, help='schedule, e.g. "0 2 * * *" (none: runs only when triggered)'),
+          limit: Optional[int] = typer.Option(1, help="runs of this deployment at once")) -> None:
+    """Create the pipeline deployment for CONFIG and serve it from this process until Ctrl-C.
+
+    Runs are scheduled by cron or triggered from the UI/API (`prefect deployment run eakd-pipeline/NAME`);
+    each run re-reads CONFIG, so a grown seed file is picked up. Needs a Prefect server: `prefect server
+    start` (binds 127.0.0.1) and `PREFECT_API_URL=http://127.0.0.1:4200/api`."""
+    _setup_logging()
+    params = _deployment_params(config, overrides)
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("PREFECT_API_URL is not set: a served deployment needs a Prefect server. Start one with "
+              "`prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api", 2)
+    from flows.pipeline import pipeline
+
+    pipeline.serve(name=name, cron=cron, parameters=params, limit=limit,
+                   description=f"eakd pipeline on {config}", tags=["eakd"])
+
+
+@app.command()
+def deploy(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
+           name: str = typer.Option("nightly", help="deployment name"),
+           cron: Optional[str] = typer.Option(None, help='schedule, e.g. "0 2 * * *"'),
+           pool: str = typer.Option(..., help="work pool whose workers run it (`prefect work-pool create NAME --type process`)")) -> None:
+    """Register the pipeline deployment for CONFIG with a work pool (workers on this or other machines run it).
+
+    The deployment points at this checkout (`flows/pipeline.py:pipeline`); workers need the same code and
+    data paths. Start one with `prefect worker start --pool POOL`."""
+    _setup_logging()
+    params = _deployment_params(config, overrides)
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("PREFECT_API_URL is not set: deployments live on a Prefect server (`prefect server start`, "
+              "then export PREFECT_API_URL=http://127.0.0.1:4200/api) or Prefect Cloud", 2)
+    from flows.pipeline import pipeline
+
+    root = Path(__file__).resolve().parent.parent
+    dep_id = _guard(lambda: pipeline.from_source(source=str(root), entrypoint="flows/pipeline.py:pipeline").deploy(
+        name=name, work_pool_name=pool, cron=cron, parameters=params, build=False, push=False,
+        description=f"eakd pipeline on {config}", tags=["eakd"], print_next_steps=False))
+    typer.echo(f"deployment eakd-pipeline/{name} ({dep_id}) on work pool {pool}"
+               + (f", schedule {cron}" if cron else "") + f"; run it now: prefect deployment run eakd-pipeline/{name}")
 
 
 @app.command()

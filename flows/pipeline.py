@@ -1,9 +1,15 @@
-"""The end-to-end Prefect flow: generate -> train -> compress -> report, in one run directory.
+"""The Prefect flows: one per stage (``generate_dataset``, ``train_student``, ``compress_student``) and
+``eakd-pipeline``, which runs them as subflows into one run directory and writes the report.
 
 Each stage is a plain function from ``distill``/``compress`` (``stage(config, inputs, out) -> path``);
 here they become Prefect tasks that take configs and paths and return paths — never models or
 clients. Generation retries (it talks to the network); a configuration error is never retried.
-With no Prefect server configured, Prefect starts a temporary local API for the run (~10 s).
+Stage tasks are cached by Prefect on the content hash of their inputs (:mod:`flows.stage_keys`):
+rerunning an unchanged config skips every finished stage, and the new run directory links to the
+outputs it reused; ``refresh=True`` (``eakd run --refresh``) runs them all. Each stage flow publishes
+a markdown artifact; the pipeline publishes the report and a link to the run directory.
+With no Prefect server configured, Prefect starts a temporary local API for the run (~10 s); with
+``PREFECT_API_URL`` set, runs, artifacts and deployments live on that server (see ``eakd serve``).
 
 Run directory ``runs/<run-id>/``: ``config.yaml`` (resolved), ``dataset/``, ``student/``,
 ``compressed/<step>/``, ``timings.json``, ``report.json``, ``report.md``, ``report.html``.
@@ -21,6 +27,8 @@ import time
 from pathlib import Path
 
 import flows  # noqa: F401  (sets Prefect's environment before Prefect is imported)
+from prefect import flow, task
+
 from distill.config import ConfigError, dump_config, load_config, shared_data_dir
 from flows.config import PipelineConfig
 
@@ -75,58 +83,6 @@ def resolve_calib_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[s
     return None, None
 
 
-def _not_config_error(task, task_run, state) -> bool:
-    from distill.batch import BatchPending
-    from distill.budget import BudgetExceeded
-
-    try:
-        state.result()
-    except (ConfigError, BudgetExceeded, BatchPending):  # a retry would fail the same way (or spend past the cap)
-        return False
-    except Exception:  # noqa: BLE001 - anything else is worth a retry
-        return True
-    return True
-
-
-def _tasks():
-    """Build the Prefect tasks lazily so importing this module stays cheap."""
-    from prefect import task
-    from prefect.cache_policies import NONE
-
-    @task(name="generate", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_config_error, cache_policy=NONE)
-    def generate_task(cfg_json: str, out_dir: str) -> str:
-        from distill.dataset import generate_dataset
-
-        cfg = PipelineConfig.model_validate_json(cfg_json)
-        return str(generate_dataset(cfg.generate, cfg.teacher, out_dir))
-
-    @task(name="train", cache_policy=NONE)
-    def train_task(cfg_json: str, dataset_dir: str, out_dir: str) -> str:
-        from distill.train import train_student
-
-        cfg = PipelineConfig.model_validate_json(cfg_json)
-        return str(train_student(cfg.train, dataset_dir, out_dir))
-
-    @task(name="compress", cache_policy=NONE)
-    def compress_task(cfg_json: str, model_dir: str, dataset_dir: str | None, out_dir: str) -> str:
-        from compress.stage import compress_student
-
-        cfg = PipelineConfig.model_validate_json(cfg_json)
-        text, source = resolve_eval_text(cfg, Path(dataset_dir) if dataset_dir else None)
-        log.info("perplexity text: %s", source)
-        calib, calib_source = resolve_calib_text(cfg, Path(dataset_dir) if dataset_dir else None)
-        return str(compress_student(cfg.compress, Path(model_dir), Path(out_dir), eval_text=text, eval_source=source,
-                                    calib_text=calib, calib_source=calib_source))
-
-    @task(name="report", cache_policy=NONE)
-    def report_task(run_dir: str, timings: dict) -> str:
-        from flows.report import write_report
-
-        return str(write_report(Path(run_dir), timings))
-
-    return generate_task, train_task, compress_task, report_task
-
-
 def preflight(cfg: PipelineConfig) -> None:
     """Cheap checks of every input before any expensive work (or a Prefect run) starts."""
     from distill.models import BUNDLED_ALIAS, check_model_dir
@@ -151,50 +107,217 @@ def preflight(cfg: PipelineConfig) -> None:
         raise ConfigError(f"compress.eval.text_path: file not found: {cfg.compress.eval.text_path}")
 
 
-def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> Path:
-    """Check inputs, then run the configured stages as a Prefect flow; returns the run directory."""
+def _not_config_error(task, task_run, state) -> bool:
+    from distill.batch import BatchPending
+    from distill.budget import BudgetExceeded
+
+    try:
+        state.result()
+    except (ConfigError, BudgetExceeded, BatchPending):  # a retry would fail the same way (or spend past the cap)
+        return False
+    except Exception:  # noqa: BLE001 - anything else is worth a retry
+        return True
+    return True
+
+
+def _stage_key(context, parameters: dict) -> str:
+    """Prefect's cache key for a stage task: the content hash computed by flows.stage_keys."""
+    return parameters["key"]
+
+
+# The stage tasks: configs and paths in, a path out. Their results (the output path, as JSON) persist
+# under $PREFECT_HOME/storage keyed by the stage's content hash, so an unchanged stage is skipped
+# (state "Cached") and returns the folder the earlier run wrote.
+_CACHED = dict(cache_key_fn=_stage_key, persist_result=True, result_serializer="json")
+
+
+@task(name="generate", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_config_error, **_CACHED)
+def generate_task(cfg_json: str, out_dir: str, key: str) -> str:
+    from distill.dataset import generate_dataset
+
+    cfg = PipelineConfig.model_validate_json(cfg_json)
+    return str(Path(generate_dataset(cfg.generate, cfg.teacher, out_dir)).resolve())
+
+
+@task(name="train", **_CACHED)
+def train_task(cfg_json: str, dataset_dir: str, out_dir: str, key: str) -> str:
+    from distill.train import train_student
+
+    cfg = PipelineConfig.model_validate_json(cfg_json)
+    return str(Path(train_student(cfg.train, dataset_dir, out_dir)).resolve())
+
+
+@task(name="compress", **_CACHED)
+def compress_task(cfg_json: str, model_dir: str, dataset_dir: str | None, out_dir: str, key: str) -> str:
+    from compress.stage import compress_student
+
+    cfg = PipelineConfig.model_validate_json(cfg_json)
+    text, source = resolve_eval_text(cfg, Path(dataset_dir) if dataset_dir else None)
+    calib, calib_source = resolve_calib_text(cfg, Path(dataset_dir) if dataset_dir else None)
+    return str(Path(compress_student(cfg.compress, Path(model_dir), Path(out_dir), eval_text=text, eval_source=source,
+                                     calib_text=calib, calib_source=calib_source)).resolve())
+
+
+# what a finished output of each stage holds (a cached path without it was deleted or moved: redo it)
+MARKERS = {"generate": "stats.json", "train": "metrics.json", "compress": "summary.json"}
+
+
+def _run_cached(stage: str, task_fn, refresh: bool, out_dir: Path, *args, key: str) -> tuple[str, bool]:
+    """Run a stage task through Prefect's cache; link ``out_dir`` to a cached output. (path, was_cached)."""
+    state = task_fn.with_options(refresh_cache=refresh or None)(*args, str(out_dir), key=key, return_state=True)
+    path = state.result()
+    cached = state.name == "Cached"
+    if cached and not (Path(path) / MARKERS[stage]).is_file():
+        log.warning("%s: the cached output %s is gone; running the stage again", stage, path)
+        path = task_fn.with_options(refresh_cache=True)(*args, str(out_dir), key=key)
+        cached = False
+    if cached and Path(path) != out_dir.resolve():
+        out_dir.symlink_to(path, target_is_directory=True)  # this run's folder shows what it used
+        log.info("%s: unchanged inputs (key %s…), reusing %s", stage, key[:12], path)
+    return path, cached
+
+
+def _publish(key: str, markdown: str, description: str) -> None:
+    """A Prefect markdown artifact (visible in the UI under the flow run); never fails the run."""
+    from prefect.artifacts import create_markdown_artifact
+
+    try:
+        create_markdown_artifact(key=key, markdown=markdown, description=description)
+    except Exception as exc:  # noqa: BLE001 - an artifact is a view, not an output
+        log.warning("could not publish the %s artifact: %s", key, exc)
+
+
+@flow(name="generate_dataset", log_prints=True)
+def generate_flow(cfg_json: str, run_dir: str, refresh: bool = False) -> dict:
+    """Teacher data for the config's seeds -> ``run_dir/dataset`` (or the cached dataset it links to)."""
+    from flows.stage_keys import generate_key
+
+    cfg = PipelineConfig.model_validate_json(cfg_json)
+    key = generate_key(cfg)
+    path, cached = _run_cached("generate", generate_task, refresh, Path(run_dir) / "dataset", cfg_json, key=key)
+    stats = json.loads((Path(path) / "stats.json").read_text())
+    t = stats.get("teacher", {})
+    _publish("generate-summary", "\n".join([
+        f"# generate {'(cached)' if cached else ''}", f"dataset: `{path}`", "",
+        f"- seeds {stats.get('seeds')}, teacher requests {stats.get('requests')} ({t.get('cache_hits', 0)} from the response cache)",
+        f"- rows: {json.dumps(stats.get('rows'))}", f"- kept per style: {json.dumps(stats.get('kept_per_style'))}",
+        f"- removed by reason: {json.dumps(stats.get('removed_by_reason'))}",
+        f"- tokens paid: {t.get('prompt_tokens', 0)} prompt + {t.get('completion_tokens', 0)} completion"]),
+        "rows, filters and teacher tokens of the generate stage")
+    return {"path": path, "cached": cached, "key": key}
+
+
+@flow(name="train_student", log_prints=True)
+def train_flow(cfg_json: str, dataset_dir: str, upstream_key: str, run_dir: str, refresh: bool = False) -> dict:
+    """The student distilled on ``dataset_dir`` -> ``run_dir/student`` (or the cached student)."""
+    from flows.stage_keys import train_key
+
+    cfg = PipelineConfig.model_validate_json(cfg_json)
+    key = train_key(cfg, upstream_key)
+    path, cached = _run_cached("train", train_task, refresh, Path(run_dir) / "student", cfg_json, dataset_dir, key=key)
+    m = json.loads((Path(path) / "metrics.json").read_text())
+    _publish("train-summary", "\n".join([
+        f"# train {'(cached)' if cached else ''}", f"student: `{path}`", "",
+        f"- mode {m.get('mode')}, {m.get('steps')} steps, {m.get('tokens')} tokens, {m.get('tokens_per_s')} tok/s",
+        f"- train loss {m.get('loss_first')} -> {m.get('loss_last')}; validation loss {m.get('val_loss_before')} -> {m.get('val_loss_after')}"]),
+        "loss and throughput of the train stage")
+    return {"path": path, "cached": cached, "key": key}
+
+
+@flow(name="compress_student", log_prints=True)
+def compress_flow(cfg_json: str, model_dir: str, upstream_key: str | None, dataset_dir: str | None, run_dir: str,
+                  refresh: bool = False) -> dict:
+    """The configured compression chain on ``model_dir`` -> ``run_dir/compressed`` (or the cached one)."""
+    from flows.stage_keys import compress_key, digest_bytes, digest_path, model_digest
+
+    cfg = PipelineConfig.model_validate_json(cfg_json)
+    text, source = resolve_eval_text(cfg, Path(dataset_dir) if dataset_dir else None)
+    log.info("perplexity text: %s", source)
+    calib, calib_source = resolve_calib_text(cfg, Path(dataset_dir) if dataset_dir else None)
+    data = shared_data_dir()
+    calib_digest = (digest_bytes(calib) if calib is not None
+                    else digest_path(cfg.compress.calibration.text_path) if cfg.compress.calibration.text_path
+                    else digest_path(data / "wikitext-2" / "wiki.valid.tokens") if data else "none")
+    key = compress_key(cfg, upstream_key or model_digest(model_dir), text, calib_digest)
+    path, cached = _run_cached("compress", compress_task, refresh, Path(run_dir) / "compressed", cfg_json, model_dir,
+                               dataset_dir, key=key)
+    c = json.loads((Path(path) / "summary.json").read_text())
+    rows = [f"| {st['name']} | {st['before'].get('perplexity', 0):.3f} -> {st['after'].get('perplexity', 0):.3f} | "
+            f"{st['after'].get('bytes_on_disk', 0) / 1e6:.1f} MB | {st.get('gate') or '-'} |" for st in c.get("steps", [])]
+    _publish("compress-summary", "\n".join([
+        f"# compress {'(cached)' if cached else ''}", f"artifacts: `{path}` (perplexity on {source})", "",
+        f"baseline: perplexity {c['baseline'].get('perplexity', 0):.3f}, {c['baseline'].get('bytes_on_disk', 0) / 1e6:.1f} MB", "",
+        "| step | perplexity | size | gate |", "|---|---|---|---|", *rows]), "every compression step, measured")
+    return {"path": path, "cached": cached, "key": key}
+
+
+def _pipeline_body(cfg: PipelineConfig, run_dir: Path, refresh: bool) -> str:
+    timings: dict[str, dict] = {}
+    stages = cfg.run.stages
+    cfg_json = cfg.model_dump_json()
+    dataset = student = None
+
+    def timed(name: str, fn, *args, **kwargs) -> dict:
+        t = time.perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            timings[name] = {"status": "failed", "seconds": round(time.perf_counter() - t, 2)}
+            (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
+            raise
+        timings[name] = {"status": "cached" if result["cached"] else "completed",
+                         "seconds": round(time.perf_counter() - t, 2)}
+        (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
+        return result
+
+    if "generate" in stages:
+        dataset = timed("generate", generate_flow, cfg_json, str(run_dir), refresh)
+    if "train" in stages:
+        if dataset is None:
+            raise ConfigError("run.stages: 'train' needs 'generate' in the same run")
+        student = timed("train", train_flow, cfg_json, dataset["path"], dataset["key"], str(run_dir), refresh)
+    if "compress" in stages:
+        if student is None:
+            from distill.models import resolve_model_path
+
+            source, upstream = str(resolve_model_path(cfg.train.student)), None
+        else:
+            source, upstream = student["path"], student["key"]
+        timed("compress", compress_flow, cfg_json, source, upstream, dataset["path"] if dataset else None,
+              str(run_dir), refresh)
+    from flows.report import write_report
+
+    md = write_report(run_dir, timings)
+    _publish("eakd-report", md.read_text(), f"run report of {run_dir}")
+    try:
+        from prefect.artifacts import create_link_artifact
+
+        create_link_artifact(key="eakd-run-dir", link=(run_dir / "report.html").resolve().as_uri(),
+                             link_text=str(run_dir), description="the run directory's report.html")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not publish the run-directory link: %s", exc)
+    return str(run_dir)
+
+
+@flow(name="eakd-pipeline", log_prints=True)
+def pipeline(config: str, overrides: list[str] | None = None, refresh: bool = False, run_dir: str | None = None) -> str:
+    """generate -> train -> compress -> report for the YAML ``config`` (re-read on every run, so a
+    scheduled deployment picks up a grown seed file); returns the run directory. Stages whose inputs
+    are unchanged since an earlier run are skipped (``refresh=True`` runs them all)."""
+    cfg = load_config(PipelineConfig, config, list(overrides or []))
     preflight(cfg)
-    from prefect import flow
+    out = Path(run_dir) if run_dir else new_run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    return _pipeline_body(cfg, out, refresh)
 
-    generate_task, train_task, compress_task, report_task = _tasks()
-    run_dir = run_dir or new_run_dir(cfg)
-    dump_config(cfg, run_dir / "config.yaml")
 
-    @flow(name="eakd-pipeline", log_prints=True)
-    def pipeline_flow(cfg_json: str, run_dir: str) -> str:
-        timings: dict[str, dict] = {}
-        stages = cfg.run.stages
-        dataset_dir = model_dir = None
-
-        def timed(name: str, fn, *args):
-            t = time.perf_counter()
-            try:
-                result = fn(*args)
-            except BaseException:
-                timings[name] = {"status": "failed", "seconds": round(time.perf_counter() - t, 2)}
-                (Path(run_dir) / "timings.json").write_text(json.dumps(timings, indent=2))
-                raise
-            timings[name] = {"status": "completed", "seconds": round(time.perf_counter() - t, 2)}
-            (Path(run_dir) / "timings.json").write_text(json.dumps(timings, indent=2))
-            return result
-
-        if "generate" in stages:
-            dataset_dir = timed("generate", generate_task, cfg_json, str(Path(run_dir) / "dataset"))
-        if "train" in stages:
-            if dataset_dir is None:
-                raise ConfigError("run.stages: 'train' needs 'generate' in the same run")
-            model_dir = timed("train", train_task, cfg_json, dataset_dir, str(Path(run_dir) / "student"))
-        if "compress" in stages:
-            source = model_dir or cfg.train.student
-            if model_dir is None:
-                from distill.models import resolve_model_path
-
-                source = str(resolve_model_path(cfg.train.student))
-            timed("compress", compress_task, cfg_json, source, dataset_dir, str(Path(run_dir) / "compressed"))
-        return report_task(run_dir, timings)
-
-    pipeline_flow(cfg.model_dump_json(), str(run_dir))
-    return run_dir
+def run_pipeline(config: str | Path, overrides: list[str] | None = None, refresh: bool = False) -> Path:
+    """Check inputs, then run the pipeline flow; returns the run directory."""
+    cfg = load_config(PipelineConfig, config, list(overrides or []))
+    preflight(cfg)  # bad input fails here, before Prefect starts
+    run_dir = new_run_dir(cfg)
+    return Path(pipeline(str(config), list(overrides or []), refresh, str(run_dir)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,8 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     install_redaction()
     try:
-        cfg = load_config(PipelineConfig, argv[0], argv[1:])
-        run_dir = run_pipeline(cfg)
+        run_dir = run_pipeline(argv[0], argv[1:])
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

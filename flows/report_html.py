@@ -31,7 +31,7 @@ FUNNEL = [("parsed", {"teacher_error", "truncated", "empty", "unparseable", "sch
           ("voted", {"sc_minority"}),
           ("filtered", None),
           ("novel", {"novelty", "near_duplicate", "over_target", "duplicate"})]
-STATUS_COLOUR = {"completed": "#2e7d32", "failed": "#c62828", "skipped": "#9e9e9e"}
+STATUS_COLOUR = {"completed": "#2e7d32", "cached": "#1565c0", "failed": "#c62828", "skipped": "#9e9e9e"}
 
 
 def funnel(generated: int, removed_by_reason: dict[str, int]) -> list[tuple[str, int]]:
@@ -105,6 +105,7 @@ def plot_funnel(stages: list[tuple[str, int]]) -> str:
 def plot_tokens(timeline: list[list[float]]) -> str:
     """Cumulative paid completion tokens over time, and the throughput between consecutive points."""
     fig, ax = _figure()
+    timeline = [[0.0, 0]] + [p for p in timeline]  # from the first call: an engine's start-up shows as a flat start
     t = [p[0] for p in timeline]
     tok = [p[1] for p in timeline]
     ax.plot(t, tok, color="#1e88e5", marker="." if len(t) < 40 else None, label="completion tokens (cumulative)")
@@ -211,8 +212,13 @@ def _generate_section(g: dict) -> str:
              ("retries", t.get("retries")), ("failures", json.dumps(t.get("failures", {}))),
              ("cost (USD)", "not priced" if t.get("cost_usd") is None else f"{t['cost_usd']:.4f}")]
     parts.append(_table(["", "value"], [[k, "—" if v is None else v] for k, v in facts], "teacher-facts"))
-    if len(t.get("timeline") or []) >= 2:
-        parts.append(f'<figure id="tokens-over-time">{plot_tokens(t["timeline"])}</figure>')
+    if len(t.get("timeline") or []) >= 1:
+        tl = t["timeline"]
+        distinct = len({p[0] for p in tl})
+        caption = (f"{len(tl)} answers written to the cache between {tl[0][0]:.1f} s and {tl[-1][0]:.1f} s after the first "
+                   f"teacher call" + (" — the in-process engine returns a whole batch at once, so the curve is a step"
+                                      if distinct <= 2 else ""))
+        parts.append(f'<figure id="tokens-over-time">{plot_tokens(tl)}<figcaption>{html.escape(caption)}</figcaption></figure>')
     else:
         parts.append('<p id="tokens-over-time" class="note">No teacher tokens were paid in this run '
                      '(every answer came from the cache), so there is no throughput curve.</p>')

@@ -1,0 +1,81 @@
+"""Content-addressed cache keys for the pipeline's stages: what Prefect's task cache is keyed on.
+
+A stage's key is the sha256 of everything that decides its output, by content, never by Python object
+identity or file timestamps (curator's lesson: hash what is rendered, not the code that renders it):
+
+- ``generate``: the generate and teacher config sections, the seed file's bytes (every file of a seed
+  dataset folder), each style's rendered template source (its sha256), the contamination eval files'
+  bytes, and eakd's code version;
+- ``train``: the train section, the generate key it consumes (or the dataset folder's files), and the
+  student's weights (their bytes);
+- ``compress``: the compress section, the train key (or the source model's bytes) and the evaluation
+  and calibration texts actually used.
+
+Changing a seed, a template, a config value or the code gives a new key and the stage runs again;
+renaming or moving a file does not. Run: used by :mod:`flows.pipeline`; ``eakd run --refresh`` ignores
+the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from distill.provenance import code_version
+
+_CHUNK = 1 << 20
+
+
+def digest_bytes(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def digest_path(path: str | Path) -> str:
+    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+    if not files:
+        return digest_bytes(f"missing:{path}")
+    for f in files:
+        h.update(str(f.relative_to(p) if f != p else f.name).encode() + b"\0")
+        with f.open("rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _key(payload: dict) -> str:
+    return digest_bytes(json.dumps(payload, sort_keys=True, default=str))
+
+
+def generate_key(cfg) -> str:
+    """The generate stage's key for a :class:`~flows.config.PipelineConfig`."""
+    from prompts import load_template
+
+    g = cfg.generate
+    templates = {s: load_template(g.templates.get(s, s)).sha256 for s in g.styles}
+    evals = [digest_path(p) for p in g.filters.contamination.eval_paths] if g.filters.contamination else []
+    return _key({"stage": "generate", "code": code_version(), "generate": g.model_dump(mode="json", exclude={"seeds"}),
+                 "teacher": cfg.teacher.model_dump(mode="json"), "seeds": digest_path(g.seeds),
+                 "templates": templates, "eval_files": evals})
+
+
+def model_digest(model: str) -> str:
+    from distill.models import resolve_model_path
+
+    return digest_path(resolve_model_path(model))
+
+
+def train_key(cfg, upstream: str) -> str:
+    """``upstream``: the generate key of the dataset this run trains on."""
+    return _key({"stage": "train", "code": code_version(), "train": cfg.train.model_dump(mode="json", exclude={"student"}),
+                 "dataset": upstream, "student": model_digest(cfg.train.student)})
+
+
+def compress_key(cfg, upstream: str, eval_text: str, calib: str) -> str:
+    """``upstream``: the train key, or the source model's digest when this run does not train;
+    ``calib``: the digest of the calibration text the stage will use."""
+    return _key({"stage": "compress", "code": code_version(), "compress": cfg.compress.model_dump(mode="json"),
+                 "model": upstream, "eval_text": digest_bytes(eval_text), "calib": calib})

@@ -1,0 +1,157 @@
+"""Scheduled data flows on a real Prefect server: `prefect server start` on 127.0.0.1 (SQLite), the
+pipeline deployment served by `eakd serve`, runs triggered through the server's REST API.
+
+The first run computes every stage and publishes its artifacts; the second run of the unchanged config
+finds every stage in Prefect's cache (keyed on content hashes), links the earlier outputs and must be
+at least 5x faster (flow-run wall times as the server recorded them, both in this one test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+
+def _start_server(home: Path, port: int) -> subprocess.Popen:
+    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+                        "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = (home / "server.log").open("w")
+    return subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port), "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _wait(predicate, timeout: float, what: str, step: float = 1.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _healthy(api: str) -> bool:
+    try:
+        return httpx.get(f"{api}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _deployment_id(api: str, name: str) -> str | None:
+    r = httpx.post(f"{api}/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}, timeout=10)
+    r.raise_for_status()
+    return r.json()[0]["id"] if r.json() else None
+
+
+def _run_and_wait(api: str, dep_id: str, timeout: float) -> dict:
+    r = httpx.post(f"{api}/deployments/{dep_id}/create_flow_run", json={}, timeout=10)
+    r.raise_for_status()
+    run_id = r.json()["id"]
+
+    def done():
+        fr = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        return fr if fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+    fr = _wait(done, timeout, f"flow run {run_id}", step=2)
+    assert fr["state"]["type"] == "COMPLETED", fr["state"]
+    return fr
+
+
+def _seconds(fr: dict) -> float:
+    from datetime import datetime
+
+    start, end = (datetime.fromisoformat(fr[k].replace("Z", "+00:00")) for k in ("start_time", "end_time"))
+    return (end - start).total_seconds()
+
+
+def _artifacts(api: str, run_ids: list[str]) -> dict[str, str]:
+    r = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": run_ids}}}, timeout=10)
+    r.raise_for_status()
+    return {a["key"]: a["type"] for a in r.json() if a["key"]}
+
+
+def _subflow_ids(api: str, parent: str) -> list[str]:
+    r = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [parent]}}}, timeout=10)
+    return [fr["id"] for fr in r.json()] if r.status_code == 200 else []
+
+
+def test_served_deployment_runs_through_the_api_and_reruns_from_the_cache(repo_root, tmp_path, vllm_server, tiny_model):
+    from distill.serve import free_port
+
+    text = tmp_path / "heldout.txt"
+    text.write_text(" ".join(f"The {w} sat on the mat and looked at the {w}." for w in ["cat", "dog", "owl", "hen"] * 24))
+    runs = tmp_path / "runs"
+    cfg = {
+        "run": {"name": "nightly", "runs_dir": str(runs)},
+        "teacher": {"backend": "openai", "model": "bundled", "base_url": vllm_server, "max_concurrency": 4,
+                    "cache_path": str(tmp_path / "teacher.sqlite")},
+        "generate": {"seeds": str(repo_root / "flows/configs/demo_seeds.jsonl"), "limit": 12,
+                     "sampling": {"max_tokens": 64}, "drop_truncated": False},
+        "train": {"student": str(tiny_model), "max_steps": 12, "batch_size": 2, "lr": 1e-3, "log_every": 4},
+        "compress": {"steps": [{"method": "magnitude", "sparsity": 0.5}, {"method": "rtn_int8"}],
+                     "eval": {"text_path": str(text), "window": 32, "max_windows": 8, "dtype": "float32"}},
+    }
+    config = tmp_path / "nightly.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+
+    home = tmp_path / "prefect"
+    home.mkdir()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server = _start_server(home, port)
+    served = None
+    try:
+        _wait(lambda: _healthy(api), 240, "prefect server start", step=2)
+        env = os.environ | {"PREFECT_API_URL": api, "PREFECT_HOME": str(home / "client"),
+                            "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+        served_log = (tmp_path / "serve.log").open("w")
+        served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config), "--name", "tiny"],
+                                  cwd=repo_root, env=env, stdout=served_log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        dep = _wait(lambda: _deployment_id(api, "tiny"), 180, "the served deployment")
+
+        first = _run_and_wait(api, dep, 900)
+        dirs = sorted(runs.iterdir())
+        assert len(dirs) == 1
+        run1 = dirs[0]
+        t1 = json.loads((run1 / "timings.json").read_text())
+        assert {k: v["status"] for k, v in t1.items()} == {"generate": "completed", "train": "completed",
+                                                          "compress": "completed"}
+        assert (run1 / "report.html").is_file()
+        arts = _artifacts(api, [first["id"], *_subflow_ids(api, first["id"])])
+        assert {"generate-summary", "train-summary", "compress-summary", "eakd-report"} <= set(arts), arts
+        assert arts["eakd-run-dir"] == "link"
+
+        second = _run_and_wait(api, dep, 600)
+        run2 = next(d for d in sorted(runs.iterdir()) if d != run1)
+        t2 = json.loads((run2 / "timings.json").read_text())
+        assert {k: v["status"] for k, v in t2.items()} == {"generate": "cached", "train": "cached", "compress": "cached"}
+        for stage in ("dataset", "student", "compressed"):  # the second run links what it reused
+            assert (run2 / stage).is_symlink() and (run2 / stage).resolve() == (run1 / stage).resolve()
+        assert json.loads((run2 / "report.json").read_text())["compress"] == json.loads(
+            (run1 / "report.json").read_text())["compress"]
+        s1, s2 = _seconds(first), _seconds(second)
+        print(f"served deployment: first run {s1:.1f} s, cached rerun {s2:.1f} s ({s1 / s2:.1f}x)")
+        (tmp_path / "timing.json").write_text(json.dumps({"first_s": s1, "second_s": s2}))
+        assert s1 >= 5 * s2, f"cached rerun {s2:.1f} s is not 5x faster than the first run {s1:.1f} s"
+    finally:
+        for proc in (served, server):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
