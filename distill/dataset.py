@@ -197,10 +197,11 @@ def _template_vars(seed: Seed, demos: list[dict[str, str]]) -> dict:
 
 
 def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
-                   bootstrapped: list[Seed] = ()) -> tuple[list[dict], dict[str, Template]]:
+                   bootstrapped: list[Seed] = (), targets: set[str] | None = None) -> tuple[list[dict], dict[str, Template]]:
     """Render every (seed, style) prompt, plus the instruct prompt of each ``bootstrapped`` instruction
     (they have no gold answer, so no ICL/CoT; they are never demos). Returns plans (request +
-    bookkeeping, ``origin``) and the templates used."""
+    bookkeeping, ``origin``) and the templates used. ``targets``: only these seed ids get prompts (an
+    incremental run); demos are still drawn from every seed."""
     default = {"cot": "cot_json" if cfg.structured_cot else "cot_fewshot" if cfg.cot_shots else "cot"}
     templates = {style: load_template(cfg.templates.get(style, default.get(style, style))) for style in cfg.styles}
     if cfg.erase_demos and "instruct" not in templates:
@@ -220,7 +221,7 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
         return select_demos(seed, seeds, k, cfg.demo_seed, cfg.demo_method, cfg.demo_same_task,
                             cfg.demo_budget_tokens, rationale=rationale, index=index)
 
-    work = [(seed, style, "seed") for seed in seeds for style in cfg.styles]
+    work = [(seed, style, "seed") for seed in seeds for style in cfg.styles if targets is None or seed.id in targets]
     work += [(seed, "instruct", f"bootstrap:{seed.id}") for seed in bootstrapped]
     for seed, style, origin in work:
         demos = []
@@ -386,6 +387,10 @@ def _card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict[str, 
         f"- demonstrations: `{json.dumps(stats['demos'])}`; ICL context distillation (demos erased for the student): {cfg.erase_demos}",
         (f"- CoT answers: structured JSON `{{rationale, answer}}` (`generate.structured_cot`), no answer parsing"
          if cfg.structured_cot else f"- answer extraction: patterns `{list(cfg.extraction.patterns)}`"), "",
+        *([ "## Versions", "", "Each version appended the rows of seeds the previous one lacked (incremental runs).", "",
+            "| version | created | new seeds | new rows | requests sent |", "|---|---|---|---|---|",
+            *[f"| {v['version']} | {v['created']} | {v['new_seeds']} | {v['new_rows']} | {v['requests_sent']} |"
+              for v in stats["versions"]], ""] if stats.get("versions") else []),
         "## Counts and filters", "",
         f"- rows kept: {stats['rows']['train']} train, {stats['rows']['validation']} validation; removed: {stats['rows']['removed']} "
         "(kept in the `removed` split with the reason)",
@@ -503,11 +508,13 @@ def _require_reachable(responses: list[TeacherResponse], teacher_cfg: TeacherCon
         "teacher serve`) or fix teacher.base_url, then rerun the same command. Nothing was written")
 
 
-def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: str | Path) -> Path:
+def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: str | Path,
+                     incremental_from: str | Path | None = None) -> Path:
     """Run the generate stage and save the dataset at ``out_dir``; returns ``out_dir``.
 
     Refuses to overwrite a finished dataset (delete it or pick another folder); writes into a temp
-    folder and renames, so a crash never leaves a half-written dataset behind.
+    folder and renames, so a crash never leaves a half-written dataset behind. ``incremental_from``: a
+    previous dataset; only seeds it lacks are sent, and its rows are kept (:mod:`distill.versions`).
     """
     from datasets import Dataset, DatasetDict
 
@@ -521,6 +528,15 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
                           "not set; set it, or remove push_to_hub to keep the dataset local")
     t0 = time.perf_counter()
     seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
+    previous = targets = None
+    if incremental_from is not None:
+        from distill.versions import load_previous
+
+        if cfg.bootstrap is not None:
+            raise ConfigError("generate.bootstrap: an incremental run cannot bootstrap; remove one of the two")
+        previous = load_previous(incremental_from)
+        targets = {s.id for s in seeds} - previous.seed_ids
+        log.info("incremental: %d of %d seeds are new since %s", len(targets), len(seeds), previous.path)
     row_filters = _row_filters(cfg.filters)  # config errors surface before any teacher call
     if cfg.filters.judge is not None:  # the judge runs last: check its template before paying for anything
         try:
@@ -552,7 +568,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
                       "template": {"name": boot.template.name, "sha256": boot.template.sha256},
                       "config": cfg.bootstrap.model_dump(mode="json")}
     try:
-        plans, templates = build_requests(seeds, cfg, teacher_cfg.model_id(), bootstrapped)
+        plans, templates = build_requests(seeds, cfg, teacher_cfg.model_id(), bootstrapped, targets)
     except TemplateError as exc:
         raise ConfigError(f"generate.templates: {exc}") from None
     check_context(plans, cfg.seeds, teacher_cfg)  # a prompt the engine would refuse fails here, before the teacher
@@ -599,6 +615,15 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         except TemplateError as exc:
             raise ConfigError(f"generate.filters.judge.template: {exc}") from None
     rows += extra_rows
+    versions = None
+    if previous is not None:
+        from distill.versions import merge_rows, next_version
+
+        for r in rows:
+            if r["removed_reason"] is not None:
+                r["split"] = "removed"
+        versions = next_version(previous, len(targets), len(rows), tstats.sent)
+        rows = merge_rows(previous.rows, rows)
     kept = [r for r in rows if r["removed_reason"] is None]
     removed = [r for r in rows if r["removed_reason"] is not None]
     with_gold: dict[str, list[bool]] = {}
@@ -626,6 +651,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         "teacher": tstats.to_dict(), "templates": {s: {"name": t.name, "sha256": t.sha256} for s, t in templates.items()},
         "config": cfg.model_dump(mode="json"), "teacher_config": teacher_cfg.model_dump(mode="json"),
         "seconds": round(time.perf_counter() - t0, 2),
+        "version": versions[-1]["version"] if versions else 1, "versions": versions,
     }
     if not kept:
         log.warning("every generated row was removed (%s); the dataset's train split is empty", stats["removed_by_reason"])

@@ -165,7 +165,8 @@ def generate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
              out: Optional[Path] = typer.Option(None, "--out", help="dataset output folder (required unless --dry-run)"),
              dry_run: bool = typer.Option(False, "--dry-run", help="render every request and estimate tokens and cost; call no teacher"),
              as_json: bool = typer.Option(False, "--json", help="with --dry-run: print the estimate as JSON"),
-             batch: bool = typer.Option(False, "--batch", help="send the uncached requests as one Batch API file: vLLM's batch runner (vllm backend) or the endpoint's /v1/batches (openai backend); same as teacher.batch=true")) -> None:
+             batch: bool = typer.Option(False, "--batch", help="send the uncached requests as one Batch API file: vLLM's batch runner (vllm backend) or the endpoint's /v1/batches (openai backend); same as teacher.batch=true"),
+             incremental_from: Optional[Path] = typer.Option(None, "--incremental-from", help="a previous dataset: send only the seeds it lacks and write it plus their rows as a new version")) -> None:
     """Render prompts, query the teacher, save the parsed and filtered dataset.
 
     Exit codes: 0 done, 1 run-time failure, 2 bad input, 3 stopped at the teacher budget (resumable),
@@ -186,7 +187,7 @@ def generate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
         _fail("--out is required (the dataset output folder), unless --dry-run", 2)
     from distill.dataset import generate_dataset
 
-    typer.echo(_guard(lambda: generate_dataset(cfg.generate, cfg.teacher, out), where=out))
+    typer.echo(_guard(lambda: generate_dataset(cfg.generate, cfg.teacher, out, incremental_from=incremental_from), where=out))
 
 
 @app.command()

@@ -19,6 +19,7 @@ class RunConfig(StageConfig):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="prefix of the run id")
     runs_dir: str = Field("runs", description="where run directories are created")
     stages: list[Stage] = Field(default_factory=lambda: ["generate", "train", "compress"], min_length=1)
+    incremental: bool = Field(False, description="generate only the seeds the newest earlier run's dataset lacks and append them to it as a new version")
 
 
 class PipelineConfig(StageConfig):

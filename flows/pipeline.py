@@ -132,11 +132,21 @@ _CACHED = dict(cache_key_fn=_stage_key, persist_result=True, result_serializer="
 
 
 @task(name="generate", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_config_error, **_CACHED)
-def generate_task(cfg_json: str, out_dir: str, key: str) -> str:
+def generate_task(cfg_json: str, previous: str | None, out_dir: str, key: str) -> str:
     from distill.dataset import generate_dataset
 
     cfg = PipelineConfig.model_validate_json(cfg_json)
-    return str(Path(generate_dataset(cfg.generate, cfg.teacher, out_dir)).resolve())
+    return str(Path(generate_dataset(cfg.generate, cfg.teacher, out_dir, incremental_from=previous)).resolve())
+
+
+def previous_dataset(cfg: PipelineConfig, run_dir: Path) -> Path | None:
+    """The newest earlier run's finished dataset with this run's name (what an incremental run appends to)."""
+    earlier = [d for d in Path(cfg.run.runs_dir).glob(f"{cfg.run.name}-*")
+               if d.resolve() != run_dir.resolve() and (d / "dataset" / "stats.json").is_file()]
+    if not earlier:
+        return None
+    newest = max(earlier, key=lambda d: (d / "dataset" / "stats.json").stat().st_mtime)
+    return (newest / "dataset").resolve()
 
 
 @task(name="train", **_CACHED)
@@ -192,9 +202,15 @@ def generate_flow(cfg_json: str, run_dir: str, refresh: bool = False) -> dict:
     """Teacher data for the config's seeds -> ``run_dir/dataset`` (or the cached dataset it links to)."""
     from flows.stage_keys import generate_key
 
+    from flows.stage_keys import digest_path
+
     cfg = PipelineConfig.model_validate_json(cfg_json)
-    key = generate_key(cfg)
-    path, cached = _run_cached("generate", generate_task, refresh, Path(run_dir) / "dataset", cfg_json, key=key)
+    previous = previous_dataset(cfg, Path(run_dir)) if cfg.run.incremental else None
+    if previous is not None:
+        log.info("incremental: appending to %s", previous)
+    key = generate_key(cfg, None if previous is None else digest_path(previous / "stats.json"))
+    path, cached = _run_cached("generate", generate_task, refresh, Path(run_dir) / "dataset", cfg_json,
+                               None if previous is None else str(previous), key=key)
     stats = json.loads((Path(path) / "stats.json").read_text())
     t = stats.get("teacher", {})
     _publish("generate-summary", "\n".join([

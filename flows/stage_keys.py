@@ -50,8 +50,9 @@ def _key(payload: dict) -> str:
     return digest_bytes(json.dumps(payload, sort_keys=True, default=str))
 
 
-def generate_key(cfg) -> str:
-    """The generate stage's key for a :class:`~flows.config.PipelineConfig`."""
+def generate_key(cfg, previous: str | None = None) -> str:
+    """The generate stage's key for a :class:`~flows.config.PipelineConfig`; ``previous``: the digest of
+    the dataset an incremental run appends to."""
     from prompts import load_template
 
     g = cfg.generate
@@ -59,7 +60,7 @@ def generate_key(cfg) -> str:
     evals = [digest_path(p) for p in g.filters.contamination.eval_paths] if g.filters.contamination else []
     return _key({"stage": "generate", "code": code_version(), "generate": g.model_dump(mode="json", exclude={"seeds"}),
                  "teacher": cfg.teacher.model_dump(mode="json"), "seeds": digest_path(g.seeds),
-                 "templates": templates, "eval_files": evals})
+                 "templates": templates, "eval_files": evals, "previous": previous})
 
 
 def model_digest(model: str) -> str:

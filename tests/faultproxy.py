@@ -38,6 +38,7 @@ class FaultProxy:
         self.attempts = 0
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
+        self.forwarded: list[dict] = []  # the JSON body of every request passed on to the server
         self.port: int | None = None
         self._server = LoopbackApp(self._app, self._close)
 
@@ -82,6 +83,11 @@ class FaultProxy:
             data = json.loads(body)
             data["max_tokens"] = 2
             body = json.dumps(data).encode()
+        if body:
+            try:
+                self.forwarded.append(json.loads(body))
+            except ValueError:
+                pass
         try:
             async with self._session.request(request.method, self.upstream + request.path_qs, data=body,
                                              headers={"Content-Type": "application/json"}) as up:
