@@ -250,6 +250,28 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
     return plans, templates
 
 
+def plan_requests(cfg: GenerateConfig, teacher_cfg: TeacherConfig,
+                  incremental_from: str | Path | None = None) -> list[TeacherRequest]:
+    """The teacher requests :func:`generate_dataset` will send for ``cfg``, in its order, without sending
+    them: a flow can answer them in shards first (into the response cache), and the generate stage then
+    finds every answer cached. Self-Instruct bootstrapping decides its requests round by round, so it
+    cannot be planned ahead (ConfigError)."""
+    if cfg.bootstrap is not None:
+        raise ConfigError("generate.bootstrap: bootstrapping plans its requests round by round and cannot be "
+                          "sharded; set run.shards=1")
+    seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
+    targets = None
+    if incremental_from is not None:
+        from distill.versions import load_previous
+
+        targets = {s.id for s in seeds} - load_previous(incremental_from).seed_ids
+    try:
+        plans, _ = build_requests(seeds, cfg, teacher_cfg.model_id(), (), targets)
+    except TemplateError as exc:
+        raise ConfigError(f"generate.templates: {exc}") from None
+    return [p["request"] for p in plans if "request" in p]
+
+
 def _blank_row(seed_id: str, style: str, reason: str, origin: str, split: str = "removed",
                instruction: str = "") -> dict:
     """A removed row that never got (or never needed) a teacher answer, in the dataset's schema."""
@@ -385,7 +407,7 @@ def _card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict[str, 
         f"- seeds: {stats['seeds']} from `{cfg.seeds}` (format `{cfg.seed_format}`), "
         f"{stats['seeds_train']} train / {stats['seeds_validation']} validation, split by seed id",
         f"- demonstrations: `{json.dumps(stats['demos'])}`; ICL context distillation (demos erased for the student): {cfg.erase_demos}",
-        (f"- CoT answers: structured JSON `{{rationale, answer}}` (`generate.structured_cot`), no answer parsing"
+        ("- CoT answers: structured JSON `{rationale, answer}` (`generate.structured_cot`), no answer parsing"
          if cfg.structured_cot else f"- answer extraction: patterns `{list(cfg.extraction.patterns)}`"), "",
         *([ "## Versions", "", "Each version appended the rows of seeds the previous one lacked (incremental runs).", "",
             "| version | created | new seeds | new rows | requests sent |", "|---|---|---|---|---|",

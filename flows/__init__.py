@@ -11,6 +11,9 @@ from distill.config import eakd_home
 # Prefect reads these at import: keep its database per eakd home (a database written by another
 # Prefect version breaks start-up) and forward the library loggers to the Prefect run logs.
 os.environ.setdefault("PREFECT_HOME", str(eakd_home() / "prefect"))
+# persisted task results (the stage cache) live beside that database, not in ~/.prefect/storage (Prefect's
+# default whatever PREFECT_HOME says), so a test's or a user's eakd home has its own stage cache
+os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", os.path.join(os.environ["PREFECT_HOME"], "storage"))
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "distill,compress,flows")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_UI_ENABLED", "false")

@@ -225,7 +225,10 @@ def run(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
     A stage whose inputs (config section, seed and template contents, upstream outputs, code version)
     are unchanged since an earlier run is skipped and its output reused (Prefect's cache)."""
     _setup_logging()
-    _guard(lambda: _pipeline_cfg(config, overrides))  # bad input: one line, before Prefect starts
+    from flows.config import preflight
+
+    cfg = _guard(lambda: _pipeline_cfg(config, overrides))
+    _guard(lambda: preflight(cfg))  # bad input: one line, before Prefect is even imported
     from flows.pipeline import run_pipeline
 
     run_dir = _guard(lambda: run_pipeline(config, overrides or [], refresh=refresh))

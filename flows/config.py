@@ -1,13 +1,15 @@
-"""The pipeline config: one section per stage, each a strict pydantic model (see flows/configs/demo.yaml)."""
+"""The pipeline config: one section per stage, each a strict pydantic model (see flows/configs/demo.yaml),
+and its preflight checks (Prefect-free: a bad input fails before Prefect is imported)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from compress.stage import CompressConfig
-from distill.config import StageConfig
+from distill.config import ConfigError, StageConfig
 from distill.dataset import GenerateConfig
 from distill.teacher import TeacherConfig
 from distill.train import TrainConfig
@@ -19,6 +21,8 @@ class RunConfig(StageConfig):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="prefix of the run id")
     runs_dir: str = Field("runs", description="where run directories are created")
     stages: list[Stage] = Field(default_factory=lambda: ["generate", "train", "compress"], min_length=1)
+    shards: int = Field(1, ge=1, le=1024, description="answer the teacher requests in this many Prefect tasks (openai backend), each retried alone, before the dataset is assembled")
+    teacher_limit: str | None = Field(None, description="a Prefect global concurrency limit each shard occupies a slot of while it runs, shared by every flow using this teacher (create it: prefect gcl create NAME --limit N)")
     incremental: bool = Field(False, description="generate only the seeds the newest earlier run's dataset lacks and append them to it as a new version")
 
 
@@ -28,3 +32,35 @@ class PipelineConfig(StageConfig):
     generate: GenerateConfig
     train: TrainConfig = TrainConfig()
     compress: CompressConfig = CompressConfig()
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    """Cheap checks of every input before any expensive work (or a Prefect run) starts."""
+    from distill.models import BUNDLED_ALIAS, check_model_dir
+    from distill.seeds import load_seeds
+    from prompts import TemplateError, load_template
+
+    stages = cfg.run.stages
+    if "generate" in stages:
+        load_seeds(cfg.generate.seeds)
+        for style in cfg.generate.styles:
+            try:
+                load_template(cfg.generate.templates.get(style, style))
+            except TemplateError as exc:
+                raise ConfigError(f"generate.templates.{style}: {exc}") from None
+        if cfg.teacher.backend == "vllm" and cfg.teacher.model != BUNDLED_ALIAS:
+            check_model_dir(Path(cfg.teacher.model))
+        if cfg.teacher.backend == "openai" and not cfg.teacher.base_url:
+            raise ConfigError("teacher.base_url is required for the openai backend (e.g. http://127.0.0.1:8000/v1)")
+        if cfg.run.shards > 1 and cfg.teacher.backend != "openai":
+            raise ConfigError(f"run.shards={cfg.run.shards} needs teacher.backend=openai (each in-process shard would "
+                              "load its own engine); serve the model (eakd teacher serve) or set run.shards=1")
+        if cfg.run.shards > 1 and not cfg.teacher.cache:
+            raise ConfigError("run.shards: the shards hand their answers to the generate stage through the response "
+                              "cache; set teacher.cache=true or run.shards=1")
+        if cfg.run.shards > 1 and cfg.generate.bootstrap is not None:
+            raise ConfigError("run.shards: bootstrapping plans its requests round by round; set run.shards=1")
+    if ("train" in stages or "compress" in stages) and cfg.train.student != BUNDLED_ALIAS:
+        check_model_dir(Path(cfg.train.student))
+    if "compress" in stages and cfg.compress.eval.text_path and not Path(cfg.compress.eval.text_path).is_file():
+        raise ConfigError(f"compress.eval.text_path: file not found: {cfg.compress.eval.text_path}")

@@ -24,13 +24,14 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import flows  # noqa: F401  (sets Prefect's environment before Prefect is imported)
 from prefect import flow, task
 
 from distill.config import ConfigError, dump_config, load_config, shared_data_dir
-from flows.config import PipelineConfig
+from flows.config import PipelineConfig, preflight
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +84,6 @@ def resolve_calib_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[s
     return None, None
 
 
-def preflight(cfg: PipelineConfig) -> None:
-    """Cheap checks of every input before any expensive work (or a Prefect run) starts."""
-    from distill.models import BUNDLED_ALIAS, check_model_dir
-    from distill.seeds import load_seeds
-    from prompts import TemplateError, load_template
-
-    stages = cfg.run.stages
-    if "generate" in stages:
-        load_seeds(cfg.generate.seeds)
-        for style in cfg.generate.styles:
-            try:
-                load_template(cfg.generate.templates.get(style, style))
-            except TemplateError as exc:
-                raise ConfigError(f"generate.templates.{style}: {exc}") from None
-        if cfg.teacher.backend == "vllm" and cfg.teacher.model != BUNDLED_ALIAS:
-            check_model_dir(Path(cfg.teacher.model))
-        if cfg.teacher.backend == "openai" and not cfg.teacher.base_url:
-            raise ConfigError("teacher.base_url is required for the openai backend (e.g. http://127.0.0.1:8000/v1)")
-    if ("train" in stages or "compress" in stages) and cfg.train.student != BUNDLED_ALIAS:
-        check_model_dir(Path(cfg.train.student))
-    if "compress" in stages and cfg.compress.eval.text_path and not Path(cfg.compress.eval.text_path).is_file():
-        raise ConfigError(f"compress.eval.text_path: file not found: {cfg.compress.eval.text_path}")
-
-
 def _not_config_error(task, task_run, state) -> bool:
     from distill.batch import BatchPending
     from distill.budget import BudgetExceeded
@@ -137,6 +114,84 @@ def generate_task(cfg_json: str, previous: str | None, out_dir: str, key: str) -
 
     cfg = PipelineConfig.model_validate_json(cfg_json)
     return str(Path(generate_dataset(cfg.generate, cfg.teacher, out_dir, incremental_from=previous)).resolve())
+
+
+@task(name="teacher-shard", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_config_error, **_CACHED)
+def shard_task(cfg_json: str, requests_file: str, shard: int, shards: int, out_path: str, key: str) -> str:
+    """Answer requests ``shard, shard + shards, ...`` of the planned list into the response cache; write this shard's
+    teacher stats to ``out_path``. Requests that failed make the task fail while Prefect retries remain
+    (a retry resends only those: the rest are cached); on the last attempt they are left to the generate
+    stage, which records them."""
+    from prefect.context import TaskRunContext
+
+    from distill.teacher import TeacherRequest, TeacherStats, query_teacher
+
+    cfg = PipelineConfig.model_validate_json(cfg_json)
+    with open(requests_file) as fh:
+        reqs = [TeacherRequest(**json.loads(line)) for i, line in enumerate(fh) if i % shards == shard]
+    stats = TeacherStats()
+
+    def ask():
+        return query_teacher(reqs, cfg.teacher, stats)
+
+    if cfg.run.teacher_limit:  # one slot of the shared limit while this shard talks to the teacher
+        from prefect.concurrency.sync import concurrency
+
+        with concurrency(cfg.run.teacher_limit, occupy=1):
+            responses = ask()
+    else:
+        responses = ask()
+    failed = sum(r.error is not None for r in responses)
+    out = Path(out_path)
+    # what earlier attempts of this shard sent and paid (a retry only resends what they left unanswered)
+    partial = out.with_name(out.name + ".attempts")
+    paid = json.loads(partial.read_text()) if partial.is_file() else {}
+    counted = {k: stats.to_dict()[k] + paid.get(k, 0) for k in ("sent", "prompt_tokens", "completion_tokens")}
+    ctx = TaskRunContext.get()
+    if failed and ctx is not None and ctx.task_run.run_count <= (ctx.task.retries or 0):
+        partial.write_text(json.dumps(counted))
+        raise RuntimeError(f"teacher shard {shard}/{shards}: {failed} of {len(reqs)} requests failed; retrying them")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"shard": shard, "shards": shards, "requests": len(reqs), "failed": failed,
+                               "attempts": ctx.task_run.run_count if ctx is not None else 1,
+                               "teacher": stats.to_dict() | counted}, indent=2))
+    tmp.replace(out)
+    partial.unlink(missing_ok=True)
+    return str(out)
+
+
+def answer_in_shards(cfg: PipelineConfig, cfg_json: str, previous: Path | None, run_dir: Path, refresh: bool) -> dict:
+    """Plan the generate stage's teacher requests and answer them in ``run.shards`` concurrent Prefect
+    tasks; returns their summed stats. Shard i takes every n-th request from i: the slices then hold the
+    same mix of styles and lengths and finish together (contiguous slices left one shard of long CoT
+    answers running alone at the end: +34% wall time in bench/prefect_overhead.py)."""
+    from distill.dataset import plan_requests
+    from flows.stage_keys import digest_bytes
+
+    reqs = plan_requests(cfg.generate, cfg.teacher, previous)
+    folder = run_dir / "shards"
+    folder.mkdir(parents=True, exist_ok=True)
+    requests_file = folder / "requests.jsonl"
+    requests_file.write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in reqs))
+    n = min(cfg.run.shards, max(1, len(reqs)))
+    teacher = cfg.teacher.model_dump_json()
+    keys = [digest_bytes(teacher + "".join(r.key() for r in reqs[i::n])) for i in range(n)]
+    futures = [shard_task.with_options(refresh_cache=refresh or None, task_run_name=f"teacher-shard-{i:03d}").submit(
+        cfg_json, str(requests_file), i, n, str(folder / f"shard-{i:03d}.json"), key=keys[i]) for i in range(n)]
+    totals = {"shards": n, "requests": len(reqs), "sent": 0, "cache_hits": 0, "failed": 0, "prompt_tokens": 0,
+              "completion_tokens": 0}
+    for i, f in enumerate(futures):
+        path = Path(f.result())
+        if not path.is_file():  # a cached shard whose file was deleted: answer it again (from the response cache)
+            path = Path(shard_task.with_options(refresh_cache=True)(cfg_json, str(requests_file), i, n,
+                                                                    str(folder / f"shard-{i:03d}.json"), key=keys[i]))
+        d = json.loads(path.read_text())
+        totals["failed"] += d["failed"]
+        for k in ("sent", "cache_hits", "prompt_tokens", "completion_tokens"):
+            totals[k] += d["teacher"][k]
+    (folder / "summary.json").write_text(json.dumps(totals, indent=2))
+    log.info("teacher shards: %s", totals)
+    return totals
 
 
 def previous_dataset(cfg: PipelineConfig, run_dir: Path) -> Path | None:
@@ -187,6 +242,13 @@ def _run_cached(stage: str, task_fn, refresh: bool, out_dir: Path, *args, key: s
     return path, cached
 
 
+def _result_stored(key: str) -> bool:
+    """Whether Prefect holds a persisted result for this cache key (local result storage)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    return (Path(PREFECT_LOCAL_STORAGE_PATH.value()) / key).is_file()
+
+
 def _publish(key: str, markdown: str, description: str) -> None:
     """A Prefect markdown artifact (visible in the UI under the flow run); never fails the run."""
     from prefect.artifacts import create_markdown_artifact
@@ -209,6 +271,9 @@ def generate_flow(cfg_json: str, run_dir: str, refresh: bool = False) -> dict:
     if previous is not None:
         log.info("incremental: appending to %s", previous)
     key = generate_key(cfg, None if previous is None else digest_path(previous / "stats.json"))
+    shards = None
+    if cfg.run.shards > 1 and (refresh or not _result_stored(key)):  # a cached stage needs no answers
+        shards = answer_in_shards(cfg, cfg_json, previous, Path(run_dir), refresh)
     path, cached = _run_cached("generate", generate_task, refresh, Path(run_dir) / "dataset", cfg_json,
                                None if previous is None else str(previous), key=key)
     stats = json.loads((Path(path) / "stats.json").read_text())
@@ -218,7 +283,9 @@ def generate_flow(cfg_json: str, run_dir: str, refresh: bool = False) -> dict:
         f"- seeds {stats.get('seeds')}, teacher requests {stats.get('requests')} ({t.get('cache_hits', 0)} from the response cache)",
         f"- rows: {json.dumps(stats.get('rows'))}", f"- kept per style: {json.dumps(stats.get('kept_per_style'))}",
         f"- removed by reason: {json.dumps(stats.get('removed_by_reason'))}",
-        f"- tokens paid: {t.get('prompt_tokens', 0)} prompt + {t.get('completion_tokens', 0)} completion"]),
+        f"- tokens paid: {t.get('prompt_tokens', 0)} prompt + {t.get('completion_tokens', 0)} completion",
+        *([f"- answered in {shards['shards']} shards: {shards['sent']} sent, {shards['cache_hits']} cached, "
+           f"{shards['failed']} failed, {shards['prompt_tokens']} + {shards['completion_tokens']} tokens paid"] if shards else [])]),
         "rows, filters and teacher tokens of the generate stage")
     return {"path": path, "cached": cached, "key": key}
 

@@ -42,13 +42,16 @@ def build_report(run_dir: Path, timings: dict | None = None) -> dict:
     if student:
         report["train"] = {k: v for k, v in student.items() if k != "history"} | {
             "loss_curve": [h["loss"] for h in student.get("history", [])]}
+    shards = _load(run_dir / "shards" / "summary.json")
+    if data and shards:  # the teacher was paid by the shard tasks; the generate stage read their answers back
+        report["generate"]["shards"] = shards
     if comp:
         report["compress"] = comp
     return report
 
 
 def render_markdown(report: dict) -> str:
-    lines = [f"# eakd run report", "", f"Run `{report['run_dir']}` · eakd {report['eakd_version']}", "", "## Stages", "",
+    lines = ["# eakd run report", "", f"Run `{report['run_dir']}` · eakd {report['eakd_version']}", "", "## Stages", "",
              "| stage | status | seconds |", "|---|---|---|"]
     for name, t in report.get("stages", {}).items():
         lines.append(f"| {name} | {t['status']} | {t['seconds']} |")
@@ -70,6 +73,10 @@ def render_markdown(report: dict) -> str:
             lines.append(f"- concurrency window: lowest {t['concurrency_lowest']}, final {t.get('concurrency_final')} "
                          f"({t.get('pushbacks', 0)} pushbacks); waited {t.get('rate_limited_s', 0):.1f} s on rpm/tpm limits; "
                          f"answered per replica {json.dumps(t.get('replicas', {}))}")
+        if sh := g.get("shards"):
+            lines.append(f"- answered in {sh['shards']} Prefect shard tasks first: {sh['sent']} requests sent, "
+                         f"{sh['cache_hits']} cached, {sh['failed']} failed, {sh['prompt_tokens']} prompt + "
+                         f"{sh['completion_tokens']} completion tokens paid (the stage then read them from the cache)")
         if t.get("prefix_groups") is not None:
             lines.append(f"- prefix-aware scheduling: {t['prefix_groups']} prompt-prefix groups")
     if s := report.get("train"):

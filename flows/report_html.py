@@ -211,6 +211,9 @@ def _generate_section(g: dict) -> str:
              ("completion tok/s", t.get("completion_tokens_per_s")), ("teacher wall time (s)", _fmt(t.get("wall_s"), ".1f")),
              ("retries", t.get("retries")), ("failures", json.dumps(t.get("failures", {}))),
              ("cost (USD)", "not priced" if t.get("cost_usd") is None else f"{t['cost_usd']:.4f}")]
+    if sh := g.get("shards"):
+        facts += [("answered first by shard tasks", f"{sh['shards']} shards: {sh['sent']} sent, {sh['cache_hits']} cached, "
+                                                    f"{sh['failed']} failed, {sh['prompt_tokens']} + {sh['completion_tokens']} tokens paid")]
     parts.append(_table(["", "value"], [[k, "—" if v is None else v] for k, v in facts], "teacher-facts"))
     if len(t.get("timeline") or []) >= 1:
         tl = t["timeline"]

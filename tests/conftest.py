@@ -21,6 +21,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="eakd-test-prefect-"))
 
 
+@pytest.fixture(autouse=True)
+def _own_stage_cache(tmp_path, monkeypatch):
+    """Each test's pipeline runs get their own Prefect result storage (the stage cache): a test never
+    reuses a stage another test ran."""
+    monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path / "prefect-storage"))
+
+
 @pytest.fixture(scope="session")
 def bundled_dir() -> Path:
     from distill.models import fetch_bundled_teacher

@@ -1,5 +1,6 @@
 """The CLI's contract for bad input: one `error:` line naming the field or path, exit code 2."""
 
+import os
 import subprocess
 import sys
 
@@ -17,6 +18,10 @@ def eakd(*args, cwd):
      "seed file not found: no/such/seeds.jsonl"),
     (["run", "no/such/config.yaml"], "config file not found: no/such/config.yaml"),
     (["train", "flows/configs/demo.yaml", "--dataset", "no/such/ds", "--out", "RUNS/x"], "not an eakd dataset"),
+    (["run", "flows/configs/demo.yaml", "run.shards=4", "run.runs_dir=RUNS"], "run.shards=4 needs teacher.backend=openai"),
+    (["run", "flows/configs/demo.yaml", "run.shards=4", "teacher.backend=openai", "teacher.base_url=http://127.0.0.1:9/v1",
+      "teacher.cache=false", "run.runs_dir=RUNS"], "run.shards: the shards hand their answers"),
+    (["generate", "flows/configs/demo.yaml", "--out", "RUNS/ds", "--incremental-from", "RUNS"], "is not a finished eakd dataset"),
 ])
 def test_bad_input_is_one_line_and_exit_2(repo_root, tmp_path, args, needle):
     args = [a.replace("RUNS", str(tmp_path / "runs")) for a in args]
@@ -27,10 +32,18 @@ def test_bad_input_is_one_line_and_exit_2(repo_root, tmp_path, args, needle):
     assert "Traceback" not in proc.stderr
 
 
+def test_serve_without_a_prefect_server_says_how_to_start_one(repo_root, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "serve", "flows/configs/demo.yaml"], cwd=repo_root,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    assert "PREFECT_API_URL is not set" in proc.stderr and "prefect server start" in proc.stderr
+
+
 def test_help_lists_every_command(repo_root):
     proc = eakd("--help", cwd=repo_root)
     assert proc.returncode == 0
-    for cmd in ("models", "teacher", "generate", "train", "compress", "run", "report", "view"):
+    for cmd in ("models", "teacher", "generate", "train", "compress", "run", "report", "view", "serve", "deploy"):
         assert cmd in proc.stdout
 
 

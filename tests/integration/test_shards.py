@@ -1,0 +1,65 @@
+"""Generation in shards: the planned teacher requests are answered by `run.shards` Prefect tasks, each
+retried alone; the dataset is then assembled from the response cache.
+
+The teacher is the real vLLM server behind the fault proxy: with no client-side retries, a fifth of
+the attempts answered 500 make some shards fail; Prefect retries just those shards, which resend only
+their unanswered requests. Every request is answered exactly once and the dataset equals the one an
+unsharded run builds from the same answers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.integration
+
+
+def _run(repo_root: Path, config: Path, *overrides: str) -> Path:
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config), *overrides], cwd=repo_root,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return Path(next(ln for ln in proc.stdout.splitlines() if ln.startswith("run directory: ")).split(": ", 1)[1])
+
+
+def test_sharded_generation_retries_only_failed_shards_and_loses_nothing(repo_root, tmp_path, vllm_server):
+    upstream = vllm_server.removesuffix("/v1")
+    with FaultProxy(upstream, rate=0.2, seed=7, faults=("500",)) as proxy:
+        cfg = {"run": {"name": "sharded", "runs_dir": str(tmp_path / "runs"), "stages": ["generate"], "shards": 4},
+               "teacher": {"backend": "openai", "model": "bundled", "base_url": proxy.base_url, "max_concurrency": 4,
+                           "max_retries": 0, "cache_path": str(tmp_path / "teacher.sqlite")},
+               "generate": {"seeds": str(repo_root / "flows/configs/demo_seeds.jsonl"), "limit": 16,
+                            "sampling": {"max_tokens": 24}, "drop_truncated": False}}
+        config = tmp_path / "sharded.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        run = _run(repo_root, config)
+        faulted, answered = proxy.counts["500"], proxy.counts["answered"]
+
+    summary = json.loads((run / "shards" / "summary.json").read_text())
+    planned = sum(1 for _ in (run / "shards" / "requests.jsonl").open())
+    assert summary["shards"] == 4 and summary["requests"] == planned > 0
+    assert faulted > 0, "the proxy injected no fault: the test would prove nothing"
+    assert summary["failed"] == 0 and answered == planned  # each request answered once, after shard retries
+    shard_files = sorted((run / "shards").glob("shard-*.json"))
+    assert len(shard_files) == 4
+    stats = json.loads((run / "dataset" / "stats.json").read_text())
+    assert stats["teacher"]["sent"] == 0 and stats["teacher"]["cache_hits"] == planned  # assembled from the cache
+    report = json.loads((run / "report.json").read_text())  # the report says who paid for the answers, all attempts
+    assert report["generate"]["shards"]["sent"] == planned + faulted
+
+    # the same config unsharded, on the same response cache: the same rows, and nothing sent
+    plain = _run(repo_root, config, "run.shards=1", "run.name=plain")
+    from datasets import load_from_disk
+
+    def rows(path):
+        dd = load_from_disk(str(path))
+        return sorted((r["id"], r["raw_output"], r["removed_reason"]) for s in dd for r in dd[s].to_list())
+
+    assert rows(run / "dataset") == rows(plain / "dataset")
