@@ -23,6 +23,9 @@ class RunConfig(StageConfig):
     stages: list[Stage] = Field(default_factory=lambda: ["generate", "train", "compress"], min_length=1)
     shards: int = Field(1, ge=1, le=1024, description="answer the teacher requests in this many Prefect tasks (openai backend), each retried alone, before the dataset is assembled")
     teacher_limit: str | None = Field(None, description="a Prefect global concurrency limit each shard occupies a slot of while it runs, shared by every flow using this teacher (create it: prefect gcl create NAME --limit N)")
+    task_runner: Literal["threads", "dask"] = Field("threads", description="where the shard tasks run: Prefect's thread pool, or a Dask cluster (prefect-dask)")
+    dask_workers: int = Field(2, ge=1, le=256, description="task_runner=dask: worker processes of the local cluster started for the run (bound to 127.0.0.1)")
+    dask_address: str | None = Field(None, description="task_runner=dask: scheduler of an existing cluster (tcp://host:8786) instead of a local one")
     incremental: bool = Field(False, description="generate only the seeds the newest earlier run's dataset lacks and append them to it as a new version")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -153,7 +154,7 @@ def shard_task(cfg_json: str, requests_file: str, shard: int, shards: int, out_p
         raise RuntimeError(f"teacher shard {shard}/{shards}: {failed} of {len(reqs)} requests failed; retrying them")
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps({"shard": shard, "shards": shards, "requests": len(reqs), "failed": failed,
-                               "attempts": ctx.task_run.run_count if ctx is not None else 1,
+                               "attempts": ctx.task_run.run_count if ctx is not None else 1, "pid": os.getpid(),
                                "teacher": stats.to_dict() | counted}, indent=2))
     tmp.replace(out)
     partial.unlink(missing_ok=True)
@@ -334,6 +335,21 @@ def compress_flow(cfg_json: str, model_dir: str, upstream_key: str | None, datas
     return {"path": path, "cached": cached, "key": key}
 
 
+def _task_runner(cfg: PipelineConfig):
+    """The generate flow's task runner: None (Prefect's threads) or a Dask one for the shard tasks."""
+    if cfg.run.task_runner != "dask":
+        return None
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ConfigError("run.task_runner=dask needs prefect-dask: pip install prefect-dask") from None
+    if cfg.run.dask_address:
+        return DaskTaskRunner(address=cfg.run.dask_address)
+    # a local cluster for this run: one single-threaded worker process per slot, loopback only, no dashboard
+    return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.run.dask_workers, "threads_per_worker": 1,
+                                          "processes": True, "host": "127.0.0.1", "dashboard_address": None})
+
+
 def _pipeline_body(cfg: PipelineConfig, run_dir: Path, refresh: bool) -> str:
     timings: dict[str, dict] = {}
     stages = cfg.run.stages
@@ -354,7 +370,9 @@ def _pipeline_body(cfg: PipelineConfig, run_dir: Path, refresh: bool) -> str:
         return result
 
     if "generate" in stages:
-        dataset = timed("generate", generate_flow, cfg_json, str(run_dir), refresh)
+        runner = _task_runner(cfg)
+        gen = generate_flow if runner is None else generate_flow.with_options(task_runner=runner)
+        dataset = timed("generate", gen, cfg_json, str(run_dir), refresh)
     if "train" in stages:
         if dataset is None:
             raise ConfigError("run.stages: 'train' needs 'generate' in the same run")

@@ -10,6 +10,7 @@ unsharded run builds from the same answers.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,24 @@ def test_sharded_generation_retries_only_failed_shards_and_loses_nothing(repo_ro
         return sorted((r["id"], r["raw_output"], r["removed_reason"]) for s in dd for r in dd[s].to_list())
 
     assert rows(run / "dataset") == rows(plain / "dataset")
+
+
+def test_shards_on_a_local_dask_cluster_with_two_workers(repo_root, tmp_path, vllm_server):
+    """run.task_runner=dask: the shard tasks run in two Dask worker processes (prefect-dask) on 127.0.0.1."""
+    pytest.importorskip("prefect_dask", reason="prefect-dask is not installed")
+    cfg = {"run": {"name": "dask", "runs_dir": str(tmp_path / "runs"), "stages": ["generate"], "shards": 4,
+                   "task_runner": "dask", "dask_workers": 2},
+           "teacher": {"backend": "openai", "model": "bundled", "base_url": vllm_server, "max_concurrency": 4,
+                       "cache_path": str(tmp_path / "teacher.sqlite")},
+           "generate": {"seeds": str(repo_root / "flows/configs/demo_seeds.jsonl"), "limit": 8,
+                        "sampling": {"max_tokens": 16}, "drop_truncated": False}}
+    config = tmp_path / "dask.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run = _run(repo_root, config)
+    summary = json.loads((run / "shards" / "summary.json").read_text())
+    planned = sum(1 for _ in (run / "shards" / "requests.jsonl").open())
+    assert summary["shards"] == 4 and summary["sent"] == planned and summary["failed"] == 0
+    stats = json.loads((run / "dataset" / "stats.json").read_text())
+    assert stats["teacher"]["sent"] == 0 and stats["teacher"]["cache_hits"] == planned
+    pids = {json.loads(p.read_text()).get("pid") for p in (run / "shards").glob("shard-*.json")}
+    assert len(pids) >= 2 and os.getpid() not in pids  # the shards ran in Dask's worker processes
