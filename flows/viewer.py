@@ -431,7 +431,14 @@ def make_server(dataset_dir: str | Path, port: int = 0) -> ViewerServer:
 
 def serve(dataset_dir: str | Path, port: int = 0) -> None:
     """Serve the viewer for ``dataset_dir`` on 127.0.0.1 until Ctrl-C."""
+    import signal
+
     server = make_server(dataset_dir, port)
+    # Ctrl-C (and SIGTERM) stop the server even when this process inherited SIGINT as ignored (started in
+    # the background by a non-interactive shell, or by a parent that ignores it): Python then installs no
+    # KeyboardInterrupt handler of its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"viewing {dataset_dir} at {server.url} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

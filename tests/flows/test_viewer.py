@@ -315,14 +315,19 @@ def test_make_server_rejects_a_non_dataset_before_binding(tmp_path):
         make_server(tmp_path, port=0)
 
 
-def test_serve_prints_the_url_and_stops_cleanly_on_ctrl_c(ds_dir):
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_serve_prints_the_url_and_stops_cleanly_on_ctrl_c(ds_dir, inherited):
+    """Also when the process starts with SIGINT ignored (a background job of a non-interactive shell;
+    in CI, a parent that ignored it): the viewer restores Ctrl-C itself (found in CI, where it hung)."""
     import signal
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[2]
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" else None
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from flows.viewer import serve; serve(sys.argv[1])",
-                             str(ds_dir)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(ds_dir)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ignore)
     try:
         line = proc.stdout.readline()
         m = re.fullmatch(rf"viewing {re.escape(str(ds_dir))} at http://127\.0\.0\.1:(\d+)/ \(Ctrl-C to stop\)\n", line)
