@@ -262,9 +262,9 @@ def plan_requests(cfg: GenerateConfig, teacher_cfg: TeacherConfig,
     seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
     targets = None
     if incremental_from is not None:
-        from distill.versions import load_previous
+        from distill.versions import known_seed_ids
 
-        targets = {s.id for s in seeds} - load_previous(incremental_from).seed_ids
+        targets = {s.id for s in seeds} - known_seed_ids(incremental_from)
     try:
         plans, _ = build_requests(seeds, cfg, teacher_cfg.model_id(), (), targets)
     except TemplateError as exc:

@@ -40,14 +40,28 @@ class Previous:
                                                     "requests_sent": (self.stats.get("teacher") or {}).get("sent")}])
 
 
+def _check(p: Path) -> None:
+    if not (p / "stats.json").is_file() or not (p / "dataset_dict.json").is_file():
+        raise ConfigError(f"incremental: {p} is not a finished eakd dataset (no stats.json/dataset_dict.json); "
+                          "point at the dataset/ folder of an earlier run, or run without incremental")
+
+
+def known_seed_ids(path: str | Path) -> set[str]:
+    """The seed ids a finished dataset already covers (one column read; what a planner needs)."""
+    from datasets import load_from_disk
+
+    p = Path(path)
+    _check(p)
+    dd = load_from_disk(str(p))
+    return {i for split in dd if "seed_id" in dd[split].column_names for i in dd[split]["seed_id"] if i}
+
+
 def load_previous(path: str | Path) -> Previous:
     """Read a finished eakd dataset (``stats.json`` + the saved splits) to append to."""
     from datasets import load_from_disk
 
     p = Path(path)
-    if not (p / "stats.json").is_file() or not (p / "dataset_dict.json").is_file():
-        raise ConfigError(f"incremental: {p} is not a finished eakd dataset (no stats.json/dataset_dict.json); "
-                          "point at the dataset/ folder of an earlier run, or run without incremental")
+    _check(p)
     stats = json.loads((p / "stats.json").read_text())
     if stats.get("bootstrap"):
         raise ConfigError(f"incremental: {p} was bootstrapped (Self-Instruct); its instructions are not seeds to "

@@ -147,7 +147,8 @@ def shard_task(cfg_json: str, requests_file: str, shard: int, shards: int, out_p
     # what earlier attempts of this shard sent and paid (a retry only resends what they left unanswered)
     partial = out.with_name(out.name + ".attempts")
     paid = json.loads(partial.read_text()) if partial.is_file() else {}
-    counted = {k: stats.to_dict()[k] + paid.get(k, 0) for k in ("sent", "prompt_tokens", "completion_tokens")}
+    this_attempt = stats.to_dict()
+    counted = {k: this_attempt[k] + paid.get(k, 0) for k in ("sent", "prompt_tokens", "completion_tokens")}
     ctx = TaskRunContext.get()
     if failed and ctx is not None and ctx.task_run.run_count <= (ctx.task.retries or 0):
         partial.write_text(json.dumps(counted))
@@ -155,7 +156,7 @@ def shard_task(cfg_json: str, requests_file: str, shard: int, shards: int, out_p
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps({"shard": shard, "shards": shards, "requests": len(reqs), "failed": failed,
                                "attempts": ctx.task_run.run_count if ctx is not None else 1, "pid": os.getpid(),
-                               "teacher": stats.to_dict() | counted}, indent=2))
+                               "teacher": this_attempt | counted}, indent=2))
     tmp.replace(out)
     partial.unlink(missing_ok=True)
     return str(out)
@@ -263,9 +264,7 @@ def _publish(key: str, markdown: str, description: str) -> None:
 @flow(name="generate_dataset", log_prints=True)
 def generate_flow(cfg_json: str, run_dir: str, refresh: bool = False) -> dict:
     """Teacher data for the config's seeds -> ``run_dir/dataset`` (or the cached dataset it links to)."""
-    from flows.stage_keys import generate_key
-
-    from flows.stage_keys import digest_path
+    from flows.stage_keys import digest_path, generate_key
 
     cfg = PipelineConfig.model_validate_json(cfg_json)
     previous = previous_dataset(cfg, Path(run_dir)) if cfg.run.incremental else None
@@ -315,6 +314,8 @@ def compress_flow(cfg_json: str, model_dir: str, upstream_key: str | None, datas
     from flows.stage_keys import compress_key, digest_bytes, digest_path, model_digest
 
     cfg = PipelineConfig.model_validate_json(cfg_json)
+    # the texts are read here for the key and again inside the task (milliseconds, next to minutes of
+    # compression): passing megabytes of text as task parameters would store them with every task run
     text, source = resolve_eval_text(cfg, Path(dataset_dir) if dataset_dir else None)
     log.info("perplexity text: %s", source)
     calib, calib_source = resolve_calib_text(cfg, Path(dataset_dir) if dataset_dir else None)
@@ -357,17 +358,14 @@ def _pipeline_body(cfg: PipelineConfig, run_dir: Path, refresh: bool) -> str:
     dataset = student = None
 
     def timed(name: str, fn, *args, **kwargs) -> dict:
-        t = time.perf_counter()
+        t, status = time.perf_counter(), "failed"
         try:
             result = fn(*args, **kwargs)
-        except BaseException:
-            timings[name] = {"status": "failed", "seconds": round(time.perf_counter() - t, 2)}
+            status = "cached" if result["cached"] else "completed"
+            return result
+        finally:
+            timings[name] = {"status": status, "seconds": round(time.perf_counter() - t, 2)}
             (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
-            raise
-        timings[name] = {"status": "cached" if result["cached"] else "completed",
-                         "seconds": round(time.perf_counter() - t, 2)}
-        (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
-        return result
 
     if "generate" in stages:
         runner = _task_runner(cfg)
