@@ -77,6 +77,7 @@ class TrainConfig(StageConfig):
     log_every: int = Field(5, ge=1, description="log one line every N steps")
     save_every: int | None = Field(None, ge=1, description="checkpoint every N steps; a rerun resumes from the last one")
     seed: int = Field(0, description="shuffling and init seed")
+    processes: int = Field(1, ge=1, le=1024, description="data-parallel processes: >1 hands training to `accelerate launch` (one GPU each; gloo on CPU), same global batch per step = batch_size x grad_accum x processes")
 
 
 def depth_prune(model, keep: int):
@@ -268,8 +269,51 @@ def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _join_process_group(device: str) -> tuple[int, int, str]:
+    """(rank, world size, this process's device). One process: (0, 1, device). Under a launcher that set
+    ``WORLD_SIZE`` > 1 (``accelerate launch``, ``torchrun``): join the process group — NCCL with the
+    GPU ``LOCAL_RANK`` on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _all_reduce_grads(params: list[torch.nn.Parameter], bucket: int = 1 << 24) -> None:
+    """Sum every rank's gradients in place (flattened into buckets of ``bucket`` elements, few calls)."""
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    start = 0
+    while start < len(grads):
+        end, size = start, 0
+        while end < len(grads) and (end == start or size + grads[end].numel() <= bucket):
+            size += grads[end].numel()
+            end += 1
+        flat = torch.cat([g.reshape(-1) for g in grads[start:end]])
+        dist.all_reduce(flat)
+        offset = 0
+        for g in grads[start:end]:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+        start = end
+
+
 def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path) -> Path:
-    """Fine-tune the student on ``dataset_dir``'s train split; save a merged safetensors model at ``out_dir``."""
+    """Fine-tune the student on ``dataset_dir``'s train split; save a merged safetensors model at ``out_dir``.
+
+    With ``cfg.processes`` > 1 (and no launcher around this process yet) training is handed to
+    ``accelerate launch`` (:mod:`distill.launch`); under a launcher each process trains on its share of
+    every optimizer step's micro-batches and rank 0 evaluates and saves.
+    """
     from datasets import load_from_disk
 
     from distill.provenance import code_version
@@ -277,6 +321,12 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     out = Path(out_dir)
     if (out / "metrics.json").exists():
         raise ConfigError(f"{out} already holds a trained student; remove it or choose another output folder")
+    if cfg.processes > 1 and "WORLD_SIZE" not in os.environ:
+        if not (Path(dataset_dir) / "dataset_dict.json").exists():
+            raise ConfigError(f"{dataset_dir} is not an eakd dataset (no dataset_dict.json); run `eakd generate` first")
+        from distill.launch import launch_training
+
+        return launch_training(cfg, dataset_dir, out_dir)
     ds_path = Path(dataset_dir)
     if not (ds_path / "dataset_dict.json").exists():
         raise ConfigError(f"{ds_path} is not an eakd dataset (no dataset_dict.json); run `eakd generate` first")
@@ -315,7 +365,8 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    torch.manual_seed(cfg.seed)
+    rank, world, device = _join_process_group(device)
+    torch.manual_seed(cfg.seed)  # the same on every rank: identical initial adapters
     model = load_causal_lm(model_path, dtype="float32", device=device)
     if cfg.keep_layers:
         model = depth_prune(model, cfg.keep_layers)
@@ -330,14 +381,15 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    compute = resolve_dtype(cfg.dtype, device)
+    compute = resolve_dtype(cfg.dtype, device.split(":")[0])
     autocast_dtype = torch.bfloat16 if compute == "bfloat16" else None
 
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size / cfg.grad_accum))
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size / cfg.grad_accum / world))
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
-    log.info("training on %s: %d rows (%d validation), %d steps, %d trainable params, compute %s",
-             device, len(train_rows), len(val_rows), total_steps, n_trainable, compute)
+    log.info("training on %s%s: %d rows (%d validation), %d steps, %d trainable params, compute %s",
+             device, f" x {world} processes" if world > 1 else "", len(train_rows), len(val_rows), total_steps,
+             n_trainable, compute)
 
     rng = random.Random(cfg.seed)
     lengths = [len(r[0]) for r in train_rows]
@@ -345,16 +397,18 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     history: list[dict] = []
     ckpt_root = checkpoint_root(out)
     fingerprint = hashlib.sha256(json.dumps([cfg.model_dump(mode="json", exclude={"log_every", "save_every"}),
-                                             str(ds_path.resolve()), lengths]).encode()).hexdigest()
+                                             str(ds_path.resolve()), lengths, world]).encode()).hexdigest()
     start_step = 0
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         meta = load_checkpoint(latest, model, opt, rng, fingerprint)
         start_step, queue, history, before = meta["step"], meta["queue"], meta["history"], meta["before"]
         log.info("resuming from %s (step %d of %d)", latest, start_step, total_steps)
-    else:
+    elif rank == 0:  # the others wait for it at the first gradient all-reduce
         ev = eval_rows(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
         before = {"val_loss": ev["loss"], "agreement": ev["agreement"]}
+    else:
+        before = {"val_loss": None, "agreement": None}
     val_before = before["val_loss"]
     t0 = time.perf_counter()
     tokens_seen = 0
@@ -365,12 +419,12 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
             g["lr"] = lr
         step_loss, step_ce, step_kd, step_tokens = 0.0, 0.0, None, 0
         micro = []
-        for _ in range(cfg.grad_accum):
+        for _ in range(cfg.grad_accum * world):  # every rank draws the same batches and keeps its share
             if not queue:
                 queue = length_grouped_batches(lengths, cfg.batch_size, rng)
             micro.append(collate([train_rows[j] for j in queue.pop()], pad_id))
         n_total = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
-        for m in micro:
+        for m in micro[rank::world]:
             loss, n, terms = assistant_loss(model, m, autocast_dtype, cfg.kd)
             # weight by token count so accumulation equals one big batch
             (loss * n / n_total).backward()
@@ -379,6 +433,15 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
             if terms["kd"] is not None:
                 step_kd = (step_kd or 0.0) + terms["kd"] * n
             step_tokens += int(m["attention_mask"].sum())
+        if world > 1:  # each rank's gradient is its share of the token-weighted sum: add them up
+            import torch.distributed as dist
+
+            _all_reduce_grads(params)
+            totals = torch.tensor([step_loss, step_ce, step_kd or 0.0, float(step_tokens), float(step_kd is not None)],
+                                  dtype=torch.float64, device=device)
+            dist.all_reduce(totals)
+            step_loss, step_ce, step_tokens = float(totals[0]), float(totals[1]), int(totals[3])
+            step_kd = float(totals[2]) if totals[4] > 0 else None
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -393,9 +456,16 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
                      step_ce / n_total, kd_part, lr, rate)
             window_tokens, window_t = 0, time.perf_counter()
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
-            save_checkpoint(ckpt_root, step + 1, model, opt, rng, queue, history, before, fingerprint)
+            if rank == 0:  # every rank holds the same weights and optimizer state
+                save_checkpoint(ckpt_root, step + 1, model, opt, rng, queue, history, before, fingerprint)
+            if world > 1:
+                torch.distributed.barrier()
     seconds = time.perf_counter() - t0  # this process's share when resumed
     run_tokens, tokens_seen = tokens_seen, sum(h["tokens"] for h in history)
+    if rank != 0:  # rank 0 evaluates and saves; wait for it, so the launcher ends when the student is there
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        return out
     ev = eval_rows(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
     val_after, agreement_after = ev["loss"], ev["agreement"]
 
@@ -415,7 +485,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         "base": cfg.student, "layers": model.config.num_hidden_layers, "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": n_trainable, "steps": total_steps, "train_rows": len(train_rows), "val_rows": len(val_rows),
         "tokens": tokens_seen, "seconds": round(seconds, 2), "tokens_per_s": round(run_tokens / max(1e-9, seconds), 1),
-        "resumed_from_step": start_step or None,
+        "resumed_from_step": start_step or None, "processes": world,
         "teacher_agreement_before": before["agreement"], "teacher_agreement_after": agreement_after,
         "autocast": compute, "device": device, "loss_first": round(first, 4), "loss_last": round(last, 4),
         "val_loss_before": None if val_before is None else round(val_before, 4),
@@ -435,5 +505,8 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         shutil.rmtree(out)
     os.replace(tmp, out)
     shutil.rmtree(ckpt_root, ignore_errors=True)  # the finished student supersedes its checkpoints
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     log.info("student saved to %s (loss %.4f -> %.4f)", out, first, last)
     return out
