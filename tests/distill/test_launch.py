@@ -17,8 +17,9 @@ pytestmark = pytest.mark.integration  # two extra Python processes with torch: ~
 
 
 def _cfg(tiny_model, **kw) -> TrainConfig:
-    base = dict(student=str(tiny_model), max_steps=3, batch_size=2, lr=1e-3, dtype="float32", save_dtype="float32",
-                log_every=1, lora={"dropout": 0.0})  # no dropout: its masks would differ per process
+    base = {"student": str(tiny_model), "max_steps": 3, "batch_size": 2, "lr": 1e-3, "dtype": "float32",
+            "save_dtype": "float32", "log_every": 1,
+            "lora": {"dropout": 0.0}}  # no dropout: its masks would differ per process
     return TrainConfig(**(base | kw))
 
 
