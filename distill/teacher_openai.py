@@ -5,7 +5,11 @@ Per replica (``base_url`` plus ``base_urls``) an adaptive concurrency window (AI
 per-request timeout, and retries with exponential backoff plus full jitter that honour ``Retry-After``.
 Each request goes to the least-loaded replica — the one its prefix group already used when that one is
 not busier, so the group's prefix stays in one engine's cache; a replica that refuses connections sits
-out a growing pause. Retry policy:
+out a pause that doubles with each new refusal (0.5 s up to 30 s). When every replica has refused
+connections ``DEAD_STREAK`` pauses in a row (about half a minute of outage), the requests still
+waiting are not sent: they fail as ``connection`` at once, so a run against a teacher that is down ends
+in seconds with a clear error instead of trickling one probe per pause (a rerun resends them; answers
+already received are cached). Retry policy:
 
 - retried: 429, 408, 409, 5xx, timeouts, connection errors/resets;
 - the whole run stops at once (misconfiguration, every request would fail): 401, 403, 404;
@@ -135,6 +139,9 @@ class _Replica:
         return self.inflight / self.limit.cap
 
 
+DEAD_STREAK = 6  # refusal pauses in a row (0.5 + 1 + ... + 16 s) after which a replica counts as down
+
+
 class _Pool:
     """Hands out replica slots: least loaded first, the prefix group's replica when it is not busier."""
 
@@ -157,9 +164,13 @@ class _Pool:
             self.affinity.setdefault(group, best)
         return best
 
-    async def acquire(self, group: int | None) -> _Replica:
+    async def acquire(self, group: int | None) -> _Replica | None:
+        """A replica slot, or None when every replica is down (see ``DEAD_STREAK``)."""
         async with self.cond:
             while True:
+                if all(r.down_streak >= DEAD_STREAK for r in self.replicas):
+                    self.cond.notify_all()  # the other waiters may sleep with no release to come: tell them too
+                    return None
                 pick = self._pick(group)
                 if pick is not None:
                     pick.inflight += 1
@@ -240,6 +251,11 @@ async def _attempts(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: Teac
         attempt += 1
         await rate.acquire(estimate)
         replica = await pool.acquire(group)
+        if replica is None:
+            stats.failures["connection"] = stats.failures.get("connection", 0) + 1
+            return TeacherResponse(key=key, choices=[], engine="openai", model=model, attempts=attempt - 1,
+                                   error=f"connection: not sent, every teacher replica refused connections "
+                                         f"{DEAD_STREAK} times in a row")
         t = time.perf_counter()
         sent_format = replica.response_format_ok
         try:
@@ -278,7 +294,8 @@ async def _attempts(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: Teac
                 before = replica.limit.decreases
                 replica.limit.on_pushback()
                 stats.pushbacks += replica.limit.decreases - before
-            if kind == "connection":
+            if kind == "connection" and replica.down_until <= time.monotonic():
+                # one step per pause: the requests that were in flight together fail together, and count once
                 replica.down_streak += 1
                 replica.down_until = time.monotonic() + min(30.0, 0.25 * 2 ** replica.down_streak)
             if not retryable or attempt > cfg.max_retries:

@@ -64,3 +64,24 @@ def test_cache_concurrent_writers(tmp_path):
         p.join()
         assert p.exitcode == 0
     assert len(ResponseCache(path)) == 400
+
+
+def test_a_teacher_that_stays_down_ends_the_run_instead_of_trickling_probes(monkeypatch, tmp_path):
+    """Every replica refusing connections: after DEAD_STREAK pauses the waiting requests are failed
+    unsent (a rerun resends them), not probed one per 30 s pause with all their retries."""
+    import distill.teacher_openai as backend
+    from distill.serve import free_port
+    from distill.teacher import TeacherStats, query_teacher
+
+    monkeypatch.setattr(backend, "DEAD_STREAK", 3)  # pauses 0.5 + 1 + 2 s
+    dead = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
+    cfg = TeacherConfig(backend="openai", model="bundled", base_url=dead[0], base_urls=dead[1:], max_retries=5,
+                        max_concurrency=4, cache_path=str(tmp_path / "c.sqlite"))
+    reqs = [TeacherRequest(messages=[{"role": "user", "content": f"q{i}"}], model="bundled", style="if", template="t",
+                           template_sha="x") for i in range(300)]
+    stats = TeacherStats()
+    out = query_teacher(reqs, cfg, stats)
+    assert len(out) == 300 and all(r.error and r.error.startswith("connection") for r in out)
+    unsent = [r for r in out if "not sent" in r.error]
+    assert len(unsent) > 250, "most requests should be failed without being sent once both replicas are down"
+    assert sum(r.attempts for r in out) < 100, "a down teacher was probed request by request"
