@@ -4,6 +4,7 @@
     eakd teacher serve                     # vLLM's OpenAI-compatible server on 127.0.0.1
     eakd generate CONFIG --out DIR         # teacher data -> HF dataset
     eakd train CONFIG --dataset DIR --out DIR
+    eakd evaluate CONFIG --model DIR --dataset DIR --out DIR
     eakd compress CONFIG --model DIR --out DIR
     eakd run CONFIG [overrides] [--refresh]  # the whole pipeline as a Prefect flow (unchanged stages cached)
     eakd serve CONFIG [--cron "0 2 * * *"]  # the pipeline deployment, served from this process
@@ -203,6 +204,21 @@ def train(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 
 
 @app.command()
+def evaluate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
+             model: Path = typer.Option(..., help="model folder (a student from `eakd train`, or any safetensors model)"),
+             dataset: Path = typer.Option(..., help="dataset folder from `eakd generate` (its validation split is scored)"),
+             out: Path = typer.Option(..., "--out", help="evaluation output folder (eval.json, predictions.jsonl, README.md)")) -> None:
+    """Perplexity, validation loss, teacher agreement and task accuracy of a model — and, with
+    evaluate.baseline (the default), of the base model train.student, for a before -> after comparison."""
+    _setup_logging()
+    from distill.evaluate import evaluate_student
+
+    cfg = _guard(lambda: _pipeline_cfg(config, overrides))
+    base = cfg.train.student if cfg.evaluate.baseline else None
+    typer.echo(_guard(lambda: evaluate_student(cfg.evaluate, model, dataset, out, base_model=base), where=out))
+
+
+@app.command()
 def compress(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
              model: Path = typer.Option(..., help="model folder (a student, or any safetensors model)"),
              out: Path = typer.Option(..., "--out", help="output folder for compressed steps")) -> None:
@@ -220,7 +236,7 @@ def compress(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 @app.command()
 def run(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
         refresh: bool = typer.Option(False, "--refresh", help="run every stage even when its inputs are unchanged")) -> None:
-    """Run the whole pipeline (generate -> train -> compress -> report) as a Prefect flow; print the run folder.
+    """Run the whole pipeline (generate -> train -> evaluate -> compress -> report) as a Prefect flow; print the run folder.
 
     A stage whose inputs (config section, seed and template contents, upstream outputs, code version)
     are unchanged since an earlier run is skipped and its output reused (Prefect's cache)."""
@@ -237,7 +253,8 @@ def run(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
     typer.echo(f"report (open in a browser): {run_dir / 'report.html'}")
 
 
-RUN_PARTS = ("dataset/stats.json", "student/metrics.json", "compressed/summary.json", "report.json", "timings.json")
+RUN_PARTS = ("dataset/stats.json", "student/metrics.json", "eval/eval.json", "compressed/summary.json", "report.json",
+             "timings.json")
 
 
 @app.command()

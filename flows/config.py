@@ -11,16 +11,18 @@ from pydantic import Field
 from compress.stage import CompressConfig
 from distill.config import ConfigError, StageConfig
 from distill.dataset import GenerateConfig
+from distill.evaluate import EvaluateConfig
 from distill.teacher import TeacherConfig
 from distill.train import TrainConfig
 
-Stage = Literal["generate", "train", "compress"]
+Stage = Literal["generate", "train", "evaluate", "compress"]
 
 
 class RunConfig(StageConfig):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="prefix of the run id")
     runs_dir: str = Field("runs", description="where run directories are created")
-    stages: list[Stage] = Field(default_factory=lambda: ["generate", "train", "compress"], min_length=1)
+    stages: list[Stage] = Field(default_factory=lambda: ["generate", "train", "evaluate", "compress"], min_length=1,
+                                description="what this run does; they always run in the order generate, train, evaluate, compress")
     shards: int = Field(1, ge=1, le=1024, description="answer the teacher requests in this many Prefect tasks (openai backend), each retried alone, before the dataset is assembled")
     teacher_limit: str | None = Field(None, description="a Prefect global concurrency limit each shard occupies a slot of while it runs, shared by every flow using this teacher (create it: prefect gcl create NAME --limit N)")
     task_runner: Literal["threads", "dask"] = Field("threads", description="where the shard tasks run: Prefect's thread pool, or a Dask cluster (prefect-dask)")
@@ -34,6 +36,7 @@ class PipelineConfig(StageConfig):
     teacher: TeacherConfig = TeacherConfig()
     generate: GenerateConfig
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
 
 
@@ -63,7 +66,14 @@ def preflight(cfg: PipelineConfig) -> None:
                               "cache; set teacher.cache=true or run.shards=1")
         if cfg.run.shards > 1 and cfg.generate.bootstrap is not None:
             raise ConfigError("run.shards: bootstrapping plans its requests round by round; set run.shards=1")
-    if ("train" in stages or "compress" in stages) and cfg.train.student != BUNDLED_ALIAS:
+    if {"train", "evaluate", "compress"} & set(stages) and cfg.train.student != BUNDLED_ALIAS:
         check_model_dir(Path(cfg.train.student))
+    if "evaluate" in stages:
+        if "generate" not in stages:
+            raise ConfigError("run.stages: 'evaluate' scores the generated dataset's validation split, so it needs "
+                              "'generate' in the same run; for an existing dataset use `eakd evaluate CONFIG --model DIR "
+                              "--dataset DIR --out DIR`")
+        if cfg.evaluate.text_path and not Path(cfg.evaluate.text_path).is_file():
+            raise ConfigError(f"evaluate.text_path: file not found: {cfg.evaluate.text_path}")
     if "compress" in stages and cfg.compress.eval.text_path and not Path(cfg.compress.eval.text_path).is_file():
         raise ConfigError(f"compress.eval.text_path: file not found: {cfg.compress.eval.text_path}")

@@ -1,5 +1,6 @@
-"""The Prefect flows: one per stage (``generate_dataset``, ``train_student``, ``compress_student``) and
-``eakd-pipeline``, which runs them as subflows into one run directory and writes the report.
+"""The Prefect flows: one per stage (``generate_dataset``, ``train_student``, ``evaluate_student``,
+``compress_student``) and ``eakd-pipeline``, which runs them as subflows into one run directory and
+writes the report.
 
 Each stage is a plain function from ``distill``/``compress`` (``stage(config, inputs, out) -> path``);
 here they become Prefect tasks that take configs and paths and return paths — never models or
@@ -11,7 +12,7 @@ a markdown artifact; the pipeline publishes the report and a link to the run dir
 With no Prefect server configured, Prefect starts a temporary local API for the run (~10 s); with
 ``PREFECT_API_URL`` set, runs, artifacts and deployments live on that server (see ``eakd serve``).
 
-Run directory ``runs/<run-id>/``: ``config.yaml`` (resolved), ``dataset/``, ``student/``,
+Run directory ``runs/<run-id>/``: ``config.yaml`` (resolved), ``dataset/``, ``student/``, ``eval/``,
 ``compressed/<step>/``, ``timings.json``, ``report.json``, ``report.md``, ``report.html``.
 
 Run: ``eakd run flows/configs/demo.yaml [key.sub=value ...]`` or
@@ -50,23 +51,11 @@ def new_run_dir(cfg: PipelineConfig) -> Path:
 
 
 def resolve_eval_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[str, str]:
-    """(text, source) for perplexity: the configured file, else WikiText-2 test, else held-out teacher outputs."""
-    from distill.evaluate import load_eval_text
+    """(text, source) for the compress stage's perplexity: the configured file, else WikiText-2 test, else
+    held-out teacher outputs (:func:`distill.evaluate.find_eval_text`, which the evaluate stage uses too)."""
+    from distill.evaluate import find_eval_text
 
-    if cfg.compress.eval.text_path:
-        return load_eval_text(cfg.compress.eval.text_path), cfg.compress.eval.text_path
-    data = shared_data_dir()
-    if data and (data / "wikitext-2" / "wiki.test.tokens").is_file():
-        path = data / "wikitext-2" / "wiki.test.tokens"
-        return load_eval_text(path), "wikitext-2/wiki.test.tokens"
-    if dataset_dir is not None:
-        from datasets import load_from_disk
-
-        dd = load_from_disk(str(dataset_dir))
-        texts = [m[-1]["content"] for m in dd["validation"]["messages"]] if "messages" in dd["validation"].column_names else []
-        if texts:
-            return "\n\n".join(texts), "dataset validation split (teacher outputs)"
-    raise ConfigError("compress.eval.text_path: no evaluation text found; set it to a text file")
+    return find_eval_text(cfg.compress.eval.text_path, dataset_dir, "compress.eval.text_path")
 
 
 def resolve_calib_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[str | None, str | None]:
@@ -214,6 +203,15 @@ def train_task(cfg_json: str, dataset_dir: str, out_dir: str, key: str) -> str:
     return str(Path(train_student(cfg.train, dataset_dir, out_dir)).resolve())
 
 
+@task(name="evaluate", **_CACHED)
+def evaluate_task(cfg_json: str, model_dir: str, base_model: str | None, dataset_dir: str, out_dir: str, key: str) -> str:
+    from distill.evaluate import evaluate_student
+
+    cfg = PipelineConfig.model_validate_json(cfg_json)
+    # the perplexity text is found again inside (as for the key): passing it would store it with every task run
+    return str(Path(evaluate_student(cfg.evaluate, model_dir, dataset_dir, out_dir, base_model=base_model)).resolve())
+
+
 @task(name="compress", **_CACHED)
 def compress_task(cfg_json: str, model_dir: str, dataset_dir: str | None, out_dir: str, key: str) -> str:
     from compress.stage import compress_student
@@ -226,7 +224,7 @@ def compress_task(cfg_json: str, model_dir: str, dataset_dir: str | None, out_di
 
 
 # what a finished output of each stage holds (a cached path without it was deleted or moved: redo it)
-MARKERS = {"generate": "stats.json", "train": "metrics.json", "compress": "summary.json"}
+MARKERS = {"generate": "stats.json", "train": "metrics.json", "evaluate": "eval.json", "compress": "summary.json"}
 
 
 def _run_cached(stage: str, task_fn, refresh: bool, out_dir: Path, *args, key: str) -> tuple[str, bool]:
@@ -307,6 +305,31 @@ def train_flow(cfg_json: str, dataset_dir: str, upstream_key: str, run_dir: str,
     return {"path": path, "cached": cached, "key": key}
 
 
+@flow(name="evaluate_student", log_prints=True)
+def evaluate_flow(cfg_json: str, model_dir: str, upstream_key: str | None, base_model: str | None, dataset_dir: str,
+                  dataset_key: str | None, run_dir: str, refresh: bool = False) -> dict:
+    """Perplexity, validation loss, teacher agreement and task accuracy of ``model_dir`` (and of ``base_model``)
+    on ``dataset_dir``'s validation split -> ``run_dir/eval`` (or the cached evaluation)."""
+    from distill.evaluate import find_eval_text
+    from flows.report import evaluation_rows
+    from flows.stage_keys import digest_path, evaluate_key, model_digest
+
+    cfg = PipelineConfig.model_validate_json(cfg_json)
+    text, source = find_eval_text(cfg.evaluate.text_path, dataset_dir)
+    log.info("perplexity text: %s", source)
+    key = evaluate_key(cfg, upstream_key or model_digest(model_dir), dataset_key or digest_path(dataset_dir), text)
+    path, cached = _run_cached("evaluate", evaluate_task, refresh, Path(run_dir) / "eval", cfg_json, model_dir,
+                               base_model, dataset_dir, key=key)
+    ev = json.loads((Path(path) / "eval.json").read_text())
+    head = ["metric", *(["base"] if ev.get("base") else []), "student"]
+    _publish("evaluate-summary", "\n".join([
+        f"# evaluate {'(cached)' if cached else ''}", f"evaluation: `{path}` (perplexity on {ev['eval_text_source']})", "",
+        "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+        *("| " + " | ".join(row) + " |" for row in evaluation_rows(ev))]),
+        "perplexity, validation loss, teacher agreement and task accuracy, base -> student")
+    return {"path": path, "cached": cached, "key": key}
+
+
 @flow(name="compress_student", log_prints=True)
 def compress_flow(cfg_json: str, model_dir: str, upstream_key: str | None, dataset_dir: str | None, run_dir: str,
                   refresh: bool = False) -> dict:
@@ -375,6 +398,18 @@ def _pipeline_body(cfg: PipelineConfig, run_dir: Path, refresh: bool) -> str:
         if dataset is None:
             raise ConfigError("run.stages: 'train' needs 'generate' in the same run")
         student = timed("train", train_flow, cfg_json, dataset["path"], dataset["key"], str(run_dir), refresh)
+    if "evaluate" in stages:
+        if dataset is None:
+            raise ConfigError("run.stages: 'evaluate' needs 'generate' in the same run (it scores the validation split)")
+        if student is None:  # no training in this run: evaluate the configured student as it is
+            from distill.models import resolve_model_path
+
+            model, upstream, base = str(resolve_model_path(cfg.train.student)), None, None
+        else:
+            model, upstream = student["path"], student["key"]
+            base = cfg.train.student if cfg.evaluate.baseline else None
+        timed("evaluate", evaluate_flow, cfg_json, model, upstream, base, dataset["path"], dataset["key"],
+              str(run_dir), refresh)
     if "compress" in stages:
         if student is None:
             from distill.models import resolve_model_path
@@ -400,7 +435,7 @@ def _pipeline_body(cfg: PipelineConfig, run_dir: Path, refresh: bool) -> str:
 
 @flow(name="eakd-pipeline", log_prints=True)
 def pipeline(config: str, overrides: list[str] | None = None, refresh: bool = False, run_dir: str | None = None) -> str:
-    """generate -> train -> compress -> report for the YAML ``config`` (re-read on every run, so a
+    """generate -> train -> evaluate -> compress -> report for the YAML ``config`` (re-read on every run, so a
     scheduled deployment picks up a grown seed file); returns the run directory. Stages whose inputs
     are unchanged since an earlier run are skipped (``refresh=True`` runs them all)."""
     cfg = load_config(PipelineConfig, config, list(overrides or []))

@@ -1,7 +1,8 @@
 """The run report: ``report.json`` (everything, machine-readable) and ``report.md`` (for people).
 
 Reads what each stage left in the run directory — ``dataset/stats.json``, ``student/metrics.json``,
-``compressed/summary.json`` — plus the flow's stage timings; :mod:`flows.report_html` renders the same
+``eval/eval.json``, ``compressed/summary.json`` (each optional: a run without a stage, or from before
+it existed, just has no section for it) — plus the flow's stage timings; :mod:`flows.report_html` renders the same
 report as ``report.html``. Run: ``eakd report runs/<run-id>``.
 """
 
@@ -29,12 +30,47 @@ def _params(n: int | None) -> str:
     return "—" if n is None else f"{n / 1e6:.2f} M"
 
 
+def _num(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+STYLE_NAMES = {"icl": "few-shot (icl)", "cot": "chain of thought (cot)", "instruct": "zero-shot instruction (instruct)"}
+
+
+def evaluation_rows(ev: dict) -> list[list[str]]:
+    """The evaluation as table rows ``[metric, (base,) student]`` (base only when it was evaluated); shared by
+    report.md, report.html and the flow's evaluate-summary artifact."""
+    models = [m for m in (ev.get("base"), ev.get("student")) if m]
+
+    def acc(m: dict) -> dict:
+        return m.get("accuracy") or {}
+
+    def row(label: str, get, spec: str) -> list[str]:
+        return [label, *(_num(get(m), spec) for m in models)]
+
+    rows = [["model", *(f"{Path(m['model']).name} ({_params(m.get('parameters'))}, {m.get('layers')} layers)"
+                        for m in models)],
+            row("perplexity", lambda m: m["perplexity"].get("perplexity"), ".3f"),
+            row("validation loss (CE on the teacher's tokens)", lambda m: m["validation"].get("loss"), ".4f"),
+            row("top-1 agreement with the teacher", lambda m: m["validation"].get("top1_agreement"), ".1%"),
+            row("KL(teacher ‖ model), top-k", lambda m: m["validation"].get("kl_topk"), ".4f"),
+            ["task accuracy", *(_num(acc(m).get("accuracy"), ".1%") + (f" ({acc(m)['correct']}/{acc(m)['rows']})"
+                                                                         if acc(m).get("rows") else "") for m in models)]]
+    styles = dict.fromkeys(s for m in models for s in acc(m).get("per_style", {}))
+    for style in styles:
+        rows.append([f"accuracy, {STYLE_NAMES.get(style, style)}", *(
+            _num(acc(m).get("per_style", {}).get(style, {}).get("accuracy"), ".1%") for m in models)])
+    rows.append(row("same answer as the teacher", lambda m: acc(m).get("teacher_agreement"), ".1%"))
+    return rows
+
+
 def build_report(run_dir: Path, timings: dict | None = None) -> dict:
     if timings is None:  # a rerun of `eakd report`: the flow's timings, else the stages of the last report
         timings = _load(run_dir / "timings.json") or (_load(run_dir / "report.json") or {}).get("stages", {})
     data = _load(run_dir / "dataset" / "stats.json")
     student = _load(run_dir / "student" / "metrics.json")
     comp = _load(run_dir / "compressed" / "summary.json")
+    ev = _load(run_dir / "eval" / "eval.json")
     report: dict = {"run_dir": str(run_dir), "eakd_version": code_version(), "stages": timings}
     if data:
         report["generate"] = {k: data[k] for k in ("seeds", "requests", "rows", "kept_per_style", "removed_by_reason",
@@ -45,6 +81,8 @@ def build_report(run_dir: Path, timings: dict | None = None) -> dict:
     shards = _load(run_dir / "shards" / "summary.json")
     if data and shards:  # the teacher was paid by the shard tasks; the generate stage read their answers back
         report["generate"]["shards"] = shards
+    if ev:
+        report["evaluate"] = ev
     if comp:
         report["compress"] = comp
     return report
@@ -91,6 +129,20 @@ def render_markdown(report: dict) -> str:
             lines.append(f"- teacher agreement on validation ({a1['tokens']} teacher tokens): top-1 "
                          f"{a0['top1_agreement']:.1%} → {a1['top1_agreement']:.1%}"
                          + (f"; KL(teacher ‖ student) on top-k {a0['kl_topk']} → {a1['kl_topk']}" if a1["kl_topk"] is not None else ""))
+    if e := report.get("evaluate"):
+        head = ["metric", *(["base"] if e.get("base") else []), "student"]
+        student_acc = e["student"].get("accuracy") or {}
+        lines += ["", "## Evaluate", "",
+                  f"Perplexity on {e.get('eval_text_source')} ({e['perplexity_protocol']['protocol']} protocol, "
+                  f"{e['perplexity_protocol']['max_windows'] or 'all'} windows × {e['perplexity_protocol']['window']} tokens); "
+                  f"loss and agreement on {e['student']['validation']['rows']} validation rows; task accuracy: greedy answers "
+                  f"to {e['rows']['task']} validation prompts with a gold answer, parsed as the dataset parsed the teacher's"
+                  + (f" (the teacher: {_num(student_acc.get('teacher_accuracy'), '.1%')})" if student_acc.get("rows") else "") + ".",
+                  "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in evaluation_rows(e)]
+        reasons = {f"{part}: {m[part]['reason']}" for m in (e.get("base"), e["student"]) if m
+                   for part in ("perplexity", "validation", "accuracy") if m[part].get("reason")}
+        lines += [""] + [f"- no {r}" for r in sorted(reasons)] if reasons else []
     if c := report.get("compress"):
         ev = c.get("eval", {})
         mode = "a chain: each step starts from the previous one" if c.get("chain", True) else \

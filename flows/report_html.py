@@ -10,6 +10,8 @@ inline, so the page needs nothing but a browser and the plots' labels are search
   throughput, tokens and cost;
 - distillation: loss curves (total, CE and KD terms per step), validation loss and teacher agreement
   before and after;
+- evaluation: base model -> student on perplexity, validation loss, teacher agreement, KL and task
+  accuracy per style (``eval/eval.json``);
 - compression: size vs perplexity, one point per step, the Pareto frontier highlighted, and a table of
   every step with its quality-gate result.
 
@@ -158,9 +160,9 @@ def plot_size_quality(points: list[dict]) -> str:
 
 
 def _pipeline_svg(stages: dict) -> str:
-    """Boxes for generate -> train -> compress -> report, coloured by status, with their wall time."""
-    names = ["generate", "train", "compress", "report"]
-    w, h, gap = 150, 56, 40
+    """Boxes for generate -> train -> evaluate -> compress -> report, coloured by status, with their wall time."""
+    names = ["generate", "train", "evaluate", "compress", "report"]
+    w, h, gap = 140, 56, 36
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{len(names) * (w + gap)}" height="{h + 8}" '
              'role="img" aria-label="pipeline stages">']
     for i, name in enumerate(names):
@@ -243,6 +245,24 @@ def _train_section(s: dict, history: list[dict]) -> str:
     return "".join(parts) + "</section>"
 
 
+def _evaluate_section(ev: dict) -> str:
+    from flows.report import evaluation_rows
+
+    e = html.escape
+    p = ev.get("perplexity_protocol", {})
+    intro = (f'<p>Perplexity on {e(str(ev.get("eval_text_source")))} ({e(str(p.get("protocol")))} protocol, '
+             f'{p.get("max_windows") or "all"} windows × {p.get("window")} tokens); loss and agreement on the validation '
+             f'split; task accuracy: greedy answers to {ev.get("rows", {}).get("task")} validation prompts with a gold '
+             "answer, parsed as the dataset parsed the teacher's.</p>")
+    parts = ['<section id="evaluate"><h2>Evaluation</h2>', intro]
+    head = ["metric", *(["base"] if ev.get("base") else []), "student"]
+    parts.append(_table(head, evaluation_rows(ev), "eval-metrics"))
+    reasons = sorted({f"{part}: {m[part]['reason']}" for m in (ev.get("base"), ev.get("student")) if m
+                      for part in ("perplexity", "validation", "accuracy") if m[part].get("reason")})
+    parts += [f'<p class="note">no {e(r)}</p>' for r in reasons]
+    return "".join(parts) + "</section>"
+
+
 def _compress_section(c: dict) -> str:
     b = c["baseline"]
     mb = lambda m: None if m.get("bytes_on_disk") is None else m["bytes_on_disk"] / 1e6  # noqa: E731
@@ -289,6 +309,8 @@ def render_html(report: dict, history: list[dict] | None = None) -> str:
         body.append(_generate_section(g))
     if s := report.get("train"):
         body.append(_train_section(s, history or []))
+    if ev := report.get("evaluate"):
+        body.append(_evaluate_section(ev))
     if c := report.get("compress"):
         body.append(_compress_section(c))
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -8,6 +8,9 @@ identity or file timestamps (curator's lesson: hash what is rendered, not the co
   bytes, and eakd's code version;
 - ``train``: the train section, the generate key it consumes (or the dataset folder's files), and the
   student's weights (their bytes);
+- ``evaluate``: the evaluate section, the train key (or the evaluated model's bytes), the generate key
+  of the dataset whose validation split it scores (or the dataset folder's files) and the perplexity text
+  actually used (the base model's bytes are in the train key);
 - ``compress``: the compress section, the train key (or the source model's bytes) and the evaluation
   and calibration texts actually used.
 
@@ -73,6 +76,13 @@ def train_key(cfg, upstream: str) -> str:
     """``upstream``: the generate key of the dataset this run trains on."""
     return _key({"stage": "train", "code": code_version(), "train": cfg.train.model_dump(mode="json", exclude={"student"}),
                  "dataset": upstream, "student": model_digest(cfg.train.student)})
+
+
+def evaluate_key(cfg, upstream: str, dataset: str, eval_text: str) -> str:
+    """``upstream``: the train key, or the evaluated model's digest when this run does not train; ``dataset``:
+    the generate key (or the folder's digest) of the dataset whose validation split is scored."""
+    return _key({"stage": "evaluate", "code": code_version(), "evaluate": cfg.evaluate.model_dump(mode="json"),
+                 "model": upstream, "dataset": dataset, "eval_text": digest_bytes(eval_text)})
 
 
 def compress_key(cfg, upstream: str, eval_text: str, calib: str) -> str:

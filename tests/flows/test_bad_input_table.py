@@ -1,7 +1,7 @@
 """Issue 8's bad-input table, through the real ``eakd`` CLI.
 
-Each row feeds one bad input to one command (``generate --dry-run`` / ``--out``, ``train``, ``compress``,
-``run``) and checks the contract: a non-zero exit (2 for bad input, 1 for a teacher that cannot be used),
+Each row feeds one bad input to one command (``generate --dry-run`` / ``--out``, ``train``, ``evaluate``,
+``compress``, ``run``) and checks the contract: a non-zero exit (2 for bad input, 1 for a teacher that cannot be used),
 exactly one ``error:`` line on stderr and nothing after it, no traceback, the line names the file / line /
 field (``where``) and says what to do (``fix``), and every file already in the workspace — earlier
 outputs included (a dataset, a trained student, a run folder, a published compression step) — is
@@ -63,6 +63,7 @@ EARLIER = {
     "earlier/dataset/sentinel.txt": "generated yesterday\n",
     "earlier/student/metrics.json": '{"train_loss": 1.23}\n',
     "earlier/student/model.safetensors": "not really weights, but they must survive\n",
+    "earlier/eval/eval.json": '{"format": "eakd-eval/v1"}\n',
     "runs/t-earlier/report.md": "# an earlier run\n",
     "runs/t-earlier/config.yaml": "run: {name: t}\n",
     "compressed/01-magnitude/metrics.json": '{"gate": "passed"}\n',
@@ -128,13 +129,21 @@ def _fitted_tiny(ws: Path, tiny: Path) -> None:
     tok.save_pretrained(ws / "fitted_tiny")
 
 
-SETUPS = {"sft_ds": _sft_dataset, "kd_ds": _kd_dataset, "fitted_tiny": _fitted_tiny}
+def _val_dataset(ws: Path, tiny: Path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"id": "0", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+    DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows)}).save_to_disk(str(ws / "val_ds"))
+
+
+SETUPS = {"sft_ds": _sft_dataset, "kd_ds": _kd_dataset, "fitted_tiny": _fitted_tiny, "val_ds": _val_dataset}
 
 DRY = ["generate", "<cfg>", "--dry-run"]
 TEMPLATE = DRY + ["generate.styles=[instruct]"]
 NEW_DS = ["--out", "<ws>/new_ds"]
 TRAIN = ["train", "<cfg>", "--out", "<ws>/student"]
 COMPRESS = ["compress", "<cfg>", "--model", "<tiny>", "--out", "<ws>/compressed"]
+EVALUATE = ["evaluate", "<cfg>", "--model", "<tiny>"]
 
 ROWS = {
     # --- seed files (generate --dry-run: no teacher) -----------------------------------------------------
@@ -190,7 +199,7 @@ ROWS = {
         DRY + ["teacher.max_cost_usd=5"], 2, "<cfg>: teacher: Value error, max_cost_usd needs prices",
         "set price_prompt_per_mtok"),
     "run_stage_unknown": Row(
-        ["run", "<cfg>", "run.stages=[deploy]"], 2, "<cfg>: run.stages.0:", "Input should be 'generate', 'train' or 'compress'"),
+        ["run", "<cfg>", "run.stages=[deploy]"], 2, "<cfg>: run.stages.0:", "Input should be 'generate', 'train', 'evaluate' or 'compress'"),
     "contamination_eval_file_missing": Row(
         ["generate", "<cfg>", "generate.filters.contamination.eval_paths=[<ws>/no_eval.jsonl]"] + NEW_DS, 2,
         "generate.filters.contamination.eval_paths: <ws>/no_eval.jsonl not found", "give JSONL or text files"),
@@ -267,6 +276,25 @@ ROWS = {
         ["run", "<cfg>", "train.student=<ws>/pickled"], 2, "<ws>/pickled holds pickled weights (pytorch_model.bin)",
         "Convert with `save_pretrained(..., safe_serialization=True)`",
         files={"pickled/config.json": "{}\n", "pickled/pytorch_model.bin": "\x80\x04 a pickle\n"}),
+    # --- evaluate ----------------------------------------------------------------------------------------
+    "evaluate_dataset_not_a_dataset": Row(
+        EVALUATE + ["--dataset", "<ws>/seeds.jsonl", "--out", "<ws>/eval"], 2, "<ws>/seeds.jsonl is not an eakd dataset",
+        "run `eakd generate` first"),
+    "evaluate_dataset_without_validation": Row(
+        EVALUATE + ["--dataset", "<ws>/sft_ds", "--out", "<ws>/eval"], 2, "<ws>/sft_ds has no validation split",
+        "generate with generate.validation_fraction > 0", setup=("sft_ds",)),
+    "evaluate_out_holds_an_evaluation": Row(
+        EVALUATE + ["--dataset", "<ws>/sft_ds", "--out", "<ws>/earlier/eval"], 2,
+        "<ws>/earlier/eval already holds an evaluation", "remove it or choose another output folder", setup=("sft_ds",)),
+    "evaluate_model_missing": Row(
+        ["evaluate", "<cfg>", "--model", "<ws>/no_model", "--dataset", "<ws>/val_ds", "--out", "<ws>/eval"], 2,
+        "model path <ws>/no_model does not exist", "use 'bundled' or run `eakd models fetch`", setup=("val_ds",)),
+    "evaluate_text_path_missing": Row(
+        ["run", "<cfg>", "run.stages=[generate, evaluate]", "evaluate.text_path=<ws>/no_eval.txt"], 2,
+        "evaluate.text_path: file not found: <ws>/no_eval.txt", "file not found"),
+    "evaluate_without_generate": Row(
+        ["run", "<cfg>", "run.stages=[evaluate]"], 2, "run.stages: 'evaluate' scores the generated dataset's validation "
+        "split", "use `eakd evaluate CONFIG --model DIR --dataset DIR --out DIR`"),
     # --- compress ----------------------------------------------------------------------------------------
     "pickle_file_as_weights": Row(
         ["compress", "<cfg>", "--model", "<ws>/weights.pkl", "--out", "<ws>/compressed"], 2,

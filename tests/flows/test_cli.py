@@ -43,7 +43,7 @@ def test_serve_without_a_prefect_server_says_how_to_start_one(repo_root, tmp_pat
 def test_help_lists_every_command(repo_root):
     proc = eakd("--help", cwd=repo_root)
     assert proc.returncode == 0
-    for cmd in ("models", "teacher", "generate", "train", "compress", "run", "report", "view", "serve", "deploy"):
+    for cmd in ("models", "teacher", "generate", "train", "evaluate", "compress", "run", "report", "view", "serve", "deploy"):
         assert cmd in proc.stdout
 
 

@@ -106,3 +106,59 @@ def test_report_command_rewrites_html_keeping_the_stages(repo_root, tmp_path):
     assert 'data-stage="generate" data-status="completed"' in page and 'data-stage="train" data-status="failed"' in page
     assert json.loads((run / "report.json").read_text())["stages"] == rep["stages"]
     assert not list(run.glob("*.tmp"))
+
+
+def _eval() -> dict:
+    """An eval/eval.json as `evaluate_student` writes it (trimmed): the base model and the student."""
+    def model(name: str, ppl: float, loss: float, top1: float, kl: float, cot: int, teacher: float) -> dict:
+        per_style = {"icl": {"rows": 2, "correct": 1, "accuracy": 0.5}, "cot": {"rows": 2, "correct": cot, "accuracy": cot / 2}}
+        return {"model": f"/runs/r/{name}", "layers": 2, "parameters": 3_000_000,
+                "perplexity": {"perplexity": ppl, "windows": 2}, "validation": {"rows": 4, "loss": loss,
+                "top1_agreement": top1, "kl_topk": kl, "tokens": 40, "kl_note": None},
+                "accuracy": {"rows": 4, "correct": 1 + cot, "accuracy": (1 + cot) / 4, "no_answer": 0,
+                             "teacher_agreement": teacher, "teacher_accuracy": 0.75, "per_style": per_style}}
+    return {"format": "eakd-eval/v1", "model": "/runs/r/student", "dataset": "/runs/r/dataset",
+            "eval_text_source": "wikitext-2/<wiki.test.tokens>", "rows": {"validation": 4, "task": 4},
+            "perplexity_protocol": {"window": 512, "max_windows": 4, "protocol": "quick"},
+            "base": model("<base>", 25.49, 0.5071, 1.0, 0.0, 2, 1.0), "student": model("student", 77.0, 1.0913, 0.7024, 0.5682, 0, 0.25)}
+
+
+def test_evaluation_section_shows_base_to_student_in_markdown_and_html():
+    from flows.report import evaluation_rows, render_markdown
+
+    rep = _report("r") | {"evaluate": _eval()}
+    rep["stages"]["evaluate"] = {"status": "cached", "seconds": 1.5}
+    rows = {r[0].strip(): r[1:] for r in evaluation_rows(rep["evaluate"])}
+    assert rows["perplexity"] == ["25.490", "77.000"] and rows["top-1 agreement with the teacher"] == ["100.0%", "70.2%"]
+    assert rows["task accuracy"] == ["75.0% (3/4)", "25.0% (1/4)"]
+    assert rows["accuracy, chain of thought (cot)"] == ["100.0%", "0.0%"] and rows["accuracy, few-shot (icl)"] == ["50.0%", "50.0%"]
+    assert rows["same answer as the teacher"] == ["100.0%", "25.0%"]
+    md = render_markdown(rep)
+    assert "## Evaluate" in md and "| metric | base | student |" in md and "| perplexity | 25.490 | 77.000 |" in md
+    page = render_html(rep)
+    assert 'id="eval-metrics"' in page and "<th>base</th><th>student</th>" in page
+    assert 'data-stage="evaluate" data-status="cached"' in page and "&lt;base&gt;" in page and "<base>" not in page
+    assert page.index('data-stage="train"') < page.index('data-stage="evaluate"') < page.index('data-stage="compress"')
+    # without a base model (evaluate.baseline=false, or no training in the run): one column
+    alone = _eval() | {"base": None}
+    assert all(len(r) == 2 for r in evaluation_rows(alone))
+    assert "<th>base</th>" not in render_html(_report("r") | {"evaluate": alone})
+
+
+def test_report_of_an_old_run_without_eval_and_of_one_with_it(tmp_path):
+    from flows.report import build_report, write_report
+
+    run = tmp_path / "run"
+    (run / "dataset").mkdir(parents=True)
+    (run / "dataset" / "stats.json").write_text(json.dumps(_report(str(run))["generate"]))
+    rep = build_report(run, {"generate": {"status": "completed", "seconds": 1.0}})
+    assert "evaluate" not in rep
+    write_report(run, rep["stages"])
+    page = (run / "report.html").read_text()
+    assert 'data-stage="evaluate" data-status="skipped"' in page and 'id="evaluate"' not in page
+    assert "## Evaluate" not in (run / "report.md").read_text()
+    (run / "eval").mkdir()
+    (run / "eval" / "eval.json").write_text(json.dumps(_eval()))
+    write_report(run, {"evaluate": {"status": "completed", "seconds": 2.0}})
+    assert json.loads((run / "report.json").read_text())["evaluate"]["student"]["perplexity"]["perplexity"] == 77.0
+    assert "## Evaluate" in (run / "report.md").read_text() and 'id="eval-metrics"' in (run / "report.html").read_text()

@@ -15,7 +15,7 @@ def test_pipeline_end_to_end(e2e_run):
     assert f"run directory: {run_dir}" in proc.stdout
     report = json.loads((run_dir / "report.json").read_text())
     assert {k: v["status"] for k, v in report["stages"].items()} == {
-        "generate": "completed", "train": "completed", "compress": "completed"}
+        "generate": "completed", "train": "completed", "evaluate": "completed", "compress": "completed"}
     gen = report["generate"]
     assert set(gen["kept_per_style"]) == {"icl", "cot", "instruct"}
     assert gen["teacher"]["sent"] == gen["requests"] > 0 and gen["teacher"]["completion_tokens"] > 0

@@ -38,7 +38,8 @@ def test_report_html_renders_every_section_offline(e2e_run, tmp_path):
         page.goto((run_dir / "report.html").resolve().as_uri())
         stages = {g.get_attribute("data-stage"): g.get_attribute("data-status")
                   for g in page.locator("#pipeline g.stage").all()}
-        assert stages == {"generate": "completed", "train": "completed", "compress": "completed", "report": "completed"}
+        assert stages == {"generate": "completed", "train": "completed", "evaluate": "completed", "compress": "completed",
+                          "report": "completed"}
         assert " s" in page.locator('#pipeline g.stage[data-stage="train"]').text_content()  # its wall time
         for fig in ("#funnel", "#tokens-over-time", "#loss-curves", "#size-quality"):
             w, h = _svg_size(page, fig)
