@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,17 +145,21 @@ class RateLimiter:
 
     A bucket holds ``burst_s`` seconds' worth (10 s by default): a run starts sending at once but never
     bursts a whole minute's quota into the first second, which is what makes real APIs answer 429.
+    ``gate`` (optional) is awaited after the local buckets for every request: a limit shared with other
+    processes (the pipeline passes a Prefect rate limit, so several flows on one endpoint share it).
     """
 
     def __init__(self, rpm: float | None, tpm: float | None, burst_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Any] = asyncio.sleep,
+                 gate: Callable[[], Awaitable[None]] | None = None) -> None:
         now = clock()
         self._clock, self._sleep = clock, sleep
         self.requests = _Bucket(rpm, burst_s, now) if rpm else None
         self.tokens = _Bucket(tpm, burst_s, now) if tpm else None
         self.waited_s = 0.0
         self._lock = asyncio.Lock()
+        self._gate = gate
 
     async def acquire(self, tokens: float) -> None:
         """Wait until one request and ``tokens`` (an estimate) may be spent, then spend them."""
@@ -172,9 +176,13 @@ class RateLimiter:
                         self.requests.level -= 1.0
                     if self.tokens is not None:
                         self.tokens.level -= min(tokens, self.tokens.capacity)
-                    return
+                    break
                 self.waited_s += wait
                 await self._sleep(wait)
+        if self._gate is not None:  # outside the lock: a round trip to the shared limit does not serialise requests
+            t = self._clock()
+            await self._gate()
+            self.waited_s += self._clock() - t
 
     def settle(self, estimated: float, actual: float) -> None:
         """Correct the token bucket once the real usage is known (may leave it in debt)."""

@@ -330,8 +330,11 @@ def _send_batch(pending: list[TeacherRequest], cfg: TeacherConfig, cache: Respon
 
 
 def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: TeacherStats | None = None,
-                  budget: Budget | None = None) -> list[TeacherResponse]:
+                  budget: Budget | None = None, gate=None) -> list[TeacherResponse]:
     """Answer every request, from the cache where possible; returns responses in request order.
+
+    ``gate`` (openai backend): an async callable awaited before every request sent — a rate limit shared
+    with other processes, e.g. the pipeline's Prefect rate limit (``run.teacher_rate_limit``).
 
     ``budget`` (default: the cap ``cfg`` sets, for this call alone) is shared by the calls of one run.
     Raises :class:`~distill.budget.BudgetExceeded` after saving every answer when the cap stops the run.
@@ -375,7 +378,7 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
             from distill.teacher_openai import send_openai
 
             stopped_by_budget = False
-            for resp in send_openai(pending, cfg, cache, stats, budget):
+            for resp in send_openai(pending, cfg, cache, stats, budget, gate):
                 if resp.error is not None and resp.error.startswith(BUDGET_ERROR):
                     stopped_by_budget = True
                 elif resp.error is not None:

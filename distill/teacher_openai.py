@@ -312,13 +312,13 @@ async def _attempts(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: Teac
 
 
 async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache,
-                    stats: TeacherStats, budget: Budget | None = None) -> list[TeacherResponse]:
+                    stats: TeacherStats, budget: Budget | None = None, gate=None) -> list[TeacherResponse]:
     model = cfg.model_id()
     key = require_api_key(cfg)
     replicas = [_Replica(url, openai.AsyncOpenAI(base_url=url, api_key=key, timeout=cfg.timeout_s, max_retries=0),
                          AdaptiveLimit(cfg.max_concurrency, cfg.min_concurrency)) for url in cfg.urls()]
     pool = _Pool(replicas)
-    rate = RateLimiter(cfg.rpm, cfg.tpm)
+    rate = RateLimiter(cfg.rpm, cfg.tpm, gate=gate)
     if cfg.prefix_scheduling:
         schedule = prefix_groups([prompt_text(r.messages) for r in requests])
         stats.prefix_groups = (stats.prefix_groups or 0) + (schedule[-1].group + 1 if schedule else 0)
@@ -367,21 +367,22 @@ async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: R
 
 
 def send_openai(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache,
-                stats: TeacherStats, budget: Budget | None = None) -> list[TeacherResponse]:
-    """Send ``requests`` (all cache misses); returns their responses in completion order."""
+                stats: TeacherStats, budget: Budget | None = None, gate=None) -> list[TeacherResponse]:
+    """Send ``requests`` (all cache misses); returns their responses in completion order. ``gate``: an
+    async callable awaited before every attempt (a limit shared with other processes)."""
     if not cfg.urls():
         raise ConfigError("teacher.base_url is required for the openai backend (e.g. http://127.0.0.1:8000/v1)")
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_send_all(requests, cfg, cache, stats, budget))
+        return asyncio.run(_send_all(requests, cfg, cache, stats, budget, gate))
     # Called from inside a running loop (e.g. a notebook): run in a private thread and loop.
     result: list[list[TeacherResponse]] = []
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            result.append(asyncio.run(_send_all(requests, cfg, cache, stats, budget)))
+            result.append(asyncio.run(_send_all(requests, cfg, cache, stats, budget, gate)))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
 

@@ -25,6 +25,7 @@ class RunConfig(StageConfig):
                                 description="what this run does; they always run in the order generate, train, evaluate, compress")
     shards: int = Field(1, ge=1, le=1024, description="answer the teacher requests in this many Prefect tasks (openai backend), each retried alone, before the dataset is assembled")
     teacher_limit: str | None = Field(None, description="a Prefect global concurrency limit each shard occupies a slot of while it runs, shared by every flow using this teacher (create it: prefect gcl create NAME --limit N)")
+    teacher_rate_limit: str | None = Field(None, description="a Prefect rate limit (a global concurrency limit with slot decay) every teacher request of the shards takes a slot of, shared by every flow using this teacher (create it: prefect gcl create NAME --limit BURST --slot-decay-per-second PER_S)")
     task_runner: Literal["threads", "dask"] = Field("threads", description="where the shard tasks run: Prefect's thread pool, or a Dask cluster (prefect-dask)")
     dask_workers: int = Field(2, ge=1, le=256, description="task_runner=dask: worker processes of the local cluster started for the run (bound to 127.0.0.1)")
     dask_address: str | None = Field(None, description="task_runner=dask: scheduler of an existing cluster (tcp://host:8786) instead of a local one")
@@ -64,6 +65,9 @@ def preflight(cfg: PipelineConfig) -> None:
         if cfg.run.shards > 1 and not cfg.teacher.cache:
             raise ConfigError("run.shards: the shards hand their answers to the generate stage through the response "
                               "cache; set teacher.cache=true or run.shards=1")
+        if cfg.run.teacher_rate_limit and cfg.run.shards == 1:
+            raise ConfigError("run.teacher_rate_limit paces the shard tasks' requests; set run.shards >= 2 (or use "
+                              "teacher.rpm / teacher.tpm for one process)")
         if cfg.run.shards > 1 and cfg.generate.bootstrap is not None:
             raise ConfigError("run.shards: bootstrapping plans its requests round by round; set run.shards=1")
     if {"train", "evaluate", "compress"} & set(stages) and cfg.train.student != BUNDLED_ALIAS:

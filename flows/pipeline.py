@@ -120,9 +120,21 @@ def shard_task(cfg_json: str, requests_file: str, shard: int, shards: int, out_p
     with open(requests_file) as fh:
         reqs = [TeacherRequest(**json.loads(line)) for i, line in enumerate(fh) if i % shards == shard]
     stats = TeacherStats()
+    gate = None
+    if cfg.run.teacher_rate_limit:  # every request (and retry) takes a slot of the shared, decaying limit
+        from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+        from prefect.concurrency.asyncio import rate_limit
+
+        async def gate() -> None:
+            name = cfg.run.teacher_rate_limit
+            try:
+                await rate_limit(name, occupy=1, strict=True)
+            except ConcurrencySlotAcquisitionError as exc:
+                raise ConfigError(f"run.teacher_rate_limit: {exc}; create it with a slot decay, e.g. "
+                                  f"prefect gcl create {name} --limit 4 --slot-decay-per-second 2") from None
 
     def ask():
-        return query_teacher(reqs, cfg.teacher, stats)
+        return query_teacher(reqs, cfg.teacher, stats, gate=gate)
 
     if cfg.run.teacher_limit:  # one slot of the shared limit while this shard talks to the teacher
         from prefect.concurrency.sync import concurrency

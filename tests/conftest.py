@@ -20,6 +20,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Prefect keeps a SQLite database under PREFECT_HOME; tests use their own (never the user's).
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="eakd-test-prefect-"))
 
+import flows  # noqa: E402,F401  (Prefect's environment, before Prefect is imported)
+
+# Prefect binds its console log handler to sys.stderr when it is first imported. Import it now, under
+# pytest's session capture: first imported inside a test's CliRunner, it kept that runner's stream, which
+# closes when the test ends, and every later in-process flow crashed writing its logs to it.
+import prefect.main  # noqa: E402,F401
+
 
 @pytest.fixture(autouse=True)
 def _own_stage_cache(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections import Counter
 
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
@@ -39,6 +40,7 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.forwarded: list[dict] = []  # the JSON body of every request passed on to the server
+        self.arrivals: list[float] = []  # time.monotonic() of every request passed on
         self.port: int | None = None
         self._server = LoopbackApp(self._app, self._close)
 
@@ -84,6 +86,7 @@ class FaultProxy:
             data["max_tokens"] = 2
             body = json.dumps(data).encode()
         if body:
+            self.arrivals.append(time.monotonic())
             try:
                 self.forwarded.append(json.loads(body))
             except ValueError:

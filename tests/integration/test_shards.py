@@ -85,3 +85,42 @@ def test_shards_on_a_local_dask_cluster_with_two_workers(repo_root, tmp_path, vl
     assert stats["teacher"]["sent"] == 0 and stats["teacher"]["cache_hits"] == planned
     pids = {json.loads(p.read_text()).get("pid") for p in (run / "shards").glob("shard-*.json")}
     assert len(pids) >= 2 and os.getpid() not in pids  # the shards ran in Dask's worker processes
+
+
+def test_a_prefect_rate_limit_paces_every_shards_requests(repo_root, tmp_path, vllm_server):
+    """run.teacher_rate_limit: each request of every shard takes a slot of one Prefect rate limit (2 slots,
+    decaying at 4 per second), so the shards together never send faster than it allows; a missing limit is
+    a clear configuration error, not a silent no-op."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from distill.config import ConfigError
+    from flows.pipeline import run_pipeline
+
+    upstream = vllm_server.removesuffix("/v1")
+    with FaultProxy(upstream, rate=0.0) as proxy:
+        cfg = {"run": {"name": "paced", "runs_dir": str(tmp_path / "runs"), "stages": ["generate"], "shards": 3,
+                       "teacher_rate_limit": "teacher-rps"},
+               "teacher": {"backend": "openai", "model": "bundled", "base_url": proxy.base_url, "max_concurrency": 8,
+                           "cache_path": str(tmp_path / "teacher.sqlite")},
+               "generate": {"seeds": str(repo_root / "flows/configs/demo_seeds.jsonl"), "limit": 8,
+                            "sampling": {"max_tokens": 8}, "drop_truncated": False}}
+        config = tmp_path / "paced.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        with pytest.raises(ConfigError, match="teacher_rate_limit.*prefect gcl create teacher-rps"):
+            run_pipeline(config)  # the limit does not exist yet
+        assert not proxy.forwarded
+
+        with get_client(sync_client=True) as client:  # the same (temporary) Prefect API the flow runs against
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
+                name="teacher-rps", limit=2, slot_decay_per_second=4.0))
+        run = run_pipeline(config)
+        times = sorted(proxy.arrivals)
+
+    planned = sum(1 for _ in (run / "shards" / "requests.jsonl").open())
+    assert len(times) == planned >= 20
+    span = times[-1] - times[0]
+    # 2 slots at once, then 4 per second: n requests need at least (n - 2) / 4 s (unpaced, they took well under 1 s)
+    assert span >= 0.9 * (planned - 2) / 4, f"{planned} requests in {span:.2f} s: faster than the limit allows"
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= 2 + 4 + 1, f"{busiest} requests within one second"
