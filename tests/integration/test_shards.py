@@ -66,21 +66,45 @@ def test_sharded_generation_retries_only_failed_shards_and_loses_nothing(repo_ro
     assert rows(run / "dataset") == rows(plain / "dataset")
 
 
-def test_shards_on_a_local_dask_cluster_with_two_workers(repo_root, tmp_path, vllm_server):
-    """run.task_runner=dask: the shard tasks run in two Dask worker processes (prefect-dask) on 127.0.0.1."""
+@pytest.fixture
+def second_vllm_server(bundled_dir, tmp_path):
+    """A second replica of the bundled teacher (its own vLLM server process on 127.0.0.1)."""
+    from distill.serve import free_port, start_server, stop_server, wait_ready
+
+    port = free_port()
+    log_file = tmp_path / "vllm-2.log"
+    proc = start_server("bundled", port, kv_cache_gib=1, log_file=log_file)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_ready(url, proc, timeout_s=600)
+        yield url
+    finally:
+        stop_server(proc)
+
+
+def test_shards_on_a_local_dask_cluster_with_two_workers_and_two_teacher_replicas(repo_root, tmp_path, vllm_server,
+                                                                                   second_vllm_server):
+    """run.task_runner=dask: the shard tasks run in two Dask worker processes (prefect-dask) on 127.0.0.1,
+    against two vLLM server replicas (teacher.base_url + teacher.base_urls); pass-through proxies in front
+    of the replicas count what each one answered."""
     pytest.importorskip("prefect_dask", reason="prefect-dask is not installed")
-    cfg = {"run": {"name": "dask", "runs_dir": str(tmp_path / "runs"), "stages": ["generate"], "shards": 4,
-                   "task_runner": "dask", "dask_workers": 2},
-           "teacher": {"backend": "openai", "model": "bundled", "base_url": vllm_server, "max_concurrency": 4,
-                       "cache_path": str(tmp_path / "teacher.sqlite")},
-           "generate": {"seeds": str(repo_root / "flows/configs/demo_seeds.jsonl"), "limit": 8,
-                        "sampling": {"max_tokens": 16}, "drop_truncated": False}}
-    config = tmp_path / "dask.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    run = _run(repo_root, config)
+    with FaultProxy(vllm_server.removesuffix("/v1"), rate=0.0) as one, \
+            FaultProxy(second_vllm_server.removesuffix("/v1"), rate=0.0) as two:
+        cfg = {"run": {"name": "dask", "runs_dir": str(tmp_path / "runs"), "stages": ["generate"], "shards": 4,
+                       "task_runner": "dask", "dask_workers": 2},
+               "teacher": {"backend": "openai", "model": "bundled", "base_url": one.base_url,
+                           "base_urls": [two.base_url], "max_concurrency": 4,
+                           "cache_path": str(tmp_path / "teacher.sqlite")},
+               "generate": {"seeds": str(repo_root / "flows/configs/demo_seeds.jsonl"), "limit": 8,
+                            "sampling": {"max_tokens": 16}, "drop_truncated": False}}
+        config = tmp_path / "dask.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        run = _run(repo_root, config)
+        answered = (len(one.forwarded), len(two.forwarded))
     summary = json.loads((run / "shards" / "summary.json").read_text())
     planned = sum(1 for _ in (run / "shards" / "requests.jsonl").open())
     assert summary["shards"] == 4 and summary["sent"] == planned and summary["failed"] == 0
+    assert sum(answered) == planned and min(answered) > 0, f"replica loads {answered}: both replicas must serve"
     stats = json.loads((run / "dataset" / "stats.json").read_text())
     assert stats["teacher"]["sent"] == 0 and stats["teacher"]["cache_hits"] == planned
     pids = {json.loads(p.read_text()).get("pid") for p in (run / "shards").glob("shard-*.json")}
