@@ -163,3 +163,58 @@ def test_served_deployment_runs_through_the_api_and_reruns_from_the_cache(repo_r
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_deployment_on_a_work_pool_runs_on_a_worker(repo_root, tmp_path, vllm_server):
+    """The production path on one machine: a process work pool, `eakd deploy --pool --cron` registers the
+    pipeline from this checkout, a `prefect worker start` process picks the triggered run up and runs it
+    in its own subprocess."""
+    from distill.serve import free_port
+
+    runs = tmp_path / "runs"
+    cfg = {"run": {"name": "pooled", "runs_dir": str(runs), "stages": ["generate"]},
+           "teacher": {"backend": "openai", "model": "bundled", "base_url": vllm_server, "max_concurrency": 4,
+                       "cache_path": str(tmp_path / "teacher.sqlite")},
+           "generate": {"seeds": str(repo_root / "flows/configs/demo_seeds.jsonl"), "limit": 6,
+                        "sampling": {"max_tokens": 16}, "drop_truncated": False}}
+    config = tmp_path / "pooled.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    home = tmp_path / "prefect"
+    home.mkdir()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server = _start_server(home, port)
+    worker = None
+    try:
+        _wait(lambda: _healthy(api), 240, "prefect server start", step=2)
+        env = os.environ | {"PREFECT_API_URL": api, "PREFECT_HOME": str(home / "client"),
+                            "PREFECT_WORKER_QUERY_SECONDS": "2"}
+        subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "cpu", "--type", "process"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        dep = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", str(config), "--pool", "cpu", "--name",
+                              "pooled", "--cron", "0 2 * * *"], cwd=repo_root, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert dep.returncode == 0, dep.stderr[-3000:]
+        assert "eakd-pipeline/pooled" in dep.stdout and "schedule 0 2 * * *" in dep.stdout
+        dep_id = _deployment_id(api, "pooled")
+        schedules = httpx.get(f"{api}/deployments/{dep_id}", timeout=10).json()["schedules"]
+        assert [s["schedule"]["cron"] for s in schedules] == ["0 2 * * *"]
+
+        worker_log = (tmp_path / "worker.log").open("w")
+        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "cpu"],
+                                  cwd=tmp_path, env=env, stdout=worker_log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        fr = _run_and_wait(api, dep_id, 600)
+        assert fr["state"]["type"] == "COMPLETED"
+        (run,) = runs.iterdir()
+        assert json.loads((run / "timings.json").read_text())["generate"]["status"] == "completed"
+        assert (run / "dataset" / "stats.json").is_file() and (run / "report.html").is_file()
+        assert "Worker" in (tmp_path / "worker.log").read_text()  # the worker ran it, not this process
+    finally:
+        for proc in (worker, server):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
