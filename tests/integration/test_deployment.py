@@ -43,6 +43,33 @@ def _wait(predicate, timeout: float, what: str, step: float = 1.0):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _stop(proc: subprocess.Popen | None) -> None:
+    """Ctrl-C a process group we started (the server, `eakd serve`, a worker); SIGKILL it after 30 s."""
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def prefect_api(tmp_path):
+    """`prefect server start` on 127.0.0.1 (SQLite under tmp_path); yields (API URL, env for its clients)."""
+    from distill.serve import free_port
+
+    home = tmp_path / "prefect"
+    home.mkdir()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server = _start_server(home, port)
+    try:
+        _wait(lambda: _healthy(api), 240, "prefect server start", step=2)
+        yield api, os.environ | {"PREFECT_API_URL": api, "PREFECT_HOME": str(home / "client")}
+    finally:
+        _stop(server)
+
+
 def _healthy(api: str) -> bool:
     try:
         return httpx.get(f"{api}/health", timeout=2).status_code == 200
@@ -95,9 +122,8 @@ def _subflow_ids(api: str, parent: str) -> list[str]:
     return [fr["id"] for fr in r.json()] if r.status_code == 200 else []
 
 
-def test_served_deployment_runs_through_the_api_and_reruns_from_the_cache(repo_root, tmp_path, vllm_server, tiny_model):
-    from distill.serve import free_port
-
+def test_served_deployment_runs_through_the_api_and_reruns_from_the_cache(repo_root, tmp_path, vllm_server, tiny_model,
+                                                                           prefect_api):
     text = tmp_path / "heldout.txt"
     text.write_text(" ".join(f"The {w} sat on the mat and looked at the {w}." for w in ["cat", "dog", "owl", "hen"] * 24))
     runs = tmp_path / "runs"
@@ -114,16 +140,10 @@ def test_served_deployment_runs_through_the_api_and_reruns_from_the_cache(repo_r
     config = tmp_path / "nightly.yaml"
     config.write_text(yaml.safe_dump(cfg))
 
-    home = tmp_path / "prefect"
-    home.mkdir()
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    server = _start_server(home, port)
+    api, env = prefect_api
+    env = env | {"PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     served = None
     try:
-        _wait(lambda: _healthy(api), 240, "prefect server start", step=2)
-        env = os.environ | {"PREFECT_API_URL": api, "PREFECT_HOME": str(home / "client"),
-                            "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
         served_log = (tmp_path / "serve.log").open("w")
         served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config), "--name", "tiny"],
                                   cwd=repo_root, env=env, stdout=served_log, stderr=subprocess.STDOUT,
@@ -156,21 +176,13 @@ def test_served_deployment_runs_through_the_api_and_reruns_from_the_cache(repo_r
         (tmp_path / "timing.json").write_text(json.dumps({"first_s": s1, "second_s": s2}))
         assert s1 >= 5 * s2, f"cached rerun {s2:.1f} s is not 5x faster than the first run {s1:.1f} s"
     finally:
-        for proc in (served, server):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+        _stop(served)
 
 
-def test_deployment_on_a_work_pool_runs_on_a_worker(repo_root, tmp_path, vllm_server):
+def test_deployment_on_a_work_pool_runs_on_a_worker(repo_root, tmp_path, vllm_server, prefect_api):
     """The production path on one machine: a process work pool, `eakd deploy --pool --cron` registers the
     pipeline from this checkout, a `prefect worker start` process picks the triggered run up and runs it
     in its own subprocess."""
-    from distill.serve import free_port
-
     runs = tmp_path / "runs"
     cfg = {"run": {"name": "pooled", "runs_dir": str(runs), "stages": ["generate"]},
            "teacher": {"backend": "openai", "model": "bundled", "base_url": vllm_server, "max_concurrency": 4,
@@ -179,16 +191,10 @@ def test_deployment_on_a_work_pool_runs_on_a_worker(repo_root, tmp_path, vllm_se
                         "sampling": {"max_tokens": 16}, "drop_truncated": False}}
     config = tmp_path / "pooled.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    home = tmp_path / "prefect"
-    home.mkdir()
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    server = _start_server(home, port)
+    api, env = prefect_api
+    env = env | {"PREFECT_WORKER_QUERY_SECONDS": "2"}
     worker = None
     try:
-        _wait(lambda: _healthy(api), 240, "prefect server start", step=2)
-        env = os.environ | {"PREFECT_API_URL": api, "PREFECT_HOME": str(home / "client"),
-                            "PREFECT_WORKER_QUERY_SECONDS": "2"}
         subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "cpu", "--type", "process"],
                        env=env, check=True, capture_output=True, timeout=120)
         dep = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", str(config), "--pool", "cpu", "--name",
@@ -211,10 +217,4 @@ def test_deployment_on_a_work_pool_runs_on_a_worker(repo_root, tmp_path, vllm_se
         assert (run / "dataset" / "stats.json").is_file() and (run / "report.html").is_file()
         assert "Worker" in (tmp_path / "worker.log").read_text()  # the worker ran it, not this process
     finally:
-        for proc in (worker, server):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+        _stop(worker)
