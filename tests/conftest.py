@@ -169,3 +169,19 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps({k: _RELIABILITY.get(k, 0) for k in RELIABILITY_ROWS}, indent=2) + "\n")
+
+
+def pytest_unconfigure(config) -> None:
+    """Prefect logs "Stopping temporary server" at interpreter exit, after pytest closed the capture stream
+    its console handler writes to: point that handler at the real stderr so the line is printed, not a
+    logging error."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        console = getattr(handler, "console", None)
+        if console is not None and hasattr(handler, "setStream"):
+            try:
+                handler.setStream(sys.__stderr__)
+                console.file = sys.__stderr__
+            except Exception:  # noqa: BLE001 - cosmetics only; never fail the session over a log line
+                pass
