@@ -321,15 +321,13 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     out = Path(out_dir)
     if (out / "metrics.json").exists():
         raise ConfigError(f"{out} already holds a trained student; remove it or choose another output folder")
-    if cfg.processes > 1 and "WORLD_SIZE" not in os.environ:
-        if not (Path(dataset_dir) / "dataset_dict.json").exists():
-            raise ConfigError(f"{dataset_dir} is not an eakd dataset (no dataset_dict.json); run `eakd generate` first")
-        from distill.launch import launch_training
-
-        return launch_training(cfg, dataset_dir, out_dir)
     ds_path = Path(dataset_dir)
     if not (ds_path / "dataset_dict.json").exists():
         raise ConfigError(f"{ds_path} is not an eakd dataset (no dataset_dict.json); run `eakd generate` first")
+    if cfg.processes > 1 and "WORLD_SIZE" not in os.environ:  # checked above, before any process starts
+        from distill.launch import launch_training
+
+        return launch_training(cfg, dataset_dir, out_dir)
     dd = load_from_disk(str(ds_path))
     model_path = resolve_model_path(cfg.student)
     tok = load_tokenizer(model_path)
