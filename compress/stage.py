@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from compress.artifact import (grouped_entry, is_grouped_entry, load_compressed, new_manifest, quant_entry,
                                read_manifest, save_compressed)
-from compress.eval import measure
+from compress.eval import load_tasks, measure
 from compress.awq import awq_model
 from compress.calibrate import calibration_batches
 from compress.factorize import factorize_model
@@ -75,6 +75,7 @@ class CompressStep(StageConfig):
     recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm: KD steps from the pre-compression model afterwards (Minitron-style recovery)")
     recover_lr: float = Field(1e-4, gt=0.0, description="recovery: AdamW peak learning rate")
     max_ppl_increase: float | None = Field(None, gt=0.0, description="quality gate: stop the chain when perplexity rises more than this fraction over the baseline (0.05 = 5%)")
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="quality gate: stop the chain when task accuracy on the held-out questions falls below this fraction (needs compress.eval task accuracy)")
     name: str | None = None
 
     def nm_tuple(self) -> tuple[int, int] | None:
@@ -118,6 +119,16 @@ class EvalConfig(StageConfig):
     max_windows: int | None = Field(16, ge=1)
     # auto: bf16 where the hardware computes it natively, else fp32 (see distill.models.resolve_dtype)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # task accuracy: greedy answers to the validation prompts (with a gold answer) of an eakd dataset
+    tasks_dataset: str | None = Field(None, description="eakd dataset folder whose validation split holds the held-out questions; null: the pipeline's generated dataset (`eakd compress`: none)")
+    max_examples: int = Field(16, ge=0, description="held-out questions answered per model (0: no task accuracy)")
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="greedy generation budget per answer")
+    batch_size: int = Field(8, ge=1, description="prompts per generation batch")
+    latency: bool = Field(True, description="time greedy decoding (one stream and a batch) of every model")
+    latency_prompt_tokens: int = Field(128, ge=1, description="latency: prompt length (the eval text's first tokens)")
+    latency_new_tokens: int = Field(32, ge=2, description="latency: tokens generated per stream")
+    latency_batch: int = Field(8, ge=1, description="latency: streams decoded together for the batched figure")
+    latency_repeats: int = Field(3, ge=1, description="latency: timed repeats (the median is reported)")
 
 
 def _default_steps() -> list[CompressStep]:
@@ -313,7 +324,8 @@ def _fmt(n: int | None, unit: str = "") -> str:
 
 
 class QualityGateFailed(ConfigError):
-    """A step's perplexity rose past its ``max_ppl_increase``: the chain stops, nothing broken is published."""
+    """A step's perplexity rose past its ``max_ppl_increase`` or its task accuracy fell below its
+    ``min_accuracy``: the chain stops, nothing broken is published."""
 
 
 def _calibration(cfg: CalibrationConfig, tokenizer: Any, text: str | None, source: str | None) -> tuple[Tensor, str]:
@@ -334,13 +346,33 @@ def _calibration(cfg: CalibrationConfig, tokenizer: Any, text: str | None, sourc
     return batch, source or "passed in by the caller"
 
 
+def _gate(step: CompressStep, baseline: dict[str, Any], after: dict[str, Any]) -> tuple[str | None, str]:
+    """(None | "passed" | "failed", why it failed) for a step's quality gates, measured against the baseline."""
+    why = []
+    rise = after["perplexity"] / baseline["perplexity"] - 1.0
+    if step.max_ppl_increase is not None and rise > step.max_ppl_increase:
+        why.append(f"raised perplexity {baseline['perplexity']:.3f} -> {after['perplexity']:.3f} (+{100 * rise:.1f}%), "
+                   f"more than max_ppl_increase {100 * step.max_ppl_increase:.1f}%")
+    if step.min_accuracy is not None:
+        acc = after["accuracy"]
+        if acc["accuracy"] < step.min_accuracy:
+            was = baseline["accuracy"]
+            why.append(f"answered {acc['correct']}/{acc['rows']} held-out questions right ({100 * acc['accuracy']:.1f}%; "
+                       f"the source model {was['correct']}/{was['rows']}), below min_accuracy {100 * step.min_accuracy:.1f}%")
+    if step.max_ppl_increase is None and step.min_accuracy is None:
+        return None, ""
+    return ("failed" if why else "passed"), " and ".join(why)
+
+
 def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_text: str | None = None,
                      eval_source: str | None = None, calib_text: str | None = None,
-                     calib_source: str | None = None) -> Path:
+                     calib_source: str | None = None, tasks_dataset: str | Path | None = None) -> Path:
     """Measure ``model_dir``, apply ``cfg.steps`` in order, save each step under ``out_dir``; returns ``out_dir``.
 
     ``eval_text`` is the perplexity text; when None it is read from ``cfg.eval.text_path``. ``eval_source``
     says where the text came from (recorded in ``summary.json``; defaults to ``cfg.eval.text_path``).
+    ``tasks_dataset``: the eakd dataset whose held-out questions give task accuracy when
+    ``cfg.eval.tasks_dataset`` is not set (the pipeline passes its generated dataset).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_model_dir(model_dir)
@@ -359,7 +391,19 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
     recipe: list[dict[str, Any]] = json.loads(recipe_path.read_text()) if recipe_path.is_file() else []
 
     _check_order(cfg.steps, manifest, cfg.chain)
+    tasks = None
+    if cfg.eval.max_examples and cfg.eval.tasks_dataset:
+        tasks = load_tasks(cfg.eval.tasks_dataset, cfg.eval.max_examples)
+    elif cfg.eval.max_examples and tasks_dataset is not None:
+        try:  # the caller's dataset: without held-out gold answers there is just no task accuracy
+            tasks = load_tasks(tasks_dataset, cfg.eval.max_examples)
+        except ConfigError as exc:
+            log.warning("no task accuracy in compress: %s", exc)
     for i, step in enumerate(cfg.steps):
+        if step.min_accuracy is not None and tasks is None:
+            raise ConfigError(f"compress.steps[{i}].min_accuracy needs task accuracy: set compress.eval.tasks_dataset "
+                              "to an eakd dataset with gold answers (the pipeline uses its generated one) and "
+                              "compress.eval.max_examples > 0")
         step.nm_tuple()  # validates N:M before any work
         if step.recover_steps and step.method not in RECOVERABLE:
             raise ConfigError(f"compress.steps[{i}].recover_steps: recovery follows {', '.join(sorted(RECOVERABLE))} "
@@ -371,7 +415,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         calib, calib_from = _calibration(cfg.calibration, tokenizer, calib_text, calib_source)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out_dir)
-    baseline = measure(model, tokenizer, eval_text, model_dir, cfg.eval)
+    baseline = measure(model, tokenizer, eval_text, model_dir, cfg.eval, tasks)
     log.info("baseline %s: ppl %.3f, params %s, bytes %s", model_dir, baseline["perplexity"],
              _fmt(baseline["params_total"]), _fmt(baseline["bytes_on_disk"], "B"))
     summary: dict[str, Any] = {
@@ -382,6 +426,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         "eval": {**cfg.eval.model_dump(mode="json"), "protocol": "full" if cfg.eval.max_windows is None else "quick",
                  "windows": baseline["windows"], "tokens": baseline["tokens"], "dtype": baseline["dtype"]},
         "calibration": {**cfg.calibration.model_dump(mode="json"), "source": calib_from} if calib is not None else None,
+        "tasks": None if tasks is None else {"dataset": tasks.source, "rows": len(tasks.rows)},
         "save_dtype": storage,
         "chain": cfg.chain,
         "complete": False,
@@ -411,9 +456,8 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         try:
             save_compressed(model, tmp, tokenizer, manifest, dtype=storage, codes=codes)
             _write_json(tmp / "recipe.json", recipe)
-            after = measure(model, tokenizer, eval_text, tmp, cfg.eval)
-            rise = after["perplexity"] / baseline["perplexity"] - 1.0
-            gate = None if step.max_ppl_increase is None else ("passed" if rise <= step.max_ppl_increase else "failed")
+            after = measure(model, tokenizer, eval_text, tmp, cfg.eval, tasks)
+            gate, why = _gate(step, baseline, after)
             _write_json(tmp / "metrics.json", {"name": name, "method": step.method, "before": before,
                                                "after": after, "stats": stats, "gate": gate})
             if gate != "failed":
@@ -426,9 +470,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
                                  "before": before, "after": after, "artifact": str(final) if gate != "failed" else None,
                                  "seconds": seconds, "gate": gate})
         if gate == "failed":
-            message = (f"quality gate: step {index} ({name}) raised perplexity {baseline['perplexity']:.3f} -> "
-                       f"{after['perplexity']:.3f} (+{100 * rise:.1f}%), more than max_ppl_increase "
-                       f"{100 * step.max_ppl_increase:.1f}%; its artifact was not saved and the chain stopped. "
+            message = (f"quality gate: step {index} ({name}) {why}; its artifact was not saved and the chain stopped. "
                        "Loosen the gate, or use a gentler setting or a data-aware method for this step")
             summary["stopped"] = message
             _write_json(out_dir / "summary.json", summary)

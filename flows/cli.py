@@ -221,7 +221,9 @@ def evaluate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 @app.command()
 def compress(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
              model: Path = typer.Option(..., help="model folder (a student, or any safetensors model)"),
-             out: Path = typer.Option(..., "--out", help="output folder for compressed steps")) -> None:
+             out: Path = typer.Option(..., "--out", help="output folder for compressed steps"),
+             dataset: Optional[Path] = typer.Option(None, "--dataset", help="eakd dataset whose held-out questions "
+                                                    "give task accuracy (default: compress.eval.tasks_dataset)")) -> None:
     """Apply the configured compression steps in order, measuring each before and after."""
     _setup_logging()
     from compress.stage import compress_student
@@ -230,6 +232,8 @@ def compress(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
     cfg = _guard(lambda: _pipeline_cfg(config, overrides))
     text, source = _guard(lambda: resolve_eval_text(cfg, None))
     logging.getLogger(__name__).info("perplexity text: %s", source)
+    if dataset is not None:  # named on the command line: a dataset without held-out gold answers is an error
+        cfg.compress.eval.tasks_dataset = str(dataset)
     typer.echo(_guard(lambda: compress_student(cfg.compress, model, out, eval_text=text, eval_source=source), where=out))
 
 

@@ -232,7 +232,7 @@ def compress_task(cfg_json: str, model_dir: str, dataset_dir: str | None, out_di
     text, source = resolve_eval_text(cfg, Path(dataset_dir) if dataset_dir else None)
     calib, calib_source = resolve_calib_text(cfg, Path(dataset_dir) if dataset_dir else None)
     return str(Path(compress_student(cfg.compress, Path(model_dir), Path(out_dir), eval_text=text, eval_source=source,
-                                     calib_text=calib, calib_source=calib_source)).resolve())
+                                     calib_text=calib, calib_source=calib_source, tasks_dataset=dataset_dir)).resolve())
 
 
 # what a finished output of each stage holds (a cached path without it was deleted or moved: redo it)
@@ -344,7 +344,7 @@ def evaluate_flow(cfg_json: str, model_dir: str, upstream_key: str | None, base_
 
 @flow(name="compress_student", log_prints=True)
 def compress_flow(cfg_json: str, model_dir: str, upstream_key: str | None, dataset_dir: str | None, run_dir: str,
-                  refresh: bool = False) -> dict:
+                  refresh: bool = False, dataset_key: str | None = None) -> dict:
     """The configured compression chain on ``model_dir`` -> ``run_dir/compressed`` (or the cached one)."""
     from flows.stage_keys import compress_key, digest_bytes, digest_path, model_digest
 
@@ -358,16 +358,23 @@ def compress_flow(cfg_json: str, model_dir: str, upstream_key: str | None, datas
     calib_digest = (digest_bytes(calib) if calib is not None
                     else digest_path(cfg.compress.calibration.text_path) if cfg.compress.calibration.text_path
                     else digest_path(data / "wikitext-2" / "wiki.valid.tokens") if data else "none")
-    key = compress_key(cfg, upstream_key or model_digest(model_dir), text, calib_digest)
+    ev = cfg.compress.eval
+    tasks = ("none" if not ev.max_examples else digest_path(ev.tasks_dataset) if ev.tasks_dataset
+             else dataset_key or digest_path(dataset_dir) if dataset_dir else "none")
+    key = compress_key(cfg, upstream_key or model_digest(model_dir), text, calib_digest, tasks)
     path, cached = _run_cached("compress", compress_task, refresh, Path(run_dir) / "compressed", cfg_json, model_dir,
                                dataset_dir, key=key)
     c = json.loads((Path(path) / "summary.json").read_text())
+    from flows.report import decode_latency, task_acc
+
     rows = [f"| {st['name']} | {st['before'].get('perplexity', 0):.3f} -> {st['after'].get('perplexity', 0):.3f} | "
-            f"{st['after'].get('bytes_on_disk', 0) / 1e6:.1f} MB | {st.get('gate') or '-'} |" for st in c.get("steps", [])]
+            f"{st['after'].get('bytes_on_disk', 0) / 1e6:.1f} MB | {task_acc(st['after'])} | {decode_latency(st['after'])} | "
+            f"{st.get('gate') or '-'} |" for st in c.get("steps", [])]
     _publish("compress-summary", "\n".join([
         f"# compress {'(cached)' if cached else ''}", f"artifacts: `{path}` (perplexity on {source})", "",
         f"baseline: perplexity {c['baseline'].get('perplexity', 0):.3f}, {c['baseline'].get('bytes_on_disk', 0) / 1e6:.1f} MB", "",
-        "| step | perplexity | size | gate |", "|---|---|---|---|", *rows]), "every compression step, measured")
+        "| step | perplexity | size | task accuracy | latency | gate |", "|---|---|---|---|---|---|", *rows]),
+        "every compression step, measured")
     return {"path": path, "cached": cached, "key": key}
 
 
@@ -430,7 +437,7 @@ def _pipeline_body(cfg: PipelineConfig, run_dir: Path, refresh: bool) -> str:
         else:
             source, upstream = student["path"], student["key"]
         timed("compress", compress_flow, cfg_json, source, upstream, dataset["path"] if dataset else None,
-              str(run_dir), refresh)
+              str(run_dir), refresh, dataset["key"] if dataset else None)
     from flows.report import write_report
 
     md = write_report(run_dir, timings)

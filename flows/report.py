@@ -30,6 +30,18 @@ def _params(n: int | None) -> str:
     return "—" if n is None else f"{n / 1e6:.2f} M"
 
 
+def task_acc(m: dict | None) -> str:
+    """A compress measurement's task accuracy as "correct/rows", or "—" when none was measured."""
+    acc = (m or {}).get("accuracy")
+    return "—" if not acc or acc.get("accuracy") is None else f"{acc['correct']}/{acc['rows']}"
+
+
+def decode_latency(m: dict | None) -> str:
+    """A compress measurement's latency as "ms/token one stream · tokens/s batched", or "—"."""
+    lat = (m or {}).get("latency")
+    return "—" if not lat else f"{lat['single_ms_per_token']:.1f} ms/tok · {lat['batched_tokens_per_s']:.0f} tok/s ×{lat['batch']}"
+
+
 def _num(x, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
@@ -150,15 +162,21 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Compress", "", f"Steps run as {mode}.",
                   f"Perplexity on {c.get('eval_text_source', ev.get('text_path'))}: {ev.get('protocol')} protocol, "
                   f"{ev.get('windows')} windows × {ev.get('window')} tokens, {ev.get('dtype')}.", "",
-                  "| step | method | params | nonzero | bytes on disk | perplexity | seconds |", "|---|---|---|---|---|---|---|"]
+                  *([f"Task accuracy: greedy answers to {c['tasks']['rows']} held-out questions of {c['tasks']['dataset']}."]
+                    if c.get("tasks") else []),
+                  *(["Latency: greedy decoding in PyTorch on this machine, as the model sits in memory (quantized "
+                     "weights dequantized, zeros stored: only depth/width/low-rank steps can be faster here)."]
+                    if c["baseline"].get("latency") else []), "",
+                  "| step | method | params | nonzero | bytes on disk | perplexity | task accuracy | latency | gate | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         b = c["baseline"]
         lines.append(f"| baseline | — | {_params(b['params_total'])} | {_params(b['params_nonzero'])} | "
-                     f"{_mb(b['bytes_on_disk'])} | {_ppl(b)} | — |")
+                     f"{_mb(b['bytes_on_disk'])} | {_ppl(b)} | {task_acc(b)} | {decode_latency(b)} | — | — |")
         for st in c["steps"]:
             a = st["after"]
             lines.append(f"| {st['name']} | {st['method']} {json.dumps(st['params'])} | {_params(a['params_total'])} | "
                          f"{_params(a['params_nonzero'])} | {_mb(a['bytes_on_disk'])} | {_ppl(st['before'])} → {_ppl(a)} | "
-                         f"{st['seconds']:.1f} |")
+                         f"{task_acc(a)} | {decode_latency(a)} | {st.get('gate') or '—'} | {st['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

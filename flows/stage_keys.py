@@ -85,8 +85,9 @@ def evaluate_key(cfg, upstream: str, dataset: str, eval_text: str) -> str:
                  "model": upstream, "dataset": dataset, "eval_text": digest_bytes(eval_text)})
 
 
-def compress_key(cfg, upstream: str, eval_text: str, calib: str) -> str:
+def compress_key(cfg, upstream: str, eval_text: str, calib: str, tasks: str = "none") -> str:
     """``upstream``: the train key, or the source model's digest when this run does not train;
-    ``calib``: the digest of the calibration text the stage will use."""
+    ``calib``: the digest of the calibration text the stage will use; ``tasks``: the generate key (or the
+    folder's digest) of the dataset whose held-out questions give task accuracy, "none" without."""
     return _key({"stage": "compress", "code": code_version(), "compress": cfg.compress.model_dump(mode="json"),
-                 "model": upstream, "eval_text": digest_bytes(eval_text), "calib": calib})
+                 "model": upstream, "eval_text": digest_bytes(eval_text), "calib": calib, "tasks": tasks})

@@ -120,28 +120,6 @@ def test_find_eval_text_order(tmp_path, monkeypatch, sft_dataset):
 # --- the stage on a tiny model ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def untied_model(tiny_model, tmp_path_factory) -> Path:
-    """The tiny model with a random, untied LM head. (With tied embeddings a tiny random model repeats its
-    last input token: greedy answers are all blank lines, and tests of answers and batching would pass for
-    nothing.) Its greedy outputs are varied word salad; tokens holding a line break get 1.4x larger
-    logits, so most answers break their first line within a few dozen tokens."""
-    import torch
-
-    from distill.models import load_causal_lm, load_tokenizer
-
-    torch.manual_seed(0)
-    model, tok = load_causal_lm(tiny_model), load_tokenizer(tiny_model)
-    model.config.tie_word_embeddings = False
-    weight = torch.randn(model.lm_head.weight.shape) * 0.5
-    weight[[i for i in range(len(tok)) if "\n" in tok.decode([i])]] *= 1.4
-    model.lm_head.weight = torch.nn.Parameter(weight)
-    out = tmp_path_factory.mktemp("untied") / "model"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def tiny_outputs(untied_model):
     """The model's greedy answers (first lines) to the prompts of :func:`_dataset` (8 new tokens)."""
     from distill.models import load_causal_lm, load_tokenizer
