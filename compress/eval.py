@@ -133,6 +133,18 @@ def latency(model: nn.Module, tokenizer: Any, text: str, prompt_tokens: int = 12
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
 
 
+def task_acc(m: dict | None) -> str:
+    """A compress measurement's task accuracy as "correct/rows", or "—" when none was measured."""
+    acc = (m or {}).get("accuracy")
+    return "—" if not acc or acc.get("accuracy") is None else f"{acc['correct']}/{acc['rows']}"
+
+
+def decode_latency(m: dict | None) -> str:
+    """A compress measurement's latency as "ms/token one stream · tokens/s batched", or "—"."""
+    lat = (m or {}).get("latency")
+    return "—" if not lat else f"{lat['single_ms_per_token']:.1f} ms/tok · {lat['batched_tokens_per_s']:.0f} tok/s ×{lat['batch']}"
+
+
 def measure(model: nn.Module, tokenizer: Any, text: str, out_dir: Path | None, eval_cfg: EvalConfig,
             tasks: TaskSet | None = None) -> dict[str, Any]:
     """``{"params_total", "params_nonzero", "bytes_on_disk" (None without out_dir), "perplexity", "nll",

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from compress.artifact import (grouped_entry, is_grouped_entry, load_compressed, new_manifest, quant_entry,
                                read_manifest, save_compressed)
-from compress.eval import load_tasks, measure
+from compress.eval import decode_latency, load_tasks, measure, task_acc
 from compress.awq import awq_model
 from compress.calibrate import calibration_batches
 from compress.factorize import factorize_model
@@ -323,6 +323,32 @@ def _fmt(n: int | None, unit: str = "") -> str:
     return f"{n / 1e6:.2f}M{unit}" if n >= 1e5 else f"{n}{unit}"
 
 
+def model_card(name: str, source: Path, recipe: list[dict[str, Any]], baseline: dict[str, Any], after: dict[str, Any],
+               summary: dict[str, Any], gate: str | None) -> str:
+    """The README.md beside a compressed artifact: what was done to which model, measured how, with what result."""
+    def row(label: str, m: dict[str, Any]) -> str:
+        size = "—" if m["bytes_on_disk"] is None else f"{m['bytes_on_disk'] / 1e6:.1f} MB"
+        return (f"| {label} | {m['params_total'] / 1e6:.2f} M ({m['params_nonzero'] / 1e6:.2f} M non-zero) | {size} | "
+                f"{m['perplexity']:.3f} | {task_acc(m)} | {decode_latency(m)} |")
+
+    ev, cal, tasks = summary["eval"], summary["calibration"], summary.get("tasks")
+    steps = "\n".join(f"{i}. `{json.dumps({k: v for k, v in s.items() if v is not None}, sort_keys=True)}`"
+                      for i, s in enumerate(recipe, 1))
+    return "\n".join([
+        f"# {name}: compressed with eakd", "",
+        f"Source model: `{source}`. Load with `compress.artifact.load_compressed(this_folder)` (a depth- or width-pruned "
+        "folder is also a standard Hugging Face model).", "",
+        "## Recipe (every step applied to the source, in order; also in `recipe.json`)", "", steps, "",
+        "## Measured", "",
+        f"Perplexity on {summary['eval_text_source']}: {ev['protocol']} protocol, {ev['windows']} windows × "
+        f"{ev['window']} tokens, {ev['dtype']}."
+        + (f" Task accuracy: greedy answers to {tasks['rows']} held-out questions of `{tasks['dataset']}`." if tasks else "")
+        + (f" Calibration: {cal['n_samples']} × {cal['seq_len']} tokens of {cal['source']} (seed {cal['seed']})." if cal else ""),
+        "", "| model | parameters | bytes on disk | perplexity | task accuracy | latency (PyTorch, this machine) |",
+        "|---|---|---|---|---|---|", row("source", baseline), row(name, after), "",
+        f"Quality gate: {gate or 'none configured'}. Full numbers: `metrics.json`.", ""])
+
+
 class QualityGateFailed(ConfigError):
     """A step's perplexity rose past its ``max_ppl_increase`` or its task accuracy fell below its
     ``min_accuracy``: the chain stops, nothing broken is published."""
@@ -460,6 +486,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
             gate, why = _gate(step, baseline, after)
             _write_json(tmp / "metrics.json", {"name": name, "method": step.method, "before": before,
                                                "after": after, "stats": stats, "gate": gate})
+            (tmp / "README.md").write_text(model_card(name, model_dir, recipe, baseline, after, summary, gate))
             if gate != "failed":
                 _publish(tmp, final)
         finally:

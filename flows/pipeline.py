@@ -365,7 +365,7 @@ def compress_flow(cfg_json: str, model_dir: str, upstream_key: str | None, datas
     path, cached = _run_cached("compress", compress_task, refresh, Path(run_dir) / "compressed", cfg_json, model_dir,
                                dataset_dir, key=key)
     c = json.loads((Path(path) / "summary.json").read_text())
-    from flows.report import decode_latency, task_acc
+    from compress.eval import decode_latency, task_acc
 
     rows = [f"| {st['name']} | {st['before'].get('perplexity', 0):.3f} -> {st['after'].get('perplexity', 0):.3f} | "
             f"{st['after'].get('bytes_on_disk', 0) / 1e6:.1f} MB | {task_acc(st['after'])} | {decode_latency(st['after'])} | "

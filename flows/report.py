@@ -30,18 +30,6 @@ def _params(n: int | None) -> str:
     return "—" if n is None else f"{n / 1e6:.2f} M"
 
 
-def task_acc(m: dict | None) -> str:
-    """A compress measurement's task accuracy as "correct/rows", or "—" when none was measured."""
-    acc = (m or {}).get("accuracy")
-    return "—" if not acc or acc.get("accuracy") is None else f"{acc['correct']}/{acc['rows']}"
-
-
-def decode_latency(m: dict | None) -> str:
-    """A compress measurement's latency as "ms/token one stream · tokens/s batched", or "—"."""
-    lat = (m or {}).get("latency")
-    return "—" if not lat else f"{lat['single_ms_per_token']:.1f} ms/tok · {lat['batched_tokens_per_s']:.0f} tok/s ×{lat['batch']}"
-
-
 def _num(x, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
@@ -156,6 +144,8 @@ def render_markdown(report: dict) -> str:
                    for part in ("perplexity", "validation", "accuracy") if m[part].get("reason")}
         lines += [""] + [f"- no {r}" for r in sorted(reasons)] if reasons else []
     if c := report.get("compress"):
+        from compress.eval import decode_latency, task_acc
+
         ev = c.get("eval", {})
         mode = "a chain: each step starts from the previous one" if c.get("chain", True) else \
             "side by side: each step starts from the source model"

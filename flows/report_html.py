@@ -264,7 +264,7 @@ def _evaluate_section(ev: dict) -> str:
 
 
 def _compress_section(c: dict) -> str:
-    from flows.report import decode_latency, task_acc
+    from compress.eval import decode_latency, task_acc
 
     b = c["baseline"]
     mb = lambda m: None if m.get("bytes_on_disk") is None else m["bytes_on_disk"] / 1e6  # noqa: E731

@@ -159,8 +159,11 @@ def test_compress_student_writes_summary(tmp_path, model_dir, tok):
     for step in summary["steps"]:
         assert {"name", "method", "params", "before", "after", "artifact", "seconds"} <= set(step)
         folder = Path(step["artifact"])
-        assert {"model.safetensors", "config.json", MANIFEST_NAME, "recipe.json", "metrics.json"} <= {
+        assert {"model.safetensors", "config.json", MANIFEST_NAME, "recipe.json", "metrics.json", "README.md"} <= {
             p.name for p in folder.iterdir()}
+        card = (folder / "README.md").read_text()  # the model card: recipe so far and the measured numbers
+        assert f"{step['after']['perplexity']:.3f}" in card and f"{summary['baseline']['perplexity']:.3f}" in card
+        assert f'"method": "{step["method"]}"' in card and str(model_dir) in card
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp leftovers
     last = summary["steps"][-1]
     assert last["after"]["bytes_on_disk"] < summary["steps"][0]["after"]["bytes_on_disk"]

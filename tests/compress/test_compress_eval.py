@@ -76,6 +76,8 @@ def test_compress_records_accuracy_and_the_min_accuracy_gate_stops_the_chain(gra
     assert first["gate"] == "passed" and first["after"]["accuracy"]["rows"] == 6
     assert second["gate"] == "failed" and second["after"]["accuracy"]["accuracy"] < 0.5 and second["artifact"] is None
     assert (tmp_path / "out" / "01-rtn_int8").is_dir() and not (tmp_path / "out" / "02-magnitude").exists()
+    card = (tmp_path / "out" / "01-rtn_int8" / "README.md").read_text()
+    assert "| 3/6 |" in card and "Quality gate: passed" in card and "6 held-out questions" in card
     assert not (tmp_path / "out" / "03-svd").exists() and not summary["complete"]
 
 
