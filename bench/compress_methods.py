@@ -4,7 +4,8 @@ Runs :func:`compress.stage.compress_student` with ``chain: false`` (each step fr
 calibration on WikiText-2 valid (seeded random windows), perplexity on WikiText-2 test with the fixed
 protocol of :mod:`distill.evaluate` (non-overlapping 512-token windows; ``--windows`` of them, or all
 with ``--full``). Checks the issue's targets and prints them with the table; writes
-``bench/results/compress_methods.json`` and a size-vs-perplexity scatter ``compress_methods.svg``.
+``bench/results/compress_methods.json`` and a size-vs-perplexity scatter ``compress_methods.svg`` (with
+``--only``: ``compress_methods_<names>.*``, so a partial rerun keeps the full table).
 
 Run: ``.venv/bin/python bench/compress_methods.py [--windows 40] [--calib 64] [--only gptq,rtn4]``
 """
@@ -35,7 +36,7 @@ STEPS = {  # name -> compress step (the issue's must-show settings)
     "wanda_2of4": {"method": "wanda", "nm": "2:4"},
     "sparsegpt_2of4": {"method": "sparsegpt", "nm": "2:4"},
     "depth25": {"method": "depth", "fraction": 0.25},
-    "depth25_recovered": {"method": "depth", "fraction": 0.25, "recover_steps": 60, "recover_lr": 1e-4},
+    "depth25_recovered": {"method": "depth", "fraction": 0.25, "recover_steps": 24, "recover_lr": 1e-4},
     "width_mlp25": {"method": "width", "mlp_fraction": 0.25},
     "svd20": {"method": "svd", "param_reduction": 0.2},  # plain SVD, same rank allocation as the two below
     "asvd20": {"method": "asvd", "param_reduction": 0.2},
@@ -110,6 +111,11 @@ def main() -> int:
     ap.add_argument("--full", action="store_true", help="score every window of WikiText-2 test")
     ap.add_argument("--calib", type=int, default=64, help="calibration windows of 512 tokens from WikiText-2 valid")
     ap.add_argument("--only", default="", help="comma-separated subset of: " + ",".join(STEPS))
+    ap.add_argument("--recover-steps", type=int, default=STEPS["depth25_recovered"]["recover_steps"],
+                    help="KD steps of the depth25_recovered row (4 windows of 512 tokens each)")
+    ap.add_argument("--tasks", default=None, help="eakd dataset whose held-out questions give task accuracy per "
+                    "method (e.g. runs/<demo run>/dataset from `make demo`); default: none")
+    ap.add_argument("--tasks-examples", type=int, default=16, help="held-out questions answered per method")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -121,6 +127,7 @@ def main() -> int:
     test = data / "wikitext-2" / "wiki.test.tokens" if data else None
     if test is None or not test.is_file():
         sys.exit("../shared/data/wikitext-2 not found: this benchmark needs WikiText-2 (see README)")
+    STEPS["depth25_recovered"]["recover_steps"] = args.recover_steps
     names = [n for n in args.only.split(",") if n] or list(STEPS)
     unknown = set(names) - set(STEPS)
     if unknown:
@@ -128,7 +135,7 @@ def main() -> int:
     cfg = CompressConfig(
         steps=[{**STEPS[n], "name": n} for n in names], chain=False, save_dtype="auto",
         eval={"text_path": str(test), "window": 512, "max_windows": None if args.full else args.windows,
-              "dtype": "float32"},
+              "dtype": "float32", "tasks_dataset": args.tasks, "max_examples": args.tasks_examples},
         calibration={"n_samples": args.calib, "seq_len": 512, "seed": 0})
     out = Path(tempfile.mkdtemp(prefix="eakd-bench-compress-"))
     t = time.perf_counter()
@@ -138,15 +145,18 @@ def main() -> int:
     rows = {s["name"]: s for s in summary["steps"]}
     print(f"\nSmolLM2-135M, WikiText-2 test ({base['windows']} x 512 tokens), calibration {args.calib} x 512 "
           f"from WikiText-2 valid; {os.cpu_count()} CPU threads, fp32 compute\n")
-    print(f"| method | params (non-zero) | bytes | perplexity | vs baseline | wall s |")
-    print("|---|---|---|---|---|---|")
+    from compress.eval import decode_latency, task_acc
+
+    print("| method | params (non-zero) | bytes | perplexity | vs baseline | task accuracy | latency | method s |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| baseline | {base['params_total'] / 1e6:.1f}M ({base['params_nonzero'] / 1e6:.1f}M) | "
-          f"{base['bytes_on_disk'] / 1e6:.1f} MB | {base['perplexity']:.2f} | | |")
+          f"{base['bytes_on_disk'] / 1e6:.1f} MB | {base['perplexity']:.2f} | | {task_acc(base)} | {decode_latency(base)} | |")
     for n, r in rows.items():
         a = r["after"]
         print(f"| {n} | {a['params_total'] / 1e6:.1f}M ({a['params_nonzero'] / 1e6:.1f}M) | "
               f"{a['bytes_on_disk'] / 1e6:.1f} MB | {a['perplexity']:.2f} | "
-              f"{100 * (a['perplexity'] / base['perplexity'] - 1):+.1f}% | {r['seconds']:.0f} |")
+              f"{100 * (a['perplexity'] / base['perplexity'] - 1):+.1f}% | {task_acc(a)} | {decode_latency(a)} | "
+              f"{r['method_seconds']:.0f} |")
     checks = targets(rows, base["perplexity"])
     print()
     for claim, ok, text in checks:
@@ -155,10 +165,11 @@ def main() -> int:
     record = {"baseline": base, "steps": rows, "targets": [{"claim": c, "met": ok, "numbers": t} for c, ok, t in checks],
               "calibration": summary["calibration"], "eval": summary["eval"], "seconds": time.perf_counter() - t,
               "cpu_count": os.cpu_count()}
-    (RESULTS / "compress_methods.json").write_text(json.dumps(record, indent=2, default=str))
+    stem = "compress_methods" if not args.only else "compress_methods_" + "_".join(names)  # a subset keeps the full table
+    (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str))
     points = [(n, r["after"]["bytes_on_disk"] / 1e6, r["after"]["perplexity"]) for n, r in rows.items()]
-    (RESULTS / "compress_methods.svg").write_text(scatter_svg(points, (base["bytes_on_disk"] / 1e6, base["perplexity"])))
-    print(f"\nwrote {RESULTS / 'compress_methods.json'} and compress_methods.svg ({time.perf_counter() - t:.0f} s)")
+    (RESULTS / f"{stem}.svg").write_text(scatter_svg(points, (base["bytes_on_disk"] / 1e6, base["perplexity"])))
+    print(f"\nwrote {RESULTS / stem}.json and {stem}.svg ({time.perf_counter() - t:.0f} s)")
     return 0
 
 

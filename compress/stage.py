@@ -68,7 +68,7 @@ class CompressStep(StageConfig):
     group_size: int | None = Field(128, ge=1, description="rtn/gptq/awq: input columns per scale (None: per output channel)")
     symmetric: bool = Field(True, description="rtn/gptq/awq: symmetric codes (no zero point)")
     damp: float = Field(0.01, ge=0.0, description="gptq/sparsegpt: Hessian dampening as a fraction of its mean diagonal")
-    act_order: bool = Field(True, description="gptq: quantize columns in order of decreasing Hessian diagonal")
+    act_order: bool | Literal["auto"] = Field("auto", description="gptq: quantize columns in order of decreasing Hessian diagonal (true), in their order (false), or per layer whichever gives the lower output error (auto)")
     fraction: float = Field(0.25, ge=0.0, lt=1.0, description="depth: fraction of decoder blocks dropped")
     mlp_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="width: fraction of MLP channels removed")
     kv_head_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="width: fraction of KV-head groups removed")
@@ -470,10 +470,12 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
             manifest, recipe = copy.deepcopy(source_state[0]), list(source_state[1])
             before = baseline
         codes: dict[str, tuple] = {}
+        t_method = time.perf_counter()
         try:
             stats = _apply(model, step, manifest, codes, calib, teacher)
         except ValueError as exc:  # the methods validate their arguments against the model before any change
             raise ConfigError(f"compress.steps[{index - 1}] ({step.method}): {exc}") from None
+        method_seconds = time.perf_counter() - t_method  # the method alone (with recovery), no saving or measuring
         _round_to_storage(model, storage, manifest)
         manifest["steps"].append({"name": name, "method": step.method, "params": step.params(), "stats": stats})
         recipe.append(step.model_dump(mode="json"))
@@ -495,7 +497,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         seconds = time.perf_counter() - start
         summary["steps"].append({"name": name, "method": step.method, "params": step.params(), "stats": stats,
                                  "before": before, "after": after, "artifact": str(final) if gate != "failed" else None,
-                                 "seconds": seconds, "gate": gate})
+                                 "seconds": seconds, "method_seconds": round(method_seconds, 2), "gate": gate})
         if gate == "failed":
             message = (f"quality gate: step {index} ({name}) {why}; its artifact was not saved and the chain stopped. "
                        "Loosen the gate, or use a gentler setting or a data-aware method for this step")
