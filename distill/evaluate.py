@@ -445,6 +445,28 @@ def _readme(ev: dict[str, Any]) -> str:
         "each graded answer: `predictions.jsonl`.\n"
 
 
+CARD_BEGIN, CARD_END = "<!-- eakd:evaluation -->", "<!-- /eakd:evaluation -->"
+
+
+def record_in_model_card(model_dir: str | Path, eval_dir: str | Path) -> Path:
+    """Write the evaluation in ``eval_dir`` into ``model_dir/README.md`` (the student's model card) as one
+    section between markers: a later evaluation replaces it, the rest of the card is kept. Atomic (a
+    temporary file renamed over the card), so a crash leaves the old card whole. Returns the card's path."""
+    card, ev = Path(model_dir) / "README.md", json.loads((Path(eval_dir) / "eval.json").read_text())
+    section = "\n".join([CARD_BEGIN, "## Evaluation", "", _readme(ev).split("\n", 2)[2].rstrip(),
+                         f"(`{Path(eval_dir).resolve()}`, {ev['created']})", CARD_END])
+    old = card.read_text() if card.is_file() else f"# {Path(model_dir).name}\n"
+    if CARD_BEGIN in old and CARD_END in old:
+        head, rest = old.split(CARD_BEGIN, 1)
+        new = head + section + rest.split(CARD_END, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    tmp = card.with_name(f".{card.name}.tmp-{os.getpid()}")
+    tmp.write_text(new)
+    os.replace(tmp, card)
+    return card
+
+
 def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path, *,
                      base_model: str | Path | None = None, eval_text: str | None = None,
                      eval_source: str | None = None) -> Path:

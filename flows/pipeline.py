@@ -427,8 +427,13 @@ def _pipeline_body(cfg: PipelineConfig, run_dir: Path, refresh: bool) -> str:
         else:
             model, upstream = student["path"], student["key"]
             base = cfg.train.student if cfg.evaluate.baseline else None
-        timed("evaluate", evaluate_flow, cfg_json, model, upstream, base, dataset["path"], dataset["key"],
-              str(run_dir), refresh)
+        evaluation = timed("evaluate", evaluate_flow, cfg_json, model, upstream, base, dataset["path"], dataset["key"],
+                           str(run_dir), refresh)
+        if student is not None and (Path(evaluation["path"]) / "eval.json").is_file():
+            # the student this run trained: its model card records the evaluation
+            from distill.evaluate import record_in_model_card
+
+            record_in_model_card(student["path"], evaluation["path"])
     if "compress" in stages:
         if student is None:
             from distill.models import resolve_model_path

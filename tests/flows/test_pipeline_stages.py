@@ -121,6 +121,41 @@ def test_pipeline_runs_evaluate_after_train_with_the_base_model(tmp_path, stubbe
     assert dict(stubbed_flows)["evaluate"][-1] is True  # --refresh reaches the stage
 
 
+def test_the_trained_students_model_card_records_its_evaluation(tmp_path, stubbed_flows, monkeypatch):
+    import flows.pipeline as fp
+    from distill.evaluate import CARD_BEGIN
+
+    student, evaluation = tmp_path / "student", tmp_path / "eval"
+    student.mkdir()
+    evaluation.mkdir()
+    (student / "README.md").write_text("# student\n\nTrained by eakd.\n")
+    measured = {"perplexity": {"perplexity": 12.5}, "validation": {"loss": 0.75, "top1_agreement": 0.6, "kl_topk": 0.3},
+                "accuracy": {"accuracy": 0.25}}
+    ev = {"model": str(student), "dataset": "/runs/x/dataset", "eval_text_source": "held-out text",
+          "eakd_version": "test", "created": "now", "base": None, "student": measured}
+    (evaluation / "eval.json").write_text(json.dumps(ev))
+
+    def stub(stage, path):
+        return lambda *args: {"path": str(path), "cached": False, "key": f"{stage}-key"}
+
+    monkeypatch.setattr(fp, "train_flow", stub("train", student))
+    monkeypatch.setattr(fp, "evaluate_flow", stub("evaluate", evaluation))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    base = _fake_model(tmp_path / "base")
+    fp._pipeline_body(_cfg(tmp_path, train={"student": str(base)}), run_dir, refresh=False)
+    card = (student / "README.md").read_text()
+    assert card.startswith("# student\n\nTrained by eakd.") and card.count(CARD_BEGIN) == 1
+    assert "| perplexity | 12.5 |" in card and "| task accuracy | 0.25 |" in card
+    ev["student"]["accuracy"]["accuracy"] = 0.5  # a later evaluation replaces the section, keeps the rest
+    (evaluation / "eval.json").write_text(json.dumps(ev))
+    fp._pipeline_body(_cfg(tmp_path, train={"student": str(base)}), run_dir, refresh=False)
+    card = (student / "README.md").read_text()
+    assert card.count(CARD_BEGIN) == 1 and "| task accuracy | 0.5 |" in card and "0.25" not in card
+    assert card.startswith("# student\n\nTrained by eakd.") and not list(student.glob(".README*"))
+    assert not (base / "README.md").exists() or CARD_BEGIN not in (base / "README.md").read_text()
+
+
 def test_without_train_evaluate_measures_train_student_itself(tmp_path, stubbed_flows):
     from flows.pipeline import _pipeline_body
 
