@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import ConfigError, StageConfig, dump_config
@@ -50,11 +50,31 @@ class LoraConfig(StageConfig):
         description="module names that get adapters")
 
 
+ONLINE_ONLY = ("generalized_jsd", "total_variation", "skew_forward_kl", "skew_reverse_kl")
+
+
 class KDConfig(StageConfig):
-    enabled: bool = Field(False, description="offline logit KD from the dataset's cached teacher top-k logprobs")
-    method: Literal["forward_kl", "reverse_kl"] = Field("forward_kl", description="divergence on the top-k + tail buckets")
+    enabled: bool = Field(False, description="logit KD: offline from the dataset's cached teacher top-k logprobs, or online with kd.teacher")
+    method: Literal["forward_kl", "reverse_kl", "generalized_jsd", "total_variation", "skew_forward_kl",
+                    "skew_reverse_kl"] = Field("forward_kl", description="divergence (offline top-k: forward_kl or reverse_kl on the top-k + tail buckets; online: any of distill.losses)")
     alpha_ce: float = Field(0.5, ge=0.0, le=1.0, description="loss = (1 - alpha_ce) * KD + alpha_ce * CE on the teacher's tokens")
     temperature: float = Field(1.0, gt=0.0, le=20.0, description="softening of both distributions (T^2-scaled)")
+    teacher: str | None = Field(None, description="online logit KD: the teacher model (a folder or 'bundled', same tokenizer as the student) run in eval/no-grad beside the student, full-vocabulary loss; null: offline top-k from the dataset")
+    teacher_dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="online KD: the teacher's weights (bfloat16 halves its memory; auto: the student's compute dtype)")
+    chunk_size: int | None = Field(256, ge=1, description="online KD: positions per chunk of the loss, so [positions x vocab] fp32 intermediates stay small (null: all at once)")
+    beta: float = Field(0.5, gt=0.0, lt=1.0, description="generalized_jsd: the mixture weight")
+    skew: float = Field(0.1, gt=0.0, lt=1.0, description="skew_forward_kl/skew_reverse_kl: the skew alpha (DistiLLM)")
+
+    @model_validator(mode="after")
+    def _online_methods_need_a_teacher(self) -> "KDConfig":
+        if self.enabled and self.teacher is None and self.method in ONLINE_ONLY:
+            raise ValueError(f"method {self.method!r} needs the teacher's full distribution: set train.kd.teacher "
+                             "(online KD), or use forward_kl/reverse_kl with the dataset's cached top-k")
+        return self
+
+    def method_kw(self) -> dict[str, float]:
+        return {"generalized_jsd": {"beta": self.beta}, "skew_forward_kl": {"alpha": self.skew},
+                "skew_reverse_kl": {"alpha": self.skew}}.get(self.method, {})
 
 
 class TrainConfig(StageConfig):
@@ -168,6 +188,21 @@ def collate(rows: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
+def load_online_teacher(kd: KDConfig, student_tok, device: str, compute: str):
+    """The online-KD teacher in eval mode with no gradients, on ``device``; refuses a teacher whose tokenizer
+    differs from the student's (logit KD compares the two distributions token id by token id)."""
+    path = resolve_model_path(kd.teacher)
+    teacher_tok = load_tokenizer(path)
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise ConfigError(f"train.kd.teacher: {path}'s tokenizer differs from the student's ({len(teacher_tok)} vs "
+                          f"{len(student_tok)} tokens); logit KD needs a shared vocabulary — use sequence-level KD "
+                          "(train.kd.enabled=false) on the teacher's generated answers instead")
+    dtype = compute if kd.teacher_dtype == "auto" else kd.teacher_dtype
+    teacher = load_causal_lm(path, dtype=dtype, device=device).eval().requires_grad_(False)
+    log.info("online KD teacher %s (%s, %s), method %s", path, dtype, device, kd.method)
+    return teacher
+
+
 def labelled_logits(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None):
     """Logits at the labelled positions only: hidden [B, L, H] -> selected [N, H] -> logits [N, V].
 
@@ -187,11 +222,24 @@ def labelled_logits(model, batch: dict[str, torch.Tensor], autocast_dtype: torch
     return logits, targets[keep], batch
 
 
+@torch.no_grad()
+def teacher_logits(teacher, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """The online teacher's logits [N, V] at the batch's labelled positions (the student's positions)."""
+    return labelled_logits(teacher, batch, autocast_dtype)[0]
+
+
 def mixed_loss_terms(logits: torch.Tensor, targets: torch.Tensor, batch: dict[str, torch.Tensor],
                      kd: KDConfig | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(loss, ce, kd_term): mean CE on ``targets`` [N]; with ``kd`` and top-k in the batch the loss is
-    ``(1 - alpha_ce) * topk_kd + alpha_ce * CE`` and ``kd_term`` is the top-k KD term, else None."""
+    """(loss, ce, kd_term): mean CE on ``targets`` [N]; with ``kd`` and the teacher's full logits
+    (``teacher_logits`` [N, V], online KD) or its top-k in the batch the loss is
+    ``(1 - alpha_ce) * KD + alpha_ce * CE`` and ``kd_term`` is the KD term, else None."""
     ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="mean")
+    if kd is not None and kd.enabled and "teacher_logits" in batch:
+        from distill.losses import kd_loss
+
+        kd_term = kd_loss(logits[None], batch["teacher_logits"][None].to(logits.dtype), targets[None], method=kd.method,
+                          temperature=kd.temperature, chunk_size=kd.chunk_size, **kd.method_kw())
+        return (1 - kd.alpha_ce) * kd_term + kd.alpha_ce * ce, ce, kd_term
     if kd is not None and kd.enabled and "topk_ids" in batch:
         from distill.losses import topk_kd_loss
 
@@ -207,30 +255,39 @@ def mixed_loss(logits: torch.Tensor, targets: torch.Tensor, batch: dict[str, tor
 
 
 def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None,
-                   kd: KDConfig | None = None) -> tuple[torch.Tensor, int, dict[str, float | None]]:
-    """Mean training loss over labelled positions; (loss, n_tokens, {"ce", "kd"} as floats for the log)."""
+                   kd: KDConfig | None = None, teacher=None) -> tuple[torch.Tensor, int, dict[str, float | None]]:
+    """Mean training loss over labelled positions; (loss, n_tokens, {"ce", "kd"} as floats for the log).
+    With an online ``teacher`` its logits at the same positions join the batch (see :func:`mixed_loss_terms`)."""
+    if teacher is not None:
+        batch = batch | {"teacher_logits": teacher_logits(teacher, batch, autocast_dtype)}
     logits, targets, batch = labelled_logits(model, batch, autocast_dtype)
     loss, ce, kd_term = mixed_loss_terms(logits, targets, batch, kd)
     return loss, int(targets.numel()), {"ce": ce.item(), "kd": None if kd_term is None else kd_term.item()}
 
 
 @torch.no_grad()
-def eval_rows(model, rows: list, pad_id: int, batch_size: int, autocast_dtype, kd: KDConfig | None = None) -> dict:
+@torch.no_grad()
+def eval_rows(model, rows: list, pad_id: int, batch_size: int, autocast_dtype, kd: KDConfig | None = None,
+              teacher=None) -> dict:
     """One pass over held-out rows: the training loss and the agreement with the teacher's tokens.
 
     ``{"loss", "agreement": {"top1_agreement" (student argmax == teacher token), "kl_topk" (mean
-    KL(teacher || student) over the cached top-k + tail buckets; None without top-k), "tokens"}}``;
+    KL(teacher || student) over the cached top-k + tail buckets; None without top-k), "kl_full" (mean
+    full-vocabulary KL(teacher || student); None without an online ``teacher``), "tokens"}}``;
     both None when there are no rows.
     """
     if not rows:
         return {"loss": None, "agreement": None}
-    from distill.losses import topk_kd_loss
+    from distill.losses import kd_loss, topk_kd_loss
 
     was_training = model.training
     model.eval()
-    loss_sum, agree, total, kl_sum = 0.0, 0, 0, 0.0
+    loss_sum, agree, total, kl_sum, kl_full = 0.0, 0, 0, 0.0, 0.0
     for i in range(0, len(rows), batch_size):
-        logits, targets, batch = labelled_logits(model, collate(rows[i : i + batch_size], pad_id), autocast_dtype)
+        batch = collate(rows[i : i + batch_size], pad_id)
+        if teacher is not None:
+            batch["teacher_logits"] = teacher_logits(teacher, batch, autocast_dtype)
+        logits, targets, batch = labelled_logits(model, batch, autocast_dtype)
         n = int(targets.numel())
         loss_sum += float(mixed_loss(logits, targets, batch, kd)) * n
         agree += int((logits.argmax(-1) == targets).sum())
@@ -238,11 +295,15 @@ def eval_rows(model, rows: list, pad_id: int, batch_size: int, autocast_dtype, k
         if "topk_ids" in batch:
             kl_sum += float(topk_kd_loss(logits[None].float(), batch["topk_ids"][None], batch["topk_logprobs"][None],
                                          targets[None], reduction="sum"))
+        if "teacher_logits" in batch:
+            kl_full += float(kd_loss(logits[None], batch["teacher_logits"][None].to(logits.dtype), targets[None],
+                                     reduction="sum", chunk_size=256))
     model.train(was_training)
     has_topk = len(rows[0]) == 4
     return {"loss": loss_sum / max(1, total),
             "agreement": {"top1_agreement": round(agree / max(1, total), 4),
-                          "kl_topk": round(kl_sum / max(1, total), 4) if has_topk else None, "tokens": total}}
+                          "kl_topk": round(kl_sum / max(1, total), 4) if has_topk else None,
+                          "kl_full": round(kl_full / max(1, total), 4) if teacher is not None else None, "tokens": total}}
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random, group: int = 8) -> list[list[int]]:
@@ -336,7 +397,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     def encode(split: str) -> list:
         if split not in dd or "messages" not in dd[split].column_names:
             return []
-        if not cfg.kd.enabled:
+        if not cfg.kd.enabled or cfg.kd.teacher is not None:  # SFT, or online KD: the teacher scores the tokens
             return [r for r in (tokenize_row(tok, m, cfg.max_length) for m in dd[split]["messages"]) if r]
         d = dd[split]
         if d.num_rows == 0:
@@ -375,6 +436,8 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         model = get_peft_model(model, PeftLoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+    teacher = load_online_teacher(cfg.kd, tok, device, resolve_dtype(cfg.dtype, device.split(":")[0])) \
+        if cfg.kd.enabled and cfg.kd.teacher is not None else None
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
@@ -403,7 +466,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         start_step, queue, history, before = meta["step"], meta["queue"], meta["history"], meta["before"]
         log.info("resuming from %s (step %d of %d)", latest, start_step, total_steps)
     elif rank == 0:  # the others wait for it at the first gradient all-reduce
-        ev = eval_rows(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
+        ev = eval_rows(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd, teacher)
         before = {"val_loss": ev["loss"], "agreement": ev["agreement"]}
     else:
         before = {"val_loss": None, "agreement": None}
@@ -423,7 +486,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
             micro.append(collate([train_rows[j] for j in queue.pop()], pad_id))
         n_total = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
         for m in micro[rank::world]:
-            loss, n, terms = assistant_loss(model, m, autocast_dtype, cfg.kd)
+            loss, n, terms = assistant_loss(model, m, autocast_dtype, cfg.kd, teacher)
             # weight by token count so accumulation equals one big batch
             (loss * n / n_total).backward()
             step_loss += loss.item() * n
@@ -464,8 +527,9 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
         return out
-    ev = eval_rows(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd)
+    ev = eval_rows(model, val_rows, pad_id, cfg.batch_size, autocast_dtype, cfg.kd, teacher)
     val_after, agreement_after = ev["loss"], ev["agreement"]
+    del teacher
 
     if cfg.lora.enabled:
         model = model.merge_and_unload()
@@ -475,11 +539,16 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
+    mode = ("sft_sequence_kd" if not cfg.kd.enabled else f"logit_kd_online_{cfg.kd.method}" if cfg.kd.teacher
+            else f"logit_kd_topk_{cfg.kd.method}")
+    mode_text = ("Sequence-level KD (SFT on teacher outputs)" if not cfg.kd.enabled else
+                 f"Online logit KD ({cfg.kd.method}, full vocabulary) from teacher `{cfg.kd.teacher}` on the teacher outputs"
+                 if cfg.kd.teacher else f"Offline logit KD ({cfg.kd.method}) on the cached teacher top-k")
     fifth = max(1, len(history) // 5)  # mean loss over the first and the last fifth of the steps
     first = sum(h["loss"] for h in history[:fifth]) / len(history[:fifth])
     last = sum(h["loss"] for h in history[-fifth:]) / len(history[-fifth:])
     metrics = {
-        "mode": f"logit_kd_topk_{cfg.kd.method}" if cfg.kd.enabled else "sft_sequence_kd", "eakd_version": code_version(), "dataset": str(ds_path),
+        "mode": mode, "eakd_version": code_version(), "dataset": str(ds_path),
         "base": cfg.student, "layers": model.config.num_hidden_layers, "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": n_trainable, "steps": total_steps, "train_rows": len(train_rows), "val_rows": len(val_rows),
         "tokens": tokens_seen, "seconds": round(seconds, 2), "tokens_per_s": round(run_tokens / max(1e-9, seconds), 1),
@@ -492,7 +561,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     dump_config(cfg, tmp / "train_config.yaml")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (tmp / "README.md").write_text(
-        f"# eakd student\n\nSequence-level KD (SFT on teacher outputs) from `{ds_path.name}`; base `{cfg.student}`"
+        f"# eakd student\n\n{mode_text} from `{ds_path.name}`; base `{cfg.student}`"
         f" with {model.config.num_hidden_layers} layers, LoRA={cfg.lora.enabled} (merged).\n\n"
         f"- steps {total_steps}, tokens {tokens_seen}, compute {compute}\n- train loss {first:.4f} -> {last:.4f}\n"
         f"- validation loss {metrics['val_loss_before']} -> {metrics['val_loss_after']}\n"
