@@ -62,6 +62,9 @@ class KDConfig(StageConfig):
     teacher: str | None = Field(None, description="online logit KD: the teacher model (a folder or 'bundled', same tokenizer as the student) run in eval/no-grad beside the student, full-vocabulary loss; null: offline top-k from the dataset")
     teacher_dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="online KD: the teacher's weights (bfloat16 halves its memory; auto: the student's compute dtype)")
     chunk_size: int | None = Field(256, ge=1, description="online KD: positions per chunk of the loss, so [positions x vocab] fp32 intermediates stay small (null: all at once)")
+    on_policy: float = Field(0.0, ge=0.0, le=1.0, description="GKD's lambda: the share of micro-batches whose answers the student samples itself, scored by the online teacher (needs kd.teacher)")
+    on_policy_max_new_tokens: int = Field(64, ge=1, le=4096, description="on-policy: tokens the student samples per answer")
+    on_policy_temperature: float = Field(1.0, gt=0.0, le=10.0, description="on-policy: the student's sampling temperature")
     beta: float = Field(0.5, gt=0.0, lt=1.0, description="generalized_jsd: the mixture weight")
     skew: float = Field(0.1, gt=0.0, lt=1.0, description="skew_forward_kl/skew_reverse_kl: the skew alpha (DistiLLM)")
 
@@ -70,6 +73,8 @@ class KDConfig(StageConfig):
         if self.enabled and self.teacher is None and self.method in ONLINE_ONLY:
             raise ValueError(f"method {self.method!r} needs the teacher's full distribution: set train.kd.teacher "
                              "(online KD), or use forward_kl/reverse_kl with the dataset's cached top-k")
+        if self.enabled and self.teacher is None and self.on_policy > 0:
+            raise ValueError("on_policy > 0 needs a teacher to score the student's own answers: set train.kd.teacher")
         return self
 
     def method_kw(self) -> dict[str, float]:
@@ -220,6 +225,41 @@ def labelled_logits(model, batch: dict[str, torch.Tensor], autocast_dtype: torch
     with ctx:
         logits = base.lm_head(hidden[:, :-1][keep])
     return logits, targets[keep], batch
+
+
+@torch.no_grad()
+def on_policy_rows(model, rows: list[tuple], tok, max_new_tokens: int, temperature: float,
+                   seed: int) -> list[tuple[list[int], list[int]]]:
+    """GKD's on-policy data (Agarwal et al. 2024, arXiv 2306.13649): each row's prompt (its tokens before the
+    first label) continued by the student itself, sampled at ``temperature`` for up to ``max_new_tokens``
+    (up to and including its end-of-turn token); labels on the sampled tokens only, so the online teacher
+    scores what the student says. Sampling is seeded by ``seed`` (the step), so a resumed run resamples the same."""
+    prompts = [list(ids[: next(i for i, lab in enumerate(labels) if lab != IGNORE)]) for ids, labels, *_ in rows]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else []
+    eos = sorted({*(eos if isinstance(eos, list) else [eos]), tok.eos_token_id} - {None})
+    width = max(len(p) for p in prompts)
+    device = next(model.parameters()).device
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for j, p in enumerate(prompts):  # left padding: every prompt ends where sampling starts
+        ids[j, width - len(p):] = torch.tensor(p)
+        mask[j, width - len(p):] = 1
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    try:
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                             temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                             pad_token_id=pad, eos_token_id=eos)
+    finally:
+        model.train(was_training)
+    result = []
+    for j, p in enumerate(prompts):
+        new = out[j, width:].tolist()
+        end = next((k + 1 for k, t in enumerate(new) if t in eos), len(new))  # keep the end token: it is learned too
+        result.append((p + new[:end], [IGNORE] * len(p) + new[:end]))
+    return result
 
 
 @torch.no_grad()
@@ -385,6 +425,9 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     ds_path = Path(dataset_dir)
     if not (ds_path / "dataset_dict.json").exists():
         raise ConfigError(f"{ds_path} is not an eakd dataset (no dataset_dict.json); run `eakd generate` first")
+    if cfg.processes > 1 and cfg.kd.enabled and cfg.kd.on_policy:
+        raise ConfigError("train.kd.on_policy with train.processes > 1 is not supported yet (each process would have "
+                          "to sample every micro-batch to weight the step); train on-policy in one process")
     if cfg.processes > 1 and "WORLD_SIZE" not in os.environ:  # checked above, before any process starts
         from distill.launch import launch_training
 
@@ -472,7 +515,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         before = {"val_loss": None, "agreement": None}
     val_before = before["val_loss"]
     t0 = time.perf_counter()
-    tokens_seen = 0
+    tokens_seen, on_policy_batches = 0, 0
     window_tokens, window_t = 0, time.perf_counter()
     for step in range(start_step, total_steps):
         lr = _lr_at(step, total_steps, warmup, cfg.lr)
@@ -480,10 +523,15 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
             g["lr"] = lr
         step_loss, step_ce, step_kd, step_tokens = 0.0, 0.0, None, 0
         micro = []
-        for _ in range(cfg.grad_accum * world):  # every rank draws the same batches and keeps its share
+        for i in range(cfg.grad_accum * world):  # every rank draws the same batches and keeps its share
             if not queue:
                 queue = length_grouped_batches(lengths, cfg.batch_size, rng)
-            micro.append(collate([train_rows[j] for j in queue.pop()], pad_id))
+            rows = [train_rows[j] for j in queue.pop()]
+            if cfg.kd.on_policy and rng.random() < cfg.kd.on_policy:  # the student answers, the teacher scores
+                rows = on_policy_rows(model, rows, tok, cfg.kd.on_policy_max_new_tokens, cfg.kd.on_policy_temperature,
+                                      seed=cfg.seed * 1_000_003 + step * 1009 + i)
+                on_policy_batches += 1
+            micro.append(collate(rows, pad_id))
         n_total = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
         for m in micro[rank::world]:
             loss, n, terms = assistant_loss(model, m, autocast_dtype, cfg.kd, teacher)
@@ -553,6 +601,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         "trainable_parameters": n_trainable, "steps": total_steps, "train_rows": len(train_rows), "val_rows": len(val_rows),
         "tokens": tokens_seen, "seconds": round(seconds, 2), "tokens_per_s": round(run_tokens / max(1e-9, seconds), 1),
         "resumed_from_step": start_step or None, "processes": world,
+        "on_policy": cfg.kd.on_policy if cfg.kd.enabled else 0.0, "on_policy_batches": on_policy_batches,
         "teacher_agreement_before": before["agreement"], "teacher_agreement_after": agreement_after,
         "autocast": compute, "device": device, "loss_first": round(first, 4), "loss_last": round(last, 4),
         "val_loss_before": None if val_before is None else round(val_before, 4),

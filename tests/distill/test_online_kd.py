@@ -64,3 +64,36 @@ def test_online_only_divergences_need_a_teacher_and_a_shared_tokenizer(tiny_mode
     with pytest.raises(ConfigError, match="tokenizer differs from the student's .* use sequence-level KD"):
         train_student(_cfg(tiny_model, other), sft_dataset, tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_on_policy_rows_are_the_students_own_answers_labelled_after_the_prompt(tiny_model):
+    from distill.train import on_policy_rows
+
+    tok, model = load_tokenizer(tiny_model), load_causal_lm(tiny_model)
+    rows = [tokenize_row(tok, [{"role": "user", "content": "Hi" * (i + 1)}, {"role": "assistant", "content": "Hello."}], 128)
+            for i in range(3)]
+    model.train()
+    out = on_policy_rows(model, rows, tok, max_new_tokens=6, temperature=1.0, seed=7)
+    assert model.training  # back in training mode
+    for (ids, labels), (new_ids, new_labels) in zip(rows, out):
+        n_prompt = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+        assert new_ids[:n_prompt] == ids[:n_prompt] and new_labels[:n_prompt] == [IGNORE] * n_prompt
+        answer = new_labels[n_prompt:]
+        assert 1 <= len(answer) <= 6 and answer == new_ids[n_prompt:] and IGNORE not in answer
+    assert out == on_policy_rows(model, rows, tok, max_new_tokens=6, temperature=1.0, seed=7)  # seeded
+    assert out != on_policy_rows(model, rows, tok, max_new_tokens=6, temperature=1.0, seed=8)
+
+
+def test_on_policy_training_samples_the_configured_share_of_batches(tiny_model, untied_model, sft_dataset, tmp_path):
+    cfg = _cfg(tiny_model, untied_model, on_policy=1.0, on_policy_max_new_tokens=8)
+    cfg = cfg.model_copy(update={"max_steps": 4, "grad_accum": 2})
+    m = json.loads((train_student(cfg, sft_dataset, tmp_path / "s") / "metrics.json").read_text())
+    assert m["on_policy_batches"] == 8 and m["on_policy"] == 1.0
+    assert all(h["tokens"] <= 2 * 4 * 128 for h in m["history"])
+    half = cfg.model_copy(update={"kd": cfg.kd.model_copy(update={"on_policy": 0.5})})
+    m = json.loads((train_student(half, sft_dataset, tmp_path / "h") / "metrics.json").read_text())
+    assert 0 < m["on_policy_batches"] < 8
+    with pytest.raises(ValidationError, match="on_policy > 0 needs a teacher"):
+        KDConfig(enabled=True, on_policy=0.5)
+    with pytest.raises(ConfigError, match="on_policy with train.processes > 1"):
+        train_student(cfg.model_copy(update={"processes": 2}), sft_dataset, tmp_path / "p")
