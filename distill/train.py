@@ -102,6 +102,7 @@ class TrainConfig(StageConfig):
     log_every: int = Field(5, ge=1, description="log one line every N steps")
     save_every: int | None = Field(None, ge=1, description="checkpoint every N steps; a rerun resumes from the last one")
     seed: int = Field(0, description="shuffling and init seed")
+    rationale_multitask: bool = Field(False, description="Distilling step-by-step: every CoT row with a parsed answer trains two tasks, '[answer] question' -> the answer alone and '[explain] question' -> the teacher's rationale (sequence-level or online KD)")
     processes: int = Field(1, ge=1, le=1024, description="data-parallel processes: >1 hands training to `accelerate launch` (one GPU each; gloo on CPU), same global batch per step = batch_size x grad_accum x processes")
 
 
@@ -123,6 +124,27 @@ def depth_prune(model, keep: int):
         model.config.layer_types = [model.config.layer_types[i] for i in idx]
     log.info("student depth-pruned: kept layers %s of %d", idx, n)
     return model
+
+
+ANSWER_TAG, EXPLAIN_TAG = "[answer]", "[explain]"
+
+
+def rationale_tasks(conversations: list[list[dict]], styles: list[str | None],
+                    answers: list[str | None]) -> list[list[dict]]:
+    """Distilling step-by-step (Hsieh et al. 2023, arXiv 2305.02301) as data: each CoT conversation with a
+    parsed answer becomes two, the user turn prefixed with a task tag — ``[answer]`` -> the answer alone,
+    ``[explain]`` -> the teacher's rationale (its whole CoT answer). Other rows pass through unchanged.
+    At inference the student is asked with ``[answer]``: no rationale to generate, the point of the method."""
+    out = []
+    for conv, style, answer in zip(conversations, styles, answers):
+        if style != "cot" or not answer or len(conv) < 2 or conv[-1]["role"] != "assistant" or conv[-2]["role"] != "user":
+            out.append(conv)
+            continue
+        head, user = conv[:-2], conv[-2]
+        out.append(head + [{"role": "user", "content": f"{ANSWER_TAG} {user['content']}"},
+                           {"role": "assistant", "content": str(answer)}])
+        out.append(head + [{"role": "user", "content": f"{EXPLAIN_TAG} {user['content']}"}, conv[-1]])
+    return out
 
 
 def tokenize_row(tok, messages: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
@@ -441,7 +463,15 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         if split not in dd or "messages" not in dd[split].column_names:
             return []
         if not cfg.kd.enabled or cfg.kd.teacher is not None:  # SFT, or online KD: the teacher scores the tokens
-            return [r for r in (tokenize_row(tok, m, cfg.max_length) for m in dd[split]["messages"]) if r]
+            convs = dd[split]["messages"]
+            if cfg.rationale_multitask:
+                d = dd[split]
+                convs = rationale_tasks(convs, d["style"] if "style" in d.column_names else [None] * d.num_rows,
+                                        d["answer"] if "answer" in d.column_names else [None] * d.num_rows)
+            return [r for r in (tokenize_row(tok, m, cfg.max_length) for m in convs) if r]
+        if cfg.rationale_multitask:
+            raise ConfigError("train.rationale_multitask with offline logit KD: the answer-only task has no cached "
+                              "teacher top-k; use sequence-level KD (train.kd.enabled=false) or online KD (train.kd.teacher)")
         d = dd[split]
         if d.num_rows == 0:
             return []

@@ -8,7 +8,7 @@ import torch
 from distill.config import ConfigError
 from distill.logprobs import pack_topk
 from distill.models import load_causal_lm, load_tokenizer
-from distill.train import IGNORE, TrainConfig, depth_prune, tokenize_row, train_student
+from distill.train import IGNORE, KDConfig, TrainConfig, depth_prune, tokenize_row, train_student
 
 
 def test_labels_cover_only_the_assistant_turn(tiny_model):
@@ -182,3 +182,26 @@ def test_a_half_written_checkpoint_is_never_read_as_complete(tmp_path):
         for f in files:
             (root / name / f).write_bytes(b"{}")
     assert latest_checkpoint(root).name == "step-000003"
+
+
+def test_rationale_multitask_splits_cot_rows_into_answer_and_explain_tasks(tiny_model, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from distill.train import ANSWER_TAG, EXPLAIN_TAG, rationale_tasks
+
+    cot = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "3 boxes of 4?"},
+           {"role": "assistant", "content": "3 times 4 is 12.\nThe answer is 12."}]
+    icl = [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]
+    out = rationale_tasks([cot, icl, cot], ["cot", "icl", "cot"], ["12", "Paris", None])
+    assert out[0] == cot[:1] + [{"role": "user", "content": f"{ANSWER_TAG} 3 boxes of 4?"}, {"role": "assistant", "content": "12"}]
+    assert out[1] == cot[:1] + [{"role": "user", "content": f"{EXPLAIN_TAG} 3 boxes of 4?"}, cot[-1]]
+    assert out[2:] == [icl, cot]  # not CoT, or no parsed answer: unchanged
+    rows = [{"id": str(i), "style": "cot", "answer": str(2 * i),
+             "messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": f"{i} and {i} make {2 * i}.\nThe answer is {2 * i}."}]} for i in range(8)]
+    DatasetDict({"train": Dataset.from_list(rows[:6]), "validation": Dataset.from_list(rows[6:])}).save_to_disk(str(tmp_path / "ds"))
+    cfg = TrainConfig(student=str(tiny_model), rationale_multitask=True, max_steps=2, batch_size=4, dtype="float32", device="cpu")
+    m = json.loads((train_student(cfg, tmp_path / "ds", tmp_path / "s") / "metrics.json").read_text())
+    assert (m["train_rows"], m["val_rows"]) == (12, 4)  # two tasks per CoT row
+    with pytest.raises(ConfigError, match="rationale_multitask with offline logit KD"):
+        train_student(cfg.model_copy(update={"kd": KDConfig(enabled=True)}), tmp_path / "ds", tmp_path / "k")
