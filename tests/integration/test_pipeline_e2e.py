@@ -4,6 +4,7 @@ The run itself is the session fixture ``e2e_run`` (tests/conftest.py), shared wi
 of its report and dataset viewer (tests/integration/test_report_browser.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,12 @@ def test_pipeline_end_to_end(e2e_run):
     assert steps[2]["after"]["bytes_on_disk"] < steps[2]["before"]["bytes_on_disk"]
     for s in steps:
         assert s["before"]["perplexity"] > 0 and s["after"]["perplexity"] > 0
+        assert s["after"]["latency"]["batched_tokens_per_s"] > 0 and s["after"]["latency"]["new_tokens"] == 32
+        assert (run_dir / "compressed" / Path(s["artifact"]).name / "README.md").is_file()  # the step's model card
+    tasks = report["compress"]["tasks"]  # the run's own held-out questions (demo seeds carry gold answers)
+    assert Path(tasks["dataset"]).name == "dataset"
+    assert base["accuracy"]["rows"] == tasks["rows"] > 0 and all(s["after"]["accuracy"]["rows"] == tasks["rows"] for s in steps)
+    assert "<!-- eakd:evaluation -->" in (run_dir / "student" / "README.md").read_text()  # the student's card
     timeline = gen["teacher"]["timeline"]  # paid tokens over time, for the HTML report's throughput plot
     assert len(timeline) >= 2 and timeline[-1][1] == gen["teacher"]["completion_tokens"]
     assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(timeline, timeline[1:]))
