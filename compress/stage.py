@@ -336,8 +336,8 @@ def model_card(name: str, source: Path, recipe: list[dict[str, Any]], baseline: 
                       for i, s in enumerate(recipe, 1))
     return "\n".join([
         f"# {name}: compressed with eakd", "",
-        f"Source model: `{source}`. Load with `compress.artifact.load_compressed(this_folder)` (a depth- or width-pruned "
-        "folder is also a standard Hugging Face model).", "",
+        (f"Source model: `{source}`. Load with `compress.artifact.load_compressed(this_folder)` (a depth- or "
+         "width-pruned folder is also a standard Hugging Face model)."), "",
         "## Recipe (every step applied to the source, in order; also in `recipe.json`)", "", steps, "",
         "## Measured", "",
         f"Perplexity on {summary['eval_text_source']}: {ev['protocol']} protocol, {ev['windows']} windows × "

@@ -69,7 +69,7 @@ class KDConfig(StageConfig):
     skew: float = Field(0.1, gt=0.0, lt=1.0, description="skew_forward_kl/skew_reverse_kl: the skew alpha (DistiLLM)")
 
     @model_validator(mode="after")
-    def _online_methods_need_a_teacher(self) -> "KDConfig":
+    def _online_methods_need_a_teacher(self) -> KDConfig:
         if self.enabled and self.teacher is None and self.method in ONLINE_ONLY:
             raise ValueError(f"method {self.method!r} needs the teacher's full distribution: set train.kd.teacher "
                              "(online KD), or use forward_kl/reverse_kl with the dataset's cached top-k")

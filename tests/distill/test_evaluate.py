@@ -112,7 +112,7 @@ def test_teacher_agreement_is_one_for_a_model_that_predicts_the_labels():
     labels = [-100, -100] + preds[1:5]  # label t = the model's own argmax at t-1
     rows = [(ids, labels)]
     out = teacher_agreement(model, rows, pad_id=0)
-    assert out == {"top1_agreement": 1.0, "kl_topk": None, "tokens": 4}
+    assert out == {"top1_agreement": 1.0, "kl_topk": None, "kl_full": None, "tokens": 4}
     lp = torch.log_softmax(logits.float(), -1)
     top = lp[1:5].topk(3, dim=-1)
     rows_k = [(ids, labels, top.indices.tolist(), top.values.tolist())]
