@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer
 from distill.config import ConfigError, StageConfig, dump_config, shared_data_dir
 from distill.models import (
+    eos_ids,
     load_causal_lm,
     load_tokenizer,
     resolve_dtype,
@@ -291,8 +292,7 @@ def generate_greedy(model: nn.Module, tokenizer: Any, prompts: list[list[dict]],
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else []
-    eos = sorted({*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None})
+    eos = eos_ids(model, tokenizer)
     gen = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
     first_line = first_line or [False] * len(prompts)
     encoded = [tokenizer(tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),

@@ -165,6 +165,13 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"
     return model.to(device)
 
 
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a turn: the model's generation config EOS id(s) and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
+    return sorted({*eos, tokenizer.eos_token_id} - {None})
+
+
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 

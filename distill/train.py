@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 from distill.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import ConfigError, StageConfig, dump_config
 from distill.logprobs import is_packed, unpack_topk
-from distill.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+from distill.models import eos_ids, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,7 @@ def on_policy_rows(model, rows: list[tuple], tok, max_new_tokens: int, temperatu
     scores what the student says. Sampling is seeded by ``seed`` (the step), so a resumed run resamples the same."""
     prompts = [list(ids[: next(i for i, lab in enumerate(labels) if lab != IGNORE)]) for ids, labels, *_ in rows]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else []
-    eos = sorted({*(eos if isinstance(eos, list) else [eos]), tok.eos_token_id} - {None})
+    eos = eos_ids(model, tok)
     width = max(len(p) for p in prompts)
     device = next(model.parameters()).device
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
