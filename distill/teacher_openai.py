@@ -22,6 +22,7 @@ was in flight.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 import threading
@@ -143,12 +144,22 @@ DEAD_STREAK = 6  # refusal pauses in a row (0.5 + 1 + ... + 16 s) after which a 
 
 
 class _Pool:
-    """Hands out replica slots: least loaded first, the prefix group's replica when it is not busier."""
+    """Hands out replica slots: least loaded first, the prefix group's replica when it is not busier.
+
+    Waiters are served by *rank* (their position in the prefix schedule), not by arrival: a follower
+    released by its leader's answer takes the next free slot ahead of the leaders of later groups, so a
+    group's requests run together while its prefix is still in the engine's cache. With plain FIFO the
+    leaders of every group — queued first — took all slots before any follower, and by the time the
+    followers ran, their prefixes had been evicted by the later leaders'. Each release wakes only the
+    head of the queue (one wake-up per answer, not one per waiter: with hundreds of queued requests
+    that costs a local engine CPU), and the head passes the turn on when it got a slot.
+    """
 
     def __init__(self, replicas: list[_Replica]) -> None:
         self.replicas = replicas
-        self.cond = asyncio.Condition()
         self.affinity: dict[int, _Replica] = {}
+        self.waiting: list[list] = []  # heap of [rank, seq, event]
+        self._seq = 0
 
     def _pick(self, group: int | None) -> _Replica | None:
         now = time.monotonic()
@@ -164,40 +175,51 @@ class _Pool:
             self.affinity.setdefault(group, best)
         return best
 
-    async def acquire(self, group: int | None) -> _Replica | None:
-        """A replica slot, or None when every replica is down (see ``DEAD_STREAK``)."""
-        async with self.cond:
+    def _wake_head(self) -> None:
+        if self.waiting:
+            self.waiting[0][2].set()
+
+    async def acquire(self, group: int | None, rank: int = 0) -> _Replica | None:
+        """A replica slot, or None when every replica is down (see ``DEAD_STREAK``). Lower ``rank`` first."""
+        self._seq += 1
+        entry = [rank, self._seq, asyncio.Event()]
+        heapq.heappush(self.waiting, entry)
+        try:
             while True:
                 if all(r.down_streak >= DEAD_STREAK for r in self.replicas):
-                    self.cond.notify_all()  # the other waiters may sleep with no release to come: tell them too
+                    for other in self.waiting:  # no release is coming: every waiter learns it now
+                        other[2].set()
                     return None
-                pick = self._pick(group)
-                if pick is not None:
-                    pick.inflight += 1
-                    return pick
+                if self.waiting[0] is entry:
+                    pick = self._pick(group)
+                    if pick is not None:
+                        pick.inflight += 1
+                        return pick
+                entry[2].clear()
                 now = time.monotonic()
                 back = [r.down_until - now for r in self.replicas if r.down_until > now]
                 try:  # wake on a release, or when a paused replica is due back
-                    await asyncio.wait_for(self.cond.wait(), timeout=min(back) if back else None)
+                    await asyncio.wait_for(entry[2].wait(), timeout=min(back) if back else None)
                 except TimeoutError:
                     pass
+        finally:  # served, refused or cancelled: leave the queue and hand the turn to the next waiter
+            if self.waiting[0] is entry:
+                heapq.heappop(self.waiting)
+            else:
+                self.waiting.remove(entry)
+                heapq.heapify(self.waiting)
+            self._wake_head()
 
     async def release(self, replica: _Replica) -> None:
-        async with self.cond:
-            replica.inflight -= 1
-            # wake as many waiters as there are free slots (the AIMD window may have grown), not all of
-            # them: with hundreds of queued requests notify_all costs O(n) wake-ups per answer, which
-            # on a small machine steals CPU from a local engine
-            now = time.monotonic()
-            free = sum(max(0, r.limit.cap - r.inflight) for r in self.replicas if r.down_until <= now)
-            self.cond.notify(max(1, free))
+        replica.inflight -= 1
+        self._wake_head()
 
 
 PUSHBACK = {"http_429", "http_503", "timeout"}
 
 
 async def _one(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherConfig, model: str,
-               stats: TeacherStats, group: int | None, budget: Budget | None = None) -> TeacherResponse:
+               stats: TeacherStats, group: int | None, budget: Budget | None = None, rank: int = 0) -> TeacherResponse:
     key = r.key()
     estimate = estimate_tokens(r.messages, r.max_tokens, r.n)
     worst = worst_case(r, cfg.structured_retries)
@@ -209,9 +231,9 @@ async def _one(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherCo
                                        error=f"{BUDGET_ERROR} not sent, the run's cap is reached ({budget.describe()})")
             await asyncio.sleep(0.05)
     try:
-        resp = await _attempts(pool, rate, r, cfg, model, stats, group, key, estimate)
+        resp = await _attempts(pool, rate, r, cfg, model, stats, group, key, estimate, rank)
         if r.json_schema is not None and resp.error is None:
-            resp = await _validated(pool, rate, r, cfg, model, stats, group, key, estimate, resp)
+            resp = await _validated(pool, rate, r, cfg, model, stats, group, key, estimate, resp, rank)
     except BaseException:
         if budget is not None:
             budget.settle(*worst, 0, 0)
@@ -223,7 +245,7 @@ async def _one(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherCo
 
 async def _validated(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherConfig, model: str,
                      stats: TeacherStats, group: int | None, key: str, estimate: int,
-                     resp: TeacherResponse) -> TeacherResponse:
+                     resp: TeacherResponse, rank: int = 0) -> TeacherResponse:
     """Check a structured answer against its schema; re-ask (new seed) for failing samples while
     ``structured_retries`` last (not at temperature 0, where the answer would repeat). Answers still
     failing are kept with ``schema_error`` set."""
@@ -234,7 +256,7 @@ async def _validated(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: Tea
             break
         stats.schema_retries += 1
         again = await _attempts(pool, rate, replace(r, seed=(r.seed or 0) + 7919 * k), cfg, model, stats, group, key,
-                                estimate)
+                                estimate, rank)
         if again.error is not None:
             break
         resp.prompt_tokens += again.prompt_tokens
@@ -245,12 +267,12 @@ async def _validated(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: Tea
 
 
 async def _attempts(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: TeacherConfig, model: str,
-                    stats: TeacherStats, group: int | None, key: str, estimate: int) -> TeacherResponse:
+                    stats: TeacherStats, group: int | None, key: str, estimate: int, rank: int = 0) -> TeacherResponse:
     attempt = 0
     while True:
         attempt += 1
         await rate.acquire(estimate)
-        replica = await pool.acquire(group)
+        replica = await pool.acquire(group, rank)
         if replica is None:
             stats.failures["connection"] = stats.failures.get("connection", 0) + 1
             return TeacherResponse(key=key, choices=[], engine="openai", model=model, attempts=attempt - 1,
@@ -328,12 +350,13 @@ async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: R
     # followers of a shared-prefix group wait for their leader's answer: its prompt is then in the prefix cache
     leader_done = {g: asyncio.Event() for g, n in sizes.items() if n > 1 and cfg.prefix_scheduling}
 
-    async def run(s: Scheduled) -> TeacherResponse:
+    async def run(rank: int, s: Scheduled) -> TeacherResponse:
         event = leader_done.get(s.group)
         if event is not None and not s.leader:
             await event.wait()
-        try:
-            return await _one(pool, rate, requests[s.index], cfg, model, stats, s.group if event else None, budget)
+        try:  # rank: slots go to the earliest scheduled waiter, so a released group runs before later leaders
+            return await _one(pool, rate, requests[s.index], cfg, model, stats, s.group if event else None, budget,
+                              rank)
         finally:
             if event is not None and s.leader:
                 event.set()
@@ -341,7 +364,7 @@ async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: R
     out: list[TeacherResponse] = []
     tokens = 0
     t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(run(s)) for s in schedule]
+    tasks = [asyncio.ensure_future(run(rank, s)) for rank, s in enumerate(schedule)]
     try:
         with tqdm(total=len(tasks), desc="teacher", unit="req") as bar:
             for fut in asyncio.as_completed(tasks):

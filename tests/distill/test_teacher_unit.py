@@ -85,3 +85,43 @@ def test_a_teacher_that_stays_down_ends_the_run_instead_of_trickling_probes(monk
     unsent = [r for r in out if "not sent" in r.error]
     assert len(unsent) > 250, "most requests should be failed without being sent once both replicas are down"
     assert sum(r.attempts for r in out) < 100, "a down teacher was probed request by request"
+
+
+def test_pool_serves_waiters_by_schedule_rank_not_arrival():
+    """A follower released by its leader's answer takes the next slot ahead of later groups' leaders that
+    queued earlier; a cancelled waiter leaves the queue without stalling the others."""
+    import asyncio
+
+    import openai
+
+    from distill.schedule import AdaptiveLimit
+    from distill.teacher_openai import _Pool, _Replica
+
+    async def scenario() -> list[int]:
+        client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="x")  # never called
+        replica = _Replica("http://127.0.0.1:9/v1", client, AdaptiveLimit(2))
+        pool = _Pool([replica])
+        served: list[int] = []
+        held = [await pool.acquire(0, 0), await pool.acquire(1, 4)]  # two leaders hold both slots
+        assert held == [replica, replica] and replica.inflight == 2
+
+        async def waiter(rank: int) -> None:
+            await pool.acquire(None, rank)
+            served.append(rank)
+
+        tasks = {rank: asyncio.ensure_future(waiter(rank)) for rank in (8, 12, 16)}  # later leaders queue first
+        await asyncio.sleep(0)
+        tasks[1] = asyncio.ensure_future(waiter(1))  # then group 0's followers, released by their leader
+        tasks[2] = asyncio.ensure_future(waiter(2))
+        await asyncio.sleep(0)
+        tasks[12].cancel()
+        for _ in range(4):
+            await pool.release(replica)
+            for _ in range(5):
+                await asyncio.sleep(0)
+        await asyncio.gather(*(t for r, t in tasks.items() if r != 12))
+        await client.close()
+        assert not pool.waiting
+        return served
+
+    assert asyncio.run(scenario()) == [1, 2, 8, 16]
