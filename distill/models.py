@@ -214,12 +214,23 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
+CPU_AUTO_DTYPE_ENV = "EAKD_CPU_AUTO_DTYPE"  # float32 | bfloat16: what ``auto`` means on a CPU, overriding detection
+
+
 def resolve_dtype(dtype: str, device: str = "cpu") -> str:
     """``auto`` -> ``bfloat16`` where the hardware computes it natively (CUDA with bf16, or a CPU with
-    AVX512-BF16/AMX), else ``float32``. Explicit values pass through."""
+    AVX512-BF16/AMX), else ``float32``; on a CPU, ``$EAKD_CPU_AUTO_DTYPE`` (``float32`` or ``bfloat16``)
+    decides instead — ``float32`` keeps greedy outputs independent of how the engine batches requests,
+    which bf16's rounding does not (a near-tie flips). Explicit values pass through."""
     if dtype != "auto":
         return dtype
     import torch
+
+    forced = os.environ.get(CPU_AUTO_DTYPE_ENV, "").strip()
+    if forced and not device.startswith("cuda"):
+        if forced not in ("float32", "bfloat16"):
+            raise ValueError(f"${CPU_AUTO_DTYPE_ENV}={forced!r}: use float32 or bfloat16 (or unset it to detect)")
+        return forced
 
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"

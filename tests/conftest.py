@@ -17,6 +17,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# dtype "auto" means fp32 on every CPU under test, as on an AVX2 machine: on one with AVX512-BF16 it would mean
+# bf16, whose rounding makes greedy answers depend on how vLLM batched the requests (a near-tie flips), and the
+# tests assert bit-equal records across runs (faulted == fault-free, resumed == uninterrupted, batch == online)
+os.environ.setdefault("EAKD_CPU_AUTO_DTYPE", "float32")
 # Prefect keeps a SQLite database under PREFECT_HOME; tests use their own (never the user's).
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="eakd-test-prefect-"))
 

