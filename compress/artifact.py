@@ -13,6 +13,9 @@ A compressed model folder holds:
   byte) or ``<name>.weight_int8`` (codes of 5-8 bits), ``<name>.weight_scale`` (fp32 [out, in/group]) and,
   when asymmetric, ``<name>.weight_zero`` (uint8 [out, in/group]); their manifest entry is
   ``{"bits", "group_size", "symmetric", "scheme"}`` and ``w = (q - zero) * scale`` per group;
+* with ``"coding": "zstd"`` in a grouped entry, the codes are stored instead as ``<name>.weight_zstd``
+  (uint8, one Zstandard frame of the unsigned codes, one byte each before compression; see
+  :mod:`compress.entropy`);
 * ``eakd_compression.json`` — the manifest::
 
     {"format": "eakd-compressed/v1", "dtype": "bfloat16",
@@ -54,6 +57,7 @@ INT8_SUFFIX = ".weight_int8"
 SCALE_SUFFIX = ".weight_scale"
 PACKED_SUFFIX = ".weight_packed"  # codes of <= 4 bits, two per byte (low nibble first)
 ZERO_SUFFIX = ".weight_zero"
+ZSTD_SUFFIX = ".weight_zstd"  # entropy-coded codes (compress.entropy): flat uint8, one zstd frame
 
 
 def is_grouped_entry(entry: dict[str, Any]) -> bool:
@@ -61,8 +65,42 @@ def is_grouped_entry(entry: dict[str, Any]) -> bool:
     return "group_size" in entry
 
 
-def grouped_entry(bits: int, group_size: int | None, symmetric: bool, scheme: str) -> dict[str, Any]:
-    return {"bits": bits, "group_size": group_size, "symmetric": symmetric, "scheme": scheme}
+def grouped_entry(bits: int, group_size: int | None, symmetric: bool, scheme: str,
+                  coding: str | None = None) -> dict[str, Any]:
+    entry = {"bits": bits, "group_size": group_size, "symmetric": symmetric, "scheme": scheme}
+    if coding not in (None, "none"):
+        entry["coding"] = coding  # how the codes are stored: "zstd" (compress.entropy); absent: fixed-width
+    return entry
+
+
+def code_key(module_name: str, entry: dict[str, Any]) -> str:
+    """The safetensors key holding a grouped-quantized layer's codes."""
+    if entry.get("coding") == "zstd":
+        return module_name + ZSTD_SUFFIX
+    return module_name + (PACKED_SUFFIX if entry["bits"] <= 4 else INT8_SUFFIX)
+
+
+def store_codes(q: Tensor, entry: dict[str, Any]) -> Tensor:
+    """Codes ``q`` [out, in] -> the tensor stored under :func:`code_key` (packed, int8 or zstd)."""
+    if entry.get("coding") == "zstd":
+        from compress.entropy import encode_codes
+
+        return encode_codes(q, entry["bits"], entry["symmetric"])
+    if entry.get("coding") not in (None, "none"):
+        raise ValueError(f"unknown weight coding {entry['coding']!r} (this eakd writes 'zstd' or none)")
+    return pack_codes(q, entry["bits"], entry["symmetric"])
+
+
+def read_codes(stored: Tensor, entry: dict[str, Any], shape: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`store_codes` -> codes [out, in] (int16, signed when symmetric)."""
+    coding = entry.get("coding")
+    if coding == "zstd":
+        from compress.entropy import decode_codes
+
+        return decode_codes(stored, shape, entry["bits"], entry["symmetric"])
+    if coding is not None:
+        raise ConfigError(f"weight coding {coding!r} is not one this eakd reads (zstd or none); upgrade eakd")
+    return unpack_codes(stored, entry["bits"], entry["symmetric"], shape[1])
 
 
 def pack_codes(q: Tensor, bits: int, symmetric: bool) -> Tensor:
@@ -158,8 +196,7 @@ def compressed_tensors(model: nn.Module, manifest: dict[str, Any], dtype: str | 
                 raise ValueError(f"{module_name}: weights differ from their {entry['scheme']} codes "
                                  "(changed after quantization?); quantize last in a chain")
             del out[key]
-            out[module_name + (PACKED_SUFFIX if entry["bits"] <= 4 else INT8_SUFFIX)] = pack_codes(
-                q, entry["bits"], entry["symmetric"])
+            out[code_key(module_name, entry)] = store_codes(q, entry)
             out[module_name + SCALE_SUFFIX] = scale.to(torch.float32)
             if zero is not None:
                 out[module_name + ZERO_SUFFIX] = zero
@@ -224,13 +261,17 @@ def load_compressed(folder: str | Path, dtype: str = "float32", device: str = "c
     for module_name, entry in manifest["quantized"].items():
         if is_grouped_entry(entry):
             try:
-                stored = tensors.pop(module_name + (PACKED_SUFFIX if entry["bits"] <= 4 else INT8_SUFFIX))
+                stored = tensors.pop(code_key(module_name, entry))
                 scale = tensors.pop(module_name + SCALE_SUFFIX)
             except KeyError:
                 raise ConfigError(f"{weights}: manifest marks {module_name!r} as {entry['scheme']} but its code/scale "
                                   "tensors are missing; re-run the compress step") from None
             zero = tensors.pop(module_name + ZERO_SUFFIX, None)
-            q = unpack_codes(stored, entry["bits"], entry["symmetric"], model.get_submodule(module_name).in_features)
+            layer = model.get_submodule(module_name)
+            try:
+                q = read_codes(stored, entry, (layer.out_features, layer.in_features))
+            except ValueError as exc:
+                raise ConfigError(f"{weights}: {module_name}: {exc}; re-run the compress step") from None
             tensors[f"{module_name}.weight"] = dequantize_weight(q, scale, zero, entry["group_size"], torch.float32)
             continue
         try:
@@ -253,6 +294,36 @@ def load_compressed(folder: str | Path, dtype: str = "float32", device: str = "c
             if state[alias].data_ptr() != state[source].data_ptr():
                 state[alias].copy_(tensors[source])
     return model.to(device=device, dtype=getattr(torch, dtype)).eval()
+
+
+def recode(folder: str | Path, out_dir: str | Path, coding: str | None) -> Path:
+    """Copy the eakd-compressed ``folder`` to ``out_dir`` with every grouped-quantized layer's codes stored in
+    ``coding`` (``"zstd"`` or None: fixed-width); the codes themselves, and so the model, are unchanged."""
+    import shutil
+
+    from compress.export import _meta_model
+
+    src, out = Path(folder), Path(out_dir)
+    manifest = read_manifest(src)
+    if manifest is None or not any(is_grouped_entry(e) for e in manifest["quantized"].values()):
+        raise ConfigError(f"{src}: no rtn/gptq/awq/qat-quantized layers to re-code")
+    if out.exists():
+        raise ConfigError(f"{out} exists; pick a new folder")
+    linears = dict(_meta_model(src).named_modules())
+    tensors = load_file(str(src / WEIGHTS_NAME))
+    for name, entry in manifest["quantized"].items():
+        if not is_grouped_entry(entry):
+            continue
+        layer = linears[name]
+        codes = read_codes(tensors.pop(code_key(name, entry)), entry, (layer.out_features, layer.in_features))
+        entry.pop("coding", None)
+        if coding not in (None, "none"):
+            entry["coding"] = coding
+        tensors[code_key(name, entry)] = store_codes(codes.to(torch.int8 if entry["symmetric"] else torch.uint8), entry)
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns(WEIGHTS_NAME, MANIFEST_NAME))
+    save_file(dict(sorted(tensors.items())), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
 
 
 def safetensors_bytes(folder: str | Path) -> int:

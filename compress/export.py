@@ -49,8 +49,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from compress.artifact import (INT8_SUFFIX, MANIFEST_NAME, PACKED_SUFFIX, SCALE_SUFFIX, WEIGHTS_NAME, ZERO_SUFFIX,
-                               is_grouped_entry, read_manifest, unpack_codes)
+from compress.artifact import (INT8_SUFFIX, MANIFEST_NAME, SCALE_SUFFIX, WEIGHTS_NAME, ZERO_SUFFIX, code_key,
+                               is_grouped_entry, read_codes, read_manifest)
 from compress.quantize import SCHEME, dequantize_weight
 from distill.config import ConfigError
 
@@ -115,7 +115,7 @@ def _signed(codes: Tensor, bits: int) -> Tensor:
     return (codes.to(torch.int16) - 2 ** (bits - 1)).to(torch.int8)
 
 
-def convert_layer(name: str, tensors: dict[str, Tensor], entry: dict[str, Any], in_features: int,
+def convert_layer(name: str, tensors: dict[str, Tensor], entry: dict[str, Any], shape: tuple[int, int],
                   scale_dtype: torch.dtype) -> tuple[dict[str, Tensor], float]:
     """Pop one quantized linear's eakd tensors from ``tensors``; return its compressed-tensors tensors
     (local names ``weight_packed``, ``weight_scale``, ``weight_shape``[, ``weight_zero_point``]) and the
@@ -123,7 +123,8 @@ def convert_layer(name: str, tensors: dict[str, Tensor], entry: dict[str, Any], 
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     bits, group_size, symmetric = _scheme(name, entry)
-    suffix = PACKED_SUFFIX if is_grouped_entry(entry) and bits <= 4 else INT8_SUFFIX
+    suffix = code_key("", entry) if is_grouped_entry(entry) else INT8_SUFFIX
+    in_features = shape[1]
     try:
         stored, scale = tensors.pop(name + suffix), tensors.pop(name + SCALE_SUFFIX).to(torch.float32)
     except KeyError:
@@ -131,7 +132,10 @@ def convert_layer(name: str, tensors: dict[str, Tensor], entry: dict[str, Any], 
                           "is missing from the weights; the artifact is damaged, re-run the compress step") from None
     zero = tensors.pop(name + ZERO_SUFFIX, None)
     if is_grouped_entry(entry):
-        codes = unpack_codes(stored, bits, symmetric, in_features)  # signed when symmetric, else unsigned
+        try:  # signed when symmetric, else unsigned
+            codes = read_codes(stored, entry, shape)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}; the artifact is damaged, re-run the compress step") from None
     else:
         codes, scale = stored.to(torch.int16), scale.reshape(-1, 1)  # legacy: scale [out] -> [out, 1]
     if not symmetric and zero is None:
@@ -192,7 +196,8 @@ def export_compressed_tensors(artifact_dir: str | Path, out_dir: str | Path, sca
         if name not in linears:
             raise ConfigError(f"{src}: manifest quantizes {name!r}, which is not a Linear of {src / 'config.json'}; "
                               "the artifact is damaged, re-run the compress step")
-        layer, err = convert_layer(name, tensors, entry, linears[name].in_features, getattr(torch, dtype_name))
+        layer, err = convert_layer(name, tensors, entry, (linears[name].out_features, linears[name].in_features),
+                                   getattr(torch, dtype_name))
         packed.update({f"{name}.{k}": v for k, v in layer.items()})
         worst = max(worst, err)
     for alias, source in manifest["tied"].items():

@@ -37,6 +37,7 @@ from compress.calibrate import calibration_batches
 from compress.factorize import factorize_model
 from compress.gptq import gptq_model
 from compress.lowrank_aware import factorize_model_aware
+from compress.qat import qat_model
 from compress.prune import magnitude_model, prune_model, wanda_model
 from compress.quantize import quantize_model, quantize_model_rtn
 from compress.recover import recover
@@ -48,12 +49,12 @@ from distill.models import check_model_dir, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-Method = Literal["rtn_int8", "rtn", "gptq", "awq", "magnitude", "wanda", "sparsegpt", "depth", "width",
+Method = Literal["rtn_int8", "rtn", "gptq", "awq", "qat", "magnitude", "wanda", "sparsegpt", "depth", "width",
                  "svd", "asvd", "svdllm"]
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
-QUANT = {"rtn", "gptq", "awq"}  # grouped weight quantization: must end a chain (see _check_order)
+QUANT = {"rtn", "gptq", "awq", "qat"}  # grouped weight quantization: must end a chain (see _check_order)
 STRUCTURED = {"depth", "width"}  # change the architecture: must come before anything recorded by name
-CALIBRATED = {"gptq", "awq", "wanda", "sparsegpt", "depth", "width", "asvd", "svdllm"}
+CALIBRATED = {"gptq", "awq", "qat", "wanda", "sparsegpt", "depth", "width", "asvd", "svdllm"}
 
 
 class CompressStep(StageConfig):
@@ -64,15 +65,16 @@ class CompressStep(StageConfig):
     nm: str | None = Field(None, pattern=r"^\d+:\d+$", description="magnitude/wanda/sparsegpt: semi-structured N:M, e.g. '2:4' (overrides sparsity)")
     rank_ratio: float | None = Field(None, gt=0.0, le=1.0, description="svd: kept rank / min(out, in), the same for every layer (None: use param_reduction)")
     param_reduction: float = Field(0.2, gt=0.0, lt=1.0, description="svd (without rank_ratio)/asvd/svdllm: fraction of decoder-linear weights removed; ranks allocated per layer")
-    bits: int = Field(4, ge=2, le=8, description="rtn/gptq/awq: weight bits")
-    group_size: int | None = Field(128, ge=1, description="rtn/gptq/awq: input columns per scale (None: per output channel)")
-    symmetric: bool = Field(True, description="rtn/gptq/awq: symmetric codes (no zero point)")
+    bits: int = Field(4, ge=2, le=8, description="rtn/gptq/awq/qat: weight bits")
+    group_size: int | None = Field(128, ge=1, description="rtn/gptq/awq/qat: input columns per scale (None: per output channel)")
+    symmetric: bool = Field(True, description="rtn/gptq/awq/qat: symmetric codes (no zero point)")
+    entropy_coding: Literal["none", "zstd"] = Field("none", description="rtn/gptq/awq/qat: store the codes fixed-width (none) or entropy-coded with Zstandard (zstd: fewer bytes, decoded at load; see compress.entropy)")
     damp: float = Field(0.01, ge=0.0, description="gptq/sparsegpt: Hessian dampening as a fraction of its mean diagonal")
     act_order: bool | Literal["auto"] = Field("auto", description="gptq: quantize columns in order of decreasing Hessian diagonal (true), in their order (false), or per layer whichever gives the lower output error (auto)")
     fraction: float = Field(0.25, ge=0.0, lt=1.0, description="depth: fraction of decoder blocks dropped")
     mlp_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="width: fraction of MLP channels removed")
     kv_head_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="width: fraction of KV-head groups removed")
-    recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm: KD steps from the pre-compression model afterwards (Minitron-style recovery)")
+    recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm: KD steps from the pre-compression model afterwards (Minitron-style recovery); qat: the quantization-aware training steps (required)")
     recover_lr: float = Field(1e-4, gt=0.0, description="recovery: AdamW peak learning rate")
     max_ppl_increase: float | None = Field(None, gt=0.0, description="quality gate: stop the chain when perplexity rises more than this fraction over the baseline (0.05 = 5%)")
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="quality gate: stop the chain when task accuracy on the held-out questions falls below this fraction (needs compress.eval task accuracy)")
@@ -89,12 +91,15 @@ class CompressStep(StageConfig):
     def params(self) -> dict[str, Any]:
         """The fields that matter for this step's method."""
         quant = {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+        if self.entropy_coding != "none":
+            quant["entropy_coding"] = self.entropy_coding
         prune = {"sparsity": self.sparsity, "nm": self.nm}
         return {"magnitude": prune, "wanda": prune, "sparsegpt": prune | {"damp": self.damp},
                 "svd": {"rank_ratio": self.rank_ratio} if self.rank_ratio is not None else {"param_reduction": self.param_reduction},
                 "asvd": {"param_reduction": self.param_reduction},
                 "svdllm": {"param_reduction": self.param_reduction}, "rtn_int8": {"bits": 8},
                 "rtn": quant, "gptq": quant | {"damp": self.damp, "act_order": self.act_order}, "awq": quant,
+                "qat": quant | {"steps": self.recover_steps, "lr": self.recover_lr},
                 "depth": {"fraction": self.fraction},
                 "width": {"mlp_fraction": self.mlp_fraction, "kv_head_fraction": self.kv_head_fraction},
                 }[self.method]
@@ -180,6 +185,7 @@ def _scalar_stats(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 RECOVERABLE = {"depth", "width", "svd", "asvd", "svdllm"}
+TRAINED = {"qat"}  # train with the pre-compression model as teacher inside the method (recover_steps = its steps)
 
 
 def _apply(model: nn.Module, step: CompressStep, manifest: dict[str, Any], codes: dict[str, tuple],
@@ -189,14 +195,14 @@ def _apply(model: nn.Module, step: CompressStep, manifest: dict[str, Any], codes
     With ``step.recover_steps`` the step ends with recovery distillation from ``teacher`` (the model as it
     was before this chain) on the calibration windows.
     """
-    stats = _run_method(model, step, manifest, codes, calib)
-    if step.recover_steps:
+    stats = _run_method(model, step, manifest, codes, calib, teacher)
+    if step.recover_steps and step.method not in TRAINED:
         stats["recovery"] = recover(model, teacher, calib, step.recover_steps, step.recover_lr)
     return stats
 
 
 def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], codes: dict[str, tuple],
-                calib: Tensor | None) -> dict[str, Any]:
+                calib: Tensor | None, teacher: nn.Module | None = None) -> dict[str, Any]:
     m = step.method
     if m == "magnitude" and step.nm is None:
         stats = prune_model(model, step.sparsity)
@@ -229,7 +235,11 @@ def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], 
             manifest["quantized"][name] = quant_entry()
         stats = {"layers_quantized": len(manifest["quantized"])}
     elif m in QUANT:
-        if m == "rtn":
+        training = None
+        if m == "qat":
+            result, training = qat_model(model, teacher, calib, step.bits, step.group_size, step.symmetric,
+                                         step.recover_steps, step.recover_lr)
+        elif m == "rtn":
             result = quantize_model_rtn(model, step.bits, step.group_size, step.symmetric)
         elif m == "gptq":
             result = gptq_model(model, calib, step.bits, step.group_size, step.symmetric, step.damp, step.act_order)
@@ -237,8 +247,10 @@ def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], 
             result = awq_model(model, calib, step.bits, step.group_size, step.symmetric)
         for name, entry in result.items():
             codes[name] = entry[:3]
-            manifest["quantized"][name] = grouped_entry(step.bits, step.group_size, step.symmetric, m)
+            manifest["quantized"][name] = grouped_entry(step.bits, step.group_size, step.symmetric, m, step.entropy_coding)
         stats = {"layers_quantized": len(result), "bits": step.bits, "group_size": step.group_size}
+        if training is not None:
+            stats["qat"] = training
     else:  # unreachable while Method and this chain agree
         raise ConfigError(f"compress step method {m!r} is not one of {', '.join(Method.__args__)}")
     legacy = [n for n, e in manifest["quantized"].items() if not is_grouped_entry(e)]
@@ -431,7 +443,10 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
                               "to an eakd dataset with gold answers (the pipeline uses its generated one) and "
                               "compress.eval.max_examples > 0")
         step.nm_tuple()  # validates N:M before any work
-        if step.recover_steps and step.method not in RECOVERABLE:
+        if step.method in TRAINED and not step.recover_steps:
+            raise ConfigError(f"compress.steps[{i}] ({step.method}): set recover_steps to the number of "
+                              "quantization-aware training steps (e.g. 50)")
+        if step.recover_steps and step.method not in RECOVERABLE | TRAINED:
             raise ConfigError(f"compress.steps[{i}].recover_steps: recovery follows {', '.join(sorted(RECOVERABLE))} "
                               f"steps, not {step.method} (it would move pruned/quantized weights off their grid)")
     model = load_compressed(model_dir, dtype="float32")  # compression math in fp32; storage dtype on save

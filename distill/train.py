@@ -230,23 +230,72 @@ def load_online_teacher(kd: KDConfig, student_tok, device: str, compute: str):
     return teacher
 
 
+def labelled_hidden(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None):
+    """Final hidden states at the labelled positions: ``(hidden [N, H], targets [N], batch on the model's
+    device, the base model)`` (a peft model's base, whose ``lm_head`` maps hidden -> logits)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(base.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with _autocast(device, autocast_dtype):
+        hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    return hidden[:, :-1][keep], targets[keep], batch, base
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
+
+
 def labelled_logits(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None):
     """Logits at the labelled positions only: hidden [B, L, H] -> selected [N, H] -> logits [N, V].
 
     Returns ``(logits [N, V], targets [N], batch on the model's device)``; prompt positions never build
     vocab-wide logits.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    device = next(base.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(device.type, enabled=False)
-    with ctx:
-        hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    with ctx:
-        logits = base.lm_head(hidden[:, :-1][keep])
-    return logits, targets[keep], batch
+    hidden, targets, batch, base = labelled_hidden(model, batch, autocast_dtype)
+    with _autocast(hidden.device, autocast_dtype):
+        logits = base.lm_head(hidden)
+    return logits, targets, batch
+
+
+def online_kd_terms(student_head, hidden: torch.Tensor, teacher_head, teacher_hidden: torch.Tensor,
+                    targets: torch.Tensor, kd: KDConfig, autocast_dtype: torch.dtype | None):
+    """Online KD without vocab-wide tensors for every position: student ``hidden`` [N, H] (with grad), the
+    teacher's ``teacher_hidden`` [N, H] (no grad), ``targets`` [N] -> ``(loss, ce, kd_term)`` as
+    :func:`mixed_loss_terms` computes them from full logits.
+
+    ``kd.chunk_size`` positions at a time build both models' ``[n, V]`` logits through their LM heads, and,
+    under non-reentrant activation checkpointing, rebuild them in backward: the largest tensors are
+    ``O(chunk x V)`` instead of the student's and the teacher's ``[N, V]`` fp32 logits plus the student's
+    gradient of them (3 x 400 MB for 2,000 positions of a 49k vocabulary), for one more LM-head matmul.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    from distill.losses import kd_loss
+
+    n = targets.numel()
+    step = kd.chunk_size or max(n, 1)
+
+    def chunk(h: torch.Tensor, ht: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with _autocast(h.device, autocast_dtype):
+            logits = student_head(h)
+            with torch.no_grad():
+                t_logits = teacher_head(ht)
+        ce = torch.nn.functional.cross_entropy(logits.float(), t, reduction="sum")
+        div = kd_loss(logits[None], t_logits[None].to(logits.dtype), t[None], method=kd.method,
+                      temperature=kd.temperature, reduction="sum", **kd.method_kw())
+        return torch.stack([ce, div])
+
+    total = hidden[:0].float().sum().expand(2)  # 0.0, still attached to the graph when nothing is labelled
+    for i in range(0, n, step):
+        args = (hidden[i:i + step], teacher_hidden[i:i + step], targets[i:i + step])
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            total = total + checkpoint(chunk, *args, use_reentrant=False, preserve_rng_state=False)
+        else:
+            total = total + chunk(*args)
+    ce, kd_term = total[0] / max(n, 1), total[1] / max(n, 1)
+    return (1 - kd.alpha_ce) * kd_term + kd.alpha_ce * ce, ce, kd_term
 
 
 @torch.no_grad()
@@ -318,15 +367,20 @@ def mixed_loss(logits: torch.Tensor, targets: torch.Tensor, batch: dict[str, tor
 def assistant_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None,
                    kd: KDConfig | None = None, teacher=None) -> tuple[torch.Tensor, int, dict[str, float | None]]:
     """Mean training loss over labelled positions; (loss, n_tokens, {"ce", "kd"} as floats for the log).
-    With an online ``teacher`` its logits at the same positions join the batch (see :func:`mixed_loss_terms`)."""
-    if teacher is not None:
-        batch = batch | {"teacher_logits": teacher_logits(teacher, batch, autocast_dtype)}
-    logits, targets, batch = labelled_logits(model, batch, autocast_dtype)
-    loss, ce, kd_term = mixed_loss_terms(logits, targets, batch, kd)
+    With an online ``teacher`` both models' logits are built chunk by chunk from their hidden states at the
+    labelled positions (see :func:`online_kd_terms`); otherwise as in :func:`mixed_loss_terms`."""
+    if teacher is not None and kd is not None and kd.enabled:
+        with torch.no_grad():
+            t_hidden, _, _, t_base = labelled_hidden(teacher, batch, autocast_dtype)
+        hidden, targets, batch, base = labelled_hidden(model, batch, autocast_dtype)
+        loss, ce, kd_term = online_kd_terms(base.lm_head, hidden, t_base.lm_head, t_hidden, targets, kd,
+                                            autocast_dtype)
+    else:
+        logits, targets, batch = labelled_logits(model, batch, autocast_dtype)
+        loss, ce, kd_term = mixed_loss_terms(logits, targets, batch, kd)
     return loss, int(targets.numel()), {"ce": ce.item(), "kd": None if kd_term is None else kd_term.item()}
 
 
-@torch.no_grad()
 @torch.no_grad()
 def eval_rows(model, rows: list, pad_id: int, batch_size: int, autocast_dtype, kd: KDConfig | None = None,
               teacher=None) -> dict:

@@ -38,6 +38,36 @@ def test_the_online_loss_is_kd_loss_on_both_models_at_the_labelled_positions(tin
     assert terms["kd"] > 0 and loss.requires_grad
 
 
+@pytest.mark.parametrize("chunk", [5, None])
+def test_chunked_heads_give_the_full_logit_loss_and_gradients(tiny_model, untied_model, chunk):
+    """online_kd_terms builds [chunk, V] logits from hidden states (rebuilt in backward): same loss, CE, KD
+    term and student gradients as mixed_loss_terms on the full [N, V] logits of both models."""
+    from distill.train import labelled_hidden, labelled_logits, mixed_loss_terms, online_kd_terms
+
+    tok = load_tokenizer(tiny_model)
+    student, teacher = load_causal_lm(tiny_model), load_causal_lm(untied_model).eval()
+    rows = [tokenize_row(tok, [{"role": "user", "content": f"Name {i} colours."},
+                               {"role": "assistant", "content": "red, green, blue " * (i + 1)}], 128) for i in range(3)]
+    batch = collate(rows, tok.pad_token_id)
+    kd = KDConfig(enabled=True, teacher=str(untied_model), alpha_ce=0.3, method="skew_forward_kl", chunk_size=chunk)
+    with torch.no_grad():
+        t_hidden, _, _, t_base = labelled_hidden(teacher, batch, None)
+    hidden, targets, _, base = labelled_hidden(student, batch, None)
+    got = online_kd_terms(base.lm_head, hidden, t_base.lm_head, t_hidden, targets, kd, None)
+    got[0].backward()
+    grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    student.zero_grad()
+    logits, targets2, b = labelled_logits(student, batch, None)
+    with torch.no_grad():
+        b["teacher_logits"] = labelled_logits(teacher, batch, None)[0]
+    want = mixed_loss_terms(logits, targets2, b, kd)
+    want[0].backward()
+    for g, w in zip(got, want):
+        assert g.item() == pytest.approx(w.item(), rel=1e-5)
+    assert grads and all(torch.allclose(grads[n], p.grad, rtol=1e-4, atol=1e-7) for n, p in student.named_parameters()
+                         if p.grad is not None)
+
+
 def test_online_kd_moves_the_student_to_the_teachers_distribution(tiny_model, untied_model, sft_dataset, tmp_path):
     """Pure KD (alpha_ce 0) against pure CE on the same tokens (alpha_ce 1), same steps: KD lowers the held-out
     full-vocabulary KL(teacher || student) more. (The teacher's random untied head is far from anything the
