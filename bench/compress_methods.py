@@ -32,6 +32,9 @@ STEPS = {  # name -> compress step (the issue's must-show settings)
     "awq4_g64": {"method": "awq", "bits": 4, "group_size": 64},
     "magnitude50": {"method": "magnitude", "sparsity": 0.5},
     "wanda50": {"method": "wanda", "sparsity": 0.5},
+    "wanda50_owl": {"method": "wanda", "sparsity": 0.5, "allocation": "owl"},  # issue 10: non-uniform, same budget
+    "wanda70": {"method": "wanda", "sparsity": 0.7},
+    "wanda70_owl": {"method": "wanda", "sparsity": 0.7, "allocation": "owl"},
     "sparsegpt50": {"method": "sparsegpt", "sparsity": 0.5},
     "wanda_2of4": {"method": "wanda", "nm": "2:4"},
     "sparsegpt_2of4": {"method": "sparsegpt", "nm": "2:4"},
@@ -42,6 +45,9 @@ STEPS = {  # name -> compress step (the issue's must-show settings)
     "asvd20": {"method": "asvd", "param_reduction": 0.2},
     "svdllm20": {"method": "svdllm", "param_reduction": 0.2},
 }
+
+
+EXTRA = {"wanda50_owl", "wanda70", "wanda70_owl"}  # run only when named in --only (bench/results/compress_methods_wanda*.json)
 
 
 def targets(rows: dict, base: float) -> list[tuple[str, bool | None, str]]:
@@ -128,7 +134,7 @@ def main() -> int:
     if test is None or not test.is_file():
         sys.exit("../shared/data/wikitext-2 not found: this benchmark needs WikiText-2 (see README)")
     STEPS["depth25_recovered"]["recover_steps"] = args.recover_steps
-    names = [n for n in args.only.split(",") if n] or list(STEPS)
+    names = [n for n in args.only.split(",") if n] or [n for n in STEPS if n not in EXTRA]
     unknown = set(names) - set(STEPS)
     if unknown:
         sys.exit(f"--only: unknown {sorted(unknown)}; choose from {', '.join(STEPS)}")

@@ -27,10 +27,10 @@ the demos as "Input:/Output:" lines inside one user message, what :func:`distill
 sends with ``styles=["icl"]``); with it the 135M teacher mostly echoes the input and scores *below* its
 zero-shot, so there is no gap to close. ``chat`` (default) gives each demo as a past user turn (the
 instruct template's rendering of the demo input) and assistant turn (its answer), the format small chat
-models follow. Probe over 9 families x 6 held-out questions, 4 demos: text 11 %, chat 54 %, zero-shot 30 %. Templates render only system
-and user blocks, so ``generate_dataset`` cannot send chat-turn demos: this benchmark renders the prompts
-with eakd's templates and :func:`distill.dataset.build_requests` (the erased prompt is its
-``erase_demos`` student prompt) and asks the teacher with :func:`distill.teacher.query_teacher`. The
+models follow. Probe over 9 families x 6 held-out questions, 4 demos: text 11 %, chat 54 %, zero-shot 30 %. Both are
+``generate.demo_format`` settings of the product (``text`` | ``chat``): this benchmark renders the prompts
+with :func:`distill.dataset.build_requests` (the erased prompt is its ``erase_demos`` student prompt) and
+asks the teacher with :func:`distill.teacher.query_teacher`. The
 teacher few-shot score is measured in both formats either way.
 
 Arms, every one measured the same way: greedy answers from transformers
@@ -217,12 +217,11 @@ def make_questions(tasks: list[str], per_task: int, seed: int) -> list[dict]:
 def build_prompts(questions: list[dict], pool: list[dict], shots: int, demo_seed: int) -> list[dict]:
     """Per question: its demos (``shots`` questions of ``pool`` from the same task, never itself), the teacher's
     few-shot prompt in both formats and the erased prompt the student sees. ``text`` and the erased prompt are
-    :func:`distill.dataset.build_requests`' ICL request and ``erase_demos`` student prompt; ``chat`` is the
-    erased prompt with each demo as a user turn (the same template's rendering of the demo input) and an
-    assistant turn (its gold answer) before the question."""
+    :func:`distill.dataset.build_requests`' ICL request and ``erase_demos`` student prompt; ``chat`` is its
+    ICL request with ``demo_format: chat`` (each demo a user turn, the instruct template's rendering of the
+    demo input, and an assistant turn, its gold answer, before the question)."""
     from distill.dataset import GenerateConfig, build_requests, select_demos
     from distill.seeds import Seed
-    from prompts import load_template, render_messages
 
     def seed(r: dict) -> Seed:
         return Seed(id=r["id"], instruction=r["instruction"], input=r["input"], answer=r["answer"], task=r["task"])
@@ -237,17 +236,13 @@ def build_prompts(questions: list[dict], pool: list[dict], shots: int, demo_seed
         seeds.append(s)
     cfg = GenerateConfig(seeds="in-memory", styles=["icl"], num_demos=shots, erase_demos=True, demo_seed=demo_seed)
     plans, _ = build_requests(seeds, cfg, "bundled")
-    instruct = load_template("instruct")
+    chat, _ = build_requests(seeds, cfg.model_copy(update={"demo_format": "chat"}), "bundled")
     out = []
-    for plan in plans:
-        s, erased = plan["seed"], plan["student_prompt"]
-        turns = []
-        for d in s.demos:
-            user = render_messages(instruct, {"instruction": s.instruction, "input": d["input"], "demos": [], "task": s.task})
-            turns += [user[-1], {"role": "assistant", "content": d["output"]}]
-        system = [m for m in erased if m["role"] == "system"]
-        out.append({"id": s.id, "task": s.task, "gold": s.answer, "demo_ids": demo_ids[s.id], "zero_shot": erased,
-                    "text": plan["request"].messages, "chat": system + turns + [erased[-1]]})
+    for plan, turns in zip(plans, chat):
+        s = plan["seed"]
+        out.append({"id": s.id, "task": s.task, "gold": s.answer, "demo_ids": demo_ids[s.id],
+                    "zero_shot": plan["student_prompt"], "text": plan["request"].messages,
+                    "chat": turns["request"].messages})
     return out
 
 

@@ -4,9 +4,9 @@ One teacher dataset, one student, equal steps and data, one run, three arms trai
 :func:`distill.train.train_student`:
 
 1. ``sft`` — sequence-level KD: cross-entropy on the teacher's tokens;
-2. ``topk`` — offline logit KD on the dataset's cached top-``k`` teacher log-probs (+ tail bucket), 50/50
-   with the CE; the teacher is never loaded;
-3. ``full`` — online logit KD against the teacher itself (full vocabulary, chunked), 50/50 with the CE.
+2. ``topk`` — offline logit KD on the dataset's cached top-``k`` teacher log-probs (+ tail bucket), mixed
+   with the CE (``--alpha-ce``, default 0.1: 90 % KD); the teacher is never loaded;
+3. ``full`` — online logit KD against the teacher itself (full vocabulary, chunked), the same mix.
 
 Data: ``--n`` GSM8K train questions (../shared/data), zero-shot CoT, greedy, ``--max-tokens``, answered by
 the bundled teacher in-process with ``top_logprobs = k`` (a 20 % validation split by seed id). Student:
@@ -60,6 +60,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--keep-layers", type=int, default=20, help="student depth (the teacher has 30 layers)")
     ap.add_argument("--arms", default="sft,topk,full")
+    ap.add_argument("--alpha-ce", type=float, default=0.1, help="KD arms: weight of the CE term (1 - alpha on the KD term)")
     args = ap.parse_args()
 
     from distill.config import shared_data_dir
@@ -84,8 +85,9 @@ def main() -> int:
     base = dict(student="bundled", keep_layers=args.keep_layers, max_steps=args.steps, batch_size=args.batch_size,
                 lr=5e-4, dtype="float32", device="cpu", seed=0)
     arms = {"sft": {"kd": {"enabled": False}},
-            "topk": {"kd": {"enabled": True, "alpha_ce": 0.5}},
-            "full": {"kd": {"enabled": True, "alpha_ce": 0.5, "teacher": str(teacher_dir), "teacher_dtype": "float32"}}}
+            "topk": {"kd": {"enabled": True, "alpha_ce": args.alpha_ce}},
+            "full": {"kd": {"enabled": True, "alpha_ce": args.alpha_ce, "teacher": str(teacher_dir),
+                            "teacher_dtype": "float32"}}}
     names = [a for a in args.arms.split(",") if a]
     results: dict[str, dict] = {}
     for name in names:

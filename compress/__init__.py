@@ -1,13 +1,18 @@
 """Post-training compression of a distilled student: quantize, prune, factorize — chained or side by side.
 
 * quantize: :mod:`compress.quantize` (RTN int8 per channel; grouped RTN 2-8 bit), :mod:`compress.gptq`
-  (Frantar et al. 2023), :mod:`compress.awq` (Lin et al. 2024); :mod:`compress.export` writes
-  compressed-tensors folders that vLLM and transformers load.
-* prune: :mod:`compress.prune` (magnitude, Han et al. 2015; Wanda, Sun et al. 2023; N:M),
+  (Frantar et al. 2023), :mod:`compress.awq` (Lin et al. 2024), :mod:`compress.qat` (quantization-aware
+  training through the same grid); :mod:`compress.entropy` stores the codes entropy-coded (zstd) and
+  measures their Shannon/Huffman bits; :mod:`compress.export` writes compressed-tensors folders that vLLM
+  and transformers load.
+* prune: :mod:`compress.prune` (magnitude, Han et al. 2015; Wanda, Sun et al. 2023; N:M; OWL per-block
+  sparsity, Yin et al. 2024),
   :mod:`compress.sparsegpt` (Frantar & Alistarh 2023), :mod:`compress.structured` (depth by angular
   distance, Gromov et al. 2024; width by activation importance, Minitron 2024).
 * factorize: :mod:`compress.factorize` (truncated SVD), :mod:`compress.lowrank_aware` (ASVD, SVD-LLM,
-  per-layer rank allocation); :mod:`compress.recover` distils the compressed model from the original.
+  per-layer rank allocation), :mod:`compress.tensorized` (CP and Tucker of reshaped weights, measured
+  against SVD); :mod:`compress.recover` distils the compressed model from the original (logits, optionally
+  FitNets hints and TinyBERT attention maps).
 * :mod:`compress.calibrate` gives the data-aware methods their activation statistics;
   :mod:`compress.artifact` saves/loads safetensors plus a JSON manifest (no pickle); :mod:`compress.eval`
   measures; :mod:`compress.stage` runs the configured steps with quality gates.

@@ -14,6 +14,12 @@
   group"), no weight update. :func:`wanda_model` calibrates block by block on the outputs of the
   already-pruned blocks (:func:`compress.calibrate.run_sequential`), as the reference code does.
 
+* **OWL layer-wise sparsity** (Yin et al. 2024, "Outlier Weighed Layerwise Sparsity", arXiv 2310.05175) —
+  instead of the same sparsity in every block, :func:`owl_block_sparsities` gives blocks with many
+  *outlier* Wanda scores (``> m`` times their layer's mean) less sparsity and the others more, within
+  ``target ± lam`` and at the same global budget; ``allocation="owl"`` on :func:`wanda_model` and
+  :func:`compress.sparsegpt.sparsegpt_model`. The outlier ratios come from one forward of the dense model.
+
 Written by hand: a mask is a top-k per row or per group — a few lines of torch — and the libraries that
 ship these methods (llm-compressor, the papers' repos) bring their own model loading and session state.
 
@@ -31,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from compress import target_linears
-from compress.calibrate import InputStats, run_sequential
+from compress.calibrate import InputStats, collect_input_stats, decoder_blocks, run_sequential
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +149,54 @@ def wanda_mask(weight: Tensor, sq_norm: Tensor, sparsity: float, nm: tuple[int, 
     return nm_mask(score, *nm) if nm is not None else row_mask(score, sparsity)
 
 
+def outlier_ratio(score: Tensor, m: float = 5.0) -> float:
+    """OWL's layer outlier ratio: the fraction of ``score`` [out, in] entries above ``m`` times their mean."""
+    score = score.float()
+    return float((score > m * score.mean()).float().mean())
+
+
+def allocate_owl(ratios: list[float], sizes: list[int], target: float, lam: float = 0.08) -> list[float]:
+    """Per-block sparsities from outlier ``ratios``: a linear map into ``[target - lam, target + lam]`` (most
+    outliers -> least sparsity), then shifted so the ``sizes``-weighted mean is exactly ``target`` (and
+    clipped to [0, 0.99]). Equal ratios give ``target`` everywhere."""
+    if not 0 <= lam < 1:
+        raise ValueError(f"owl lambda must be in [0, 1), got {lam}")
+    lo, hi = min(ratios), max(ratios)
+    if hi - lo <= 0:
+        return [target] * len(ratios)
+    raw = [target + lam - 2 * lam * (r - lo) / (hi - lo) for r in ratios]
+    total = sum(sizes)
+    for _ in range(50):  # shift until the weighted mean matches despite clipping
+        mean = sum(s * n for s, n in zip(raw, sizes)) / total
+        if abs(mean - target) < 1e-9:
+            break
+        raw = [min(0.99, max(0.0, s + target - mean)) for s in raw]
+    return raw
+
+
+@torch.no_grad()
+def owl_block_sparsities(model: nn.Module, batches: Tensor, target: float, m: float = 5.0, lam: float = 0.08,
+                         batch_size: int = 8) -> tuple[list[float], list[float]]:
+    """``(per-block sparsity, per-block outlier ratio)`` for OWL: the Wanda scores of every block's linears on
+    one forward of the (dense) model over ``batches`` [n, T]; a block's ratio is over all its weights."""
+    blocks = decoder_blocks(model)
+    names = {f"{i}.{n}": mod for i, block in enumerate(blocks) for n, mod in block.named_modules()
+             if isinstance(mod, nn.Linear)}
+    stats = collect_input_stats(model, batches, names, batch_size)
+    ratios, sizes = [], []
+    for i in range(len(blocks)):
+        outliers = weights = 0
+        for key, lin in names.items():
+            if key.split(".", 1)[0] != str(i):
+                continue
+            score = wanda_score(lin.weight, stats[key].sq_norm)
+            outliers += outlier_ratio(score, m) * score.numel()
+            weights += score.numel()
+        ratios.append(outliers / max(1, weights))
+        sizes.append(weights)
+    return allocate_owl(ratios, sizes, target, lam), ratios
+
+
 def sparsity_report(method: str, target: float, linears: list[nn.Linear], nm: tuple[int, int] | None) -> dict:
     """Count the zeros of ``linears`` after ``method`` pruned them; logs and returns the summary dict."""
     zeros = sum(int((lin.weight == 0).sum()) for lin in linears)
@@ -182,20 +236,22 @@ def block_progress(model: nn.Module, desc: str):
 
 @torch.no_grad()
 def wanda_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm: tuple[int, int] | None = None,
-                batch_size: int = 8) -> dict:
+                batch_size: int = 8, allocation: str = "uniform", owl_m: float = 5.0, owl_lambda: float = 0.08) -> dict:
     """Wanda-prune every linear of every decoder block in place, calibrating on ``batches`` [n, T] ids.
 
-    Block ``i`` is calibrated on the outputs of the already-pruned blocks ``< i``. Returns the same dict
-    as :func:`magnitude_model` (``method="wanda"``).
+    Block ``i`` is calibrated on the outputs of the already-pruned blocks ``< i``. ``allocation="owl"``
+    prunes block ``i`` to its :func:`owl_block_sparsities` share instead of ``sparsity`` (unstructured
+    only). Returns the same dict as :func:`magnitude_model` (``method="wanda"``), plus ``block_sparsity``.
     """
     target = resolve_sparsity(sparsity, nm)
+    per_block = block_sparsities(model, batches, target, nm, allocation, owl_m, owl_lambda, batch_size)
     pruned: list[nn.Linear] = []
     bar = block_progress(model, "wanda")
 
     def prune_block(i: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
         for name, s in stats.items():
             lin = block.get_submodule(name)
-            mask = wanda_mask(lin.weight, s.sq_norm, target, nm)
+            mask = wanda_mask(lin.weight, s.sq_norm, per_block[i], nm)
             lin.weight.mul_(mask.to(lin.weight.dtype))
             pruned.append(lin)
         log.debug("wanda: block %d pruned (%d linears)", i, len(stats))
@@ -205,4 +261,20 @@ def wanda_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm: tu
         run_sequential(model, batches, prune_block, batch_size=batch_size)
     finally:
         bar.close()
-    return sparsity_report("wanda", target, pruned, nm)
+    return sparsity_report("wanda", target, pruned, nm) | {"allocation": allocation, "block_sparsity": per_block}
+
+
+def block_sparsities(model: nn.Module, batches: Tensor, target: float, nm: tuple[int, int] | None,
+                     allocation: str, owl_m: float = 5.0, owl_lambda: float = 0.08, batch_size: int = 8) -> list[float]:
+    """The sparsity of each decoder block: ``target`` everywhere (``uniform``) or OWL's allocation (``owl``)."""
+    n = len(decoder_blocks(model))
+    if allocation == "uniform":
+        return [target] * n
+    if allocation != "owl":
+        raise ValueError(f"sparsity allocation must be 'uniform' or 'owl', got {allocation!r}")
+    if nm is not None:
+        raise ValueError("allocation 'owl' sets a sparsity per block; N:M patterns have one fixed sparsity")
+    sparsities, ratios = owl_block_sparsities(model, batches, target, owl_m, owl_lambda, batch_size)
+    log.info("owl: outlier ratios %s -> block sparsities %s", [round(r, 4) for r in ratios],
+             [round(s, 3) for s in sparsities])
+    return sparsities

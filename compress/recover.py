@@ -8,7 +8,20 @@ calibration windows (:func:`distill.losses.kd_loss`, the same loss the distill s
 cosine schedule, full fine-tuning of the compressed model in fp32. The teacher is the pre-compression
 model already in memory, so nothing is generated or downloaded.
 
-Run: set ``recover_steps`` on a ``depth``/``width``/``svd``/``asvd``/``svdllm`` step of ``eakd compress``.
+Feature distillation on top (optional, both measured against logit KD alone in
+``bench/compress_hints.py``):
+
+* **hints** (FitNets, Romero et al. 2015, arXiv 1412.6550): each student block's output regresses, through a
+  learned projection (a per-block ``Linear(H, H)`` initialised to the identity, trained with the student and
+  then discarded), onto the output of the teacher block it came from (``layer_map``; for a depth-pruned
+  student the kept blocks' original indices); normalised MSE ``||P h_s - h_t||^2 / ||h_t||^2`` per block,
+  averaged, weighted by ``hint_weight``;
+* **attention maps** (TinyBERT, Jiao et al. 2020, arXiv 1909.10351): MSE between the student's and the mapped
+  teacher block's attention probabilities (same heads), weighted by ``attention_weight``; both models run
+  eager attention for it (SDPA does not return the maps).
+
+Run: set ``recover_steps`` on a ``depth``/``width``/``svd``/``asvd``/``svdllm`` step of ``eakd compress``
+(``recover_hint_weight``, ``recover_attention_weight`` for the feature terms).
 """
 
 from __future__ import annotations
@@ -26,38 +39,99 @@ from distill.losses import kd_loss
 log = logging.getLogger(__name__)
 
 
+def hint_loss(student_hidden: tuple[Tensor, ...], teacher_hidden: tuple[Tensor, ...], layer_map: list[int],
+              projections: nn.ModuleList) -> Tensor:
+    """FitNets hint term: mean over student blocks ``j`` of ``||P_j h_s[j] - h_t[layer_map[j]]||^2 / ||h_t||^2``.
+
+    ``*_hidden`` are ``output_hidden_states`` tuples (embeddings first, then each block's output [B, T, H])."""
+    terms = []
+    for j, t in enumerate(layer_map):
+        target = teacher_hidden[t + 1].float()
+        pred = projections[j](student_hidden[j + 1].float())
+        terms.append((pred - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12))
+    return torch.stack(terms).mean()
+
+
+def attention_loss(student_attn: tuple[Tensor, ...], teacher_attn: tuple[Tensor, ...], layer_map: list[int]) -> Tensor:
+    """TinyBERT attention term: mean over student blocks of the MSE between attention probabilities
+    [B, heads, T, T] of the student block and its mapped teacher block, scaled by T (a row sums to 1)."""
+    terms = []
+    for j, t in enumerate(layer_map):
+        a, b = student_attn[j].float(), teacher_attn[t].float()
+        if a.shape != b.shape:
+            raise ValueError(f"attention maps differ in shape: student block {j} {tuple(a.shape)}, teacher block {t} "
+                             f"{tuple(b.shape)}; attention transfer needs the same number of heads")
+        terms.append((a - b).pow(2).sum(-1).mean() * a.shape[-1])
+    return torch.stack(terms).mean()
+
+
+def _eager(model: nn.Module) -> str | None:
+    """Switch ``model`` to eager attention (returns the previous implementation, to restore)."""
+    previous = getattr(model.config, "_attn_implementation", None)
+    if previous != "eager":
+        model.set_attn_implementation("eager")
+    return previous
+
+
 def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int, lr: float = 1e-4,
-            batch_size: int = 4, seed: int = 0, chunk_size: int | None = 128) -> dict:
+            batch_size: int = 4, seed: int = 0, chunk_size: int | None = 128, hint_weight: float = 0.0,
+            attention_weight: float = 0.0, layer_map: list[int] | None = None) -> dict:
     """Distil ``teacher`` into ``student`` (in place) for ``steps`` AdamW steps on ``batches`` [n, T] ids.
 
-    Micro-batches of ``batch_size`` windows are drawn in a seeded order (cycling over ``batches``).
+    Micro-batches of ``batch_size`` windows are drawn in a seeded order (cycling over ``batches``). With
+    ``hint_weight``/``attention_weight`` > 0 the feature terms join the forward KL (see the module docstring);
+    ``layer_map[j]`` is the teacher block student block ``j`` learns from (default: the same index).
     Returns ``{"steps", "lr", "loss_first", "loss_last", "seconds", "tokens"}`` (losses averaged over the
-    first/last fifth of the steps).
+    first/last fifth of the steps; the KL term alone as ``kd_first``/``kd_last`` when feature terms are on).
     """
     if steps < 1:
         raise ValueError(f"recover_steps must be >= 1, got {steps}")
     if lr <= 0:
         raise ValueError(f"recover_lr must be > 0, got {lr}")
+    if hint_weight < 0 or attention_weight < 0:
+        raise ValueError("hint_weight and attention_weight must be >= 0")
     device = next(student.parameters()).device
     gen = torch.Generator().manual_seed(seed)
+    features = hint_weight > 0 or attention_weight > 0
+    n_student = student.config.num_hidden_layers
+    layer_map = list(range(n_student)) if layer_map is None else list(layer_map)
+    if features and (len(layer_map) != n_student or not all(0 <= t < teacher.config.num_hidden_layers for t in layer_map)):
+        raise ValueError(f"layer_map must name one teacher block (0..{teacher.config.num_hidden_layers - 1}) for each "
+                         f"of the student's {n_student} blocks, got {layer_map} (feature terms after an earlier "
+                         "depth step in a chain: put the recovery on the depth step)")
+    hidden = student.config.hidden_size
+    projections = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(n_student if hint_weight else 0))
+    for proj in projections:
+        nn.init.eye_(proj.weight)
+    projections.to(device)
+    restore = (_eager(student), _eager(teacher)) if attention_weight else None
     teacher.eval()
     student.train()
-    params = [p for p in student.parameters() if p.requires_grad]
+    params = [p for p in student.parameters() if p.requires_grad] + list(projections.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     order = torch.randperm(batches.shape[0], generator=gen)
     losses: list[float] = []
+    kds: list[float] = []
+    extra = {"output_hidden_states": bool(hint_weight), "output_attentions": bool(attention_weight)}
     start = time.perf_counter()
     try:
         for step in tqdm(range(steps), desc="recover", unit="step", leave=False):
             idx = order[(torch.arange(batch_size) + step * batch_size) % batches.shape[0]]
             ids = batches[idx].to(device)
             with torch.no_grad():
-                t_logits = teacher(input_ids=ids, use_cache=False).logits[:, :-1]
-            s_logits = student(input_ids=ids, use_cache=False).logits[:, :-1]
-            loss = kd_loss(s_logits, t_logits, ids[:, 1:], method="forward_kl", chunk_size=chunk_size)
+                t_out = teacher(input_ids=ids, use_cache=False, **extra)
+            s_out = student(input_ids=ids, use_cache=False, **extra)
+            loss = kd_loss(s_out.logits[:, :-1], t_out.logits[:, :-1], ids[:, 1:], method="forward_kl",
+                           chunk_size=chunk_size)
+            kds.append(float(loss.detach()))
+            if hint_weight:
+                loss = loss + hint_weight * hint_loss(s_out.hidden_states, t_out.hidden_states, layer_map, projections)
+            if attention_weight:
+                loss = loss + attention_weight * attention_loss(s_out.attentions, t_out.attentions, layer_map)
+            del t_out, s_out
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -68,7 +142,15 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
                 log.info("recover step %d | kd %.4f | lr %.2e", step, losses[-1], sched.get_last_lr()[0])
     finally:
         student.eval()
+        if restore is not None:
+            for model, previous in zip((student, teacher), restore):
+                if previous and previous != "eager":
+                    model.set_attn_implementation(previous)
     fifth = max(1, steps // 5)
-    return {"steps": steps, "lr": lr, "loss_first": sum(losses[:fifth]) / fifth,
-            "loss_last": sum(losses[-fifth:]) / fifth, "seconds": time.perf_counter() - start,
-            "tokens": steps * batch_size * batches.shape[1]}
+    stats = {"steps": steps, "lr": lr, "loss_first": sum(losses[:fifth]) / fifth,
+             "loss_last": sum(losses[-fifth:]) / fifth, "seconds": time.perf_counter() - start,
+             "tokens": steps * batch_size * batches.shape[1]}
+    if features:
+        stats |= {"hint_weight": hint_weight, "attention_weight": attention_weight,
+                  "kd_first": sum(kds[:fifth]) / fifth, "kd_last": sum(kds[-fifth:]) / fifth}
+    return stats

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from compress.calibrate import InputStats, run_sequential
-from compress.prune import block_progress, sparsity_report, resolve_sparsity
+from compress.prune import block_progress, block_sparsities, sparsity_report, resolve_sparsity
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ def sparsegpt_prune_weight(w: Tensor, H: Tensor, sparsity: float, nm: tuple[int,
 
 @torch.no_grad()
 def sparsegpt_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm: tuple[int, int] | None = None,
-                    damp: float = 0.01, block_size: int = 128, batch_size: int = 8) -> dict:
+                    damp: float = 0.01, block_size: int = 128, batch_size: int = 8, allocation: str = "uniform",
+                    owl_m: float = 5.0, owl_lambda: float = 0.08) -> dict:
     """SparseGPT-prune every linear of every decoder block in place, calibrating on ``batches`` [n, T].
 
     Block ``i`` is calibrated on the outputs of the already-pruned blocks ``< i``; all linears of a block
@@ -134,6 +135,7 @@ def sparsegpt_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm
     :func:`compress.prune.magnitude_model` (``method="sparsegpt"``) plus ``"obs_loss"`` (summed).
     """
     target = resolve_sparsity(sparsity, nm)
+    per_block = block_sparsities(model, batches, target, nm, allocation, owl_m, owl_lambda, batch_size)
     pruned: list[nn.Linear] = []
     losses: list[float] = []
     bar = block_progress(model, "sparsegpt")
@@ -141,7 +143,7 @@ def sparsegpt_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm
     def prune_block(i: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
         for name, s in stats.items():
             lin = block.get_submodule(name)
-            new, st = sparsegpt_prune_weight(lin.weight, s.hessian(), target, nm, damp, block_size)
+            new, st = sparsegpt_prune_weight(lin.weight, s.hessian(), per_block[i], nm, damp, block_size)
             lin.weight.copy_(new)
             pruned.append(lin)
             losses.append(st["obs_loss"])
@@ -154,4 +156,4 @@ def sparsegpt_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm
         bar.close()
     result = sparsity_report("sparsegpt", target, pruned, nm)
     result["obs_loss"] = float(sum(losses))
-    return result
+    return result | {"allocation": allocation, "block_sparsity": per_block}

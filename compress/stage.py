@@ -8,7 +8,8 @@ baseline and a before/after record per step. Every folder and JSON file is writt
 renamed into place, so a crash never leaves a half-written step that looks complete.
 
 Methods and sources: ``magnitude`` (Han et al. 2015), ``svd`` (Denton et al. 2014), ``rtn_int8``
-(the RTN baseline of Dettmers et al. 2022 / Frantar et al. 2023); see :mod:`compress`.
+(the RTN baseline of Dettmers et al. 2022 / Frantar et al. 2023), ``qat`` (:mod:`compress.qat`); see
+:mod:`compress` for the rest.
 
 Run: ``python -c "from compress.stage import CompressConfig, compress_student; ..."`` — or ``eakd``.
 """
@@ -63,6 +64,9 @@ class CompressStep(StageConfig):
     method: Method
     sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="magnitude/wanda/sparsegpt: fraction of weights zeroed per layer")
     nm: str | None = Field(None, pattern=r"^\d+:\d+$", description="magnitude/wanda/sparsegpt: semi-structured N:M, e.g. '2:4' (overrides sparsity)")
+    allocation: Literal["uniform", "owl"] = Field("uniform", description="wanda/sparsegpt: the same sparsity in every block (uniform) or OWL's per-block sparsity from outlier ratios, same global budget (owl; unstructured only)")
+    owl_lambda: float = Field(0.08, ge=0.0, lt=0.5, description="owl: block sparsities stay within sparsity +- owl_lambda")
+    owl_m: float = Field(5.0, gt=1.0, description="owl: a Wanda score is an outlier above owl_m times its layer's mean")
     rank_ratio: float | None = Field(None, gt=0.0, le=1.0, description="svd: kept rank / min(out, in), the same for every layer (None: use param_reduction)")
     param_reduction: float = Field(0.2, gt=0.0, lt=1.0, description="svd (without rank_ratio)/asvd/svdllm: fraction of decoder-linear weights removed; ranks allocated per layer")
     bits: int = Field(4, ge=2, le=8, description="rtn/gptq/awq/qat: weight bits")
@@ -76,6 +80,8 @@ class CompressStep(StageConfig):
     kv_head_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="width: fraction of KV-head groups removed")
     recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm: KD steps from the pre-compression model afterwards (Minitron-style recovery); qat: the quantization-aware training steps (required)")
     recover_lr: float = Field(1e-4, gt=0.0, description="recovery: AdamW peak learning rate")
+    recover_hint_weight: float = Field(0.0, ge=0.0, description="recovery: weight of the FitNets hint term (each kept block's output regresses on its source block's, through a learned projection; see compress.recover)")
+    recover_attention_weight: float = Field(0.0, ge=0.0, description="recovery: weight of the TinyBERT attention-map term (runs eager attention)")
     max_ppl_increase: float | None = Field(None, gt=0.0, description="quality gate: stop the chain when perplexity rises more than this fraction over the baseline (0.05 = 5%)")
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="quality gate: stop the chain when task accuracy on the held-out questions falls below this fraction (needs compress.eval task accuracy)")
     name: str | None = None
@@ -94,7 +100,9 @@ class CompressStep(StageConfig):
         if self.entropy_coding != "none":
             quant["entropy_coding"] = self.entropy_coding
         prune = {"sparsity": self.sparsity, "nm": self.nm}
-        return {"magnitude": prune, "wanda": prune, "sparsegpt": prune | {"damp": self.damp},
+        aware = prune | ({"allocation": "owl", "owl_lambda": self.owl_lambda, "owl_m": self.owl_m}
+                         if self.allocation == "owl" else {})
+        return {"magnitude": prune, "wanda": aware, "sparsegpt": aware | {"damp": self.damp},
                 "svd": {"rank_ratio": self.rank_ratio} if self.rank_ratio is not None else {"param_reduction": self.param_reduction},
                 "asvd": {"param_reduction": self.param_reduction},
                 "svdllm": {"param_reduction": self.param_reduction}, "rtn_int8": {"bits": 8},
@@ -197,7 +205,11 @@ def _apply(model: nn.Module, step: CompressStep, manifest: dict[str, Any], codes
     """
     stats = _run_method(model, step, manifest, codes, calib, teacher)
     if step.recover_steps and step.method not in TRAINED:
-        stats["recovery"] = recover(model, teacher, calib, step.recover_steps, step.recover_lr)
+        dropped = set(stats.get("dropped") or [])  # depth pruning: each kept block learns from where it came from
+        layer_map = [i for i in range(teacher.config.num_hidden_layers) if i not in dropped]
+        stats["recovery"] = recover(model, teacher, calib, step.recover_steps, step.recover_lr,
+                                    hint_weight=step.recover_hint_weight,
+                                    attention_weight=step.recover_attention_weight, layer_map=layer_map)
     return stats
 
 
@@ -209,9 +221,11 @@ def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], 
     elif m == "magnitude":
         stats = magnitude_model(model, step.sparsity, step.nm_tuple())
     elif m == "wanda":
-        stats = wanda_model(model, calib, step.sparsity, step.nm_tuple())
+        stats = wanda_model(model, calib, step.sparsity, step.nm_tuple(), allocation=step.allocation,
+                            owl_m=step.owl_m, owl_lambda=step.owl_lambda)
     elif m == "sparsegpt":
-        stats = sparsegpt_model(model, calib, step.sparsity, step.nm_tuple(), damp=step.damp)
+        stats = sparsegpt_model(model, calib, step.sparsity, step.nm_tuple(), damp=step.damp, allocation=step.allocation,
+                                owl_m=step.owl_m, owl_lambda=step.owl_lambda)
     elif m == "svd" and step.rank_ratio is not None:
         result = factorize_model(model, step.rank_ratio)
         manifest["factorized"].update(result["factorized"])
@@ -443,6 +457,9 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
                               "to an eakd dataset with gold answers (the pipeline uses its generated one) and "
                               "compress.eval.max_examples > 0")
         step.nm_tuple()  # validates N:M before any work
+        if step.allocation == "owl" and (step.method not in ("wanda", "sparsegpt") or step.nm is not None):
+            raise ConfigError(f"compress.steps[{i}].allocation: owl sets a sparsity per block for unstructured "
+                              f"wanda/sparsegpt, not {step.method}{' with nm ' + step.nm if step.nm else ''}")
         if step.method in TRAINED and not step.recover_steps:
             raise ConfigError(f"compress.steps[{i}] ({step.method}): set recover_steps to the number of "
                               "quantization-aware training steps (e.g. 50)")

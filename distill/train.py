@@ -104,6 +104,7 @@ class TrainConfig(StageConfig):
     seed: int = Field(0, description="shuffling and init seed")
     rationale_multitask: bool = Field(False, description="Distilling step-by-step: every CoT row with a parsed answer trains two tasks, '[answer] question' -> the answer alone and '[explain] question' -> the teacher's rationale (sequence-level or online KD)")
     processes: int = Field(1, ge=1, le=1024, description="data-parallel processes: >1 hands training to `accelerate launch` (one GPU each; gloo on CPU), same global batch per step = batch_size x grad_accum x processes")
+    born_again: int = Field(0, ge=0, le=16, description="Born-Again generations after the first: generation k trains the same student from the same start with online logit KD (kd.alpha_ce mixed with the CE) from generation k-1 instead of an external teacher; the last one is the result (see distill.born_again)")
 
 
 def depth_prune(model, keep: int):
@@ -497,6 +498,10 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     out = Path(out_dir)
     if (out / "metrics.json").exists():
         raise ConfigError(f"{out} already holds a trained student; remove it or choose another output folder")
+    if cfg.born_again:
+        from distill.born_again import born_again
+
+        return born_again(cfg, dataset_dir, out)
     ds_path = Path(dataset_dir)
     if not (ds_path / "dataset_dict.json").exists():
         raise ConfigError(f"{ds_path} is not an eakd dataset (no dataset_dict.json); run `eakd generate` first")

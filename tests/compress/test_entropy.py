@@ -79,7 +79,7 @@ def test_gaussian_int4_codes_carry_fewer_bits_than_their_width():
     codes = {f"l{i}": quantize_weight(torch.randn(256, 256, generator=g), 4, 64, True) for i in range(3)}
     report = coding_report(codes, 4, True)
     assert report["codes"] == 3 * 256 * 256 and report["packed_bytes"] == report["codes"] // 2
-    assert report["shannon_bits"] < 3.6  # absmax-scaled Gaussian: the extremes are rare
+    assert report["shannon_bits"] < 3.75  # absmax-scaled Gaussian, step ~0.3 sigma: ~3.6 bits, the extremes are rare
     assert report["shannon_bits"] <= report["huffman_bits"] < report["shannon_bits"] + 0.1
     assert report["zstd_bits"] < 4.0 and report["zstd_bytes"] < report["packed_bytes"]
     assert report["zstd_bits"] < 1.05 * report["huffman_bits"]

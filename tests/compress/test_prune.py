@@ -86,3 +86,42 @@ def test_wanda_model_exact_sparsity(tiny_model, sparsity, nm):
     assert stats["zeros"] == expected and stats["sparsity_realized"] == pytest.approx(sparsity, abs=0.01)
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=batches[:1]).logits).all()
+
+
+def test_owl_allocation_keeps_the_budget_and_favours_outlier_blocks():
+    import random
+
+    from compress.prune import allocate_owl, outlier_ratio
+
+    assert allocate_owl([0.01] * 4, [10] * 4, 0.5) == [0.5] * 4
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(2, 40)
+        ratios = [rng.random() * 0.05 for _ in range(n)]
+        sizes = [rng.randint(1, 100) for _ in range(n)]
+        target, lam = rng.uniform(0.1, 0.9), rng.uniform(0.0, 0.2)
+        s = allocate_owl(ratios, sizes, target, lam)
+        assert sum(a * b for a, b in zip(s, sizes)) / sum(sizes) == pytest.approx(target, abs=1e-6)
+        assert all(0.0 <= x <= 0.99 for x in s) and max(s) - min(s) <= 2 * lam + 1e-9
+        order = sorted(range(n), key=lambda i: ratios[i])  # more outliers -> never more sparsity
+        assert all(s[order[i]] >= s[order[i + 1]] - 1e-12 for i in range(n - 1))
+    score = torch.ones(10, 10)
+    score[0, :3] = 100.0  # mean 3.97: the 3 big ones exceed 5x the mean
+    assert outlier_ratio(score, 5.0) == pytest.approx(0.03)
+    with pytest.raises(ValueError, match="lambda"):
+        allocate_owl([0.1, 0.2], [1, 1], 0.5, 1.5)
+
+
+def test_wanda_owl_prunes_blocks_unevenly_at_the_same_budget(tiny_model):
+    model, tok = load_causal_lm(tiny_model), load_tokenizer(tiny_model)
+    batches = calibration_batches(tok, TEXT, n_samples=2, seq_len=32)
+    stats = wanda_model(model, batches, 0.5, batch_size=2, allocation="owl", owl_lambda=0.1, owl_m=3.0)
+    per_block = stats["block_sparsity"]
+    assert stats["allocation"] == "owl" and len(per_block) == len(model.model.layers)
+    assert stats["sparsity_realized"] == pytest.approx(0.5, abs=0.01) and max(per_block) > min(per_block)
+    for block, target in zip(model.model.layers, per_block):
+        lins = [m for m in block.modules() if isinstance(m, torch.nn.Linear)]
+        zeros = sum(int((m.weight == 0).sum()) for m in lins) / sum(m.weight.numel() for m in lins)
+        assert zeros == pytest.approx(target, abs=0.01)
+    with pytest.raises(ValueError, match="N:M"):
+        wanda_model(load_causal_lm(tiny_model), batches, 0.5, nm=(2, 4), allocation="owl")

@@ -47,3 +47,20 @@ def test_build_requests_all_styles_and_provenance(repo_root):
     # prompt erasure: the student's prompt has no demonstrations
     assert "Example 1:" not in icl["student_prompt"][-1]["content"]
     assert len({p["request"].key() for p in live}) == len(live)
+
+
+def test_chat_demo_format_gives_each_demo_its_own_turns():
+    seeds = pool()
+    text_plans, _ = build_requests(seeds, GenerateConfig(seeds="unused", styles=["icl"], num_demos=2), "M")
+    cfg = GenerateConfig(seeds="unused", styles=["icl"], num_demos=2, demo_format="chat", erase_demos=True)
+    plans, templates = build_requests(seeds, cfg, "M")
+    plan, text = plans[0], text_plans[0]
+    msgs = plan["request"].messages
+    assert plan["demo_ids"] == text["demo_ids"]  # the same demos, only their layout differs
+    demos = [next(s for s in seeds if s.id == i) for i in plan["demo_ids"]]
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [msgs[2]["content"], msgs[4]["content"]] == [d.answer for d in demos]
+    assert demos[0].input in msgs[1]["content"] and plan["seed"].input in msgs[-1]["content"]
+    assert msgs[-1] == plan["student_prompt"][-1]  # erasure leaves exactly the question's own turn
+    assert plan["request"].template == "instruct+chat_demos" and plan["request"].template_sha == templates["instruct"].sha256
+    assert plan["request"].key() != text["request"].key()
