@@ -18,7 +18,7 @@ packed and zstd alternating in one loop). Task accuracy is left out: the bundled
 held-out questions before any compression (see bench/results/compress_methods.json).
 Writes ``bench/results/compress_qat.json``.
 
-Run: ``.venv/bin/python bench/compress_qat.py [--qat-steps 40 --qat-lr 5e-5]`` (~25 min on 2 CPU cores).
+Run: ``.venv/bin/python bench/compress_qat.py [--qat-steps 40 --qat-lr 1e-4]`` (~25 min on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main() -> int:
     ap.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows of 512 tokens")
     ap.add_argument("--calib", type=int, default=64, help="calibration windows of 512 tokens (WikiText-2 valid)")
     ap.add_argument("--qat-steps", type=int, default=40, help="QAT steps of 4 windows each")
-    ap.add_argument("--qat-lr", type=float, default=5e-5, help="QAT AdamW peak learning rate")
+    ap.add_argument("--qat-lr", type=float, default=1e-4, help="QAT AdamW peak learning rate (as recovery)")
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=64, help="64: 128 does not divide the model's 576")
     ap.add_argument("--load-repeats", type=int, default=5)
