@@ -84,13 +84,10 @@ def tucker_weight(weight: Tensor, param_ratio: float, n_iter: int = 10) -> tuple
     out_f, in_f = weight.shape
     shape = tensor_shape(out_f, in_f)
     ranks = tucker_ranks(shape, int(param_ratio * out_f * in_f))
-    tl.set_backend("pytorch")
-    try:
+    with tl.backend_context("pytorch"):  # restores the caller's backend afterwards
         core, factors = tucker(weight.detach().float().reshape(shape), rank=list(ranks), init="svd",
                                n_iter_max=n_iter, random_state=0)
         approx = tl.tucker_to_tensor((core, factors)).reshape(out_f, in_f)
-    finally:
-        tl.set_backend("numpy")
     return approx, {"shape": list(shape), "ranks": list(ranks), "params": tucker_params(shape, ranks)}
 
 
@@ -104,13 +101,10 @@ def cp_weight(weight: Tensor, param_ratio: float, n_iter: int = 20) -> tuple[Ten
     out_f, in_f = weight.shape
     shape = tensor_shape(out_f, in_f)
     rank = cp_rank(shape, int(param_ratio * out_f * in_f))
-    tl.set_backend("pytorch")
-    try:
+    with tl.backend_context("pytorch"):
         cp = parafac(weight.detach().float().reshape(shape), rank=rank, init="random", n_iter_max=n_iter,
                      random_state=0, tol=1e-7)
         approx = tl.cp_to_tensor(cp).reshape(out_f, in_f)
-    finally:
-        tl.set_backend("numpy")
     return approx, {"shape": list(shape), "rank": rank, "params": rank * sum(shape)}
 
 
