@@ -31,6 +31,21 @@ def default_cache_path() -> Path:
     return eakd_home() / "cache" / "teacher.sqlite"
 
 
+def _retry_busy(conn: sqlite3.Connection, sql: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    pause = 0.01
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
 class ResponseCache:
     """A tiny key -> JSON store. Safe for concurrent processes (SQLite WAL + busy timeout)."""
 
@@ -38,9 +53,11 @@ class ResponseCache:
         self.path = Path(path) if path else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(SCHEMA)
+        # Switching a new file to WAL takes an exclusive lock, and SQLite answers SQLITE_BUSY at once
+        # (without calling the busy handler) when another process is opening the same new file, so the
+        # set-up statements are retried here; everything after them waits on the 60 s busy timeout.
+        for sql in ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", SCHEMA):
+            _retry_busy(self._conn, sql)
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
