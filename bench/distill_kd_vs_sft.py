@@ -60,6 +60,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--keep-layers", type=int, default=20, help="student depth (the teacher has 30 layers)")
     ap.add_argument("--arms", default="sft,topk,full")
+    ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, every arm")
+    ap.add_argument("--full-ft", action="store_true", help="full fine-tuning instead of LoRA r16, every arm")
+    ap.add_argument("--out", default="distill_kd_vs_sft.json", help="result file name under bench/results/")
     ap.add_argument("--alpha-ce", type=float, default=0.1, help="KD arms: weight of the CE term (1 - alpha on the KD term)")
     args = ap.parse_args()
 
@@ -83,7 +86,7 @@ def main() -> int:
     gen_seconds = time.perf_counter() - t
     teacher_dir = fetch_bundled_teacher()
     base = dict(student="bundled", keep_layers=args.keep_layers, max_steps=args.steps, batch_size=args.batch_size,
-                lr=5e-4, dtype="float32", device="cpu", seed=0)
+                lr=args.lr, dtype="float32", device="cpu", seed=0, lora={"enabled": not args.full_ft})
     arms = {"sft": {"kd": {"enabled": False}},
             "topk": {"kd": {"enabled": True, "alpha_ce": args.alpha_ce}},
             "full": {"kd": {"enabled": True, "alpha_ce": args.alpha_ce, "teacher": str(teacher_dir),
@@ -112,7 +115,7 @@ def main() -> int:
         speed = results["full"]["seconds_per_step"] / results["topk"]["seconds_per_step"]
         checks.append(("top-k >= 1.5x faster per step than full-vocabulary KD", speed >= 1.5, f"{speed:.2f}x"))
     print(f"\n{args.n} GSM8K questions (zero-shot CoT, greedy, top-{args.k}), student = bundled depth-pruned to "
-          f"{args.keep_layers} layers + LoRA, {args.steps} steps x {args.batch_size}; {os.cpu_count()} CPU threads\n")
+          f"{args.keep_layers} layers + {'full fine-tuning' if args.full_ft else 'LoRA'}, lr {args.lr:g}, {args.steps} steps x {args.batch_size}; {os.cpu_count()} CPU threads\n")
     print("| arm | held-out KL(teacher‖student), full vocab | top-1 agreement | CE | s/step | train loss |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
@@ -123,7 +126,7 @@ def main() -> int:
     for claim, ok, text in checks:
         print(f"- [{'met' if ok else 'MISSED'}] {claim}: {text}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "distill_kd_vs_sft.json"
+    out = RESULTS / args.out
     out.write_text(json.dumps({"config": vars(args), "generate_seconds": round(gen_seconds, 1), "arms": results,
                                "targets": [{"claim": c, "met": ok, "numbers": t} for c, ok, t in checks],
                                "cpu_count": os.cpu_count()}, indent=2))
