@@ -7,7 +7,8 @@ unpruned model on the calibration windows, three ways at equal steps, data and l
 
 1. logit KD alone (forward KL), as in ``bench/compress_methods.py``'s ``depth25_recovered``;
 2. + hints (``recover_hint_weight``): each kept block regresses on the block it came from;
-3. + hints + attention maps (``recover_attention_weight``).
+3. + hints + attention maps (``recover_attention_weight``);
+4. + an adversarial term (``recover_adversarial_weight``): a discriminator on the final hidden states.
 
 Measured on WikiText-2 test (first ``--windows`` 512-token windows, never trained on): perplexity, and the
 full-vocabulary KL(teacher || student) per token with the unpruned model as the teacher. Reported whatever
@@ -56,6 +57,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--hint-weight", type=float, default=1.0)
     ap.add_argument("--attention-weight", type=float, default=1.0)
+    ap.add_argument("--adversarial-weight", type=float, default=0.1)
+    ap.add_argument("--only", default="", help="comma-separated subset of the arms (kd is always run)")
     ap.add_argument("--windows", type=int, default=20, help="WikiText-2 test windows of 512 tokens")
     ap.add_argument("--calib", type=int, default=64, help="calibration windows of 512 tokens (WikiText-2 valid)")
     args = ap.parse_args()
@@ -76,7 +79,10 @@ def main() -> int:
     rec = {"method": "depth", "fraction": args.fraction, "recover_steps": args.steps, "recover_lr": args.lr}
     arms = {"kd": rec, "kd_hints": {**rec, "recover_hint_weight": args.hint_weight},
             "kd_hints_attention": {**rec, "recover_hint_weight": args.hint_weight,
-                                   "recover_attention_weight": args.attention_weight}}
+                                   "recover_attention_weight": args.attention_weight},
+            "kd_adversarial": {**rec, "recover_adversarial_weight": args.adversarial_weight}}
+    if args.only:
+        arms = {n: s for n, s in arms.items() if n == "kd" or n in args.only.split(",")}
     cfg = CompressConfig(steps=[{**s, "name": n} for n, s in arms.items()], chain=False, save_dtype="float32",
                          eval={"text_path": str(test), "window": 512, "max_windows": args.windows, "dtype": "float32",
                                "max_examples": 0, "latency": False},
@@ -96,6 +102,8 @@ def main() -> int:
         rows[step["name"]] = {"perplexity": step["after"]["perplexity"], "kl": held_out_kl(student, teacher, windows),
                               "kd_first": r.get("kd_first", r["loss_first"]), "kd_last": r.get("kd_last", r["loss_last"]),
                               "loss_last": r["loss_last"], "seconds": r["seconds"], "dropped": step["stats"]["dropped"]}
+        if "discriminator_accuracy_last" in r:  # 0.5: the student's states pass for the teacher's
+            rows[step["name"]]["discriminator_accuracy"] = [r["discriminator_accuracy_first"], r["discriminator_accuracy_last"]]
     base = summary["baseline"]["perplexity"]
     print(f"\nSmolLM2-135M depth -{args.fraction:.0%} ({len(rows['kd']['dropped'])} blocks), {args.steps} recovery steps "
           f"x 4 x 512 tokens, lr {args.lr}; WikiText-2 test {args.windows} x 512; baseline perplexity {base:.2f}; "

@@ -212,6 +212,9 @@ def main() -> int:
     ap.add_argument("--out", default="teacher_throughput.json", help="results file name under bench/results/")
     ap.add_argument("--skip-in-process", action="store_true")
     ap.add_argument("--kv-cache-gib", type=int, default=2, help="in-process engine's CPU KV cache (eakd's default)")
+    ap.add_argument("--server-kv-cache-gib", type=int, default=2,
+                    help="the server's CPU KV cache (eakd teacher serve's default); smaller makes icl_many's prefixes overflow it")
+    ap.add_argument("--skip-arrival", action="store_true", help="icl workloads: skip eakd without prefix scheduling")
     ap.add_argument("--skip-server", action="store_true", help="only the in-process pair (no server, no peers)")
     ap.add_argument("--skip-peers", action="store_true", help="do not install or run curator/distilabel")
     args = ap.parse_args()
@@ -248,14 +251,14 @@ def served(args, loads: dict, tmp: Path, results: dict) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # enables POST /reset_prefix_cache between runs
-    proc = start_server("bundled", port, log_file=tmp / "server.log")
+    proc = start_server("bundled", port, log_file=tmp / "server.log", kv_cache_gib=args.server_kv_cache_gib)
     try:
         wait_ready(url, proc, timeout_s=900)
         run_raw(url, next(iter(loads.values()))[:8], 8, 8)  # warm-up
         for name, prompts in loads.items():
             runs: dict = {}
             plan = [("raw", lambda: run_raw(url, prompts, args.max_tokens, args.concurrency))]
-            if name.startswith("icl"):
+            if name.startswith("icl") and not args.skip_arrival:
                 plan.append(("eakd_arrival", lambda: run_eakd(url, prompts, args.max_tokens, args.concurrency, False,
                                                               tmp / f"{name}-arrival.sqlite", f"{name}-arrival")))
             plan.append(("eakd", lambda: run_eakd(url, prompts, args.max_tokens, args.concurrency, True,

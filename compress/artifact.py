@@ -16,6 +16,9 @@ A compressed model folder holds:
 * with ``"coding": "zstd"`` in a grouped entry, the codes are stored instead as ``<name>.weight_zstd``
   (uint8, one Zstandard frame of the unsigned codes, one byte each before compression; see
   :mod:`compress.entropy`);
+* a QAF layer's grouped entry also has ``"lora_rank": r``, and its adapters are stored as
+  ``<name>.lora_A`` (fp32 [r, in]) and ``<name>.lora_B`` (fp32 [out, r]); the weight is
+  ``dequant(codes) + lora_B @ lora_A`` (see :mod:`compress.qaf`);
 * ``eakd_compression.json`` — the manifest::
 
     {"format": "eakd-compressed/v1", "dtype": "bfloat16",
@@ -58,6 +61,7 @@ SCALE_SUFFIX = ".weight_scale"
 PACKED_SUFFIX = ".weight_packed"  # codes of <= 4 bits, two per byte (low nibble first)
 ZERO_SUFFIX = ".weight_zero"
 ZSTD_SUFFIX = ".weight_zstd"  # entropy-coded codes (compress.entropy): flat uint8, one zstd frame
+LORA_A_SUFFIX, LORA_B_SUFFIX = ".lora_A", ".lora_B"  # QAF adapters beside the codes (compress.qaf)
 
 
 def is_grouped_entry(entry: dict[str, Any]) -> bool:
@@ -66,10 +70,12 @@ def is_grouped_entry(entry: dict[str, Any]) -> bool:
 
 
 def grouped_entry(bits: int, group_size: int | None, symmetric: bool, scheme: str,
-                  coding: str | None = None) -> dict[str, Any]:
+                  coding: str | None = None, lora_rank: int | None = None) -> dict[str, Any]:
     entry = {"bits": bits, "group_size": group_size, "symmetric": symmetric, "scheme": scheme}
     if coding not in (None, "none"):
         entry["coding"] = coding  # how the codes are stored: "zstd" (compress.entropy); absent: fixed-width
+    if lora_rank:
+        entry["lora_rank"] = lora_rank  # QAF: low-rank adapters stored beside the codes
     return entry
 
 
@@ -191,7 +197,12 @@ def compressed_tensors(model: nn.Module, manifest: dict[str, Any], dtype: str | 
                 raise ValueError(f"{module_name} is quantized ({entry['scheme']}) but its codes were not passed; "
                                  "a grouped-quantized model can only be saved by the step that quantized it")
             q, scale, zero = codes[module_name][:3]
+            adapters = codes[module_name][3:5] if entry.get("lora_rank") else ()
+            if entry.get("lora_rank") and len(adapters) != 2:
+                raise ValueError(f"{module_name} has lora_rank {entry['lora_rank']} but its adapters were not passed")
             deq = dequantize_weight(q, scale, zero, entry["group_size"], torch.float32)
+            if adapters:
+                deq = deq + adapters[1] @ adapters[0]
             if not torch.equal(deq, w.to(torch.float32)):
                 raise ValueError(f"{module_name}: weights differ from their {entry['scheme']} codes "
                                  "(changed after quantization?); quantize last in a chain")
@@ -200,6 +211,9 @@ def compressed_tensors(model: nn.Module, manifest: dict[str, Any], dtype: str | 
             out[module_name + SCALE_SUFFIX] = scale.to(torch.float32)
             if zero is not None:
                 out[module_name + ZERO_SUFFIX] = zero
+            if adapters:
+                out[module_name + LORA_A_SUFFIX] = adapters[0].to(torch.float32)
+                out[module_name + LORA_B_SUFFIX] = adapters[1].to(torch.float32)
             continue
         q, scale = quantize_rtn_int8(w)
         if not torch.equal(dequantize(q, scale, w.dtype), w):
@@ -272,7 +286,20 @@ def load_compressed(folder: str | Path, dtype: str = "float32", device: str = "c
                 q = read_codes(stored, entry, (layer.out_features, layer.in_features))
             except ValueError as exc:
                 raise ConfigError(f"{weights}: {module_name}: {exc}; re-run the compress step") from None
-            tensors[f"{module_name}.weight"] = dequantize_weight(q, scale, zero, entry["group_size"], torch.float32)
+            weight = dequantize_weight(q, scale, zero, entry["group_size"], torch.float32)
+            if entry.get("lora_rank"):
+                try:
+                    a, b = tensors.pop(module_name + LORA_A_SUFFIX), tensors.pop(module_name + LORA_B_SUFFIX)
+                except KeyError:
+                    raise ConfigError(f"{weights}: manifest gives {module_name!r} rank-{entry['lora_rank']} adapters "
+                                      f"but its {LORA_A_SUFFIX}/{LORA_B_SUFFIX} tensors are missing; re-run the "
+                                      "compress step") from None
+                if a.shape != (entry["lora_rank"], layer.in_features) or b.shape != (layer.out_features, entry["lora_rank"]):
+                    raise ConfigError(f"{weights}: {module_name}: adapters {tuple(b.shape)} @ {tuple(a.shape)} do not "
+                                      f"fit a rank-{entry['lora_rank']} [{layer.out_features}, {layer.in_features}] "
+                                      "layer; re-run the compress step")
+                weight = weight + b.to(torch.float32) @ a.to(torch.float32)
+            tensors[f"{module_name}.weight"] = weight
             continue
         try:
             q = tensors.pop(module_name + INT8_SUFFIX)
@@ -306,7 +333,7 @@ def recode(folder: str | Path, out_dir: str | Path, coding: str | None) -> Path:
     src, out = Path(folder), Path(out_dir)
     manifest = read_manifest(src)
     if manifest is None or not any(is_grouped_entry(e) for e in manifest["quantized"].values()):
-        raise ConfigError(f"{src}: no rtn/gptq/awq/qat-quantized layers to re-code")
+        raise ConfigError(f"{src}: no rtn/gptq/awq/qat/qaf-quantized layers to re-code")
     if out.exists():
         raise ConfigError(f"{out} exists; pick a new folder")
     linears = dict(_meta_model(src).named_modules())

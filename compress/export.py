@@ -31,6 +31,11 @@ Hand-written rather than llm-compressor's ``oneshot``/``save_pretrained``: those
 its own modifiers annotated (``quantization_scheme`` on every module, observers, scales as parameters);
 eakd's codes come from its own RTN/GPTQ/AWQ, so we pack them with compressed-tensors' functions directly.
 
+A QAF artifact (:mod:`compress.qaf`: codes plus a LoRA pair per linear) exports its codes as above and its
+adapters as a peft LoRA folder ``adapter/`` inside ``out_dir`` (``adapter_config.json`` with ``r`` =
+``lora_alpha`` = the rank, so the scale is 1 as stored, and ``adapter_model.safetensors``), which vLLM
+serves beside the quantized base with ``--enable-lora`` and peft loads with ``PeftModel.from_pretrained``.
+
 Run: ``python -m compress.export runs/x/01-rtn runs/x/01-rtn-ct`` then ``vllm.LLM(model="runs/x/01-rtn-ct")``.
 """
 
@@ -49,8 +54,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from compress.artifact import (INT8_SUFFIX, MANIFEST_NAME, SCALE_SUFFIX, WEIGHTS_NAME, ZERO_SUFFIX, code_key,
-                               is_grouped_entry, read_codes, read_manifest)
+from compress.artifact import (INT8_SUFFIX, LORA_A_SUFFIX, LORA_B_SUFFIX, MANIFEST_NAME, SCALE_SUFFIX, WEIGHTS_NAME,
+                               ZERO_SUFFIX, code_key, is_grouped_entry, read_codes, read_manifest)
 from compress.quantize import SCHEME, dequantize_weight
 from distill.config import ConfigError
 
@@ -153,6 +158,21 @@ def convert_layer(name: str, tensors: dict[str, Tensor], entry: dict[str, Any], 
     return layer, float((exact - rounded).abs().max())
 
 
+def _write_adapter(folder: Path, adapters: dict[str, Tensor], manifest: dict[str, Any]) -> None:
+    """A peft LoRA folder for QAF adapters (scale already folded into ``lora_B``, so ``lora_alpha = r``)."""
+    ranks = {e["lora_rank"] for e in manifest["quantized"].values() if e.get("lora_rank")}
+    if len(ranks) != 1:
+        raise ConfigError(f"QAF adapters of several ranks {sorted(ranks)}: a peft adapter has one rank")
+    rank = ranks.pop()
+    folder.mkdir()
+    save_file(dict(sorted(adapters.items())), str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    targets = sorted(n for n, e in manifest["quantized"].items() if e.get("lora_rank"))
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
+              "bias": "none", "fan_in_fan_out": False, "target_modules": targets, "base_model_name_or_path": "..",
+              "inference_mode": True}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def quantization_config(bits: int, group_size: int | None, symmetric: bool, ignore: list[str]) -> Any:
     """The ``compressed_tensors`` QuantizationConfig for one weight-only int scheme on every Linear."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
@@ -191,6 +211,7 @@ def export_compressed_tensors(artifact_dir: str | Path, out_dir: str | Path, sca
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     tensors = load_file(str(src / WEIGHTS_NAME))
     packed: dict[str, Tensor] = {}
+    adapters: dict[str, Tensor] = {}
     worst = 0.0
     for name, entry in manifest["quantized"].items():
         if name not in linears:
@@ -200,6 +221,14 @@ def export_compressed_tensors(artifact_dir: str | Path, out_dir: str | Path, sca
                                    getattr(torch, dtype_name))
         packed.update({f"{name}.{k}": v for k, v in layer.items()})
         worst = max(worst, err)
+        if entry.get("lora_rank"):
+            try:
+                adapters[f"base_model.model.{name}.lora_A.weight"] = tensors.pop(name + LORA_A_SUFFIX).contiguous()
+                adapters[f"base_model.model.{name}.lora_B.weight"] = tensors.pop(name + LORA_B_SUFFIX).contiguous()
+            except KeyError:
+                raise ConfigError(f"{src}: manifest gives {name!r} adapters but {name + LORA_A_SUFFIX} or "
+                                  f"{name + LORA_B_SUFFIX} is missing; the artifact is damaged, re-run the compress "
+                                  "step") from None
     for alias, source in manifest["tied"].items():
         # Tied in the architecture (lm_head = embed_tokens): loaders re-tie, so the alias stays implicit
         # as in any Hugging Face checkpoint; otherwise it is a real tensor that happened to be shared.
@@ -221,6 +250,9 @@ def export_compressed_tensors(artifact_dir: str | Path, out_dir: str | Path, sca
                   "group_size": group_size, "symmetric": symmetric, "scale_dtype": dtype_name,
                   "layers": len(manifest["quantized"]), "ignore": ignore,
                   "max_abs_weight_change_from_scale_cast": worst, "source_manifest": manifest}
+        if adapters:
+            record["adapter"] = "adapter"
+            _write_adapter(tmp / "adapter", adapters, manifest)
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)

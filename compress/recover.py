@@ -20,8 +20,17 @@ Feature distillation on top (optional, both measured against logit KD alone in
   teacher block's attention probabilities (same heads), weighted by ``attention_weight``; both models run
   eager attention for it (SDPA does not return the maps).
 
+Adversarial distillation on top (optional, measured the same way):
+
+* **discriminator** (as in the GAN-style KD of Wang et al. 2018, arXiv 1709.00513, on hidden states): a small
+  MLP ``Discriminator`` reads each position's final hidden state and learns to tell the teacher's (label 1)
+  from the student's (label 0) with binary cross-entropy, one AdamW step per training step; the student adds
+  ``adversarial_weight`` times the non-saturating generator loss ``BCE(D(h_s), 1)`` to its KD loss, i.e. it
+  learns to make its states look like the teacher's. The discriminator is discarded afterwards; its
+  accuracy over the last fifth of the steps is reported (0.5 = fooled).
+
 Run: set ``recover_steps`` on a ``depth``/``width``/``svd``/``asvd``/``svdllm`` step of ``eakd compress``
-(``recover_hint_weight``, ``recover_attention_weight`` for the feature terms).
+(``recover_hint_weight``, ``recover_attention_weight`` for the feature terms, ``recover_adversarial_weight``).
 """
 
 from __future__ import annotations
@@ -65,6 +74,35 @@ def attention_loss(student_attn: tuple[Tensor, ...], teacher_attn: tuple[Tensor,
     return torch.stack(terms).mean()
 
 
+class Discriminator(nn.Module):
+    """Per-position teacher-vs-student classifier: ``h`` [..., H] -> logit [...] (teacher = 1).
+
+    The input is layer-normalised without affine parameters, so the two models' overall scale is not a
+    give-away the student could only fix by rescaling."""
+
+    def __init__(self, hidden: int, width: int = 256):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False)
+        self.net = nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, 1))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(self.norm(h.float())).squeeze(-1)
+
+
+def adversarial_terms(disc: nn.Module, student_h: Tensor, teacher_h: Tensor) -> tuple[Tensor, Tensor, float]:
+    """``(generator term, discriminator term, discriminator accuracy)`` for hidden states [B, T, H] of both.
+
+    generator: ``BCE(D(h_s), 1)`` (gradient to the student, the non-saturating GAN loss);
+    discriminator: ``BCE(D(h_t), 1) + BCE(D(h_s.detach()), 0)`` (gradient to ``disc`` only, halved)."""
+    bce = nn.functional.binary_cross_entropy_with_logits
+    s_logit = disc(student_h)
+    generator = bce(s_logit, torch.ones_like(s_logit))
+    t_logit, s_fixed = disc(teacher_h.detach()), disc(student_h.detach())
+    discriminator = 0.5 * (bce(t_logit, torch.ones_like(t_logit)) + bce(s_fixed, torch.zeros_like(s_fixed)))
+    accuracy = 0.5 * (float((t_logit > 0).float().mean()) + float((s_fixed <= 0).float().mean()))
+    return generator, discriminator, accuracy
+
+
 def _eager(model: nn.Module) -> str | None:
     """Switch ``model`` to eager attention (returns the previous implementation, to restore)."""
     previous = getattr(model.config, "_attn_implementation", None)
@@ -75,12 +113,14 @@ def _eager(model: nn.Module) -> str | None:
 
 def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int, lr: float = 1e-4,
             batch_size: int = 4, seed: int = 0, chunk_size: int | None = 128, hint_weight: float = 0.0,
-            attention_weight: float = 0.0, layer_map: list[int] | None = None) -> dict:
+            attention_weight: float = 0.0, layer_map: list[int] | None = None,
+            adversarial_weight: float = 0.0) -> dict:
     """Distil ``teacher`` into ``student`` (in place) for ``steps`` AdamW steps on ``batches`` [n, T] ids.
 
     Micro-batches of ``batch_size`` windows are drawn in a seeded order (cycling over ``batches``). With
     ``hint_weight``/``attention_weight`` > 0 the feature terms join the forward KL (see the module docstring);
-    ``layer_map[j]`` is the teacher block student block ``j`` learns from (default: the same index).
+    ``layer_map[j]`` is the teacher block student block ``j`` learns from (default: the same index). With
+    ``adversarial_weight`` > 0 a :class:`Discriminator` on the final hidden states trains alongside.
     Returns ``{"steps", "lr", "loss_first", "loss_last", "seconds", "tokens"}`` (losses averaged over the
     first/last fifth of the steps; the KL term alone as ``kd_first``/``kd_last`` when feature terms are on).
     """
@@ -88,8 +128,8 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
         raise ValueError(f"recover_steps must be >= 1, got {steps}")
     if lr <= 0:
         raise ValueError(f"recover_lr must be > 0, got {lr}")
-    if hint_weight < 0 or attention_weight < 0:
-        raise ValueError("hint_weight and attention_weight must be >= 0")
+    if hint_weight < 0 or attention_weight < 0 or adversarial_weight < 0:
+        raise ValueError("hint_weight, attention_weight and adversarial_weight must be >= 0")
     device = next(student.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     features = hint_weight > 0 or attention_weight > 0
@@ -104,6 +144,8 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
     for proj in projections:
         nn.init.eye_(proj.weight)
     projections.to(device)
+    disc = Discriminator(hidden).to(device) if adversarial_weight else None
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=lr, weight_decay=0.0) if disc is not None else None
     restore = (_eager(student), _eager(teacher)) if attention_weight else None
     teacher.eval()
     student.train()
@@ -115,7 +157,8 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
     order = torch.randperm(batches.shape[0], generator=gen)
     losses: list[float] = []
     kds: list[float] = []
-    extra = {"output_hidden_states": bool(hint_weight), "output_attentions": bool(attention_weight)}
+    accuracies: list[float] = []
+    extra = {"output_hidden_states": bool(hint_weight or adversarial_weight), "output_attentions": bool(attention_weight)}
     start = time.perf_counter()
     try:
         for step in tqdm(range(steps), desc="recover", unit="step", leave=False):
@@ -131,11 +174,20 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
                 loss = loss + hint_weight * hint_loss(s_out.hidden_states, t_out.hidden_states, layer_map, projections)
             if attention_weight:
                 loss = loss + attention_weight * attention_loss(s_out.attentions, t_out.attentions, layer_map)
+            d_loss = None
+            if disc is not None:
+                generator, d_loss, accuracy = adversarial_terms(disc, s_out.hidden_states[-1], t_out.hidden_states[-1])
+                loss = loss + adversarial_weight * generator
+                accuracies.append(accuracy)
             del t_out, s_out
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if disc is not None:  # the generator's backward also reached disc: start its step clean
+                disc_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                disc_opt.step()
             sched.step()
             losses.append(float(loss.detach()))
             if step % 10 == 0 or step == steps - 1:
@@ -150,7 +202,11 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
     stats = {"steps": steps, "lr": lr, "loss_first": sum(losses[:fifth]) / fifth,
              "loss_last": sum(losses[-fifth:]) / fifth, "seconds": time.perf_counter() - start,
              "tokens": steps * batch_size * batches.shape[1]}
-    if features:
+    if features or disc is not None:
         stats |= {"hint_weight": hint_weight, "attention_weight": attention_weight,
                   "kd_first": sum(kds[:fifth]) / fifth, "kd_last": sum(kds[-fifth:]) / fifth}
+    if disc is not None:
+        stats |= {"adversarial_weight": adversarial_weight,
+                  "discriminator_accuracy_first": sum(accuracies[:fifth]) / fifth,
+                  "discriminator_accuracy_last": sum(accuracies[-fifth:]) / fifth}
     return stats

@@ -8,7 +8,7 @@ baseline and a before/after record per step. Every folder and JSON file is writt
 renamed into place, so a crash never leaves a half-written step that looks complete.
 
 Methods and sources: ``magnitude`` (Han et al. 2015), ``svd`` (Denton et al. 2014), ``rtn_int8``
-(the RTN baseline of Dettmers et al. 2022 / Frantar et al. 2023), ``qat`` (:mod:`compress.qat`); see
+(the RTN baseline of Dettmers et al. 2022 / Frantar et al. 2023), ``qat`` (:mod:`compress.qat`), ``qaf`` (:mod:`compress.qaf`); see
 :mod:`compress` for the rest.
 
 Run: ``python -c "from compress.stage import CompressConfig, compress_student; ..."`` — or ``eakd``.
@@ -38,6 +38,7 @@ from compress.calibrate import calibration_batches
 from compress.factorize import factorize_model
 from compress.gptq import gptq_model
 from compress.lowrank_aware import factorize_model_aware
+from compress.qaf import qaf_model
 from compress.qat import qat_model
 from compress.prune import magnitude_model, prune_model, wanda_model
 from compress.quantize import quantize_model, quantize_model_rtn
@@ -50,12 +51,12 @@ from distill.models import check_model_dir, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-Method = Literal["rtn_int8", "rtn", "gptq", "awq", "qat", "magnitude", "wanda", "sparsegpt", "depth", "width",
+Method = Literal["rtn_int8", "rtn", "gptq", "awq", "qat", "qaf", "magnitude", "wanda", "sparsegpt", "depth", "width",
                  "svd", "asvd", "svdllm"]
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
-QUANT = {"rtn", "gptq", "awq", "qat"}  # grouped weight quantization: must end a chain (see _check_order)
+QUANT = {"rtn", "gptq", "awq", "qat", "qaf"}  # grouped weight quantization: must end a chain (see _check_order)
 STRUCTURED = {"depth", "width"}  # change the architecture: must come before anything recorded by name
-CALIBRATED = {"gptq", "awq", "qat", "wanda", "sparsegpt", "depth", "width", "asvd", "svdllm"}
+CALIBRATED = {"gptq", "awq", "qat", "qaf", "wanda", "sparsegpt", "depth", "width", "asvd", "svdllm"}
 
 
 class CompressStep(StageConfig):
@@ -69,19 +70,22 @@ class CompressStep(StageConfig):
     owl_m: float = Field(5.0, gt=1.0, description="owl: a Wanda score is an outlier above owl_m times its layer's mean")
     rank_ratio: float | None = Field(None, gt=0.0, le=1.0, description="svd: kept rank / min(out, in), the same for every layer (None: use param_reduction)")
     param_reduction: float = Field(0.2, gt=0.0, lt=1.0, description="svd (without rank_ratio)/asvd/svdllm: fraction of decoder-linear weights removed; ranks allocated per layer")
-    bits: int = Field(4, ge=2, le=8, description="rtn/gptq/awq/qat: weight bits")
-    group_size: int | None = Field(128, ge=1, description="rtn/gptq/awq/qat: input columns per scale (None: per output channel)")
-    symmetric: bool = Field(True, description="rtn/gptq/awq/qat: symmetric codes (no zero point)")
-    entropy_coding: Literal["none", "zstd"] = Field("none", description="rtn/gptq/awq/qat: store the codes fixed-width (none) or entropy-coded with Zstandard (zstd: fewer bytes, decoded at load; see compress.entropy)")
+    bits: int = Field(4, ge=2, le=8, description="rtn/gptq/awq/qat/qaf: weight bits")
+    group_size: int | None = Field(128, ge=1, description="rtn/gptq/awq/qat/qaf: input columns per scale (None: per output channel)")
+    symmetric: bool = Field(True, description="rtn/gptq/awq/qat/qaf: symmetric codes (no zero point)")
+    entropy_coding: Literal["none", "zstd"] = Field("none", description="rtn/gptq/awq/qat/qaf: store the codes fixed-width (none) or entropy-coded with Zstandard (zstd: fewer bytes, decoded at load; see compress.entropy)")
+    lora_rank: int = Field(16, ge=1, description="qaf: rank of the adapters trained beside the frozen quantized base")
+    loftq_iters: int = Field(1, ge=0, le=20, description="qaf: LoftQ alternations that start the adapters from the quantization error (0: QLoRA's zero start)")
     damp: float = Field(0.01, ge=0.0, description="gptq/sparsegpt: Hessian dampening as a fraction of its mean diagonal")
     act_order: bool | Literal["auto"] = Field("auto", description="gptq: quantize columns in order of decreasing Hessian diagonal (true), in their order (false), or per layer whichever gives the lower output error (auto)")
     fraction: float = Field(0.25, ge=0.0, lt=1.0, description="depth: fraction of decoder blocks dropped")
     mlp_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="width: fraction of MLP channels removed")
     kv_head_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="width: fraction of KV-head groups removed")
-    recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm: KD steps from the pre-compression model afterwards (Minitron-style recovery); qat: the quantization-aware training steps (required)")
+    recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm: KD steps from the pre-compression model afterwards (Minitron-style recovery); qat/qaf: the quantization-aware training steps (required)")
     recover_lr: float = Field(1e-4, gt=0.0, description="recovery: AdamW peak learning rate")
     recover_hint_weight: float = Field(0.0, ge=0.0, description="recovery: weight of the FitNets hint term (each kept block's output regresses on its source block's, through a learned projection; see compress.recover)")
     recover_attention_weight: float = Field(0.0, ge=0.0, description="recovery: weight of the TinyBERT attention-map term (runs eager attention)")
+    recover_adversarial_weight: float = Field(0.0, ge=0.0, description="recovery: weight of the adversarial term (a discriminator on the final hidden states learns teacher vs student; the student learns to fool it; see compress.recover)")
     max_ppl_increase: float | None = Field(None, gt=0.0, description="quality gate: stop the chain when perplexity rises more than this fraction over the baseline (0.05 = 5%)")
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="quality gate: stop the chain when task accuracy on the held-out questions falls below this fraction (needs compress.eval task accuracy)")
     name: str | None = None
@@ -108,6 +112,8 @@ class CompressStep(StageConfig):
                 "svdllm": {"param_reduction": self.param_reduction}, "rtn_int8": {"bits": 8},
                 "rtn": quant, "gptq": quant | {"damp": self.damp, "act_order": self.act_order}, "awq": quant,
                 "qat": quant | {"steps": self.recover_steps, "lr": self.recover_lr},
+                "qaf": quant | {"steps": self.recover_steps, "lr": self.recover_lr, "lora_rank": self.lora_rank,
+                                "loftq_iters": self.loftq_iters},
                 "depth": {"fraction": self.fraction},
                 "width": {"mlp_fraction": self.mlp_fraction, "kv_head_fraction": self.kv_head_fraction},
                 }[self.method]
@@ -193,7 +199,7 @@ def _scalar_stats(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 RECOVERABLE = {"depth", "width", "svd", "asvd", "svdllm"}
-TRAINED = {"qat"}  # train with the pre-compression model as teacher inside the method (recover_steps = its steps)
+TRAINED = {"qat", "qaf"}  # train with the pre-compression model as teacher inside the method (recover_steps = its steps)
 
 
 def _apply(model: nn.Module, step: CompressStep, manifest: dict[str, Any], codes: dict[str, tuple],
@@ -209,7 +215,8 @@ def _apply(model: nn.Module, step: CompressStep, manifest: dict[str, Any], codes
         layer_map = [i for i in range(teacher.config.num_hidden_layers) if i not in dropped]
         stats["recovery"] = recover(model, teacher, calib, step.recover_steps, step.recover_lr,
                                     hint_weight=step.recover_hint_weight,
-                                    attention_weight=step.recover_attention_weight, layer_map=layer_map)
+                                    attention_weight=step.recover_attention_weight, layer_map=layer_map,
+                                    adversarial_weight=step.recover_adversarial_weight)
     return stats
 
 
@@ -253,6 +260,9 @@ def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], 
         if m == "qat":
             result, training = qat_model(model, teacher, calib, step.bits, step.group_size, step.symmetric,
                                          step.recover_steps, step.recover_lr)
+        elif m == "qaf":
+            result, training = qaf_model(model, teacher, calib, step.bits, step.group_size, step.symmetric,
+                                         step.lora_rank, step.loftq_iters, step.recover_steps, step.recover_lr)
         elif m == "rtn":
             result = quantize_model_rtn(model, step.bits, step.group_size, step.symmetric)
         elif m == "gptq":
@@ -260,11 +270,12 @@ def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], 
         else:
             result = awq_model(model, calib, step.bits, step.group_size, step.symmetric)
         for name, entry in result.items():
-            codes[name] = entry[:3]
-            manifest["quantized"][name] = grouped_entry(step.bits, step.group_size, step.symmetric, m, step.entropy_coding)
+            codes[name] = entry[:5] if m == "qaf" else entry[:3]  # qaf: the adapters travel with the codes
+            manifest["quantized"][name] = grouped_entry(step.bits, step.group_size, step.symmetric, m, step.entropy_coding,
+                                                        step.lora_rank if m == "qaf" else None)
         stats = {"layers_quantized": len(result), "bits": step.bits, "group_size": step.group_size}
         if training is not None:
-            stats["qat"] = training
+            stats[m] = training
     else:  # unreachable while Method and this chain agree
         raise ConfigError(f"compress step method {m!r} is not one of {', '.join(Method.__args__)}")
     legacy = [n for n, e in manifest["quantized"].items() if not is_grouped_entry(e)]

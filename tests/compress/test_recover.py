@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.recover import attention_loss, hint_loss, recover
+from compress.recover import Discriminator, adversarial_terms, attention_loss, hint_loss, recover
 from compress.structured import drop_layers
 
 
@@ -56,3 +56,48 @@ def test_recovery_with_feature_terms_trains_and_restores_attention(hint, attenti
         recover(student, teacher, batches, steps=1, hint_weight=1.0, layer_map=[0, 1, 2])
     with pytest.raises(ValueError, match="layer_map"):
         recover(student, teacher, batches, steps=1, hint_weight=1.0, layer_map=[0, 1, 4, 9])
+
+
+def test_discriminator_learns_to_separate_and_the_generator_term_pulls_the_student_across():
+    """Pure terms on synthetic states: teacher states sit on one side, student states on the other. Training D
+    alone separates them (accuracy -> 1); then moving the student's states down the generator term's gradient
+    raises D's error on them (the student learns to pass for the teacher)."""
+    torch.manual_seed(0)
+    shift = torch.zeros(16)
+    shift[:4] = 2.0
+    teacher_h = torch.randn(4, 10, 16) + shift
+    student_h = (torch.randn(4, 10, 16) - shift).requires_grad_(True)
+    disc = Discriminator(16, width=32)
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    for _ in range(60):
+        _, d_loss, accuracy = adversarial_terms(disc, student_h, teacher_h)
+        opt.zero_grad()
+        d_loss.backward()
+        opt.step()
+    assert accuracy > 0.95
+    assert disc.norm.weight is None  # no affine: a scale change cannot fool it
+    fooled_before = float((disc(student_h) > 0).float().mean())
+    disc.requires_grad_(False)
+    moved = student_h.detach().clone().requires_grad_(True)
+    for _ in range(50):
+        generator, _, _ = adversarial_terms(disc, moved, teacher_h)
+        (grad,) = torch.autograd.grad(generator, moved)
+        moved = (moved - 5.0 * grad * moved.numel()).detach().requires_grad_(True)
+    assert float((disc(moved) > 0).float().mean()) > fooled_before + 0.5
+    assert float(adversarial_terms(disc, moved, teacher_h)[0]) < float(adversarial_terms(disc, student_h, teacher_h)[0])
+
+
+def test_recovery_with_the_adversarial_term_reports_the_discriminator_and_keeps_the_student_shape():
+    torch.set_num_threads(1)
+    teacher = six_layers().requires_grad_(False)
+    student = drop_layers(copy.deepcopy(teacher), [2, 3]).requires_grad_(True)
+    names = [n for n, _ in student.named_parameters()]
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    batches = torch.randint(0, 256, (8, 24))
+    stats = recover(student, teacher, batches, steps=12, lr=3e-3, adversarial_weight=0.5)
+    assert stats["adversarial_weight"] == 0.5 and {"kd_first", "kd_last"} <= set(stats)
+    assert any(not torch.equal(p, before[n]) for n, p in student.named_parameters())
+    assert 0.0 <= stats["discriminator_accuracy_first"] <= 1.0 and 0.0 <= stats["discriminator_accuracy_last"] <= 1.0
+    assert [n for n, _ in student.named_parameters()] == names  # the discriminator is not left on the model
+    with pytest.raises(ValueError, match="adversarial_weight"):
+        recover(student, teacher, batches, steps=1, adversarial_weight=-1.0)
