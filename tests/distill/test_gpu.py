@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from distill.train import TrainConfig, train_student
 

@@ -35,7 +35,7 @@ MARKER = "EAKD_EXPORT_RESULT "
 EVAL_TEXT = " ".join(["The quick brown fox jumps over the lazy dog while the farmer counts his sheep."] * 30)
 
 
-_DEQUANTIZED: dict[int, "torch.Tensor"] = {}  # q_weight.data_ptr() -> fp32 [in, out]: weights are fixed after loading
+_DEQUANTIZED: dict[int, object] = {}  # q_weight.data_ptr() -> fp32 torch.Tensor [in, out]: weights are fixed after loading
 
 
 def _reference_cpu_gemm_wna16(input, q_weight, scales, zeros, bias, pack_factor, isa_hint):
