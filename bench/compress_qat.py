@@ -8,10 +8,12 @@ the protocol of ``bench/compress_methods.py``: calibration ``--calib`` x 512 tok
 * ``gptq4_g64`` — the best PTQ eakd has, for reference;
 * ``qat4_g64`` — :mod:`compress.qat`: ``--qat-steps`` KD steps (4 windows each) through the fake quantizer
   from the fp32 model on the calibration windows, then RTN onto the trained grid;
+* ``qaf4_g64`` — :mod:`compress.qaf`: the RTN grid frozen, rank ``--qaf-rank`` adapters started by LoftQ and
+  trained ``--qaf-steps`` KD steps the same way;
 * ``*_zstd``: each artifact re-coded (:func:`compress.artifact.recode`) with the same codes entropy-coded
   (:mod:`compress.entropy`); its perplexity is measured again from the reloaded artifact.
 
-Reported: perplexity and the share of RTN's perplexity loss that QAT recovers (target >= 50 %); per artifact
+Reported: perplexity and the share of RTN's perplexity loss that QAT and QAF recover (target >= 50 %); per artifact
 the codes' Shannon and Huffman bits per weight, the zstd bits actually stored, the weights' bytes on disk
 (packed vs zstd) and the load time of each artifact (``load_compressed``, median of ``--load-repeats``,
 packed and zstd alternating in one loop). Task accuracy is left out: the bundled model answers 0-1 of 8
@@ -70,6 +72,10 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=64, help="calibration windows of 512 tokens (WikiText-2 valid)")
     ap.add_argument("--qat-steps", type=int, default=40, help="QAT steps of 4 windows each")
     ap.add_argument("--qat-lr", type=float, default=1e-4, help="QAT AdamW peak learning rate (as recovery)")
+    ap.add_argument("--qaf-steps", type=int, default=40, help="QAF steps of 4 windows each")
+    ap.add_argument("--qaf-lr", type=float, default=5e-4, help="QAF AdamW peak learning rate (adapters only)")
+    ap.add_argument("--qaf-rank", type=int, default=16)
+    ap.add_argument("--loftq-iters", type=int, default=1)
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=64, help="64: 128 does not divide the model's 576")
     ap.add_argument("--load-repeats", type=int, default=5)
@@ -90,7 +96,9 @@ def main() -> int:
     quant = {"bits": b, "group_size": g}
     qat = {"method": "qat", **quant, "recover_steps": args.qat_steps, "recover_lr": args.qat_lr}
     steps = {f"rtn{b}_g{g}": {"method": "rtn", **quant}, f"gptq{b}_g{g}": {"method": "gptq", **quant},
-             f"qat{b}_g{g}": qat}
+             f"qat{b}_g{g}": qat,
+             f"qaf{b}_g{g}": {"method": "qaf", **quant, "recover_steps": args.qaf_steps, "recover_lr": args.qaf_lr,
+                              "lora_rank": args.qaf_rank, "loftq_iters": args.loftq_iters}}
     names = [n for n in args.only.split(",") if n] or list(steps)
     if set(names) - set(steps):
         sys.exit(f"--only: unknown {sorted(set(names) - set(steps))}; choose from {', '.join(steps)}")
@@ -126,8 +134,9 @@ def main() -> int:
         table[n] = {"perplexity": ppl, "rise": ppl / base - 1,
                     "weights_bytes": safetensors_bytes(r["artifact"]), "load_s": statistics.median(loads[n]),
                     "method_seconds": r["method_seconds"], **code_stats(Path(r["artifact"]))}
-        if "qat" in r["stats"]:
-            table[n]["qat"] = r["stats"]["qat"]
+        for m in ("qat", "qaf"):
+            if m in r["stats"]:
+                table[n][m] = r["stats"][m]
 
     print(f"\nSmolLM2-135M, WikiText-2 test {summary['baseline']['windows']} x 512, calibration {args.calib} x 512; "
           f"baseline perplexity {base:.2f}; {os.cpu_count()} CPUs\n")
@@ -138,11 +147,13 @@ def main() -> int:
               f"{r['huffman_bits']:.2f} / {r['stored_bits']:.2f} | {r['weights_bytes'] / 1e6:.1f} | "
               f"{r['load_s']:.2f} | {r['method_seconds']:.0f} |")
     checks = []
-    rtn, q = table.get(f"rtn{b}_g{g}"), table.get(f"qat{b}_g{g}")
-    if rtn and q:
-        recovered = 1 - q["rise"] / rtn["rise"]
-        checks.append((f"QAT int{b} recovers >= 50% of RTN's perplexity loss", recovered >= 0.5,
-                       f"RTN {100 * rtn['rise']:+.1f}%, QAT {100 * q['rise']:+.1f}%: {100 * recovered:.0f}% recovered"))
+    rtn = table.get(f"rtn{b}_g{g}")
+    for label in ("QAT", "QAF"):
+        q = table.get(f"{label.lower()}{b}_g{g}")
+        if rtn and q:
+            recovered = 1 - q["rise"] / rtn["rise"]
+            checks.append((f"{label} int{b} recovers >= 50% of RTN's perplexity loss", recovered >= 0.5,
+                           f"RTN {100 * rtn['rise']:+.1f}%, {label} {100 * q['rise']:+.1f}%: {100 * recovered:.0f}% recovered"))
     for n in names:
         z = table.get(f"{n}_zstd")
         if z and n in table:

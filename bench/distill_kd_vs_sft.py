@@ -16,7 +16,7 @@ on the validation answers (the teacher in memory for the measurement only), top-
 training time per step. Targets checked: top-k KD's held-out KL ≥ 10 % below SFT's; top-k within 5 % of
 full-vocabulary KD; top-k ≥ 1.5× faster per step than full. Writes ``bench/results/distill_kd_vs_sft.json``.
 
-Run: ``.venv/bin/python bench/distill_kd_vs_sft.py [--n 200 --steps 60 --k 20]`` (~30-40 min on 2 CPU cores;
+Run: ``.venv/bin/python bench/distill_kd_vs_sft.py [--n 200 --steps 120 --k 20]`` (~30-40 min on 2 CPU cores;
 ``--n 16 --steps 2`` is a smoke run).
 """
 
@@ -56,7 +56,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=200, help="GSM8K train questions (seeds)")
     ap.add_argument("--k", type=int, default=20, help="cached teacher log-probs per token")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per arm")
+    ap.add_argument("--steps", type=int, default=120, help="optimizer steps per arm")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--keep-layers", type=int, default=20, help="student depth (the teacher has 30 layers)")
     ap.add_argument("--arms", default="sft,topk,full")

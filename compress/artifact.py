@@ -17,7 +17,7 @@ A compressed model folder holds:
   (uint8, one Zstandard frame of the unsigned codes, one byte each before compression; see
   :mod:`compress.entropy`);
 * a QAF layer's grouped entry also has ``"lora_rank": r``, and its adapters are stored as
-  ``<name>.lora_A`` (fp32 [r, in]) and ``<name>.lora_B`` (fp32 [out, r]); the weight is
+  ``<name>.lora_A`` (bf16 [r, in]) and ``<name>.lora_B`` (bf16 [out, r]); the weight is
   ``dequant(codes) + lora_B @ lora_A`` (see :mod:`compress.qaf`);
 * ``eakd_compression.json`` — the manifest::
 
@@ -212,8 +212,12 @@ def compressed_tensors(model: nn.Module, manifest: dict[str, Any], dtype: str | 
             if zero is not None:
                 out[module_name + ZERO_SUFFIX] = zero
             if adapters:
-                out[module_name + LORA_A_SUFFIX] = adapters[0].to(torch.float32)
-                out[module_name + LORA_B_SUFFIX] = adapters[1].to(torch.float32)
+                for suffix, t in zip((LORA_A_SUFFIX, LORA_B_SUFFIX), adapters):
+                    stored = t.to(torch.bfloat16)
+                    if not torch.equal(stored.to(t.dtype), t):
+                        raise ValueError(f"{module_name}{suffix} is not on the bf16 grid the artifact stores adapters on; "
+                                         "compress.qaf rounds them before measuring")
+                    out[module_name + suffix] = stored
             continue
         q, scale = quantize_rtn_int8(w)
         if not torch.equal(dequantize(q, scale, w.dtype), w):

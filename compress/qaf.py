@@ -14,9 +14,10 @@ QLoRA's own start: plain RTN codes, ``B = 0`` and a small random ``A``. Training
 pre-quantization model on the calibration windows, through the same loop as recovery distillation
 (:func:`compress.recover.recover`), with every other parameter frozen.
 
-Stored (see :mod:`compress.artifact`): the base's codes exactly as for RTN, plus ``<name>.lora_A`` (fp32
-[r, in]) and ``<name>.lora_B`` (fp32 [out, r]) with the manifest entry's ``lora_rank``; loading rebuilds the
-weight as ``dequant(q) + B @ A`` with the same fp32 operation the model was measured with.
+Stored (see :mod:`compress.artifact`): the base's codes exactly as for RTN, plus ``<name>.lora_A`` (bf16
+[r, in]) and ``<name>.lora_B`` (bf16 [out, r]) with the manifest entry's ``lora_rank``. The trained pair is
+rounded to bf16 before the model is measured, and loading rebuilds the weight as ``dequant(q) + B @ A`` with
+the same fp32 operation, so the artifact reloads bit for bit to what was measured.
 
 Hand-written rather than peft's LoftQ: peft's ``LoftQConfig`` quantizes through bitsandbytes, which needs
 CUDA and uses NF4, not the grid eakd's artifact, export and evaluation share. The adapter is a
@@ -130,7 +131,8 @@ def qaf_model(model: nn.Module, teacher: nn.Module, batches: Tensor, bits: int =
             if not parametrize.is_parametrized(linear, "weight"):
                 continue
             term = linear.parametrizations.weight[0]
-            a, b = term.a.detach().clone(), term.b.detach().clone()
+            # rounded to bf16 values, as stored: half the bytes of fp32, and what is measured is what is saved
+            a, b = (term.a.detach().to(torch.bfloat16).float(), term.b.detach().to(torch.bfloat16).float())
             parametrize.remove_parametrizations(linear, "weight", leave_parametrized=False)
             q, scale, zero, _ = entries[name]
             with torch.no_grad():
