@@ -2,7 +2,8 @@
 
 * quantize: :mod:`compress.quantize` (RTN int8 per channel; grouped RTN 2-8 bit), :mod:`compress.gptq`
   (Frantar et al. 2023), :mod:`compress.awq` (Lin et al. 2024), :mod:`compress.qat` (quantization-aware
-  training through the same grid); :mod:`compress.entropy` stores the codes entropy-coded (zstd) and
+  training through the same grid), :mod:`compress.qaf` (LoftQ-started adapters trained beside a frozen
+  quantized base); :mod:`compress.entropy` stores the codes entropy-coded (zstd) and
   measures their Shannon/Huffman bits; :mod:`compress.export` writes compressed-tensors folders that vLLM
   and transformers load.
 * prune: :mod:`compress.prune` (magnitude, Han et al. 2015; Wanda, Sun et al. 2023; N:M; OWL per-block
@@ -12,7 +13,7 @@
 * factorize: :mod:`compress.factorize` (truncated SVD), :mod:`compress.lowrank_aware` (ASVD, SVD-LLM,
   per-layer rank allocation), :mod:`compress.tensorized` (CP and Tucker of reshaped weights, measured
   against SVD); :mod:`compress.recover` distils the compressed model from the original (logits, optionally
-  FitNets hints and TinyBERT attention maps).
+  FitNets hints, TinyBERT attention maps and an adversarial discriminator).
 * :mod:`compress.calibrate` gives the data-aware methods their activation statistics;
   :mod:`compress.artifact` saves/loads safetensors plus a JSON manifest (no pickle); :mod:`compress.eval`
   measures; :mod:`compress.stage` runs the configured steps with quality gates.
