@@ -14,13 +14,7 @@ from distill.models import load_causal_lm, load_tokenizer
 TEXT = " ".join(f"word{i % 97} and token{i % 13}." for i in range(3000))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: on a shared CPU, 2+ threads spin-wait and run 10-50x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stats_of(x: torch.Tensor) -> InputStats:

@@ -23,12 +23,7 @@ from distill.evaluate import perplexity
 TEXT = "It was the best of times, it was the worst of times; it was the age of wisdom. " * 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("bits,group_size,symmetric", [(2, 16, True), (4, 32, False), (3, None, True)])

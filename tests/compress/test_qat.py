@@ -22,12 +22,7 @@ from distill.evaluate import perplexity
 TEXT = "It was the best of times, it was the worst of times; it was the age of wisdom. " * 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fake_quant_forward_is_the_grid_and_backward_is_the_identity():

@@ -11,13 +11,7 @@ from compress.quantize import (dequantize_weight, fake_quantize, quantize_model_
 from byte_models import tiny_llama
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: on a shared CPU, 2+ threads spin-wait and run 10-50x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def weights(out: int = 24, inp: int = 96, seed: int = 0) -> torch.Tensor:
