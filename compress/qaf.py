@@ -65,11 +65,12 @@ def loftq_init(w: Tensor, bits: int, group_size: int | None, symmetric: bool, ra
     best, best_err = None, float("inf")
     for _ in range(iters):
         q, scale, zero = quantize_weight(w - low, bits, group_size, symmetric)
-        u, s, vh = torch.linalg.svd(w - dequantize_weight(q, scale, zero, group_size), full_matrices=False)
+        residual = w - dequantize_weight(q, scale, zero, group_size)
+        u, s, vh = torch.linalg.svd(residual, full_matrices=False)
         root = s[:rank].sqrt()
         b, a = u[:, :rank] * root, root[:, None] * vh[:rank]
         low = b @ a
-        err = float((w - dequantize_weight(q, scale, zero, group_size) - low).norm())
+        err = float((residual - low).norm())
         if err < best_err:  # the alternation is not monotone at 2-3 bits (the grid moves with W - BA): keep the best
             best, best_err = (q, scale, zero, a.contiguous(), b.contiguous()), err
     return best
@@ -123,7 +124,7 @@ def qaf_model(model: nn.Module, teacher: nn.Module, batches: Tensor, bits: int =
             err_start += float((w - base - b @ a).square().sum())
             total += float(w.square().sum())
             parametrize.register_parametrization(linear, "weight", LoRAOnFrozen(base, a, b))
-            entries[name] = (q, scale, zero, group_size)
+            entries[name] = (q, scale, zero)
         stats = recover(model, teacher, batches, steps, lr, batch_size=batch_size, seed=seed)
     finally:
         codes: dict[str, tuple] = {}
@@ -134,7 +135,7 @@ def qaf_model(model: nn.Module, teacher: nn.Module, batches: Tensor, bits: int =
             # rounded to bf16 values, as stored: half the bytes of fp32, and what is measured is what is saved
             a, b = (term.a.detach().to(torch.bfloat16).float(), term.b.detach().to(torch.bfloat16).float())
             parametrize.remove_parametrizations(linear, "weight", leave_parametrized=False)
-            q, scale, zero, _ = entries[name]
+            q, scale, zero = entries[name]
             with torch.no_grad():
                 linear.weight.copy_(merged_weight(q, scale, zero, group_size, a, b).to(linear.weight.dtype))
             codes[name] = (q, scale, zero, a, b)
