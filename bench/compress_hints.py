@@ -12,7 +12,7 @@ unpruned model on the calibration windows, three ways at equal steps, data and l
 
 Measured on WikiText-2 test (first ``--windows`` 512-token windows, never trained on): perplexity, and the
 full-vocabulary KL(teacher || student) per token with the unpruned model as the teacher. Reported whatever
-the numbers are. Writes ``bench/results/compress_hints.json``.
+the numbers are. Writes ``bench/results/compress_hints.json`` (``--out`` to name another file).
 
 Run: ``.venv/bin/python bench/compress_hints.py [--steps 16 --fraction 0.25]`` (~20 min on 2 CPU cores).
 """
@@ -61,6 +61,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated subset of the arms (kd is always run)")
     ap.add_argument("--windows", type=int, default=20, help="WikiText-2 test windows of 512 tokens")
     ap.add_argument("--calib", type=int, default=64, help="calibration windows of 512 tokens (WikiText-2 valid)")
+    ap.add_argument("--out", default="compress_hints.json", help="file name under bench/results/")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -116,7 +117,7 @@ def main() -> int:
     print(f"\nlowest held-out KL: {best} ({rows[best]['kl']:.4f} vs logit KD alone {rows['kd']['kl']:.4f}, "
           f"{100 * (rows[best]['kl'] / rows['kd']['kl'] - 1):+.1f}%)")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "compress_hints.json"
+    path = RESULTS / args.out
     path.write_text(json.dumps({"config": vars(args), "baseline": summary["baseline"], "arms": rows,
                                 "cpu_count": os.cpu_count(), "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
     print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
