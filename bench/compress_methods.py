@@ -44,10 +44,15 @@ STEPS = {  # name -> compress step (the issue's must-show settings)
     "svd20": {"method": "svd", "param_reduction": 0.2},  # plain SVD, same rank allocation as the two below
     "asvd20": {"method": "asvd", "param_reduction": 0.2},
     "svdllm20": {"method": "svdllm", "param_reduction": 0.2},
+    # issue 10: the same budget split by measured sensitivity (svdllm20's auto = fisher) vs without measuring
+    "svdllm20_energy": {"method": "svdllm", "param_reduction": 0.2, "rank_allocation": "energy"},
+    "svdllm20_uniform": {"method": "svdllm", "param_reduction": 0.2, "rank_allocation": "uniform"},
+    "svdllm20_per_layer": {"method": "svdllm", "param_reduction": 0.2, "rank_allocation": "per_layer"},
 }
 
 
-EXTRA = {"wanda50_owl", "wanda70", "wanda70_owl"}  # run only when named in --only (bench/results/compress_methods_wanda*.json)
+EXTRA = {"wanda50_owl", "wanda70", "wanda70_owl",  # run only when named in --only (compress_methods_<names>.json)
+         "svdllm20_energy", "svdllm20_uniform", "svdllm20_per_layer"}
 
 
 def targets(rows: dict, base: float) -> list[tuple[str, bool | None, str]]:

@@ -70,6 +70,7 @@ class CompressStep(StageConfig):
     owl_m: float = Field(5.0, gt=1.0, description="owl: a Wanda score is an outlier above owl_m times its layer's mean")
     rank_ratio: float | None = Field(None, gt=0.0, le=1.0, description="svd: kept rank / min(out, in), the same for every layer (None: use param_reduction)")
     param_reduction: float = Field(0.2, gt=0.0, lt=1.0, description="svd (without rank_ratio)/asvd/svdllm: fraction of decoder-linear weights removed; ranks allocated per layer")
+    rank_allocation: Literal["auto", "fisher", "energy", "uniform", "per_layer"] = Field("auto", description="svd (without rank_ratio)/asvd/svdllm: how the budget is split over layers: by measured sensitivity (fisher: Fisher-weighted output loss per dropped component; energy: kept spectral energy), one rank ratio for all (uniform), or the same kept share per layer (per_layer); auto: fisher with calibration data, else energy (see compress.factorize)")
     bits: int = Field(4, ge=2, le=8, description="rtn/gptq/awq/qat/qaf: weight bits")
     group_size: int | None = Field(128, ge=1, description="rtn/gptq/awq/qat/qaf: input columns per scale (None: per output channel)")
     symmetric: bool = Field(True, description="rtn/gptq/awq/qat/qaf: symmetric codes (no zero point)")
@@ -106,10 +107,11 @@ class CompressStep(StageConfig):
         prune = {"sparsity": self.sparsity, "nm": self.nm}
         aware = prune | ({"allocation": "owl", "owl_lambda": self.owl_lambda, "owl_m": self.owl_m}
                          if self.allocation == "owl" else {})
+        lowrank = {"param_reduction": self.param_reduction} | (
+            {"rank_allocation": self.rank_allocation} if self.rank_allocation != "auto" else {})
         return {"magnitude": prune, "wanda": aware, "sparsegpt": aware | {"damp": self.damp},
-                "svd": {"rank_ratio": self.rank_ratio} if self.rank_ratio is not None else {"param_reduction": self.param_reduction},
-                "asvd": {"param_reduction": self.param_reduction},
-                "svdllm": {"param_reduction": self.param_reduction}, "rtn_int8": {"bits": 8},
+                "svd": {"rank_ratio": self.rank_ratio} if self.rank_ratio is not None else lowrank,
+                "asvd": lowrank, "svdllm": lowrank, "rtn_int8": {"bits": 8},
                 "rtn": quant, "gptq": quant | {"damp": self.damp, "act_order": self.act_order}, "awq": quant,
                 "qat": quant | {"steps": self.recover_steps, "lr": self.recover_lr},
                 "qaf": quant | {"steps": self.recover_steps, "lr": self.recover_lr, "lora_rank": self.lora_rank,
@@ -242,9 +244,10 @@ def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], 
                  "layers_left_dense": len(result["skipped"]), "weights_before": result["params_before"],
                  "weights_after": result["params_after"]}
     elif m in ("svd", "asvd", "svdllm"):
-        result = factorize_model_aware(model, calib, m, step.param_reduction)
+        result = factorize_model_aware(model, calib, m, step.param_reduction, allocation=step.rank_allocation)
         manifest["factorized"].update(result["factorized"])
-        stats = {"param_reduction": step.param_reduction, "layers_factorized": len(result["factorized"]),
+        stats = {"param_reduction": step.param_reduction, "rank_allocation": result["allocation"],
+                 "layers_factorized": len(result["factorized"]),
                  "layers_left_dense": len(result["skipped"]), "weights_before": result["params_before"],
                  "weights_after": result["params_after"]}
     elif m == "depth":
@@ -471,6 +474,10 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         if step.allocation == "owl" and (step.method not in ("wanda", "sparsegpt") or step.nm is not None):
             raise ConfigError(f"compress.steps[{i}].allocation: owl sets a sparsity per block for unstructured "
                               f"wanda/sparsegpt, not {step.method}{' with nm ' + step.nm if step.nm else ''}")
+        if step.rank_allocation != "auto" and (step.method not in ("svd", "asvd", "svdllm") or step.rank_ratio is not None):
+            raise ConfigError(f"compress.steps[{i}].rank_allocation splits a param_reduction budget over the layers of "
+                              f"svd/asvd/svdllm, not {step.method}{' with rank_ratio' if step.rank_ratio is not None else ''}"
+                              "; remove it (or rank_ratio)")
         if step.method in TRAINED and not step.recover_steps:
             raise ConfigError(f"compress.steps[{i}] ({step.method}): set recover_steps to the number of "
                               "quantization-aware training steps (e.g. 50)")
@@ -480,7 +487,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
     model = load_compressed(model_dir, dtype="float32")  # compression math in fp32; storage dtype on save
     tokenizer = load_tokenizer(model_dir)
     calib, calib_from = None, None
-    if any(step.method in CALIBRATED or step.recover_steps for step in cfg.steps):
+    if any(step.method in CALIBRATED or step.recover_steps or step.rank_allocation == "fisher" for step in cfg.steps):
         calib, calib_from = _calibration(cfg.calibration, tokenizer, calib_text, calib_source)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out_dir)

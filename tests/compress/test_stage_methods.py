@@ -131,3 +131,24 @@ def test_depth_pruning_with_recovery_distillation_closes_the_gap(tmp_path):
     assert abs(recovered["after"]["perplexity"] - base) < 0.5 * gap  # closes more than half the gap
     with pytest.raises(ConfigError, match="recover_steps"):
         compress_student(_cfg({"method": "rtn", "recover_steps": 5}), src, tmp_path / "x", eval_text=TEXT)
+
+
+def test_rank_allocation_is_chosen_in_config_and_recorded(model_dir, tmp_path):
+    cfg = _cfg({"method": "svdllm", "param_reduction": 0.3, "rank_allocation": "uniform"},
+               {"method": "svdllm", "param_reduction": 0.3}, chain=False)
+    out = compress_student(cfg, model_dir, tmp_path / "r", eval_text=TEXT, calib_text=CALIB)
+    uniform, auto = json.loads((out / "summary.json").read_text())["steps"]
+    assert uniform["stats"]["rank_allocation"] == "uniform" and auto["stats"]["rank_allocation"] == "fisher"
+    ranks = [read_manifest(s["artifact"])["factorized"] for s in (uniform, auto)]
+    assert ranks[0] != ranks[1]  # a different split of the same budget
+    for step in (uniform, auto):  # both spend the budget, and reload to what was measured
+        assert step["stats"]["weights_after"] <= 0.7 * step["stats"]["weights_before"] + 1
+        assert _reloaded_ppl(step["artifact"]) == pytest.approx(step["after"]["perplexity"], rel=1e-5)
+
+
+@pytest.mark.parametrize("step", [{"method": "wanda", "rank_allocation": "uniform"},
+                                  {"method": "svd", "rank_ratio": 0.3, "rank_allocation": "energy"}])
+def test_rank_allocation_outside_a_budgeted_factorization_is_a_config_error(model_dir, tmp_path, step):
+    with pytest.raises(ConfigError, match=r"steps\[0\]\.rank_allocation"):
+        compress_student(_cfg(step), model_dir, tmp_path / "o", eval_text=TEXT, calib_text=CALIB)
+    assert not (tmp_path / "o").exists()
