@@ -16,6 +16,8 @@ A compressed model folder holds:
 * with ``"coding": "zstd"`` in a grouped entry, the codes are stored instead as ``<name>.weight_zstd``
   (uint8, one Zstandard frame of the unsigned codes, one byte each before compression; see
   :mod:`compress.entropy`);
+* a CP/Tucker layer (``tensorized`` in the manifest: ``{name: {"format", "ranks"}}``) stores its factors
+  ``<name>.factors.0`` .. ``.3`` and, for Tucker, ``<name>.core`` (see :mod:`compress.tensorized`);
 * a QAF layer's grouped entry also has ``"lora_rank": r``, and its adapters are stored as
   ``<name>.lora_A`` (bf16 [r, in]) and ``<name>.lora_B`` (bf16 [out, r]); the weight is
   ``dequant(codes) + lora_B @ lora_A`` (see :mod:`compress.qaf`);
@@ -47,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from compress.factorize import apply_low_rank_structure
+from compress.tensorized import apply_tensorized_structure
 from compress.quantize import SCHEME, dequantize, dequantize_weight, quantize_rtn_int8
 from distill.config import ConfigError
 from distill.models import check_model_dir, load_causal_lm
@@ -275,6 +278,7 @@ def load_compressed(folder: str | Path, dtype: str = "float32", device: str = "c
     # Build in fp32: dequantized int8 values (q * scale) are exact only there; cast at the end.
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     apply_low_rank_structure(model, manifest["factorized"])
+    apply_tensorized_structure(model, manifest.get("tensorized", {}))
     tensors = load_file(str(weights))
     for module_name, entry in manifest["quantized"].items():
         if is_grouped_entry(entry):

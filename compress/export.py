@@ -88,6 +88,9 @@ def _check_exportable(folder: Path, manifest: dict[str, Any] | None) -> tuple[in
         raise ConfigError(f"{folder}: {len(manifest['factorized'])} layers are low-rank factorized ({some}, ...); "
                           "factor pairs are not a standard Hugging Face architecture, so no engine can load them. "
                           "Export a chain without svd/asvd/svdllm steps")
+    if manifest.get("tensorized"):
+        raise ConfigError(f"{folder}: {len(manifest['tensorized'])} layers are stored as CP/Tucker factors; no "
+                          "engine loads that architecture. Export a chain without cp/tucker steps")
     if not manifest["quantized"]:
         raise ConfigError(f"{folder}: nothing is quantized, so there is nothing to pack; a plain float model "
                           "loads in vLLM as it is (or add a rtn/gptq/awq step)")

@@ -38,6 +38,7 @@ from compress.calibrate import calibration_batches
 from compress.factorize import factorize_model
 from compress.gptq import gptq_model
 from compress.lowrank_aware import factorize_model_aware
+from compress.tensorized import tensorize_model
 from compress.qaf import qaf_model
 from compress.qat import qat_model
 from compress.prune import magnitude_model, prune_model, wanda_model
@@ -52,7 +53,7 @@ from distill.models import check_model_dir, load_tokenizer
 log = logging.getLogger(__name__)
 
 Method = Literal["rtn_int8", "rtn", "gptq", "awq", "qat", "qaf", "magnitude", "wanda", "sparsegpt", "depth", "width",
-                 "svd", "asvd", "svdllm"]
+                 "svd", "asvd", "svdllm", "cp", "tucker"]
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
 QUANT = {"rtn", "gptq", "awq", "qat", "qaf"}  # grouped weight quantization: must end a chain (see _check_order)
 STRUCTURED = {"depth", "width"}  # change the architecture: must come before anything recorded by name
@@ -69,7 +70,7 @@ class CompressStep(StageConfig):
     owl_lambda: float = Field(0.08, ge=0.0, lt=0.5, description="owl: block sparsities stay within sparsity +- owl_lambda")
     owl_m: float = Field(5.0, gt=1.0, description="owl: a Wanda score is an outlier above owl_m times its layer's mean")
     rank_ratio: float | None = Field(None, gt=0.0, le=1.0, description="svd: kept rank / min(out, in), the same for every layer (None: use param_reduction)")
-    param_reduction: float = Field(0.2, gt=0.0, lt=1.0, description="svd (without rank_ratio)/asvd/svdllm: fraction of decoder-linear weights removed; ranks allocated per layer")
+    param_reduction: float = Field(0.2, gt=0.0, lt=1.0, description="svd (without rank_ratio)/asvd/svdllm: fraction of decoder-linear weights removed, ranks allocated per layer; cp/tucker: the fraction each decoder linear loses")
     rank_allocation: Literal["auto", "fisher", "energy", "uniform", "per_layer"] = Field("auto", description="svd (without rank_ratio)/asvd/svdllm: how the budget is split over layers: by measured sensitivity (fisher: Fisher-weighted output loss per dropped component; energy: kept spectral energy), one rank ratio for all (uniform), or the same kept share per layer (per_layer); auto: fisher with calibration data, else energy (see compress.factorize)")
     bits: int = Field(4, ge=2, le=8, description="rtn/gptq/awq/qat/qaf: weight bits")
     group_size: int | None = Field(128, ge=1, description="rtn/gptq/awq/qat/qaf: input columns per scale (None: per output channel)")
@@ -82,7 +83,7 @@ class CompressStep(StageConfig):
     fraction: float = Field(0.25, ge=0.0, lt=1.0, description="depth: fraction of decoder blocks dropped")
     mlp_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="width: fraction of MLP channels removed")
     kv_head_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="width: fraction of KV-head groups removed")
-    recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm: KD steps from the pre-compression model afterwards (Minitron-style recovery); qat/qaf: the quantization-aware training steps (required)")
+    recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm/cp/tucker: KD steps from the pre-compression model afterwards (Minitron-style recovery); qat/qaf: the quantization-aware training steps (required)")
     recover_lr: float = Field(1e-4, gt=0.0, description="recovery: AdamW peak learning rate")
     recover_hint_weight: float = Field(0.0, ge=0.0, description="recovery: weight of the FitNets hint term (each kept block's output regresses on its source block's, through a learned projection; see compress.recover)")
     recover_attention_weight: float = Field(0.0, ge=0.0, description="recovery: weight of the TinyBERT attention-map term (runs eager attention)")
@@ -111,7 +112,8 @@ class CompressStep(StageConfig):
             {"rank_allocation": self.rank_allocation} if self.rank_allocation != "auto" else {})
         return {"magnitude": prune, "wanda": aware, "sparsegpt": aware | {"damp": self.damp},
                 "svd": {"rank_ratio": self.rank_ratio} if self.rank_ratio is not None else lowrank,
-                "asvd": lowrank, "svdllm": lowrank, "rtn_int8": {"bits": 8},
+                "asvd": lowrank, "svdllm": lowrank, "cp": {"param_reduction": self.param_reduction},
+                "tucker": {"param_reduction": self.param_reduction}, "rtn_int8": {"bits": 8},
                 "rtn": quant, "gptq": quant | {"damp": self.damp, "act_order": self.act_order}, "awq": quant,
                 "qat": quant | {"steps": self.recover_steps, "lr": self.recover_lr},
                 "qaf": quant | {"steps": self.recover_steps, "lr": self.recover_lr, "lora_rank": self.lora_rank,
@@ -200,7 +202,7 @@ def _scalar_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-RECOVERABLE = {"depth", "width", "svd", "asvd", "svdllm"}
+RECOVERABLE = {"depth", "width", "svd", "asvd", "svdllm", "cp", "tucker"}
 TRAINED = {"qat", "qaf"}  # train with the pre-compression model as teacher inside the method (recover_steps = its steps)
 
 
@@ -250,6 +252,11 @@ def _run_method(model: nn.Module, step: CompressStep, manifest: dict[str, Any], 
                  "layers_factorized": len(result["factorized"]),
                  "layers_left_dense": len(result["skipped"]), "weights_before": result["params_before"],
                  "weights_after": result["params_after"]}
+    elif m in ("cp", "tucker"):
+        result = tensorize_model(model, m, step.param_reduction)
+        manifest.setdefault("tensorized", {}).update(result["tensorized"])
+        stats = {"param_reduction": step.param_reduction, "layers_tensorized": len(result["tensorized"]),
+                 "weights_before": result["params_before"], "weights_after": result["params_after"]}
     elif m == "depth":
         stats = depth_prune(model, calib, step.fraction)
     elif m == "width":
@@ -303,7 +310,7 @@ def _check_order(steps: list[CompressStep], manifest: dict[str, Any], chain: boo
                               "change weights that are stored as quantization codes")
         if step.method in STRUCTURED:
             earlier = [s.method for s in steps[:i] if s.method not in STRUCTURED | {"magnitude", "wanda", "sparsegpt"}]
-            if earlier or manifest["factorized"] or manifest["quantized"]:
+            if earlier or manifest["factorized"] or manifest.get("tensorized") or manifest["quantized"]:
                 raise ConfigError(f"compress.steps[{i}] ({step.method}) changes the architecture; put it before "
                                   f"factorization/quantization steps (found {earlier or 'a compressed source'})")
 

@@ -21,7 +21,13 @@ which wins on trained LLM weights is an empirical question this module measures 
 The decompositions are tensorly's (``tensorly.decomposition.tucker`` / ``parafac``), the well-kept library
 for them; only the reshaping, the rank choice for a budget and the comparison are written here.
 
-Run: ``python bench/compress_tensor_decomp.py``.
+As a compress step (``method: cp`` / ``tucker``, ``param_reduction``: every decoder linear keeps
+``1 - param_reduction`` of its weights), :func:`tensorize_model` swaps each linear for a
+:class:`TensorizedLinear` that stores only the factors (and the Tucker core) and applies them to the input by
+contraction, never building ``W``; the artifact's manifest records ``tensorized: {name: {"format", "ranks"}}``
+and :func:`apply_tensorized_structure` rebuilds the modules at load.
+
+Run: ``python bench/compress_tensor_decomp.py``; as a step, ``eakd compress`` with ``{method: tucker}``.
 """
 
 from __future__ import annotations
@@ -29,9 +35,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from compress import replace_module, target_linears
 from compress.quantize import relative_output_error
+
+FORMATS = ("cp", "tucker")
 
 
 def factor_pair(n: int) -> tuple[int, int]:
@@ -130,3 +139,116 @@ def compare_layer(weight: Tensor, gram: Tensor | None, param_ratio: float,
                   "weight_error": float((w - approx).pow(2).sum() / w.pow(2).sum()),
                   "output_error": None if gram is None else relative_output_error(w, approx, gram)}
     return out
+
+
+class TensorizedLinear(nn.Module):
+    """``x [..., in] -> y [..., out]`` through a CP or Tucker form of the weight reshaped to
+    ``[o1, o2, i1, i2]`` (:func:`tensor_shape`); the input is contracted with the factors, ``W`` is never built.
+
+    ``factors[k]`` is [n_k, r_k] (CP: every ``r_k = R``); Tucker adds ``core`` [r1, r2, r3, r4]."""
+
+    def __init__(self, in_features: int, out_features: int, fmt: str, ranks: list[int], bias: bool,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if fmt not in FORMATS:
+            raise ValueError(f"tensor format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
+        self.shape = tensor_shape(out_features, in_features)
+        self.ranks = [int(r) for r in ranks] if fmt == "tucker" else [int(ranks[0])] * 4
+        if len(self.ranks) != 4 or min(self.ranks) < 1:
+            raise ValueError(f"{fmt} ranks must be {'four' if fmt == 'tucker' else 'one'} positive int(s), got {ranks}")
+        kw = {"dtype": dtype, "device": device}
+        self.factors = nn.ParameterList(nn.Parameter(torch.empty(n, r, **kw)) for n, r in zip(self.shape, self.ranks))
+        self.core = nn.Parameter(torch.empty(*self.ranks, **kw)) if fmt == "tucker" else None
+        self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, _, i1, i2 = self.shape
+        a, b, c, d = self.factors
+        xt = x.reshape(*x.shape[:-1], i1, i2)
+        if self.core is None:  # CP: W[a,b,i,j] = sum_r A[a,r] B[b,r] C[i,r] D[j,r]
+            y = torch.einsum("...r,ar,br->...ab", torch.einsum("...ij,ir,jr->...r", xt, c, d), a, b)
+        else:  # Tucker: W[a,b,i,j] = sum G[s,t,p,q] A[a,s] B[b,t] C[i,p] D[j,q]
+            z = torch.einsum("...pq,stpq->...st", torch.einsum("...ij,ip,jq->...pq", xt, c, d), self.core)
+            y = torch.einsum("...st,as,bt->...ab", z, a, b)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    @torch.no_grad()
+    def weight_matrix(self) -> Tensor:
+        """The dense weight [out, in] this module applies (for checks; the forward never builds it)."""
+        return self(torch.eye(self.in_features, dtype=self.factors[0].dtype, device=self.factors[0].device)).T - (
+            0 if self.bias is None else self.bias[:, None])
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.fmt} ranks={self.ranks}"
+
+
+def _decompose(weight: Tensor, fmt: str, param_ratio: float) -> tuple[list[Tensor], Tensor | None, list[int]]:
+    """tensorly's CP (ALS) or Tucker (HOOI) of ``weight`` [out, in] within ``param_ratio`` of its weights."""
+    import tensorly as tl
+    from tensorly.decomposition import parafac, tucker
+
+    out_f, in_f = weight.shape
+    shape = tensor_shape(out_f, in_f)
+    budget = int(param_ratio * out_f * in_f)
+    t = weight.detach().float().reshape(shape)
+    with tl.backend_context("pytorch"):
+        if fmt == "cp":
+            rank = cp_rank(shape, budget)
+            weights, factors = parafac(t, rank=rank, init="random", n_iter_max=20, random_state=0, tol=1e-7)
+            return [factors[0] * weights[None, :], *factors[1:]], None, [rank]
+        ranks = tucker_ranks(shape, budget)
+        core, factors = tucker(t, rank=list(ranks), init="svd", n_iter_max=10, random_state=0)
+        return list(factors), core, list(ranks)
+
+
+@torch.no_grad()
+def tensorize_model(model: nn.Module, fmt: str, param_reduction: float,
+                    skip: tuple[str, ...] = ("lm_head",)) -> dict:
+    """Replace every decoder ``nn.Linear`` with a :class:`TensorizedLinear` (``fmt``: ``"cp"`` or ``"tucker"``)
+    keeping at most ``1 - param_reduction`` of its weights; modifies ``model``.
+
+    Returns ``{"format", "tensorized": {name: {"format", "ranks"}}, "params_before", "params_after"}`` (the
+    touched layers' weights)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"tensor format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not 0.0 < param_reduction < 1.0:
+        raise ValueError(f"param_reduction must be in (0, 1), got {param_reduction}")
+    linears = target_linears(model, skip=skip, include_low_rank=False)
+    if not linears:
+        raise ValueError("the model has no decoder nn.Linear layers left to decompose")
+    done, before, after = {}, 0, 0
+    for name, linear in linears:
+        w = linear.weight
+        factors, core, ranks = _decompose(w, fmt, 1.0 - param_reduction)
+        module = TensorizedLinear(linear.in_features, linear.out_features, fmt, ranks, linear.bias is not None,
+                                  dtype=w.dtype, device=w.device)
+        for p, f in zip(module.factors, factors):
+            p.copy_(f)
+        if core is not None:
+            module.core.copy_(core)
+        if linear.bias is not None:
+            module.bias.copy_(linear.bias)
+        replace_module(model, name, module)
+        done[name] = {"format": fmt, "ranks": ranks}
+        before += w.numel()
+        after += sum(f.numel() for f in factors) + (0 if core is None else core.numel())
+    return {"format": fmt, "tensorized": done, "params_before": before, "params_after": after}
+
+
+def apply_tensorized_structure(model: nn.Module, entries: dict[str, dict]) -> None:
+    """Swap each ``nn.Linear`` named in ``entries`` (a manifest's ``tensorized``) for an uninitialized
+    :class:`TensorizedLinear` of that format and ranks; the tensors are loaded into it afterwards."""
+    for name, entry in entries.items():
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"manifest names tensorized module {name!r}, which this model does not have; "
+                             "the artifact's config.json and eakd_compression.json disagree") from None
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"manifest names tensorized module {name!r}, but it is a {type(linear).__name__}")
+        w = linear.weight
+        replace_module(model, name, TensorizedLinear(linear.in_features, linear.out_features, entry["format"],
+                                                     entry["ranks"], linear.bias is not None, dtype=w.dtype,
+                                                     device=w.device))

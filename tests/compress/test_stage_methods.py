@@ -152,3 +152,29 @@ def test_rank_allocation_outside_a_budgeted_factorization_is_a_config_error(mode
     with pytest.raises(ConfigError, match=r"steps\[0\]\.rank_allocation"):
         compress_student(_cfg(step), model_dir, tmp_path / "o", eval_text=TEXT, calib_text=CALIB)
     assert not (tmp_path / "o").exists()
+
+
+def test_cp_and_tucker_steps_store_factors_and_reload_exactly(model_dir, tmp_path):
+    from safetensors import safe_open
+
+    from compress.export import export_compressed_tensors
+    from compress.tensorized import TensorizedLinear
+
+    cfg = _cfg({"method": "tucker", "param_reduction": 0.5}, {"method": "cp", "param_reduction": 0.5}, chain=False)
+    out = compress_student(cfg, model_dir, tmp_path / "t", eval_text=TEXT, calib_text=CALIB)
+    for step in json.loads((out / "summary.json").read_text())["steps"]:
+        fmt = step["method"]
+        entries = read_manifest(step["artifact"])["tensorized"]
+        assert len(entries) == step["stats"]["layers_tensorized"] == 14 and all(e["format"] == fmt for e in entries.values())
+        assert step["stats"]["weights_after"] <= 0.5 * step["stats"]["weights_before"]
+        assert step["after"]["params_total"] < step["before"]["params_total"]
+        assert step["after"]["bytes_on_disk"] < step["before"]["bytes_on_disk"]
+        with safe_open(str(step["artifact"]) + "/model.safetensors", "pt") as f:
+            keys = set(f.keys())
+        assert "model.layers.0.mlp.up_proj.factors.0" in keys and "model.layers.0.mlp.up_proj.weight" not in keys
+        assert ("model.layers.0.mlp.up_proj.core" in keys) == (fmt == "tucker")
+        reloaded = load_compressed(step["artifact"])
+        assert isinstance(reloaded.get_submodule("model.layers.1.self_attn.o_proj"), TensorizedLinear)
+        assert _reloaded_ppl(step["artifact"]) == pytest.approx(step["after"]["perplexity"], rel=1e-5)
+        with pytest.raises(ConfigError, match="CP/Tucker"):
+            export_compressed_tensors(step["artifact"], tmp_path / f"export-{fmt}")

@@ -9,8 +9,8 @@ import random
 import pytest
 import torch
 
-from compress.tensorized import (compare_layer, cp_rank, cp_weight, factor_pair, svd_weight, tensor_shape,
-                                 tucker_params, tucker_ranks, tucker_weight)
+from compress.tensorized import (TensorizedLinear, compare_layer, cp_rank, cp_weight, factor_pair, svd_weight,
+                                 tensor_shape, tensorize_model, tucker_params, tucker_ranks, tucker_weight)
 
 
 def test_factor_pair_is_the_most_square_divisor_pair():
@@ -62,3 +62,28 @@ def test_compare_layer_reports_errors_at_the_same_budget():
     for m, r in res.items():
         assert r["param_ratio"] <= 0.5 and 0 < r["weight_error"] < 1 and 0 < r["output_error"] < 1.5, (m, r)
     assert compare_layer(w, None, 0.5, ("svd",))["svd"]["output_error"] is None
+
+
+@pytest.mark.parametrize("fmt", ["cp", "tucker"])
+def test_tensorized_linear_applies_the_decomposition_without_building_the_weight(fmt):
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(36, 24, bias=True))
+    w, b = model[0].weight.detach().clone(), model[0].bias.detach().clone()
+    stats = tensorize_model(model, fmt, 0.5, skip=())
+    layer = model[0]
+    assert isinstance(layer, TensorizedLinear) and stats["tensorized"]["0"]["format"] == fmt
+    stored = sum(p.numel() for n, p in layer.named_parameters() if n != "bias")
+    assert stored == stats["params_after"] <= 0.5 * w.numel() and stats["params_before"] == w.numel()
+    expected = (cp_weight if fmt == "cp" else tucker_weight)(w, 0.5)[0]  # the same decomposition, densified
+    assert torch.allclose(layer.weight_matrix(), expected, atol=1e-4)
+    x = torch.randn(2, 5, 36)
+    assert torch.allclose(layer(x), x @ expected.T + b, atol=1e-4)
+
+
+def test_tensorized_linear_rejects_bad_formats_and_ranks():
+    with pytest.raises(ValueError, match="tensor format"):
+        TensorizedLinear(36, 24, "tt", [2], bias=False)
+    with pytest.raises(ValueError, match="ranks"):
+        TensorizedLinear(36, 24, "tucker", [2, 2], bias=False)
+    with pytest.raises(ValueError, match="param_reduction"):
+        tensorize_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), "cp", 1.0, skip=())
