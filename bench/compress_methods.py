@@ -48,11 +48,12 @@ STEPS = {  # name -> compress step (the issue's must-show settings)
     "svdllm20_energy": {"method": "svdllm", "param_reduction": 0.2, "rank_allocation": "energy"},
     "svdllm20_uniform": {"method": "svdllm", "param_reduction": 0.2, "rank_allocation": "uniform"},
     "svdllm20_per_layer": {"method": "svdllm", "param_reduction": 0.2, "rank_allocation": "per_layer"},
+    "tucker20": {"method": "tucker", "param_reduction": 0.2},  # issue 10: the tensor format at svd20's budget
 }
 
 
 EXTRA = {"wanda50_owl", "wanda70", "wanda70_owl",  # run only when named in --only (compress_methods_<names>.json)
-         "svdllm20_energy", "svdllm20_uniform", "svdllm20_per_layer"}
+         "svdllm20_energy", "svdllm20_uniform", "svdllm20_per_layer", "tucker20"}
 
 
 def targets(rows: dict, base: float) -> list[tuple[str, bool | None, str]]:
