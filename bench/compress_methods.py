@@ -41,7 +41,8 @@ STEPS = {  # name -> compress step (the issue's must-show settings)
     "depth25": {"method": "depth", "fraction": 0.25},
     "depth25_recovered": {"method": "depth", "fraction": 0.25, "recover_steps": 24, "recover_lr": 1e-4},
     "width_mlp25": {"method": "width", "mlp_fraction": 0.25},
-    "svd20": {"method": "svd", "param_reduction": 0.2},  # plain SVD, same rank allocation as the two below
+    # plain SVD, the same (Fisher) rank allocation as the two below, whichever other steps run beside it
+    "svd20": {"method": "svd", "param_reduction": 0.2, "rank_allocation": "fisher"},
     "asvd20": {"method": "asvd", "param_reduction": 0.2},
     "svdllm20": {"method": "svdllm", "param_reduction": 0.2},
     # issue 10: the same budget split by measured sensitivity (svdllm20's auto = fisher) vs without measuring
@@ -49,11 +50,13 @@ STEPS = {  # name -> compress step (the issue's must-show settings)
     "svdllm20_uniform": {"method": "svdllm", "param_reduction": 0.2, "rank_allocation": "uniform"},
     "svdllm20_per_layer": {"method": "svdllm", "param_reduction": 0.2, "rank_allocation": "per_layer"},
     "tucker20": {"method": "tucker", "param_reduction": 0.2},  # issue 10: the tensor format at svd20's budget
+    "svd20_per_layer": {"method": "svd", "param_reduction": 0.2, "rank_allocation": "per_layer"},  # tucker20's split
 }
 
 
 EXTRA = {"wanda50_owl", "wanda70", "wanda70_owl",  # run only when named in --only (compress_methods_<names>.json)
-         "svdllm20_energy", "svdllm20_uniform", "svdllm20_per_layer", "tucker20"}
+         "svdllm20_energy", "svdllm20_uniform", "svdllm20_per_layer", "tucker20",
+         "svd20_per_layer"}
 
 
 def targets(rows: dict, base: float) -> list[tuple[str, bool | None, str]]:
