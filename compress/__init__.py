@@ -59,6 +59,19 @@ def target_linears(model: nn.Module, skip: tuple[str, ...] = ("lm_head",),
     return out
 
 
+def manifest_linear(model: nn.Module, name: str, kind: str) -> nn.Linear:
+    """The ``nn.Linear`` at ``name`` that an artifact's manifest lists as ``kind`` (e.g. "factorized");
+    ValueError when the model has no such module or it is not a plain linear."""
+    try:
+        linear = model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"manifest names {kind} module {name!r}, which this model does not have; "
+                         "the artifact's config.json and eakd_compression.json disagree") from None
+    if not isinstance(linear, nn.Linear):
+        raise ValueError(f"manifest names {kind} module {name!r}, but it is a {type(linear).__name__}, not nn.Linear")
+    return linear
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Swap the submodule at dotted ``name`` for ``new``."""
     parent_name, _, child = name.rpartition(".")

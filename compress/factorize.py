@@ -42,7 +42,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from compress import replace_module, target_linears
+from compress import manifest_linear, replace_module, target_linears
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,7 @@ def apply_low_rank_structure(model: nn.Module, ranks: dict[str, int]) -> None:
     Used when loading an artifact: the tensors are loaded into the new modules afterwards.
     """
     for name, rank in ranks.items():
-        try:
-            linear = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"manifest names factorized module {name!r}, which this model does not have; "
-                             "the artifact's config.json and eakd_compression.json disagree") from None
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"manifest names factorized module {name!r}, but it is a "
-                             f"{type(linear).__name__}, not nn.Linear")
+        linear = manifest_linear(model, name, "factorized")
         w = linear.weight
         replace_module(model, name, LowRankLinear(linear.in_features, linear.out_features, int(rank),
                                                   bias=linear.bias is not None, dtype=w.dtype, device=w.device))

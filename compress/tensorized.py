@@ -37,7 +37,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from compress import replace_module, target_linears
+from compress import manifest_linear, replace_module, target_linears
 from compress.quantize import relative_output_error
 
 FORMATS = ("cp", "tucker")
@@ -241,13 +241,7 @@ def apply_tensorized_structure(model: nn.Module, entries: dict[str, dict]) -> No
     """Swap each ``nn.Linear`` named in ``entries`` (a manifest's ``tensorized``) for an uninitialized
     :class:`TensorizedLinear` of that format and ranks; the tensors are loaded into it afterwards."""
     for name, entry in entries.items():
-        try:
-            linear = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"manifest names tensorized module {name!r}, which this model does not have; "
-                             "the artifact's config.json and eakd_compression.json disagree") from None
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"manifest names tensorized module {name!r}, but it is a {type(linear).__name__}")
+        linear = manifest_linear(model, name, "tensorized")
         w = linear.weight
         replace_module(model, name, TensorizedLinear(linear.in_features, linear.out_features, entry["format"],
                                                      entry["ranks"], linear.bias is not None, dtype=w.dtype,
