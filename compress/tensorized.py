@@ -83,38 +83,31 @@ def cp_rank(shape: tuple[int, ...], budget: int) -> int:
     return max(1, budget // sum(shape))
 
 
-def tucker_weight(weight: Tensor, param_ratio: float, n_iter: int = 10) -> tuple[Tensor, dict]:
+def dense_weight(factors: list[Tensor], core: Tensor | None) -> Tensor:
+    """The 4-way tensor ``[o1, o2, i1, i2]`` of a CP (``core`` None; factors [n_k, R]) or Tucker form."""
+    if core is None:
+        return torch.einsum("ar,br,ir,jr->abij", *factors)
+    return torch.einsum("stpq,as,bt,ip,jq->abij", core, *factors)
+
+
+def tucker_weight(weight: Tensor, param_ratio: float) -> tuple[Tensor, dict]:
     """Tucker approximation of ``weight`` [out, in] with at most ``param_ratio * out * in`` parameters.
 
     Returns ``(W' [out, in] fp32, {"shape", "ranks", "params"})``."""
-    import tensorly as tl
-    from tensorly.decomposition import tucker
-
-    out_f, in_f = weight.shape
-    shape = tensor_shape(out_f, in_f)
-    ranks = tucker_ranks(shape, int(param_ratio * out_f * in_f))
-    with tl.backend_context("pytorch"):  # restores the caller's backend afterwards
-        core, factors = tucker(weight.detach().float().reshape(shape), rank=list(ranks), init="svd",
-                               n_iter_max=n_iter, random_state=0)
-        approx = tl.tucker_to_tensor((core, factors)).reshape(out_f, in_f)
-    return approx, {"shape": list(shape), "ranks": list(ranks), "params": tucker_params(shape, ranks)}
+    factors, core, ranks = _decompose(weight, "tucker", param_ratio)
+    shape = tensor_shape(*weight.shape)
+    return (dense_weight(factors, core).reshape(weight.shape),
+            {"shape": list(shape), "ranks": ranks, "params": tucker_params(shape, tuple(ranks))})
 
 
-def cp_weight(weight: Tensor, param_ratio: float, n_iter: int = 20) -> tuple[Tensor, dict]:
+def cp_weight(weight: Tensor, param_ratio: float) -> tuple[Tensor, dict]:
     """CP approximation of ``weight`` [out, in] with at most ``param_ratio * out * in`` parameters (ALS).
 
     Returns ``(W' [out, in] fp32, {"shape", "rank", "params"})``."""
-    import tensorly as tl
-    from tensorly.decomposition import parafac
-
-    out_f, in_f = weight.shape
-    shape = tensor_shape(out_f, in_f)
-    rank = cp_rank(shape, int(param_ratio * out_f * in_f))
-    with tl.backend_context("pytorch"):
-        cp = parafac(weight.detach().float().reshape(shape), rank=rank, init="random", n_iter_max=n_iter,
-                     random_state=0, tol=1e-7)
-        approx = tl.cp_to_tensor(cp).reshape(out_f, in_f)
-    return approx, {"shape": list(shape), "rank": rank, "params": rank * sum(shape)}
+    factors, _, (rank,) = _decompose(weight, "cp", param_ratio)
+    shape = tensor_shape(*weight.shape)
+    return dense_weight(factors, None).reshape(weight.shape), {"shape": list(shape), "rank": rank,
+                                                              "params": rank * sum(shape)}
 
 
 def svd_weight(weight: Tensor, param_ratio: float) -> tuple[Tensor, dict]:
@@ -177,8 +170,7 @@ class TensorizedLinear(nn.Module):
     @torch.no_grad()
     def weight_matrix(self) -> Tensor:
         """The dense weight [out, in] this module applies (for checks; the forward never builds it)."""
-        return self(torch.eye(self.in_features, dtype=self.factors[0].dtype, device=self.factors[0].device)).T - (
-            0 if self.bias is None else self.bias[:, None])
+        return dense_weight(list(self.factors), self.core).reshape(self.out_features, self.in_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.fmt} ranks={self.ranks}"
