@@ -29,7 +29,7 @@ Adversarial distillation on top (optional, measured the same way):
   learns to make its states look like the teacher's. The discriminator is discarded afterwards; its
   accuracy over the last fifth of the steps is reported (0.5 = fooled).
 
-Run: set ``recover_steps`` on a ``depth``/``width``/``svd``/``asvd``/``svdllm`` step of ``eakd compress``
+Run: set ``recover_steps`` on a ``depth``/``width``/``svd``/``asvd``/``svdllm``/``cp``/``tucker`` step of ``eakd compress``
 (``recover_hint_weight``, ``recover_attention_weight`` for the feature terms, ``recover_adversarial_weight``).
 """
 
