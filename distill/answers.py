@@ -271,6 +271,16 @@ def answers_match(predicted: str | None, gold: str | None) -> bool | None:
     return p == g or re.search(rf"\b{re.escape(g)}\b", p) is not None
 
 
+def answers_match_strict(predicted: str | None, gold: str | None) -> bool | None:
+    """The strict rule: ``answer_key(predicted) == answer_key(gold)`` (numbers normalised, text lower-cased and
+    stripped of surrounding quotes/punctuation), so "The capital is Paris." does not match "Paris" here while
+    :func:`answers_match` accepts it. True/False when gold exists; None when there is no gold to check against."""
+    if gold is None or gold == "":
+        return None
+    key = answer_key(predicted)
+    return key is not None and key == answer_key(gold)
+
+
 def answer_key(answer: str | None) -> str | None:
     """The form answers are compared in for voting: the normalised number, else the normalised text."""
     if answer is None or not answer.strip():

@@ -1,6 +1,6 @@
 import pytest
 
-from distill.answers import answers_match, extract_answer, normalize_number
+from distill.answers import answer_key, answers_match, answers_match_strict, extract_answer, normalize_number
 
 
 @pytest.mark.parametrize("text, answer, method", [
@@ -33,3 +33,27 @@ def test_normalize_number(raw, norm):
 ])
 def test_answers_match(pred, gold, ok):
     assert answers_match(pred, gold) is ok
+
+
+@pytest.mark.parametrize("pred, gold, strict, lenient", [
+    ("12", "12", True, True), ("12.0", "12", True, True), ("$1,200", "1200", True, True),
+    ("13", "12", False, False),
+    ("Paris", "paris", True, True), ('"Paris."', "Paris", True, True),  # case, surrounding quotes/punctuation
+    ("The capital is Paris.", "Paris", False, True),  # only the lenient rule reads a label inside a sentence
+    ("positive, clearly", "positive", False, True),
+    ("Parisian", "Paris", False, False), (None, "1", False, False), ("", "positive", False, False),
+    ("anything", None, None, None), ("anything", "", None, None),
+])
+def test_strict_match_is_exact_on_the_normalised_form(pred, gold, strict, lenient):
+    assert answers_match_strict(pred, gold) is strict
+    assert answers_match(pred, gold) is lenient
+
+
+@pytest.mark.parametrize("pred, gold", [("12", "12.0"), ("Paris", "PARIS!"), ("The capital is Paris.", "Paris"),
+                                        ("7", "8"), ("yes", "no"), ("$3", "3 dollars")])
+def test_strict_match_is_the_answer_key_equality_and_implies_the_lenient_one(pred, gold):
+    strict = answers_match_strict(pred, gold)
+    assert strict is (answer_key(pred) == answer_key(gold))
+    assert strict is answers_match_strict(gold, pred)  # symmetric
+    if strict:
+        assert answers_match(pred, gold)
