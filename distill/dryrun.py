@@ -10,6 +10,9 @@ each key up in the response cache (read-only; a missing cache file is not create
 - cost from ``teacher.price_*_per_mtok`` (prompt tokens + worst-case completions: an upper bound),
   compared with the run's caps (``max_tokens_total``, ``max_cost_usd``).
 
+A few rendered prompts per style are shown; with ``generate.erase_demos`` each is followed, labelled, by
+the prompt the student will train on (the plan's ``student_prompt``: the demos removed) where it differs.
+
 Self-Instruct bootstrapping depends on what the teacher answers, so its rounds are given as upper
 bounds (``max_rounds * prompts_per_round`` instruction prompts, ``target`` extra responses) with the
 first round rendered and counted exactly.
@@ -42,6 +45,8 @@ class StyleEstimate:
     prompt_tokens: int = 0  # of the uncached requests (cached ones cost nothing)
     completion_tokens_max: int = 0
     examples: list[list[dict[str, str]]] = field(default_factory=list)
+    # per example: the prompt the student trains on where it differs from the teacher's (erase_demos), else None
+    student_examples: list[list[dict[str, str]] | None] = field(default_factory=list)
 
 
 @dataclass
@@ -142,6 +147,7 @@ def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style:
         est.requests += 1
         if len(est.examples) < examples_per_style:
             est.examples.append(req.messages)
+            est.student_examples.append(plan["student_prompt"] if plan["student_prompt"] != req.messages else None)
         key = req.key()
         if key in cached:
             est.cached += 1
@@ -211,9 +217,13 @@ def format_dry_run(d: DryRun) -> str:
         lines.append(f"\n== {style}: {e.requests} requests, {e.cached} cached, {e.prompt_tokens} prompt tokens to send, "
                      f"<= {e.completion_tokens_max} completion tokens")
         for i, messages in enumerate(e.examples, 1):
-            lines.append(f"-- example {i}")
-            for m in messages:
-                lines.append(f"[{m['role']}] {m['content']}")
+            student = e.student_examples[i - 1] if i <= len(e.student_examples) else None
+            lines.append(f"-- example {i}" + (": teacher prompt (what is sent)" if student else ""))
+            lines += [f"[{m['role']}] {m['content']}" for m in messages]
+            if student:  # erase_demos: the student learns the teacher's answer to a different prompt
+                lines.append(f"-- example {i}: student prompt (what the student trains on; generate.erase_demos "
+                             "removed the demos)")
+                lines += [f"[{m['role']}] {m['content']}" for m in student]
     for w in d.warnings:
         lines.append(f"\nwarning: {w}")
     return "\n".join(lines)

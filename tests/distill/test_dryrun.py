@@ -99,3 +99,27 @@ def test_dry_run_bounds_the_judge_verdicts(seeds_file, tmp_path):
     assert judged.judge["completion_tokens_max"] == 24 * 40
     assert judged.judge["prompt_tokens_max"] > 24 * 50  # each verdict's prompt holds a full-length response
     assert "LLM-as-judge (after generation, upper bounds): up to 24 verdicts" in format_dry_run(judged)
+
+
+def test_dry_run_shows_the_student_prompt_when_demos_are_erased(seeds_file, tmp_path):
+    teacher = TeacherConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                            cache_path=str(tmp_path / "cache.sqlite"))
+    plain = dry_run(gen_cfg(seeds_file), teacher)
+    assert plain.styles["icl"].student_examples == [None] * 3  # the student trains on the teacher's prompt
+    assert "student prompt" not in format_dry_run(plain)
+
+    erased = dry_run(gen_cfg(seeds_file, erase_demos=True), teacher)
+    icl, instruct = erased.styles["icl"], erased.styles["instruct"]
+    assert all(s is not None for s in icl.student_examples)
+    assert instruct.student_examples == [None] * 3  # no demos to erase: nothing differs, nothing extra shown
+    teacher_prompt, student_prompt = icl.examples[0][-1]["content"], icl.student_examples[0][-1]["content"]
+    assert "Example 1:" in teacher_prompt and "Example 1:" not in student_prompt
+    seed_input = "0 + 1"  # the first seed's question is in both
+    assert seed_input in teacher_prompt and seed_input in student_prompt
+    text = format_dry_run(erased)
+    icl_part = text.split("== icl")[1].split("== instruct")[0]
+    assert icl_part.count("-- example 1: teacher prompt (what is sent)") == 1
+    head, tail = icl_part.split("-- example 1: student prompt (what the student trains on; generate.erase_demos removed the demos)")
+    assert "Example 1:" in head and student_prompt in tail.split("-- example 2")[0]
+    assert "student prompt" not in text.split("== instruct")[1]
+    assert erased.to_dict()["styles"]["icl"]["student_examples"][0] == icl.student_examples[0]  # --json has it too
