@@ -38,6 +38,8 @@ class Seed:
     task: str = "default"
     demos: list[dict[str, str]] = field(default_factory=list)
     rationale: str = ""
+    origin: str = "seed"  # where the seed came from: a seed file, or a task file's input/held-out/synthesized item
+    split: str | None = None  # "train" / "validation" forces the seed's split; None: split by a hash of the id
 
 
 def _seed_from_row(row: dict, where: str) -> Seed:
