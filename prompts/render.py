@@ -13,8 +13,9 @@ from jinja2.sandbox import SandboxedEnvironment
 
 BUILTIN_DIR = Path(__file__).parent
 BUILTIN_STYLES = ("icl", "cot", "instruct")
-# every shipped template: the three styles, few-shot CoT, and the Self-Instruct bootstrapping prompt
-SHIPPED = (*BUILTIN_STYLES, "cot_fewshot", "cot_json", "self_instruct", "self_instruct_json", "judge")
+# every shipped template: the three styles, few-shot CoT, the Self-Instruct bootstrapping prompt, the judge and
+# input synthesis for task files
+SHIPPED = (*BUILTIN_STYLES, "cot_fewshot", "cot_json", "self_instruct", "self_instruct_json", "judge", "synth_inputs")
 ROLES = ("system", "user")
 # Template-loading tags. The environment has no loader, so these could read no file anyway; they are
 # refused at load time so a template is self-contained: its sha256 (cache key, dataset card) covers

@@ -15,6 +15,7 @@ VARS = {
     "task": "arithmetic",
     "tasks": ["Name three fruits.", "Translate 'cat' into French."],
     "n_new": 2,
+    "inputs": ["Tom has 3 boxes with 4 apples each. How many apples?", "A pencil costs 2 dollars. What do 7 cost?"],
     "response": "3 boxes of 4 apples is 12 apples. The answer is 12.",
 }
 
