@@ -1,5 +1,9 @@
 """The generate stage: seeds -> prompts (ICL / CoT / IF) -> teacher -> parsed, filtered HF dataset.
 
+Seeds come from a seed file (``generate.seeds``) or a task file (``generate.tasks``: an instruction and a
+few labelled examples per task, :mod:`distill.tasks`; the teacher may first write new inputs,
+:mod:`distill.synth`); a task file's inputs are always train seeds and its held-out items validation ones.
+
 For each seed and each style, a shipped (or user) Jinja template renders the chat ``messages``:
 
 - **ICL** gets ``num_demos`` demonstrations (:func:`distill.demos.select_demos`: random, stratified
@@ -54,6 +58,8 @@ from distill.filters import BlocklistFilter, FormatFilter, LengthFilter, NgramIn
 from distill.seeds import Seed, SeedFormat, load_seeds
 from distill.selfinstruct import BootstrapConfig, bootstrap_instructions
 from distill.structured import cot_schema
+from distill.synth import SynthesisConfig, synthesize_inputs
+from distill.tasks import load_tasks, task_seeds
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
 from prompts import Template, TemplateError, load_template, render_messages
 
@@ -124,7 +130,12 @@ class HubConfig(StageConfig):
 
 
 class GenerateConfig(StageConfig):
-    seeds: str = Field(..., description="seed tasks: a JSONL file or a saved HF dataset folder")
+    seeds: str | None = Field(None, description="seed tasks: a JSONL file or a saved HF dataset folder (this or tasks)")
+    tasks: str | None = Field(None, description="a task file (YAML/JSONL: per task an instruction, labelled examples used "
+                              "only as demos, unlabelled inputs, held-out items, how many inputs to synthesize; "
+                              "distill.tasks, docs/tasks.md) instead of seeds")
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig, description="tasks: how the teacher writes the "
+                                       "new inputs a task's `synthesize` asks for (distill.synth)")
     seed_format: SeedFormat = Field("auto", description="eakd | gsm8k | self_instruct | auto (from the first row)")
     limit: int | None = Field(None, ge=1, description="use only the first N seeds")
     styles: list[Style] = Field(default_factory=lambda: ["icl", "cot", "instruct"], min_length=1)
@@ -153,6 +164,20 @@ class GenerateConfig(StageConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerateConfig:
+        if (self.seeds is None) == (self.tasks is None):
+            raise ValueError("set exactly one of generate.seeds (a seed file) and generate.tasks (a task file), got "
+                             + ("both" if self.seeds else "neither"))
+        if self.tasks is not None:
+            # knobs of seed files that a task file decides itself: an error, not a silent no-op
+            owned = {"limit": "list fewer inputs in the task file", "seed_format": "a task file has one format",
+                     "validation_fraction": "held_out items are the validation split, inputs the train split",
+                     "demo_method": "each input's demos are drawn at random from its task's examples",
+                     "cot_shots": "task examples have no rationales; use zero-shot cot"}
+            for name, why in owned.items():
+                if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(f"generate.{name} does not apply to generate.tasks ({why}); remove it")
+        elif "synthesis" in self.model_fields_set:
+            raise ValueError("generate.synthesis writes inputs for a task file's tasks; set generate.tasks or remove it")
         if self.self_consistency.enabled and self.sampling.n < 2:
             raise ValueError("self_consistency.enabled needs sampling.n >= 2 (and temperature > 0) to have samples to vote over")
         if self.self_consistency.enabled and "cot" not in self.styles:
@@ -166,6 +191,12 @@ def _unit_hash(*parts: object) -> float:
     """A stable number in [0, 1) from ``parts`` (Python's hash() is salted per process)."""
     h = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
+
+
+def validation_ids(seeds: list[Seed], fraction: float) -> set[str]:
+    """The ids of the validation seeds: a seed's forced ``split`` (a task file's input: train, its held-out
+    item: validation), else a stable hash of its id below ``fraction``; no seed is in both splits."""
+    return {s.id for s in seeds if s.split == "validation" or s.split is None and _unit_hash("split", s.id) < fraction}
 
 
 def _seed_tokens(seed: Seed) -> int:
@@ -237,7 +268,7 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
         return select_demos(seed, seeds, k, cfg.demo_seed, cfg.demo_method, cfg.demo_same_task,
                             cfg.demo_budget_tokens, rationale=rationale, index=index)
 
-    work = [(seed, style, "seed") for seed in seeds for style in cfg.styles if targets is None or seed.id in targets]
+    work = [(seed, style, seed.origin) for seed in seeds for style in cfg.styles if targets is None or seed.id in targets]
     work += [(seed, "instruct", f"bootstrap:{seed.id}") for seed in bootstrapped]
     for seed, style, origin in work:
         demos = []
@@ -272,6 +303,15 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
     return plans, templates
 
 
+def load_generate_seeds(cfg: GenerateConfig) -> list[Seed]:
+    """The seeds of ``cfg`` without asking the teacher: the seed file's, or the task file's inputs and
+    held-out items with their demos (ConfigError when a task asks for synthesized inputs: only the
+    teacher can say what they are)."""
+    if cfg.tasks is not None:
+        return task_seeds(load_tasks(cfg.tasks), None, cfg.num_demos, cfg.demo_seed)
+    return load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
+
+
 def plan_requests(cfg: GenerateConfig, teacher_cfg: TeacherConfig,
                   incremental_from: str | Path | None = None) -> list[TeacherRequest]:
     """The teacher requests :func:`generate_dataset` will send for ``cfg``, in its order, without sending
@@ -281,7 +321,7 @@ def plan_requests(cfg: GenerateConfig, teacher_cfg: TeacherConfig,
     if cfg.bootstrap is not None:
         raise ConfigError("generate.bootstrap: bootstrapping plans its requests round by round and cannot be "
                           "sharded; set run.shards=1")
-    seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
+    seeds = load_generate_seeds(cfg)
     targets = None
     if incremental_from is not None:
         from distill.versions import known_seed_ids
@@ -571,7 +611,8 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         raise ConfigError(f"generate.push_to_hub: the env var {cfg.push_to_hub.token_env} holding a Hub write token is "
                           "not set; set it, or remove push_to_hub to keep the dataset local")
     t0 = time.perf_counter()
-    seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
+    tasks = load_tasks(cfg.tasks) if cfg.tasks is not None else None  # the task file's inputs become seeds below
+    seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format) if tasks is None else []
     previous = targets = None
     if incremental_from is not None:
         from distill.versions import load_previous
@@ -579,8 +620,6 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         if cfg.bootstrap is not None:
             raise ConfigError("generate.bootstrap: an incremental run cannot bootstrap; remove one of the two")
         previous = load_previous(incremental_from)
-        targets = {s.id for s in seeds} - previous.seed_ids
-        log.info("incremental: %d of %d seeds are new since %s", len(targets), len(seeds), previous.path)
     row_filters = _row_filters(cfg.filters)  # config errors surface before any teacher call
     if cfg.filters.judge is not None:  # the judge runs last: check its template before paying for anything
         try:
@@ -595,6 +634,18 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         contamination = NgramIndex(eval_texts, n=cc.n, min_n=cc.min_n)
     budget = Budget.from_config(teacher_cfg)  # one cap for the whole run: bootstrap rounds and responses
     extra_rows: list[dict] = []
+    synth_stats = None
+    if tasks is not None:  # the teacher writes the inputs tasks ask for, then every input becomes a seed
+        try:
+            synth = synthesize_inputs(tasks, cfg.synthesis, teacher_cfg, budget)
+        except TemplateError as exc:
+            raise ConfigError(f"generate.synthesis.template: {exc}") from None
+        seeds = task_seeds(tasks, synth.inputs, cfg.num_demos, cfg.demo_seed)
+        extra_rows += [_blank_row(r["id"], "synth", r["removed_reason"], r["origin"], instruction=r["text"]) for r in synth.removed]
+        synth_stats = synth.stats(cfg.synthesis) if synth.per_task else None
+    if previous is not None:
+        targets = {s.id for s in seeds} - previous.seed_ids
+        log.info("incremental: %d of %d seeds are new since %s", len(targets), len(seeds), previous.path)
     boot_stats = None
     bootstrapped: list[Seed] = []
     if cfg.bootstrap is not None:
@@ -615,15 +666,15 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         plans, templates = build_requests(seeds, cfg, teacher_cfg.model_id(), bootstrapped, targets)
     except TemplateError as exc:
         raise ConfigError(f"generate.templates: {exc}") from None
-    check_context(plans, cfg.seeds, teacher_cfg)  # a prompt the engine would refuse fails here, before the teacher
+    check_context(plans, cfg.seeds or cfg.tasks, teacher_cfg)  # a prompt the engine would refuse fails here, before the teacher
     live = [p for p in plans if "request" in p]
     tstats = TeacherStats()
     responses = query_teacher([p["request"] for p in live], teacher_cfg, tstats, budget)
     _require_reachable(responses, teacher_cfg)
 
-    val_ids = {s.id for s in seeds if _unit_hash("split", s.id) < cfg.validation_fraction}
+    val_ids = validation_ids(seeds, cfg.validation_fraction)
     # a bootstrapped instruction goes with the split of nothing in particular: split it by its own id too
-    val_ids |= {s.id for s in bootstrapped if _unit_hash("split", s.id) < cfg.validation_fraction}
+    val_ids |= validation_ids(bootstrapped, cfg.validation_fraction)
     rows: list[dict] = []
     for plan, resp in zip(live, responses):
         rows += _rows_for(plan, resp, cfg, "validation" if plan["seed"].id in val_ids else "train")
@@ -692,6 +743,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         "contamination": contamination_stats,
         "judge": judge_stats,
         "bootstrap": boot_stats,
+        "synthesis": synth_stats,
         "teacher": tstats.to_dict(), "templates": {s: {"name": t.name, "sha256": t.sha256} for s, t in templates.items()},
         "config": cfg.model_dump(mode="json"), "teacher_config": teacher_cfg.model_dump(mode="json"),
         "seconds": round(time.perf_counter() - t0, 2),
