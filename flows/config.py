@@ -45,11 +45,22 @@ def preflight(cfg: PipelineConfig) -> None:
     """Cheap checks of every input before any expensive work (or a Prefect run) starts."""
     from distill.models import BUNDLED_ALIAS, check_model_dir
     from distill.seeds import load_seeds
+    from distill.tasks import load_tasks
     from prompts import TemplateError, load_template
 
     stages = cfg.run.stages
     if "generate" in stages:
-        load_seeds(cfg.generate.seeds)
+        if cfg.generate.tasks is not None:
+            tasks = load_tasks(cfg.generate.tasks)
+            try:
+                load_template(cfg.generate.synthesis.template)
+            except TemplateError as exc:
+                raise ConfigError(f"generate.synthesis.template: {exc}") from None
+            if cfg.run.shards > 1 and any(t.synthesize for t in tasks.tasks):
+                raise ConfigError("run.shards: input synthesis (a task with synthesize > 0) plans its requests round "
+                                  "by round; set run.shards=1")
+        else:
+            load_seeds(cfg.generate.seeds)
         for style in cfg.generate.styles:
             try:
                 load_template(cfg.generate.templates.get(style, style))

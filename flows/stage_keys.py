@@ -4,8 +4,9 @@ A stage's key is the sha256 of everything that decides its output, by content, n
 identity or file timestamps (curator's lesson: hash what is rendered, not the code that renders it):
 
 - ``generate``: the generate and teacher config sections, the seed file's bytes (every file of a seed
-  dataset folder), each style's rendered template source (its sha256), the contamination eval files'
-  bytes, and eakd's code version;
+  dataset folder) or the task file's, each template's source (its sha256: every style's, the instruct
+  one that renders erased or chat demos, and the input-synthesis one of a task file), the contamination
+  eval files' bytes, and eakd's code version;
 - ``train``: the train section, the generate key it consumes (or the dataset folder's files), and the
   student's weights (their bytes);
 - ``evaluate``: the evaluate section, the train key (or the evaluated model's bytes), the generate key
@@ -59,10 +60,18 @@ def generate_key(cfg, previous: str | None = None) -> str:
     from prompts import load_template
 
     g = cfg.generate
-    templates = {s: load_template(g.templates.get(s, s)).sha256 for s in g.styles}
+    styles = list(g.styles)
+    if "icl" in styles and (g.erase_demos or g.demo_format == "chat") and "instruct" not in styles:
+        styles.append("instruct")  # it renders the student's erased prompt / the chat demos
+    templates = {s: load_template(g.templates.get(s, s)).sha256 for s in styles}
+    if g.tasks is not None:
+        templates["synth_inputs"] = load_template(g.synthesis.template).sha256
     evals = [digest_path(p) for p in g.filters.contamination.eval_paths] if g.filters.contamination else []
-    return _key({"stage": "generate", "code": code_version(), "generate": g.model_dump(mode="json", exclude={"seeds"}),
-                 "teacher": cfg.teacher.model_dump(mode="json"), "seeds": digest_path(g.seeds),
+    return _key({"stage": "generate", "code": code_version(),
+                 "generate": g.model_dump(mode="json", exclude={"seeds", "tasks"}),
+                 "teacher": cfg.teacher.model_dump(mode="json"),
+                 "seeds": digest_path(g.seeds) if g.seeds is not None else None,
+                 "tasks": digest_path(g.tasks) if g.tasks is not None else None,
                  "templates": templates, "eval_files": evals, "previous": previous})
 
 
