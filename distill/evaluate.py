@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer
 from distill.config import ConfigError, StageConfig, dump_config, shared_data_dir
+from distill.probes.config import ProbesConfig
 from distill.models import (
     eos_ids,
     load_causal_lm,
@@ -182,6 +183,9 @@ class EvaluateConfig(StageConfig):
     max_new_tokens: int = Field(256, ge=1, le=8192, description="greedy generation budget per answer")
     batch_size: int = Field(8, ge=1, description="sequences per forward pass and per generation batch")
     baseline: bool = Field(True, description="also evaluate the base model (train.student), so reports show base -> student")
+    probes: ProbesConfig | None = Field(None, description="EA probes: per-ability scores (ICL 0-shot vs k-shot, CoT vs "
+                                                          "direct, verifiable instructions) on held-out items for the "
+                                                          "teacher, the base and the student (distill/probes/)")
 
 
 def find_eval_text(text_path: str | None, dataset_dir: str | Path | None,
@@ -380,7 +384,8 @@ def dataset_extraction(dataset_dir: Path) -> tuple[ExtractionConfig, bool, str]:
 
 
 def _measure(path: Path, cfg: EvaluateConfig, text: str | None, text_skip: str | None, split: Any,
-             task_rows: list[dict], extraction: ExtractionConfig, structured_cot: bool, device: str) -> dict[str, Any]:
+             task_rows: list[dict], extraction: ExtractionConfig, structured_cot: bool, device: str,
+             probe_prompts: list | None = None) -> dict[str, Any]:
     """Every metric of one model; the task accuracy's per-row records under ``"per_row"``."""
     from distill.train import eval_rows
 
@@ -414,12 +419,51 @@ def _measure(path: Path, cfg: EvaluateConfig, text: str | None, text_skip: str |
                                              cfg.batch_size, autocast, [r.get("style") != "cot" for r in task_rows])
         out["accuracy"] = score_answers(outputs, task_rows, extraction, structured_cot) | {
             "truncated": truncated, "max_new_tokens": cfg.max_new_tokens, "seconds": round(time.perf_counter() - t, 2)}
+    if probe_prompts:
+        from distill.probes.run import probe_model
+
+        t = time.perf_counter()
+        out["probes"], out["probe_records"] = probe_model(model, tok, probe_prompts, cfg.probes, cfg.batch_size, autocast)
+        out["probes"]["seconds"] = round(time.perf_counter() - t, 2)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     acc = out["accuracy"]
     log.info("%s: perplexity %s | val loss %s | top-1 %s | accuracy %s | %.1f s", path, out["perplexity"]["perplexity"],
              out["validation"]["loss"], out["validation"]["top1_agreement"],
              "n/a" if acc["accuracy"] is None else f"{acc['correct']}/{acc['rows']}", out["seconds"])
     return out
+
+
+def _probe_setup(cfg: EvaluateConfig, dd: Any, teacher_cfg: Any) -> tuple[list | None, dict | None]:
+    """The probe prompts (items whose input a training row used are skipped) and the teacher's probe results."""
+    if cfg.probes is None:
+        return None, None
+    from distill.probes.run import build_prompts, probe_teacher, training_inputs
+
+    train = dd["train"] if "train" in dd else None
+    seen: set[str] = set()
+    for col in ("messages", "prompt_messages"):  # what the student trained on, and the teacher's prompts with their demos
+        if train is not None and col in train.column_names:
+            seen |= training_inputs([{"messages": m} for m in train[col]])
+    try:
+        prompts = build_prompts(cfg.probes, seen)
+    except ValueError as exc:
+        raise ConfigError(f"evaluate.probes: {exc}") from None
+    log.info("probes: %d prompts (%d training inputs excluded)", len(prompts), len(seen))
+    if not cfg.probes.teacher or teacher_cfg is None:
+        return prompts, None
+    t = time.perf_counter()
+    scores, records = probe_teacher(prompts, cfg.probes, teacher_cfg)
+    return prompts, {"model": teacher_cfg.model_id(), "probes": scores | {"seconds": round(time.perf_counter() - t, 2)},
+                     "probe_records": records}
+
+
+def _abilities(cfg: EvaluateConfig, teacher: dict | None, results: dict[str, dict]) -> list[dict] | None:
+    if cfg.probes is None:
+        return None
+    from distill.probes.score import ability_table
+
+    get = lambda m: (m or {}).get("probes")  # noqa: E731
+    return ability_table(get(teacher), get(results.get("base")), get(results.get("student")), cfg.probes.tolerance)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -441,8 +485,13 @@ def _readme(ev: dict[str, Any]) -> str:
                        ("KL(teacher || model), top-k", lambda m: m["validation"]["kl_topk"]),
                        ("task accuracy", lambda m: m["accuracy"]["accuracy"])]:
         lines.append(f"| {label} | " + " | ".join("—" if get(m) is None else str(get(m)) for m in models) + " |")
+    if ev.get("abilities"):
+        from distill.probes.score import ability_markdown
+
+        lines += ["", "Abilities (held-out probes, distill/probes/; gap closed = (student - base) / (teacher - base)):", "",
+                  *ability_markdown(ev["abilities"])]
     return "\n".join(lines) + "\n\nEverything, with the reasons for any missing number: `eval.json`; " \
-        "each graded answer: `predictions.jsonl`.\n"
+        "each graded answer: `predictions.jsonl` (probes: `probes.jsonl`).\n"
 
 
 CARD_BEGIN, CARD_END = "<!-- eakd:evaluation -->", "<!-- /eakd:evaluation -->"
@@ -469,12 +518,14 @@ def record_in_model_card(model_dir: str | Path, eval_dir: str | Path) -> Path:
 
 def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path, *,
                      base_model: str | Path | None = None, eval_text: str | None = None,
-                     eval_source: str | None = None) -> Path:
+                     eval_source: str | None = None, teacher_cfg: Any = None) -> Path:
     """Measure ``model_dir`` (and ``base_model``, a folder or ``bundled``) on ``dataset_dir``'s validation split
     and the perplexity text; write ``out_dir/eval.json``, ``predictions.jsonl``, ``README.md`` and the config.
 
     ``eval_text`` is the perplexity text (``eval_source`` says where it came from); when None it is found by
     :func:`find_eval_text` from ``cfg.text_path`` and the dataset. The output appears whole or not at all.
+    ``teacher_cfg`` (a :class:`distill.teacher.TeacherConfig`): with ``cfg.probes.teacher``, the teacher answers
+    the probes too, as the reference for the gap closed.
     """
     from datasets import load_from_disk
 
@@ -517,9 +568,12 @@ def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: st
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("evaluate.device=cuda but no CUDA device is visible; use evaluate.device=cpu or auto")
 
-    results = {name: _measure(p, cfg, text, text_skip, val, task_rows, extraction, structured, device)
+    probe_prompts, teacher_probes = _probe_setup(cfg, dd, teacher_cfg)
+    results = {name: _measure(p, cfg, text, text_skip, val, task_rows, extraction, structured, device, probe_prompts)
                for name, p in (("base", base_path), ("student", model_path)) if p is not None}
     predictions = [{"model": name} | r for name, m in results.items() for r in m["accuracy"].pop("per_row", [])]
+    probe_rows = [{"model": name} | r for name, m in [("teacher", teacher_probes or {})] + list(results.items())
+                  for r in m.pop("probe_records", [])]
     ev = {"format": "eakd-eval/v1", "eakd_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
           "model": str(model_path), "base_model": None if base_path is None else str(base_path), "dataset": str(ds_path),
           "eval_text_source": eval_source or "passed in by the caller",
@@ -528,12 +582,15 @@ def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: st
           "extraction": extraction.model_dump(mode="json") | {"structured_cot": structured, "from": extraction_from},
           "rows": {"validation": val.num_rows, "task": len(task_rows)},
           "config": cfg.model_dump(mode="json"), "base": results.get("base"), "student": results["student"],
+          "teacher": teacher_probes, "abilities": _abilities(cfg, teacher_probes, results),
           "seconds": round(time.perf_counter() - t0, 2)}
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     dump_config(cfg, tmp / "evaluate_config.yaml")
     (tmp / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+    if probe_rows:
+        (tmp / "probes.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in probe_rows))
     (tmp / "README.md").write_text(_readme(ev))
     (tmp / "eval.json").write_text(json.dumps(ev, indent=2))
     if out.exists():  # an empty folder (checked above)

@@ -221,7 +221,8 @@ def evaluate_task(cfg_json: str, model_dir: str, base_model: str | None, dataset
 
     cfg = PipelineConfig.model_validate_json(cfg_json)
     # the perplexity text is found again inside (as for the key): passing it would store it with every task run
-    return str(Path(evaluate_student(cfg.evaluate, model_dir, dataset_dir, out_dir, base_model=base_model)).resolve())
+    return str(Path(evaluate_student(cfg.evaluate, model_dir, dataset_dir, out_dir, base_model=base_model,
+                                     teacher_cfg=cfg.teacher)).resolve())
 
 
 @task(name="compress", **_CACHED)

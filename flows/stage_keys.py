@@ -11,7 +11,8 @@ identity or file timestamps (curator's lesson: hash what is rendered, not the co
   student's weights (their bytes);
 - ``evaluate``: the evaluate section, the train key (or the evaluated model's bytes), the generate key
   of the dataset whose validation split it scores (or the dataset folder's files) and the perplexity text
-  actually used (the base model's bytes are in the train key);
+  actually used (the base model's bytes are in the train key); with probes, the teacher section, the probe
+  task/IF files' bytes and the instruct/cot templates;
 - ``compress``: the compress section, the train key (or the source model's bytes) and the evaluation
   and calibration texts actually used.
 
@@ -88,10 +89,20 @@ def train_key(cfg, upstream: str) -> str:
 
 
 def evaluate_key(cfg, upstream: str, dataset: str, eval_text: str) -> str:
-    """``upstream``: the train key, or the evaluated model's digest when this run does not train; ``dataset``:
+    """With ``evaluate.probes``: also the teacher config (it answers them), the user task/IF files' bytes and the
+    templates the probes render. ``upstream``: the train key, or the evaluated model's digest when this run does not
+    train; ``dataset``:
     the generate key (or the folder's digest) of the dataset whose validation split is scored."""
+    from prompts import load_template
+
+    pr = cfg.evaluate.probes
+    probes = None if pr is None else {  # the teacher answers the probes; user task/IF files by content
+        "teacher": cfg.teacher.model_dump(mode="json") if pr.teacher else None,
+        "task_file": digest_path(pr.task_file) if pr.task_file else None,
+        "if_file": digest_path(pr.if_file) if pr.if_file else None,
+        "templates": {t: load_template(t).sha256 for t in ("instruct", "cot")}}
     return _key({"stage": "evaluate", "code": code_version(), "evaluate": cfg.evaluate.model_dump(mode="json"),
-                 "model": upstream, "dataset": dataset, "eval_text": digest_bytes(eval_text)})
+                 "model": upstream, "dataset": dataset, "eval_text": digest_bytes(eval_text), "probes": probes})
 
 
 def compress_key(cfg, upstream: str, eval_text: str, calib: str, tasks: str = "none") -> str:
