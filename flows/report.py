@@ -64,6 +64,42 @@ def evaluation_rows(ev: dict) -> list[list[str]]:
     return rows
 
 
+def _pct(x) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
+def ability_rows(ev: dict) -> list[list[str]]:
+    """The headline table ``[ability, metric, teacher, base, student, gap closed]`` (negative transfer flagged);
+    shared by report.md and report.html."""
+    rows = []
+    for r in ev.get("abilities") or []:
+        fmt = (lambda x: "—" if x is None else f"{x * 100:+.1f} pts") if r["ability"] == "CoT gain" else _pct
+        rows.append([r["ability"], r["metric"], fmt(r["teacher"]), fmt(r["base"]),
+                     fmt(r["student"]) + (" ⚠ negative transfer" if r["negative_transfer"] else ""), _pct(r["gap_closed"])])
+    return rows
+
+
+def probe_task_rows(ev: dict) -> list[list[str]]:
+    """Per ICL/control task: teacher k-shot and 0-shot, base 0-shot, student 0-shot (strict; controls lenient)."""
+    def get(m: dict | None, ability: str, mode: str, task: str, rule: str) -> float | None:
+        return ((((m or {}).get("probes") or {}).get(ability) or {}).get(mode) or {}).get("per_task", {}).get(task, {}).get(rule)
+
+    t, b, s = ev.get("teacher"), ev.get("base"), ev.get("student")
+    rows = []
+    for ability, rule in (("icl", "strict"), ("control", "lenient")):
+        tasks = dict.fromkeys(k for m in (t, b, s) for k in
+                              ((((m or {}).get("probes") or {}).get(ability) or {}).get("zero_shot") or {}).get("per_task", {}))
+        for task in tasks:
+            rows.append([task + (" (control, lenient)" if ability == "control" else ""),
+                         _pct(get(t, ability, "k_shot", task, rule)), _pct(get(t, ability, "zero_shot", task, rule)),
+                         _pct(get(b, ability, "zero_shot", task, rule)), _pct(get(s, ability, "zero_shot", task, rule))])
+    return rows
+
+
+ABILITY_HEAD = ["ability", "metric", "teacher", "student's base", "student", "gap closed"]
+TASK_HEAD = ["task", "teacher k-shot", "teacher 0-shot", "base 0-shot", "student 0-shot"]
+
+
 def build_report(run_dir: Path, timings: dict | None = None) -> dict:
     if timings is None:  # a rerun of `eakd report`: the flow's timings, else the stages of the last report
         timings = _load(run_dir / "timings.json") or (_load(run_dir / "report.json") or {}).get("stages", {})
@@ -89,8 +125,16 @@ def build_report(run_dir: Path, timings: dict | None = None) -> dict:
 
 
 def render_markdown(report: dict) -> str:
-    lines = ["# eakd run report", "", f"Run `{report['run_dir']}` · eakd {report['eakd_version']}", "", "## Stages", "",
-             "| stage | status | seconds |", "|---|---|---|"]
+    lines = ["# eakd run report", "", f"Run `{report['run_dir']}` · eakd {report['eakd_version']}", ""]
+    if (e := report.get("evaluate")) and e.get("abilities"):
+        lines += ["## Abilities", "", "Held-out probes (distill/probes/): items never trained on nor shown as demos; gap "
+                  "closed = (student − base) / (teacher − base). Strict grading (normalised exact first line or 'The "
+                  "answer is'); controls are tasks not trained on, graded lenient.", "",
+                  "| " + " | ".join(ABILITY_HEAD) + " |", "|" + "---|" * len(ABILITY_HEAD),
+                  *["| " + " | ".join(r) + " |" for r in ability_rows(e)], "",
+                  "| " + " | ".join(TASK_HEAD) + " |", "|" + "---|" * len(TASK_HEAD),
+                  *["| " + " | ".join(r) + " |" for r in probe_task_rows(e)], ""]
+    lines += ["## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     for name, t in report.get("stages", {}).items():
         lines.append(f"| {name} | {t['status']} | {t['seconds']} |")
     if g := report.get("generate"):

@@ -159,6 +159,32 @@ def plot_size_quality(points: list[dict]) -> str:
     return _svg(fig)
 
 
+def plot_abilities(rows: list[dict]) -> str:
+    """Grouped bars: teacher / base / student per ability (the headline table's numbers, in %)."""
+    rows = [r for r in rows if r["ability"] in ("ICL", "CoT", "IF", "control")]
+    fig, ax = _figure(6.4, 2.8)
+    width = 0.27
+    for j, (who, colour) in enumerate((("teacher", "#607d8b"), ("base", "#ffb300"), ("student", "#43a047"))):
+        xs = [i + (j - 1) * width for i in range(len(rows))]
+        ax.bar(xs, [100 * (r[who] or 0) for r in rows], width, color=colour, label="student's base" if who == "base" else who)
+    ax.set_xticks(range(len(rows)), [r["ability"] for r in rows])
+    ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("abilities on held-out probes")
+    ax.legend(frameon=False, ncol=3, fontsize=8)
+    return _svg(fig)
+
+
+def _abilities_section(ev: dict) -> str:
+    from flows.report import ABILITY_HEAD, TASK_HEAD, ability_rows, probe_task_rows
+
+    return ('<section id="abilities"><h2>Abilities</h2><p>Held-out probes: items never trained on nor shown as demos; '
+            "gap closed = (student − base) / (teacher − base).</p>"
+            f'<figure id="abilities-plot">{plot_abilities(ev["abilities"])}</figure>'
+            + _table(ABILITY_HEAD, ability_rows(ev), "abilities-table")
+            + _table(TASK_HEAD, probe_task_rows(ev), "abilities-tasks") + "</section>")
+
+
 def _pipeline_svg(stages: dict) -> str:
     """Boxes for generate -> train -> evaluate -> compress -> report, coloured by status, with their wall time."""
     names = ["generate", "train", "evaluate", "compress", "report"]
@@ -307,6 +333,8 @@ def render_html(report: dict, history: list[dict] | None = None) -> str:
     body = [f"<h1>eakd run report</h1><p class=\"meta\">run <code>{e(report['run_dir'])}</code> · eakd "
             f"{e(str(report.get('eakd_version')))}</p>",
             f'<section id="pipeline"><h2>Pipeline</h2>{_pipeline_svg(report.get("stages", {}))}</section>']
+    if (ev := report.get("evaluate")) and ev.get("abilities"):
+        body.append(_abilities_section(ev))
     if g := report.get("generate"):
         body.append(_generate_section(g))
     if s := report.get("train"):

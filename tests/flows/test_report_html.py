@@ -162,3 +162,33 @@ def test_report_of_an_old_run_without_eval_and_of_one_with_it(tmp_path):
     write_report(run, {"evaluate": {"status": "completed", "seconds": 2.0}})
     assert json.loads((run / "report.json").read_text())["evaluate"]["student"]["perplexity"]["perplexity"] == 77.0
     assert "## Evaluate" in (run / "report.md").read_text() and 'id="eval-metrics"' in (run / "report.html").read_text()
+
+
+def test_ability_table_leads_the_markdown_and_html_reports():
+    """With probes, report.md opens with the headline ability table (and per-task rows), report.html with the table
+    and a bar chart; a negative transfer is flagged in both."""
+    from distill.probes.score import ability_table
+    from flows.report import ability_rows, probe_task_rows, render_markdown
+
+    def probes(zero: float, k: float, control: float) -> dict:
+        task = lambda x: {"zero_shot": {"strict": x, "lenient": x, "n": 8, "per_task": {"larger": {"strict": x, "lenient": x, "n": 8}}}}  # noqa: E731
+        icl = task(zero) | {"k_shot": {"strict": k, "lenient": k, "n": 8, "per_task": {"larger": {"strict": k, "lenient": k, "n": 8}}}}
+        ctl = {"zero_shot": {"strict": 0.0, "lenient": control, "n": 8,
+                             "per_task": {"capital": {"strict": 0.0, "lenient": control, "n": 8}}}}
+        return {"icl": icl, "control": ctl}
+
+    t, b, s = probes(0.0, 0.625, 0.75), probes(0.125, 0.5, 0.75), probes(0.5, 0.5, 0.375)
+    ev = _eval() | {"teacher": {"model": "teacher", "probes": t},
+                    "abilities": ability_table(t, b["probes"] if "probes" in b else b, s)}
+    ev["base"]["probes"], ev["student"]["probes"] = b, s
+    rows = {r[0]: r[1:] for r in ability_rows(ev)}
+    assert rows["ICL"][1:] == ["62.5%", "12.5%", "50.0%", "75.0%"]  # (0.5 - 0.125) / (0.625 - 0.125)
+    assert rows["control"][3].endswith("negative transfer") and "control:capital" in rows
+    tasks = {r[0]: r[1:] for r in probe_task_rows(ev)}
+    assert tasks["larger"] == ["62.5%", "0.0%", "12.5%", "50.0%"] and tasks["capital (control, lenient)"][3] == "37.5%"
+    md = render_markdown(_report("r") | {"evaluate": ev})
+    assert md.index("## Abilities") < md.index("## Stages") and "| ICL | 0-shot accuracy (teacher: k-shot) |" in md
+    page = render_html(_report("r") | {"evaluate": ev})
+    assert page.index('id="abilities"') < page.index('id="evaluate"') and 'id="abilities-plot"' in page
+    assert "negative transfer" in page
+    assert 'id="abilities"' not in render_html(_report("r") | {"evaluate": _eval()})  # no probes: no section
