@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _LABEL = re.compile(r"^\s*(?:[-*•]\s*|\d{1,3}\s*[.):]\s*)?(?:\*\*)?\s*(?:(?:new|example|test|sample)\s+)?input\s*(?:\d+\s*)?[:：]\s*(?:\*\*)?\s*",
                     re.IGNORECASE)
+_ANSWER = re.compile(r"^\s*(?:\*\*)?\s*(output|answer|label|response)\s*[:：]", re.IGNORECASE)
 _MARKER = re.compile(r"^\s*(?:[-*•]\s+|\d{1,3}[.)]\s+)")
 _QUOTES = ('""', "''", "``", "“”", "‘’", "«»")  # (opening, closing)
 CONTAINS_MIN_WORDS = 3  # a held-out input this long or longer may not appear inside a synthesized one
@@ -89,7 +90,7 @@ def parse_input(text: str, truncated: bool = False) -> tuple[str | None, str | N
     """(the one input in a teacher answer, None) or (None, ``"unparseable: why"`` / ``"truncated: why"``).
 
     The input is the first non-empty line without an ``Input:`` / ``New input:`` label, a list marker or
-    enclosing quotes. ``truncated``: the answer hit the token limit, so a first line with nothing after it
+    enclosing quotes; a first line labelled ``Output:`` / ``Answer:`` is an answer, not an input. ``truncated``: the answer hit the token limit, so a first line with nothing after it
     may be cut off and is refused.
     """
     lines = text.splitlines()
@@ -99,6 +100,8 @@ def parse_input(text: str, truncated: bool = False) -> tuple[str | None, str | N
     line = lines[idx]
     if truncated and idx == len(lines) - 1:
         return None, "truncated: cut off at generate.synthesis.max_tokens before the line ended (raise generate.synthesis.max_tokens)"
+    if (m := _ANSWER.match(line)) is not None:  # the template asks for an input, never its answer
+        return None, f"unparseable: the first line is labelled as an answer ({m.group(1)}:), not an input"
     line = _LABEL.sub("", line, count=1)
     line = _MARKER.sub("", line, count=1).strip()
     for q in _QUOTES:

@@ -39,6 +39,8 @@ def test_parse_input_takes_the_first_line_without_labels_or_quotes(answer, expec
     ("  \n \n", False, "unparseable: empty answer"),
     ('Input: ""', False, "unparseable: no words"),
     ("8 hours and 2", True, "truncated: cut off"),
+    ("Output: 3 hours, 50 minutes", False, "unparseable: the first line is labelled as an answer (Output:)"),
+    ("**Answer:** 12", False, "unparseable: the first line is labelled as an answer (Answer:)"),
 ])
 def test_parse_input_refuses_with_a_reason(answer, truncated, reason):
     text, why = parse_input(answer, truncated)
