@@ -81,8 +81,12 @@ def test_preflight_accepts_a_task_file_and_checks_it(tmp_path):
                                                  "generate": {"tasks": str(tmp_path / "tasks.yaml")}}))
 
 
-def test_shipped_example_validates_as_a_pipeline_config(repo_root):
-    cfg = PipelineConfig.model_validate({"run": {"stages": ["generate"]}, "generate": {
-        "tasks": str(repo_root / "flows/configs/task_examples.yaml"), "styles": ["icl"], "erase_demos": True,
-        "demo_format": "chat"}})
+def test_the_documented_config_block_validates_with_the_shipped_example(repo_root, monkeypatch):
+    import yaml
+
+    doc = (repo_root / "docs" / "tasks.md").read_text()
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(repo_root)
+    cfg = PipelineConfig.model_validate(yaml.safe_load(block))
+    assert cfg.generate.tasks == "flows/configs/task_examples.yaml" and cfg.generate.erase_demos
     preflight(cfg)
