@@ -195,7 +195,14 @@ def generate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 def train(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
           dataset: Path = typer.Option(..., help="dataset folder from `eakd generate`"),
           out: Path = typer.Option(..., "--out", help="student output folder")) -> None:
-    """Fine-tune the student on the teacher's outputs (sequence-level KD, LoRA or full)."""
+    """Fine-tune the student (LoRA or full) on the teacher's outputs: sequence-level KD, plus logit KD with train.kd.enabled.
+
+    Sequence-level KD: cross-entropy on the teacher's answers (weighted by train.kd.alpha_ce when logit KD is on).
+
+    Offline logit KD (train.kd.enabled): against the teacher's top-k logprobs the dataset stores (generate.sampling.top_logprobs).
+    flows/configs/demo.yaml does this.
+
+    Online logit KD (train.kd.enabled and train.kd.teacher): against a local teacher model run beside the student."""
     _setup_logging()
     from distill.train import train_student
 

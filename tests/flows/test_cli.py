@@ -69,3 +69,17 @@ def test_generate_dry_run_prints_the_plan_and_calls_no_teacher(repo_root, tmp_pa
 def test_generate_without_out_or_dry_run_is_a_clear_error(repo_root):
     proc = eakd("generate", "flows/configs/demo.yaml", cwd=repo_root)
     assert proc.returncode == 2 and "error: --out is required" in proc.stderr
+
+
+def test_train_help_names_sequence_and_logit_kd_offline_and_online():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())  # rich wraps and boxes the help: compare words
+    for needle in ("LoRA or full", "sequence-level KD", "logit KD", "train.kd.enabled",
+                   "Offline logit KD", "top-k logprobs", "generate.sampling.top_logprobs", "flows/configs/demo.yaml",
+                   "Online logit KD", "train.kd.teacher", "local teacher model"):
+        assert needle in text, needle
