@@ -159,15 +159,69 @@ def decode_latency(m: dict | None) -> str:
     return "—" if not lat else f"{lat['single_ms_per_token']:.1f} ms/tok · {lat['batched_tokens_per_s']:.0f} tok/s ×{lat['batch']}"
 
 
+def probe_prompts(cfg: Any, dataset_dir: str | Path | None) -> list | None:
+    """The EA probe prompts of ``compress.eval.probes`` (None when unset), skipping every item whose input a
+    training row of ``dataset_dir`` used (:func:`distill.probes.run.training_inputs`)."""
+    if cfg is None:
+        return None
+    from distill.probes.run import build_prompts, training_inputs
+
+    seen: set[str] = set()
+    if dataset_dir is not None and (Path(dataset_dir) / "dataset_dict.json").is_file():
+        from datasets import load_from_disk
+
+        dd = load_from_disk(str(dataset_dir))
+        for col in ("messages", "prompt_messages"):
+            if "train" in dd and col in dd["train"].column_names:
+                seen |= training_inputs([{"messages": m} for m in dd["train"][col]])
+    try:
+        return build_prompts(cfg, seen)
+    except ValueError as exc:
+        raise ConfigError(f"compress.eval.probes: {exc}") from None
+
+
+ABILITY_KEYS = (("ICL", ("icl", "zero_shot", "strict")), ("CoT", ("cot", "cot", "strict")),
+                ("IF", ("if", "prompt_loose")), ("ctl", ("control", "zero_shot", "lenient")))
+
+
+def ability_scores(m: dict | None) -> dict[str, float]:
+    """A measurement's headline probe scores ``{"ICL": 0-shot, "CoT": 0-shot CoT, "IF": loose, "ctl": controls}``."""
+    out = {}
+    for name, path in ABILITY_KEYS:
+        node: Any = (m or {}).get("probes")
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+        if node is not None:
+            out[name] = node
+    return out
+
+
+def abilities(m: dict | None, baseline: dict | None = None) -> str:
+    """Probe scores as "ICL 45.8% (98%) · IF 12.5% (100%)": each with the share of the baseline's kept, or "—"."""
+    now, base = ability_scores(m), ability_scores(baseline)
+    if not now:
+        return "—"
+    kept = lambda k: f" ({now[k] / base[k]:.0%})" if base.get(k) else ""  # noqa: E731
+    return " · ".join(f"{k} {v:.1%}" + (kept(k) if baseline is not None else "") for k, v in now.items())
+
+
 def measure(model: nn.Module, tokenizer: Any, text: str, out_dir: Path | None, eval_cfg: EvalConfig,
-            tasks: TaskSet | None = None) -> dict[str, Any]:
+            tasks: TaskSet | None = None, probes: list | None = None) -> dict[str, Any]:
     """``{"params_total", "params_nonzero", "bytes_on_disk" (None without out_dir), "perplexity", "nll",
     "tokens", "windows", "seconds", "tokens_per_s", "accuracy" (None without tasks), "latency" (None when
-    ``eval_cfg.latency`` is off)}``."""
+    ``eval_cfg.latency`` is off), "probes" (per-ability scores, None without ``probes`` prompts)}``."""
     params = count_parameters(model)
     ppl = perplexity(model, tokenizer, text, window=eval_cfg.window, max_windows=eval_cfg.max_windows,
                      dtype=eval_cfg.dtype)
     acc = None if tasks is None else task_accuracy(model, tokenizer, tasks, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    scores = None
+    if probes:
+        from distill.probes.run import probe_model
+
+        t = time.perf_counter()
+        autocast = torch.bfloat16 if ppl["dtype"] == "bfloat16" else None  # the same compute as the perplexity
+        scores, _ = probe_model(model, tokenizer, probes, eval_cfg.probes, eval_cfg.batch_size, autocast)
+        scores["seconds"] = round(time.perf_counter() - t, 2)
     lat = None
     if eval_cfg.latency:
         lat = latency(model, tokenizer, text, eval_cfg.latency_prompt_tokens, eval_cfg.latency_new_tokens,
@@ -184,5 +238,6 @@ def measure(model: nn.Module, tokenizer: Any, text: str, out_dir: Path | None, e
         "seconds": ppl["seconds"],
         "tokens_per_s": ppl["tokens_per_s"],
         "accuracy": acc,
+        "probes": scores,
         "latency": lat,
     }

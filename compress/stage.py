@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from compress.artifact import (grouped_entry, is_grouped_entry, load_compressed, new_manifest, quant_entry,
                                read_manifest, save_compressed)
-from compress.eval import decode_latency, load_tasks, measure, task_acc
+from compress.eval import decode_latency, load_tasks, measure, probe_prompts, task_acc
 from compress.awq import awq_model
 from compress.calibrate import calibration_batches
 from compress.factorize import factorize_model
@@ -48,6 +48,7 @@ from compress.sparsegpt import sparsegpt_model
 from compress.structured import depth_prune, width_prune
 from distill.config import ConfigError, StageConfig, shared_data_dir
 from distill.evaluate import load_eval_text
+from distill.probes.config import ProbesConfig
 from distill.models import check_model_dir, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ class EvalConfig(StageConfig):
     max_examples: int = Field(16, ge=0, description="held-out questions answered per model (0: no task accuracy)")
     max_new_tokens: int = Field(256, ge=1, le=8192, description="greedy generation budget per answer")
     batch_size: int = Field(8, ge=1, description="prompts per generation batch")
+    probes: ProbesConfig | None = Field(None, description="EA probes (distill/probes/) on every model: per-ability scores "
+                                                          "and the share of the source's each step keeps (no teacher)")
     latency: bool = Field(True, description="time greedy decoding (one stream and a batch) of every model")
     latency_prompt_tokens: int = Field(128, ge=1, description="latency: prompt length (the eval text's first tokens)")
     latency_new_tokens: int = Field(32, ge=2, description="latency: tokens generated per stream")
@@ -498,7 +501,8 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         calib, calib_from = _calibration(cfg.calibration, tokenizer, calib_text, calib_source)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out_dir)
-    baseline = measure(model, tokenizer, eval_text, model_dir, cfg.eval, tasks)
+    probes = probe_prompts(cfg.eval.probes, cfg.eval.tasks_dataset or tasks_dataset)
+    baseline = measure(model, tokenizer, eval_text, model_dir, cfg.eval, tasks, probes)
     log.info("baseline %s: ppl %.3f, params %s, bytes %s", model_dir, baseline["perplexity"],
              _fmt(baseline["params_total"]), _fmt(baseline["bytes_on_disk"], "B"))
     summary: dict[str, Any] = {
@@ -541,7 +545,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         try:
             save_compressed(model, tmp, tokenizer, manifest, dtype=storage, codes=codes)
             _write_json(tmp / "recipe.json", recipe)
-            after = measure(model, tokenizer, eval_text, tmp, cfg.eval, tasks)
+            after = measure(model, tokenizer, eval_text, tmp, cfg.eval, tasks, probes)
             gate, why = _gate(step, baseline, after)
             _write_json(tmp / "metrics.json", {"name": name, "method": step.method, "before": before,
                                                "after": after, "stats": stats, "gate": gate})

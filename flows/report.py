@@ -188,7 +188,7 @@ def render_markdown(report: dict) -> str:
                    for part in ("perplexity", "validation", "accuracy") if m[part].get("reason")}
         lines += [""] + [f"- no {r}" for r in sorted(reasons)] if reasons else []
     if c := report.get("compress"):
-        from compress.eval import decode_latency, task_acc
+        from compress.eval import abilities, decode_latency, task_acc
 
         ev = c.get("eval", {})
         mode = "a chain: each step starts from the previous one" if c.get("chain", True) else \
@@ -201,16 +201,20 @@ def render_markdown(report: dict) -> str:
                   *(["Latency: greedy decoding in PyTorch on this machine, as the model sits in memory (quantized "
                      "weights dequantized, zeros stored: only depth/width/low-rank steps can be faster here)."]
                     if c["baseline"].get("latency") else []), "",
-                  "| step | method | params | nonzero | bytes on disk | perplexity | task accuracy | latency | gate | seconds |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  *(["Abilities: the EA probes on every model (0-shot, strict; controls lenient), with the share of the "
+                     "baseline's score each step keeps."] if c["baseline"].get("probes") else []), "",
+                  "| step | method | params | nonzero | bytes on disk | perplexity | task accuracy | abilities (kept) | latency "
+                  "| gate | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         b = c["baseline"]
         lines.append(f"| baseline | — | {_params(b['params_total'])} | {_params(b['params_nonzero'])} | "
-                     f"{_mb(b['bytes_on_disk'])} | {_ppl(b)} | {task_acc(b)} | {decode_latency(b)} | — | — |")
+                     f"{_mb(b['bytes_on_disk'])} | {_ppl(b)} | {task_acc(b)} | {abilities(b)} | {decode_latency(b)} | — | — |")
         for st in c["steps"]:
             a = st["after"]
             lines.append(f"| {st['name']} | {st['method']} {json.dumps(st['params'])} | {_params(a['params_total'])} | "
                          f"{_params(a['params_nonzero'])} | {_mb(a['bytes_on_disk'])} | {_ppl(st['before'])} → {_ppl(a)} | "
-                         f"{task_acc(a)} | {decode_latency(a)} | {st.get('gate') or '—'} | {st['seconds']:.1f} |")
+                         f"{task_acc(a)} | {abilities(a, b)} | {decode_latency(a)} | {st.get('gate') or '—'} | "
+                         f"{st['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

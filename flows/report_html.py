@@ -290,7 +290,7 @@ def _evaluate_section(ev: dict) -> str:
 
 
 def _compress_section(c: dict) -> str:
-    from compress.eval import decode_latency, task_acc
+    from compress.eval import abilities, decode_latency, task_acc
 
     b = c["baseline"]
     mb = lambda m: None if m.get("bytes_on_disk") is None else m["bytes_on_disk"] / 1e6  # noqa: E731
@@ -306,15 +306,17 @@ def _compress_section(c: dict) -> str:
     if len(points) >= 2:
         parts.append(f'<figure id="size-quality">{plot_size_quality(points)}</figure>')
     rows = [["baseline", "—", "", _fmt(b.get("params_total", 0) / 1e6, ".2f"), _fmt(b.get("params_nonzero", 0) / 1e6, ".2f"),
-             _fmt(mb(b), ".1f"), _fmt(b.get("perplexity")), task_acc(b), decode_latency(b), "—", "—"]]
+             _fmt(mb(b), ".1f"), _fmt(b.get("perplexity")), task_acc(b), abilities(b), decode_latency(b), "—", "—"]]
     for st in c["steps"]:
         a = st["after"]
         rows.append([st["name"], st["method"], json.dumps(st.get("params", {})), _fmt(a.get("params_total", 0) / 1e6, ".2f"),
                      _fmt(a.get("params_nonzero", 0) / 1e6, ".2f"), _fmt(mb(a), ".1f"),
-                     f'{_fmt(st["before"].get("perplexity"))} → {_fmt(a.get("perplexity"))}', task_acc(a), decode_latency(a),
+                     f'{_fmt(st["before"].get("perplexity"))} → {_fmt(a.get("perplexity"))}', task_acc(a), abilities(a, b),
+                     decode_latency(a),
                      st.get("gate") or "no gate", _fmt(st.get("seconds"), ".1f")])
     parts.append(_table(["step", "method", "params", "parameters (M)", "non-zero (M)", "MB on disk", "perplexity",
-                         "task accuracy", "latency (one stream · batched)", "gate", "seconds"], rows, "compress-steps"))
+                         "task accuracy", "abilities (kept)", "latency (one stream · batched)", "gate", "seconds"], rows,
+                        "compress-steps"))
     if c.get("complete") is False:
         parts.append('<p class="warn">The chain stopped early (a quality gate failed or a step failed).</p>')
     return "".join(parts) + "</section>"

@@ -121,3 +121,26 @@ def test_compress_measures_latency_of_every_model_by_default(tiny_model, tmp_pat
     for m in (summary["baseline"], summary["steps"][0]["after"]):
         assert m["latency"]["new_tokens"] == 4 and m["latency"]["single_ms_per_token"] > 0
     assert EvalConfig().latency  # on unless turned off
+
+
+def test_compress_runs_the_ea_probes_on_every_model_and_reports_what_each_step_keeps(tiny_model, tmp_path):
+    """compress.eval.probes: per-ability probe scores for the source and each step (no teacher), and the report's
+    'abilities (kept)' cell as the share of the source's score."""
+    from compress.eval import abilities, ability_scores
+    from distill.probes.config import ProbesConfig
+
+    probes = ProbesConfig(icl_tasks=["larger"], controls=["continent"], cot_tasks=[], if_items=2, per_task=2,
+                          pool_per_task=2, shots=1, max_new_tokens=4, if_max_new_tokens=16, teacher=False)
+    cfg = CompressConfig(steps=[CompressStep(method="rtn_int8")], eval=EvalConfig(**FAST, max_examples=0, probes=probes))
+    summary = json.loads((compress_student(cfg, tiny_model, tmp_path / "o", eval_text=TEXT) / "summary.json").read_text())
+    base, after = summary["baseline"]["probes"], summary["steps"][0]["after"]["probes"]
+    for p in (base, after):
+        assert p["icl"]["zero_shot"]["n"] == 2 and p["icl"]["k_shot"]["n"] == 2 and p["if"]["n"] == 2
+        assert p["control"]["zero_shot"]["n"] == 2
+    assert set(ability_scores(summary["baseline"])) == {"ICL", "IF", "ctl"}
+    cell = abilities({"probes": {"icl": {"zero_shot": {"strict": 0.25}}}}, {"probes": {"icl": {"zero_shot": {"strict": 0.5}}}})
+    assert cell == "ICL 25.0% (50%)" and abilities({}) == "—"
+    with pytest.raises(ConfigError, match="compress.eval.probes: task family 'continent'"):
+        too_many = probes.model_copy(update={"per_task": 999})
+        compress_student(cfg.model_copy(update={"eval": EvalConfig(**FAST, max_examples=0, probes=too_many)}),
+                         tiny_model, tmp_path / "bad", eval_text=TEXT)
