@@ -222,7 +222,8 @@ def evaluate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 
     cfg = _guard(lambda: _pipeline_cfg(config, overrides))
     base = cfg.train.student if cfg.evaluate.baseline else None
-    typer.echo(_guard(lambda: evaluate_student(cfg.evaluate, model, dataset, out, base_model=base), where=out))
+    typer.echo(_guard(lambda: evaluate_student(cfg.evaluate, model, dataset, out, base_model=base, teacher_cfg=cfg.teacher),
+                      where=out))
 
 
 @app.command()
