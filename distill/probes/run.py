@@ -57,7 +57,7 @@ def build_prompts(cfg: ProbesConfig, exclude: set[str] = frozenset()) -> list[Pr
         items = make_items(FAMILIES[name], cfg.pool_per_task + cfg.per_task, cfg.seed, exclude, prefix="probe-")
         prompts += cot_prompts(items[cfg.pool_per_task:], items[: cfg.pool_per_task], cfg.shots, cfg.seed)
     if cfg.if_items or cfg.if_file:
-        from distill.probes.ifeval import load_if_items, make_if_items
+        from distill.probes.ifsuite import load_if_items, make_if_items
 
         items = make_if_items(cfg.if_items, cfg.seed) if cfg.if_items else []
         prompts += if_prompts(items + (load_if_items(cfg.if_file) if cfg.if_file else []))

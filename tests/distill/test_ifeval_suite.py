@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from distill.probes.ifeval import KINDS, build_prompt, compatible, load_if_items, make_constraint, make_if_items
+from distill.probes.ifeval import KINDS, build_prompt, compatible, make_constraint
+from distill.probes.ifsuite import load_if_items, make_if_items
 
 C = make_constraint
 
