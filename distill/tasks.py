@@ -51,7 +51,7 @@ def _text(v: Any) -> Any:
     """Texts are stripped. YAML reads ``output: 42`` as a number: keep it as its text. A YAML boolean
     (``yes``, ``no``, ``on``) is almost always an unquoted label: refuse it rather than train on ``"True"``."""
     if isinstance(v, bool):
-        raise ValueError("is a YAML boolean (yes/no/true/false/on/off); quote it, e.g. 'yes'")
+        raise ValueError("is a YAML boolean (yes/no/true/false/on/off); quote it, e.g. 'yes'")  # noqa: TRY004 (pydantic reports ValueError)
     v = str(v) if isinstance(v, (int, float)) else v
     if isinstance(v, str) and not v.strip():
         raise ValueError("is empty; give the text or remove the entry")

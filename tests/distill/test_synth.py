@@ -6,7 +6,14 @@ The teacher is never called here: the screening is a pure function the answers a
 import pytest
 from pydantic import ValidationError
 
-from distill.synth import Candidate, SynthesisConfig, SynthesisResult, parse_input, screen_candidates, synthesis_request
+from distill.synth import (
+    Candidate,
+    SynthesisConfig,
+    SynthesisResult,
+    parse_input,
+    screen_candidates,
+    synthesis_request,
+)
 from distill.tasks import TaskSpec
 from prompts import load_template
 

@@ -7,7 +7,13 @@ import textwrap
 import pytest
 
 from distill.config import ConfigError
-from distill.dataset import GenerateConfig, _unit_hash, build_requests, load_generate_seeds, validation_ids
+from distill.dataset import (
+    GenerateConfig,
+    _unit_hash,
+    build_requests,
+    load_generate_seeds,
+    validation_ids,
+)
 from distill.seeds import Seed
 from distill.tasks import TaskInput, draw_demos, load_tasks, normalise, task_seeds
 

@@ -51,7 +51,7 @@ def test_generate_key_changes_with_the_task_file_the_synthesis_config_and_its_te
 def test_generate_key_covers_the_instruct_template_behind_erased_or_chat_demos(tmp_path):
     instruct = tmp_path / "instruct.jinja"
     instruct.write_text("{% block user %}{{ instruction }}\n{{ input }}{% endblock %}")
-    cfg = lambda: _cfg(tmp_path, TASK | {"synthesize": 0}, styles=["icl"], erase_demos=True, demo_format="chat",  # noqa: E731
+    cfg = lambda: _cfg(tmp_path, TASK | {"synthesize": 0}, styles=["icl"], erase_demos=True, demo_format="chat",
                        templates={"instruct": str(instruct)})
     key = generate_key(cfg())
     instruct.write_text("{% block user %}{{ instruction }}\n\n{{ input }}{% endblock %}")
