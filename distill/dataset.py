@@ -48,6 +48,7 @@ from pydantic import Field
 
 from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer, majority_vote
 from distill.budget import Budget
+from distill.card import label_accuracy, render_card, row_provenance
 from distill.config import ConfigError, StageConfig
 from distill.context import check_context
 from distill.credentials import get_secret
@@ -335,9 +336,9 @@ def plan_requests(cfg: GenerateConfig, teacher_cfg: TeacherConfig,
 
 
 def _blank_row(seed_id: str, style: str, reason: str, origin: str, split: str = "removed",
-               instruction: str = "") -> dict:
+               instruction: str = "", task: str | None = None) -> dict:
     """A removed row that never got (or never needed) a teacher answer, in the dataset's schema."""
-    return {"seed_id": seed_id, "style": style, "prompt_messages": [{"role": "user", "content": instruction}] if instruction else [],
+    return {"seed_id": seed_id, "task": task, "style": style, "prompt_messages": [{"role": "user", "content": instruction}] if instruction else [],
             "gold": None, "demo_ids": [], "origin": origin, "split": split,
             "teacher": {"model": "", "engine": "", "params": "", "template": "", "template_sha": ""},
             "id": f"{seed_id}:{style}:0", "messages": [], "raw_output": "", "rationale": "", "answer": None,
@@ -353,7 +354,7 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
                "params": json.dumps({k: getattr(req, k) for k in ("temperature", "top_p", "max_tokens", "n", "seed", "top_logprobs",
                                                                      "stop", "repetition_penalty")}),
                "template": req.template, "template_sha": req.template_sha}
-    base = {"seed_id": seed.id, "style": style, "prompt_messages": req.messages, "gold": seed.answer,
+    base = {"seed_id": seed.id, "task": seed.task, "style": style, "prompt_messages": req.messages, "gold": seed.answer,
             "demo_ids": plan["demo_ids"], "origin": plan.get("origin", "seed"), "teacher": teacher, "split": split}
     if resp.error is not None:
         row = _blank_row(seed.id, style, f"teacher_error: {resp.error[:200]}", base["origin"], split)
@@ -451,86 +452,6 @@ def _row_filters(cfg: FiltersConfig) -> list:
     if cfg.blocklist:
         out.append(BlocklistFilter(tuple(cfg.blocklist)))
     return out
-
-
-def _card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict[str, Template], stats: dict, samples: list[dict]) -> str:
-    t = stats["teacher"]
-    lines = [
-        "---", "license: other", "tags: [eakd, distillation, synthetic]", "---", "",
-        "# eakd synthetic distillation dataset", "",
-        f"Format `{DATASET_FORMAT}`. Made by eakd {stats['eakd_version']} at {stats['created']}.", "",
-        "## Teacher", "",
-        f"- model: `{teacher_cfg.model_id()}` via `{teacher_cfg.backend}`",
-        f"- sampling: `{json.dumps(cfg.sampling.model_dump())}`", "",
-        "## Templates", "",
-        "| style | template | sha256 |", "|---|---|---|",
-        *[f"| {s} | `{t.name}` | `{t.sha256}` |" for s, t in templates.items()], "",
-        "## Seeds and demonstrations", "",
-        f"- seeds: {stats['seeds']} from `{cfg.seeds}` (format `{cfg.seed_format}`), "
-        f"{stats['seeds_train']} train / {stats['seeds_validation']} validation, split by seed id",
-        f"- demonstrations: `{json.dumps(stats['demos'])}`; ICL context distillation (demos erased for the student): {cfg.erase_demos}",
-        ("- CoT answers: structured JSON `{rationale, answer}` (`generate.structured_cot`), no answer parsing"
-         if cfg.structured_cot else f"- answer extraction: patterns `{list(cfg.extraction.patterns)}`"), "",
-        *([ "## Versions", "", "Each version appended the rows of seeds the previous one lacked (incremental runs).", "",
-            "| version | created | new seeds | new rows | requests sent |", "|---|---|---|---|---|",
-            *[f"| {v['version']} | {v['created']} | {v['new_seeds']} | {v['new_rows']} | {v['requests_sent']} |"
-              for v in stats["versions"]], ""] if stats.get("versions") else []),
-        "## Counts and filters", "",
-        f"- rows kept: {stats['rows']['train']} train, {stats['rows']['validation']} validation; removed: {stats['rows']['removed']} "
-        "(kept in the `removed` split with the reason)",
-        f"- kept per style: `{json.dumps(stats['kept_per_style'])}`",
-        f"- removed by reason: `{json.dumps(stats['removed_by_reason'])}`",
-        f"- configured filters (rows each removed first): `{json.dumps(stats['filters'])}`",
-        f"- gold match rate per style (rows with gold): `{json.dumps(stats['gold_match_rate'])}`", "",
-        "## Tokens", "",
-        f"- teacher: {t['prompt_tokens'] + t.get('cached_prompt_tokens', 0)} prompt, "
-        f"{t['completion_tokens'] + t.get('cached_completion_tokens', 0)} completion tokens "
-        f"(cache hits {t['cache_hits']}/{t['requests']})",
-        *[f"- kept `{st}` rows: {d['rows']} rows, {d['completion_tokens']} response tokens"
-          + (f" ({d['estimated_rows']} rows estimated at 4 chars/token)" if d["estimated_rows"] else "")
-          for st, d in stats["tokens"].items()], "",
-    ]
-    if stats.get("self_consistency"):
-        sc = stats["self_consistency"]
-        lines += ["## Self-consistency (CoT)", "",
-                  f"- {sc['questions']} questions x {cfg.sampling.n} samples; keep = `{cfg.self_consistency.keep}`",
-                  f"- mean vote share {sc['mean_vote_share']}; accuracy of the first sample {sc['first_sample_accuracy']}, "
-                  f"of all samples {sc['all_samples_accuracy']}, of the voted answer {sc['voted_accuracy']}",
-                  f"- rationales reaching the voted answer: {sc.get('voted_rows')}, correct share {sc.get('voted_rows_correct_share')}",
-                  f"- kept rationales: {sc['kept_rows']}, correct share {sc['kept_correct_share']}, "
-                  f"covering {sc['questions_covered']}/{sc['questions_with_gold']} questions with gold", ""]
-    if stats.get("contamination"):
-        c = stats["contamination"]
-        lines += ["## Contamination", "",
-                  f"- {c['contaminated']} of {c['rows_checked']} rows share a {c['n']}-gram with {c['eval_items_hit']} of "
-                  f"{c['eval_items']} eval items ({', '.join(cfg.filters.contamination.eval_paths)}); action: {c['action']}", ""]
-    if stats.get("judge"):
-        j = stats["judge"]
-        jt = j["teacher"]
-        lines += ["## LLM-as-judge", "",
-                  f"- template `{j['template']['name']}` (sha256 `{j['template']['sha256'][:12]}`), JSON verdicts "
-                  f"(structured outputs); {j['judged']} of {j['rows']} rows scored, mean {j['mean_score']}, "
-                  f"counts `{json.dumps(j['score_counts'])}`",
-                  f"- invalid verdicts {j['invalid']}, failed requests {j['failed']} (rows kept, marked); action "
-                  f"`{j['action']}`, min score {j['min_score']}: {j['filtered']} rows removed",
-                  f"- judge tokens: {jt['prompt_tokens'] + jt.get('cached_prompt_tokens', 0)} prompt, "
-                  f"{jt['completion_tokens'] + jt.get('cached_completion_tokens', 0)} completion", ""]
-    if stats.get("bootstrap"):
-        b = stats["bootstrap"]
-        a = b["novelty_agreement"]
-        lines += ["## Self-Instruct bootstrapping", "",
-                  f"- {b['rounds']} rounds, {b['candidates']} candidate instructions, {b['kept']} kept; removed by: "
-                  f"`{json.dumps(b['removed_by'])}`",
-                  f"- teacher answers parsed into instructions: {b['batches_parsed']} of {b['batches']} "
-                  f"({'JSON, structured decoding' if b['config'].get('structured') else 'numbered list, free text'})",
-                  f"- novelty decided by {a['decided_by']}; ROUGE-L > {a['rougel_threshold']} vs MinHash Jaccard > "
-                  f"{a['minhash_threshold']} drop-sets: both {a['both']}, only ROUGE-L {a['only_rougel']}, only MinHash "
-                  f"{a['only_minhash']} (Jaccard {a['jaccard']}, MinHash precision {a['minhash_precision']}, recall {a['minhash_recall']})",
-                  f"- template `{b['template']['name']}` sha256 `{b['template']['sha256']}`", ""]
-    lines += ["## Samples", ""]
-    for r in samples:
-        lines += [f"**{r['id']}** ({r['style']})", "", "```", r["messages"][-1]["content"][:400], "```", ""]
-    return "\n".join(lines)
 
 
 def _token_counts(kept: list[dict]) -> dict:
@@ -736,6 +657,8 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         "removed_by_reason": dict(Counter(r["removed_reason"].split(":")[0] for r in removed)),
         "filters": filter_counts,
         "gold_match_rate": {s: round(sum(v) / len(v), 4) for s, v in sorted(with_gold.items())},
+        "label_accuracy": label_accuracy(rows, {s.id: s.task for s in seeds}),
+        "provenance": row_provenance(rows),  # templates, demo source and format, erased prompts: as the rows record them
         "demos": {"method": cfg.demo_method, "num_demos": cfg.num_demos, "cot_shots": cfg.cot_shots,
                   "same_task": cfg.demo_same_task, "budget_tokens": cfg.demo_budget_tokens, "seed": cfg.demo_seed},
         "tokens": _token_counts(kept),
@@ -765,7 +688,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     dd.save_to_disk(str(tmp))
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     samples = [next(r for r in kept if r["style"] == st) for st in dict.fromkeys(r["style"] for r in kept)]
-    (tmp / "README.md").write_text(_card(cfg, teacher_cfg, templates, stats, samples))
+    (tmp / "README.md").write_text(render_card(cfg, teacher_cfg, templates, stats, samples))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from distill.answers import majority_vote
+from distill.card import render_card
 from distill.config import ConfigError
-from distill.dataset import GenerateConfig, _card, _sc_stats, _vote, build_requests, select_demos
+from distill.dataset import GenerateConfig, _sc_stats, _vote, build_requests, select_demos
 from distill.seeds import Seed, detect_format, load_seeds
 from distill.selfinstruct import BootstrapConfig, _prompt_vars, parse_instructions
 from distill.teacher import TeacherConfig
@@ -169,7 +170,7 @@ def test_card_lists_provenance_filters_tokens_and_samples():
                                "skipped_short_eval": 0, "action": "filter"},
              "bootstrap": None}
     sample = {"id": "q:cot:0", "style": "cot", "messages": [{"role": "assistant", "content": "2+2=4. The answer is 4."}]}
-    card = _card(cfg, TeacherConfig(), {"cot": tmpl}, stats, [sample])
+    card = render_card(cfg, TeacherConfig(), {"cot": tmpl}, stats, [sample])
     for needle in [tmpl.sha256, "`SmolLM2-135M-Instruct` via `vllm`", '"temperature": 0.7', "5 train, 2 validation; removed: 5",
                    '"gold_mismatch": 4', '"blocklist": 1', "7 rows, 321 response tokens", "accuracy of the first sample 0.33",
                    "of the voted answer 0.67", "correct share 1.0", "1 of 8 rows share a 13-gram", "test.jsonl",
