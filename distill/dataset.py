@@ -60,7 +60,7 @@ from distill.seeds import Seed, SeedFormat, load_seeds
 from distill.selfinstruct import BootstrapConfig, bootstrap_instructions
 from distill.structured import cot_schema
 from distill.synth import SynthesisConfig, synthesize_inputs
-from distill.tasks import load_tasks, task_seeds
+from distill.tasks import TaskFile, load_tasks, task_seeds
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
 from prompts import Template, TemplateError, load_template, render_messages
 
@@ -161,6 +161,9 @@ class GenerateConfig(StageConfig):
     bootstrap: BootstrapConfig | None = Field(None, description="IF: grow the instruction pool Self-Instruct style first")
     validation_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of seeds held out (split by seed id)")
     sampling: SamplingConfig = SamplingConfig()
+    sampling_per_style: dict[Style, SamplingConfig] = Field(
+        default_factory=dict, description="replaces `sampling` for one style, e.g. {cot: {max_tokens: 160}} beside icl "
+                                          "answers cut at their first line ({stop: ['\\n']})")
     push_to_hub: HubConfig | None = Field(None, description="also upload the finished dataset (off by default; never required)")
 
     @model_validator(mode="after")
@@ -244,6 +247,12 @@ def chat_demo_messages(template: Template, seed: Seed, demos: list[dict[str, str
     return [m for m in query if m["role"] == "system"] + turns + [query[-1]]
 
 
+def cot_demo_turn(demo: dict[str, str]) -> dict[str, str]:
+    """A worked example as a chat demo: its input, and as the answer its rationale then "The answer is <output>."
+    (the format the cot template asks for, and what :data:`distill.answers` extracts)."""
+    return {"input": demo["input"], "output": f"{demo['rationale'].strip()}\nThe answer is {demo['output']}."}
+
+
 def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
                    bootstrapped: list[Seed] = (), targets: set[str] | None = None) -> tuple[list[dict], dict[str, Template]]:
     """Render every (seed, style) prompt, plus the instruct prompt of each ``bootstrapped`` instruction
@@ -254,7 +263,6 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
     templates = {style: load_template(cfg.templates.get(style, default.get(style, style))) for style in cfg.styles}
     if (cfg.erase_demos or cfg.demo_format == "chat" and "icl" in templates) and "instruct" not in templates:
         templates["instruct"] = load_template(cfg.templates.get("instruct", "instruct"))
-    s = cfg.sampling
     plans = []
     indexes: dict[tuple[str | None, bool], BM25Index] = {}  # one BM25 index per candidate pool, not per target
 
@@ -269,11 +277,16 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
         return select_demos(seed, seeds, k, cfg.demo_seed, cfg.demo_method, cfg.demo_same_task,
                             cfg.demo_budget_tokens, rationale=rationale, index=index)
 
-    work = [(seed, style, seed.origin) for seed in seeds for style in cfg.styles if targets is None or seed.id in targets]
+    work = [(seed, style, seed.origin) for seed in seeds for style in cfg.styles
+            if (targets is None or seed.id in targets) and seed.style in (None, style)]  # a task's seeds: its style only
     work += [(seed, "instruct", f"bootstrap:{seed.id}") for seed in bootstrapped]
     for seed, style, origin in work:
         demos = []
-        if style == "icl":
+        s = cfg.sampling_per_style.get(style, cfg.sampling)
+        own_cot = style == "cot" and seed.style == "cot" and bool(seed.demos)  # a cot task's worked examples
+        if own_cot:
+            demos = [(f"{seed.id}/demo-{i}", d) for i, d in enumerate(seed.demos)]
+        elif style == "icl":
             demos = demos_for(seed, cfg.num_demos, False)
         elif style == "cot" and cfg.cot_shots:
             demos = demos_for(seed, cfg.cot_shots, True)
@@ -284,11 +297,13 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
         if style == "icl" and cfg.demo_format == "chat":
             tmpl = templates["instruct"]
             messages = chat_demo_messages(tmpl, seed, [d for _, d in demos])
+        elif own_cot:  # worked examples as chat turns: the question in the cot template, then rationale + answer
+            messages = chat_demo_messages(tmpl, seed, [cot_demo_turn(d) for _, d in demos])
         else:
             messages = render_messages(tmpl, _template_vars(seed, [d for _, d in demos]))
         req = TeacherRequest(
             messages=messages, model=model_id, style=style,
-            template=tmpl.name + ("+chat_demos" if style == "icl" and cfg.demo_format == "chat" else ""),
+            template=tmpl.name + ("+chat_demos" if style == "icl" and cfg.demo_format == "chat" or own_cot else ""),
             template_sha=tmpl.sha256,
             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n, seed=s.seed,
             top_logprobs=s.top_logprobs, stop=list(s.stop), repetition_penalty=s.repetition_penalty,
@@ -304,12 +319,25 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
     return plans, templates
 
 
+def check_task_styles(tasks: TaskFile, cfg: GenerateConfig) -> TaskFile:
+    """Every task's style must be generated (else its inputs would silently get no prompt), and a cot task's
+    worked examples are chat turns (``demo_format: chat``). Returns ``tasks``."""
+    for t in tasks.tasks:
+        if t.style not in cfg.styles:
+            raise ConfigError(f"{tasks.where(t.name)}: task {t.name!r} has style {t.style} but generate.styles is "
+                              f"{cfg.styles}; add {t.style} to generate.styles")
+        if t.style == "cot" and cfg.demo_format != "chat":
+            raise ConfigError(f"{tasks.where(t.name)}: task {t.name!r} is a cot task: its worked examples are shown as "
+                              "chat turns; set generate.demo_format: chat")
+    return tasks
+
+
 def load_generate_seeds(cfg: GenerateConfig) -> list[Seed]:
     """The seeds of ``cfg`` without asking the teacher: the seed file's, or the task file's inputs and
     held-out items with their demos (ConfigError when a task asks for synthesized inputs: only the
     teacher can say what they are)."""
     if cfg.tasks is not None:
-        return task_seeds(load_tasks(cfg.tasks), None, cfg.num_demos, cfg.demo_seed)
+        return task_seeds(check_task_styles(load_tasks(cfg.tasks), cfg), None, cfg.num_demos, cfg.demo_seed)
     return load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
 
 
@@ -532,7 +560,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         raise ConfigError(f"generate.push_to_hub: the env var {cfg.push_to_hub.token_env} holding a Hub write token is "
                           "not set; set it, or remove push_to_hub to keep the dataset local")
     t0 = time.perf_counter()
-    tasks = load_tasks(cfg.tasks) if cfg.tasks is not None else None  # the task file's inputs become seeds below
+    tasks = check_task_styles(load_tasks(cfg.tasks), cfg) if cfg.tasks is not None else None  # inputs become seeds below
     seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format) if tasks is None else []
     previous = targets = None
     if incremental_from is not None:

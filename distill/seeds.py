@@ -40,6 +40,7 @@ class Seed:
     rationale: str = ""
     origin: str = "seed"  # where the seed came from: a seed file, or a task file's input/held-out/synthesized item
     split: str | None = None  # "train" / "validation" forces the seed's split; None: split by a hash of the id
+    style: str | None = None  # a task file's style for this seed (icl | cot); None: every configured style
 
 
 def _seed_from_row(row: dict, where: str) -> Seed:

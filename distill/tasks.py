@@ -36,10 +36,10 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from distill.config import ConfigError, StageConfig
 from distill.seeds import Seed
@@ -63,7 +63,9 @@ Text = Annotated[str, BeforeValidator(_text)]
 
 class TaskExample(StageConfig):
     input: Text = Field(..., description="the example's input")
-    output: Text = Field(..., description="its correct output (the label)")
+    output: Text = Field(..., description="its correct output (the label; a cot task: the final answer)")
+    rationale: Text | None = Field(None, description="a cot task: the worked reasoning before the answer (the demo shows "
+                                                     "it, then 'The answer is <output>.')")
 
 
 class TaskSpec(StageConfig):
@@ -73,6 +75,17 @@ class TaskSpec(StageConfig):
     inputs: list[Text] = Field(default_factory=list, description="unlabelled inputs for the teacher to label (train split)")
     held_out: list[TaskExample] = Field(default_factory=list, description="labelled items for evaluation only (validation split)")
     synthesize: int = Field(0, ge=0, le=100_000, description="new inputs the teacher writes before labelling (generate.synthesis)")
+    style: Literal["icl", "cot"] = Field("icl", description="icl: the teacher answers like the examples' outputs; cot: it "
+                                                            "reasons step by step like their rationales (needs 'cot' in "
+                                                            "generate.styles), and the student learns to reason zero-shot")
+
+    @model_validator(mode="after")
+    def _rationales(self) -> TaskSpec:
+        missing = [i for i, e in enumerate(self.examples) if not e.rationale]
+        if self.style == "cot" and missing:
+            raise ValueError(f"examples[{missing[0]}]: a cot task's examples each need a rationale (the worked steps "
+                             "before the answer); add them, or set style: icl")
+        return self
 
 
 @dataclass(frozen=True)
@@ -213,7 +226,7 @@ def load_tasks(path: str | Path) -> TaskFile:
 def draw_demos(task: TaskSpec, seed_id: str, k: int, demo_seed: int) -> list[dict[str, str]]:
     """``k`` examples of ``task``'s demo pool for ``seed_id`` (all of them when the pool is smaller),
     in a random order seeded by ``f"{demo_seed}:{seed_id}"``: the same seed always gets the same demos."""
-    pool = [{"input": e.input, "output": e.output} for e in task.examples]
+    pool = [{"input": e.input, "output": e.output} | ({"rationale": e.rationale} if e.rationale else {}) for e in task.examples]
     return random.Random(f"{demo_seed}:{seed_id}").sample(pool, min(k, len(pool)))
 
 
@@ -243,10 +256,11 @@ def task_seeds(tasks: TaskFile, synthesized: dict[str, list[TaskInput]] | None, 
                               "run.shards > 1); set synthesize: 0 there, or run without sharding")
         for x in given_inputs(t) + list((synthesized or {}).get(t.name, [])):
             seeds.append(Seed(id=x.id, instruction=t.instruction, input=x.text.strip(), answer=None, task=t.name,
-                              demos=draw_demos(t, x.id, num_demos, demo_seed), origin=x.origin, split="train"))
+                              demos=draw_demos(t, x.id, num_demos, demo_seed), origin=x.origin, split="train",
+                              style=t.style))
         for e in t.held_out:
             sid = text_id(t.name, "held_out", e.input)
             seeds.append(Seed(id=sid, instruction=t.instruction, input=e.input, answer=e.output,
                               task=t.name, demos=draw_demos(t, sid, num_demos, demo_seed), origin=f"held_out:{t.name}",
-                              split="validation"))
+                              split="validation", style=t.style))
     return seeds

@@ -12,8 +12,9 @@ Two kinds:
   135M teacher (``bench/ea_transfer.py --measure``): the ones whose few-shot accuracy clearly beats their
   zero-shot accuracy are the ICL probes; those it already answers zero-shot (``continent``, ``plural``,
   ``capital``) are negative controls — a student trained on other tasks should keep them.
-- ``cot`` families: short multi-step arithmetic in words, where writing the steps should help; each item
-  carries a worked rationale ending in "The answer is N." (for few-shot CoT and for gold rationales).
+- ``cot`` families: a few steps of arithmetic or counting in words, where writing the steps helps; each item
+  carries its worked steps (``rationale``; a demo shows them, then "The answer is N.":
+  :func:`distill.dataset.cot_demo_turn`).
 
 Families are plain data plus a draw function; a user adds one by building a :class:`Family` (no registry
 to patch): ``make_items(Family("mytask", "icl", "Do X.", my_draw), 20, seed=0)``.
@@ -120,7 +121,7 @@ def _gain_lose(rng: random.Random) -> tuple[str, str, str]:
     q = f"{name} has {a} {obj}. {name} gets {b} more {obj} and then gives away {c}. How many {obj} does {name} have now?"
     steps = f"{name} starts with {a} {obj}. After getting {b} more: {a} + {b} = {a + b}. After giving away {c}: " \
             f"{a + b} - {c} = {a + b - c}."
-    return q, str(a + b - c), f"{steps}\nThe answer is {a + b - c}."
+    return q, str(a + b - c), steps
 
 
 def _groups(rng: random.Random) -> tuple[str, str, str]:
@@ -128,7 +129,7 @@ def _groups(rng: random.Random) -> tuple[str, str, str]:
     g, n, extra = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
     q = f"There are {g} boxes with {n} {obj} in each box, and {extra} more {obj} on the table. How many {obj} are there in all?"
     steps = f"The boxes hold {g} x {n} = {g * n} {obj}. With the {extra} on the table: {g * n} + {extra} = {g * n + extra}."
-    return q, str(g * n + extra), f"{steps}\nThe answer is {g * n + extra}."
+    return q, str(g * n + extra), steps
 
 
 def _days_ahead(rng: random.Random) -> tuple[str, str, str]:
@@ -136,7 +137,7 @@ def _days_ahead(rng: random.Random) -> tuple[str, str, str]:
     day = W.WEEKDAYS[(i + k) % 7]
     q = f"Today is {W.WEEKDAYS[i]}. What day of the week will it be in {k} days?"
     walk = ", ".join(W.WEEKDAYS[(i + j) % 7] for j in range(1, k + 1))
-    return q, day, f"Counting {k} days forward from {W.WEEKDAYS[i]}: {walk}.\nThe answer is {day}."
+    return q, day, f"Counting {k} days forward from {W.WEEKDAYS[i]}: {walk}."
 
 
 def _two_prices(rng: random.Random) -> tuple[str, str, str]:
@@ -145,7 +146,7 @@ def _two_prices(rng: random.Random) -> tuple[str, str, str]:
     total = na * a + nb * b
     q = f"A pen costs {a} dollars and a notebook costs {b} dollars. How many dollars do {na} pens and {nb} notebooks cost?"
     steps = f"{na} pens cost {na} x {a} = {na * a}. {nb} notebooks cost {nb} x {b} = {nb * b}. Together: {na * a} + {nb * b} = {total}."
-    return q, str(total), f"{steps}\nThe answer is {total}."
+    return q, str(total), steps
 
 
 def _letters_ahead(rng: random.Random) -> tuple[str, str, str]:
@@ -153,13 +154,13 @@ def _letters_ahead(rng: random.Random) -> tuple[str, str, str]:
     i, k = rng.randrange(20), rng.randint(2, 5)
     walk = ", ".join(abc[i + j] for j in range(1, k + 1))
     q = f"Which letter of the alphabet comes {k} letters after {abc[i]}?"
-    return q, abc[i + k], f"Counting {k} letters forward from {abc[i]}: {walk}.\nThe answer is {abc[i + k]}."
+    return q, abc[i + k], f"Counting {k} letters forward from {abc[i]}: {walk}."
 
 
 def _sum3(rng: random.Random) -> tuple[str, str, str]:
     a, b, c = (rng.randint(1, 9) for _ in range(3))
     q = f"What is {a} + {b} + {c}?"
-    return q, str(a + b + c), f"{a} + {b} = {a + b}. Then {a + b} + {c} = {a + b + c}.\nThe answer is {a + b + c}."
+    return q, str(a + b + c), f"{a} + {b} = {a + b}. Then {a + b} + {c} = {a + b + c}."
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
@@ -229,8 +230,9 @@ def task_file_entries(names: list[str], n_examples: int, n_inputs: int, n_held_o
         fam = FAMILIES[name]
         items = make_items(fam, n_examples + n_inputs + n_held_out, seed)
         ex, inp, held = items[:n_examples], items[n_examples:n_examples + n_inputs], items[n_examples + n_inputs:]
-        out.append({"name": name, "instruction": fam.instruction,
-                    "examples": [{"input": i.input, "output": i.answer} for i in ex],
+        out.append({"name": name, "instruction": fam.instruction, **({"style": "cot"} if fam.ability == "cot" else {}),
+                    "examples": [{"input": i.input, "output": i.answer} | ({"rationale": i.rationale} if i.rationale else {})
+                                 for i in ex],
                     "inputs": [i.input for i in inp],
                     "held_out": [{"input": i.input, "output": i.answer} for i in held]})
     return out

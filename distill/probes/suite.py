@@ -34,7 +34,6 @@ from prompts import load_template, render_messages
 
 Mode = Literal["zero_shot", "k_shot", "direct", "cot", "direct_k_shot", "cot_k_shot", "if"]
 DIRECT_SUFFIX = "Reply with the final answer only, on one line, without explanation."
-COT_SUFFIX = 'Think step by step, then write the final answer on the last line as "The answer is <answer>."'
 COT_EXTRACTION = ExtractionConfig(patterns=["the_answer_is", "answer_colon", "last_line"])
 
 
@@ -96,8 +95,9 @@ def cot_prompts(items: list[Item], pool: list[Item], shots: int, seed: int) -> l
     """Four prompts per item. Zero-shot: ``direct`` (the instruct template, answer only) and ``cot`` (the ``cot``
     template: what a student trained on erased CoT prompts learned to answer). Few-shot, with the same ``shots``
     worked examples from ``pool`` as chat turns (Wei et al. 2022's standard vs chain-of-thought prompting):
-    ``direct_k_shot`` (the demos answer with the answer alone) and ``cot_k_shot`` (with the rationale ending in
-    "The answer is <answer>.") — the teacher's reference."""
+    ``direct_k_shot`` (the demos answer with the answer alone) and ``cot_k_shot`` (the ``cot`` template's
+    questions answered with the steps and "The answer is <answer>.": exactly what the generate stage sends for a
+    cot task) — the teacher's reference."""
     out = []
     for it in items:
         common = dict(ability="cot", task=it.task, gold=it.answer, aliases=it.aliases)
@@ -109,11 +109,22 @@ def cot_prompts(items: list[Item], pool: list[Item], shots: int, seed: int) -> l
         if demos:
             ids = tuple(d.id for d in demos)
             direct_k = _with_demos(it, f"{it.instruction} {DIRECT_SUFFIX}", [(d, d.answer) for d in demos])
-            cot_k = _with_demos(it, f"{it.instruction} {COT_SUFFIX}", [(d, d.rationale) for d in demos])
+            cot_k = _cot_with_demos(it, demos)
             out.append(ProbePrompt(id=f"{it.id}:direct_k_shot", mode="direct_k_shot", messages=direct_k, demo_ids=ids, **common))
             out.append(ProbePrompt(id=f"{it.id}:cot_k_shot", mode="cot_k_shot", messages=cot_k, first_line=False,
                                    demo_ids=ids, **common))
     return out
+
+
+def _cot_with_demos(item: Item, demos: list[Item]) -> list[dict[str, str]]:
+    """The generate stage's prompt for a cot task (:func:`distill.dataset.build_requests`): each worked example
+    as a past chat turn (the question in the ``cot`` template, then its steps and "The answer is ...")."""
+    from distill.dataset import chat_demo_messages, cot_demo_turn
+    from distill.seeds import Seed
+
+    seed = Seed(id=item.id, instruction=item.instruction, input=item.input, task=item.task)
+    turns = [cot_demo_turn({"input": d.input, "output": d.answer, "rationale": d.rationale}) for d in demos]
+    return chat_demo_messages(load_template("cot"), seed, turns)
 
 
 def _with_demos(item: Item, instruction: str, demos: list[tuple[Item, str]]) -> list[dict[str, str]]:

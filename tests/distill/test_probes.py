@@ -9,7 +9,7 @@ import pytest
 
 from distill.config import ConfigError
 from distill.probes.config import ProbesConfig
-from distill.probes.families import FAMILIES, Family, make_items, split_items, task_file_entries
+from distill.probes.families import FAMILIES, Family, Item, make_items, split_items, task_file_entries
 from distill.probes.run import build_prompts, training_inputs
 from distill.probes.score import ability_markdown, ability_table, gap_closed, grade, score_model
 from distill.probes.suite import answer_in, cot_prompts, grade_answer, icl_prompts
@@ -23,8 +23,12 @@ def test_every_family_draws_distinct_items_deterministically(name):
     a, b = make_items(fam, 12, seed=3), make_items(fam, 12, seed=3)
     assert a == b and len({i.input for i in a}) == 12
     assert all(i.answer and i.task == name and i.instruction == fam.instruction for i in a)
-    if fam.ability == "cot":  # the worked solution ends in the gold answer, in the format the CoT prompt asks for
-        assert all(i.rationale.endswith(f"The answer is {i.answer}.") for i in a)
+    if fam.ability == "cot":  # worked steps; as a demo they end in the gold answer, as the CoT prompt asks
+        from distill.dataset import cot_demo_turn
+
+        assert all(i.rationale and "The answer is" not in i.rationale for i in a)
+        turns = [cot_demo_turn({"input": i.input, "output": i.answer, "rationale": i.rationale}) for i in a]
+        assert all(t["output"].endswith(f"\nThe answer is {i.answer}.") for t, i in zip(turns, a))
     assert make_items(fam, 12, seed=4) != a or fam.draw is None and len(fam.pairs) == 12
 
 
@@ -74,10 +78,39 @@ def test_cot_prompts_have_four_modes_and_demos_show_rationales():
     prompts = cot_prompts(held, pool, shots=2, seed=0)
     assert [p.mode for p in prompts] == ["direct", "cot", "direct_k_shot", "cot_k_shot"]
     cot_k = prompts[3].messages
-    assert [m["role"] for m in cot_k][-5:] == ["user", "assistant", "user", "assistant", "user"]
-    assert "The answer is" in cot_k[2]["content"] and cot_k[2]["content"] != pool[0].answer
+    assert [m["role"] for m in cot_k] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert "step by step" in cot_k[0]["content"] and "The answer is" in cot_k[2]["content"]
     assert prompts[2].messages[2]["content"].strip().isdigit()  # direct demos answer with the answer alone
     assert not prompts[1].first_line and prompts[0].first_line
+
+
+def test_cot_k_shot_prompt_is_what_the_generate_stage_sends_for_a_cot_task(tmp_path):
+    """A cot task of a task file (worked examples, style cot): the teacher's request is the probe's cot_k_shot prompt
+    for the same item and demos, and the erased student prompt is the probe's zero-shot cot prompt."""
+    import yaml
+
+    from distill.dataset import GenerateConfig, build_requests, load_generate_seeds
+
+    (entry,) = task_file_entries(["sum3"], 4, 1, 0, seed=0)
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"tasks": [entry]}))
+    cfg = GenerateConfig(tasks=str(path), styles=["cot"], num_demos=2, demo_format="chat", erase_demos=True)
+    (seed,) = load_generate_seeds(cfg)
+    (plan,), _ = build_requests([seed], cfg, "m")
+    pool = [Item(id=f"d{i}", task="sum3", instruction=seed.instruction, input=d["input"], answer=d["output"],
+                 rationale=d["rationale"]) for i, d in enumerate(seed.demos)]
+    item = Item(id="q", task="sum3", instruction=seed.instruction, input=seed.input, answer="0")
+    by_mode = {p.mode: p for p in cot_prompts([item], pool, shots=2, seed=0)}
+    demo_order = {d.input: d for d in pool}
+    ordered = [demo_order[d["input"]] for d in seed.demos]  # the seed's own demo order
+    from distill.probes.suite import _cot_with_demos
+
+    assert plan["request"].messages == _cot_with_demos(item, ordered)
+    assert plan["student_prompt"] == by_mode["cot"].messages
+    assert set(by_mode) == {"direct", "cot", "direct_k_shot", "cot_k_shot"}
+    bad = cfg.model_copy(update={"styles": ["icl"]})
+    with pytest.raises(ConfigError, match="style cot but generate.styles"):
+        load_generate_seeds(bad)
 
 
 @pytest.mark.parametrize("answer,gold,aliases,strict,lenient", [
