@@ -64,3 +64,24 @@ def test_chat_demo_format_gives_each_demo_its_own_turns():
     assert msgs[-1] == plan["student_prompt"][-1]  # erasure leaves exactly the question's own turn
     assert plan["request"].template == "instruct+chat_demos" and plan["request"].template_sha == templates["instruct"].sha256
     assert plan["request"].key() != text["request"].key()
+
+
+def test_docs_generate_template_table_and_no_system_template_hold(repo_root, tmp_path):
+    """docs/generate.md: chat demos and the erased prompt go through templates.instruct (templates.icl unused);
+    its template without a system block leaves every prompt without a system message (the model's default)."""
+    doc = (repo_root / "docs" / "generate.md").read_text()
+    jinja = tmp_path / "no_system.jinja"
+    jinja.write_text(doc.split("```jinja\n", 1)[1].split("```", 1)[0])
+    seeds = pool()
+    unused = tmp_path / "broken_icl.jinja"  # would fail to render if build_requests used it
+    unused.write_text("{% block user %}{{ no_such_variable }}{% endblock %}")
+    cfg = GenerateConfig(seeds="unused", styles=["icl", "instruct"], num_demos=2, demo_format="chat", erase_demos=True,
+                         templates={"instruct": str(jinja), "icl": str(unused)})
+    plans, _ = build_requests(seeds, cfg, "M")
+    icl = next(p for p in plans if p["style"] == "icl")
+    assert icl["request"].template == f"{jinja}+chat_demos"
+    assert [m["role"] for m in icl["request"].messages] == ["user", "assistant", "user", "assistant", "user"]
+    assert [m["role"] for m in icl["student_prompt"]] == ["user"] and icl["student_prompt"][0]["content"].startswith("Add.")
+    assert all(m["role"] != "system" for p in plans if "request" in p for m in p["request"].messages)
+    text, _ = build_requests(seeds, GenerateConfig(seeds="unused", styles=["icl"], num_demos=2), "M")
+    assert text[0]["request"].template == "icl" and text[0]["request"].messages[0]["role"] == "system"
