@@ -113,7 +113,7 @@ def _template_lines(templates: dict[str, Template], stats: dict) -> list[str]:
     if not used:  # nothing answered (or stats from before provenance): the configured templates
         return ["| style | template | sha256 |", "|---|---|---|",
                 *[f"| {s} | `{t.name}` | `{t.sha256}` |" for s, t in templates.items()]]
-    lines = [("As the rows record them (`teacher.template`, `teacher.template_sha`); `+chat_demos`: ICL demos as chat "
+    lines = [("As the rows record them (`teacher.template`, `teacher.template_sha`); `+chat_demos`: demos as past chat "
               "turns rendered by that template."), "",
              "| style | template | sha256 | prompts |", "|---|---|---|---|"]
     for style, entries in used.items():
