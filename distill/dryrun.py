@@ -1,5 +1,9 @@
 """``eakd generate CONFIG --dry-run``: what a generation run would send and cost, without a teacher call.
 
+The seeds are the seed file's (``generate.seeds``) or the task file's inputs and held-out items
+(``generate.tasks``); a task that asks for synthesized inputs is an error, since only the teacher can say
+what they will be.
+
 Renders every request exactly as the run would (same templates, demos, sampling, cache keys), looks
 each key up in the response cache (read-only; a missing cache file is not created), and counts:
 
@@ -28,10 +32,9 @@ from pathlib import Path
 from distill.cache import ResponseCache, default_cache_path
 from distill.config import ConfigError
 from distill.context import check_context
-from distill.dataset import GenerateConfig, build_requests
+from distill.dataset import GenerateConfig, build_requests, load_generate_seeds
 from distill.models import BUNDLED_ALIAS, bundled_teacher_dir, load_tokenizer
 from distill.schedule import chat_token_count
-from distill.seeds import load_seeds
 from distill.teacher import TeacherConfig, TeacherRequest
 from prompts import TemplateError
 
@@ -121,7 +124,7 @@ def _judge_bounds(cfg: GenerateConfig, live: list, boot: dict | None, count) -> 
 
 def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style: int = 3) -> DryRun:
     """Render every request of ``cfg`` and estimate tokens and cost; the teacher is not called."""
-    seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
+    seeds = load_generate_seeds(cfg)  # a seed file's, or a task file's inputs and held-out items
     try:
         plans, _templates = build_requests(seeds, cfg, teacher_cfg.model_id(), [])
     except TemplateError as exc:
@@ -129,7 +132,7 @@ def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style:
     live: list[tuple[dict, TeacherRequest]] = [(p, p["request"]) for p in plans if "request" in p]
     count, counter = _token_counter(teacher_cfg)
     if not counter.startswith("estimate"):  # the run's own context check, with the tokenizer found on disk
-        check_context(plans, cfg.seeds, teacher_cfg, count)
+        check_context(plans, cfg.seeds or cfg.tasks, teacher_cfg, count)
 
     cached: dict[str, dict] = {}
     cache_path = Path(teacher_cfg.cache_path) if teacher_cfg.cache_path else default_cache_path()

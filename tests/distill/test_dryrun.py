@@ -123,3 +123,58 @@ def test_dry_run_shows_the_student_prompt_when_demos_are_erased(seeds_file, tmp_
     assert "Example 1:" in head and student_prompt in tail.split("-- example 2")[0]
     assert "student prompt" not in text.split("== instruct")[1]
     assert erased.to_dict()["styles"]["icl"]["student_examples"][0] == icl.student_examples[0]  # --json has it too
+
+
+TICKETS = {"name": "ticket_team", "instruction": "Which team should handle this ticket? Answer with the team's name only.",
+           "examples": [{"input": "I was charged twice this month.", "output": "billing"},
+                        {"input": "My parcel never arrived.", "output": "shipping"},
+                        {"input": "The app crashes on start.", "output": "technical"}],
+           "inputs": ["My card was declined.", "The tracking number does not work."],
+           "held_out": [{"input": "I was billed for a plan I never chose.", "output": "billing"}]}
+
+
+def _task_config(tmp_path, **task):
+    import yaml
+
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(yaml.safe_dump({"tasks": [TICKETS | task]}))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "teacher": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",  # nothing listens
+                    "cache_path": str(tmp_path / "cache.sqlite")},
+        "generate": {"tasks": str(tasks), "styles": ["icl"], "num_demos": 2, "demo_format": "chat", "erase_demos": True},
+        "run": {"stages": ["generate"]}}))
+    return config
+
+
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, ["generate", *map(str, args)], env={"COLUMNS": "200"})
+
+
+def test_dry_run_of_a_task_file_prints_its_prompts(tmp_path):
+    """A config with generate.tasks (no generate.seeds): the inputs and held-out items are the seeds."""
+    config = _task_config(tmp_path)
+    result = _invoke(config, "--dry-run")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "dry run: 3 requests from 3 seeds; 0 already answered in the cache, 3 to send" in out
+    assert "== icl: 3 requests" in out
+    # each input and the held-out item, after its demos (the task's examples) as chat turns
+    for text in ("My card was declined.", "The tracking number does not work.", "I was billed for a plan I never chose."):
+        assert f"name only.\n\n{text}\n-- example" in out
+    assert "[assistant] billing" in out
+    assert "student prompt (what the student trains on; generate.erase_demos removed the demos)" in out
+    assert not (tmp_path / "cache.sqlite").exists()
+
+
+def test_dry_run_of_a_task_that_synthesizes_inputs_is_a_clear_error(tmp_path):
+    """Only the teacher can say what synthesized inputs are: the dry run says so, exit 2, no traceback."""
+    config = _task_config(tmp_path, synthesize=4)
+    result = _invoke(config, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert "task 'ticket_team': synthesize: 4 decides its inputs with the teacher" in result.output
+    assert "set synthesize: 0" in result.output and "Traceback" not in result.output
