@@ -3,6 +3,8 @@
 The card describes what happened, read off the rows the generate stage made (merged rows of earlier
 versions included), not what the config asked for:
 
+- seeds: the seed file, split by a hash of the seed id, or the task file, whose inputs are the train split
+  and held-out items the validation split;
 - templates: the name and sha256 of the template that rendered each style's prompts, as the rows record
   them (``teacher.template``: ``instruct+chat_demos`` when ``demo_format: chat`` rendered ICL through the
   instruct template; a user ``.jinja`` by its path);
@@ -162,6 +164,20 @@ def _demo_lines(cfg: GenerateConfig, templates: dict[str, Template], stats: dict
     return lines
 
 
+def _seed_line(cfg: GenerateConfig, stats: dict) -> str:
+    """Where the seeds came from and how they were split: a seed file by a hash of the seed id, a task file by
+    what each item is (its inputs train, its held-out items validation)."""
+    if cfg.tasks is None:
+        return (f"- seeds: {stats['seeds']} from `{cfg.seeds}` (format `{cfg.seed_format}`), "
+                f"{stats['seeds_train']} train / {stats['seeds_validation']} validation, split by seed id")
+    synth = sum(t.get("kept", 0) for t in ((stats.get("synthesis") or {}).get("tasks") or {}).values())
+    train, val = stats["seeds_train"], stats["seeds_validation"]
+    return (f"- seeds: {stats['seeds']} from the task file `{cfg.tasks}`: the {train} input{'s' * (train != 1)} the "
+            "teacher labelled" + (f" ({synth} of them written by the teacher, `synthesize`)" if synth else "")
+            + f" {'are' if train != 1 else 'is'} the train split, the {val} held-out item{'s' * (val != 1)} (labelled, "
+            "for evaluation only) the validation split")
+
+
 def _accuracy_lines(stats: dict) -> list[str]:
     acc = stats.get("label_accuracy")
     if not acc or not acc["per_style"]:
@@ -194,8 +210,7 @@ def render_card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict
         "## Templates", "",
         *_template_lines(templates, stats), "",
         "## Seeds and demonstrations", "",
-        (f"- seeds: {stats['seeds']} from `{cfg.seeds}` (format `{cfg.seed_format}`), "
-         f"{stats['seeds_train']} train / {stats['seeds_validation']} validation, split by seed id"),
+        _seed_line(cfg, stats),
         *_demo_lines(cfg, templates, stats),
         ("- CoT answers: structured JSON `{rationale, answer}` (`generate.structured_cot`), no answer parsing"
          if cfg.structured_cot else f"- answer extraction: patterns `{list(cfg.extraction.patterns)}`"), "",

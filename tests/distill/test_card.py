@@ -147,3 +147,40 @@ def test_label_accuracy_and_provenance_on_hand_made_rows():
     assert prov["demos"] == {"icl": {"own": 1, "selected": 1, "none": 0}}
     assert prov["templates"]["instruct"] == [{"name": "instruct", "sha256": "s", "prompts": 1}]  # prompts, not samples
     assert prov["erased"] == {"icl": 1} and prov["demo_format"] == {"text": 2, "chat": 0}
+
+
+def test_card_of_a_task_file_dataset_names_the_file_and_its_split(tmp_path, teacher):
+    """Seeds from a task file: the card names the file, and says the held-out items are the validation split
+    and the inputs the train split (no seed file, no split by seed id)."""
+    from distill.dataset import load_generate_seeds
+
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(json.dumps({"tasks": [{
+        "name": "capital", "instruction": "Name the capital.",
+        "examples": [{"input": "France", "output": "Paris"}, {"input": "Japan", "output": "Tokyo"}],
+        "inputs": ["Italy", "Spain", "Peru"], "held_out": [{"input": "Chile", "output": "Santiago"}]}]}))
+    cfg = GenerateConfig(tasks=str(tasks), styles=["icl"], num_demos=2, demo_format="chat", erase_demos=True)
+    plans, _ = build_requests(load_generate_seeds(cfg), cfg, teacher.model_id())
+    cache = ResponseCache(teacher.cache_path)
+    cache.put_many([(p["request"].key(), {"key": p["request"].key(), "prompt_tokens": 20, "completion_tokens": 2,
+                                          "choices": [{"text": "Santiago", "finish_reason": "stop"}]}) for p in plans])
+    cache.close()
+    path = generate_dataset(cfg, teacher, tmp_path / "ds")
+    stats = json.loads((path / "stats.json").read_text())
+    card = (path / "README.md").read_text()
+    assert stats["teacher"]["sent"] == 0 and stats["seeds_train"] == 3 and stats["seeds_validation"] == 1
+    assert "`None`" not in card and "split by seed id" not in card
+    assert (f"- seeds: 4 from the task file `{tasks}`: the 3 inputs the teacher labelled are the train split, the 1 "
+            "held-out item (labelled, for evaluation only) the validation split") in card
+
+
+def test_seed_line_counts_synthesized_inputs(tmp_path):
+    from distill.card import _seed_line
+
+    (tmp_path / "t.yaml").write_text("")
+    cfg = GenerateConfig(tasks=str(tmp_path / "t.yaml"))
+    stats = {"seeds": 7, "seeds_train": 6, "seeds_validation": 1,
+             "synthesis": {"tasks": {"a": {"kept": 2}, "b": {"kept": 1, "short_by": 1}}}}
+    assert _seed_line(cfg, stats) == (f"- seeds: 7 from the task file `{tmp_path / 't.yaml'}`: the 6 inputs the teacher "
+                                      "labelled (3 of them written by the teacher, `synthesize`) are the train split, the 1 "
+                                      "held-out item (labelled, for evaluation only) the validation split")
