@@ -64,8 +64,10 @@ def build_prompts(cfg: ProbesConfig, exclude: set[str] = frozenset()) -> list[Pr
     return prompts
 
 
-def _budget(p: ProbePrompt, cfg: ProbesConfig) -> int:
-    return cfg.cot_max_new_tokens if p.mode == "cot" else cfg.if_max_new_tokens if p.mode == "if" else cfg.max_new_tokens
+def token_budget(p: ProbePrompt, cfg: ProbesConfig) -> int:
+    """New tokens for ``p``: CoT answers (0- or k-shot) need room for their steps, IF responses for their text."""
+    return (cfg.cot_max_new_tokens if p.mode in ("cot", "cot_k_shot") else cfg.if_max_new_tokens if p.mode == "if"
+            else cfg.max_new_tokens)
 
 
 def answer_with_teacher(prompts: list[ProbePrompt], cfg: ProbesConfig, teacher_cfg: Any) -> list[str]:
@@ -73,7 +75,7 @@ def answer_with_teacher(prompts: list[ProbePrompt], cfg: ProbesConfig, teacher_c
     from distill.teacher import TeacherRequest, query_teacher
 
     reqs = [TeacherRequest(messages=p.messages, model=teacher_cfg.model_id(), style=p.ability,
-                           template=f"probe:{p.mode}", template_sha="", temperature=0.0, max_tokens=_budget(p, cfg),
+                           template=f"probe:{p.mode}", template_sha="", temperature=0.0, max_tokens=token_budget(p, cfg),
                            seed=0, stop=["\n"] if p.first_line else []) for p in prompts]
     responses = query_teacher(reqs, teacher_cfg)
     return [r.choices[0].text if r.error is None and r.choices else "" for r in responses]
@@ -85,8 +87,8 @@ def answer_with_model(model: Any, tokenizer: Any, prompts: list[ProbePrompt], cf
     from distill.evaluate import generate_greedy
 
     texts = [""] * len(prompts)
-    for budget in sorted({_budget(p, cfg) for p in prompts}):
-        idx = [i for i, p in enumerate(prompts) if _budget(p, cfg) == budget]
+    for budget in sorted({token_budget(p, cfg) for p in prompts}):
+        idx = [i for i, p in enumerate(prompts) if token_budget(p, cfg) == budget]
         out, _ = generate_greedy(model, tokenizer, [prompts[i].messages for i in idx], budget, batch_size,
                                  autocast_dtype, [prompts[i].first_line for i in idx])
         for i, t in zip(idx, out):

@@ -177,6 +177,17 @@ def test_probes_config_names_unknown_or_wrong_kind_families():
         ProbesConfig(icl_tasks=["sum3"])
 
 
+def test_every_prompt_that_is_not_graded_on_its_first_line_gets_a_long_budget():
+    """A CoT answer cut at the short first-line budget would lose its 'The answer is ...' line."""
+    from distill.probes.run import token_budget
+
+    cfg = ProbesConfig(icl_tasks=["larger"], controls=["continent"], cot_tasks=["sum3"], if_items=2, per_task=2,
+                       pool_per_task=2, shots=1, max_new_tokens=7, cot_max_new_tokens=99, if_max_new_tokens=55)
+    budgets = {(p.mode, p.first_line, token_budget(p, cfg)) for p in build_prompts(cfg)}
+    assert {b for m, first, b in budgets if first} == {7}
+    assert {(m, b) for m, first, b in budgets if not first} == {("cot", 99), ("cot_k_shot", 99), ("if", 55)}
+
+
 def test_build_prompts_skips_training_inputs():
     cfg = ProbesConfig(icl_tasks=["larger"], controls=[], cot_tasks=[], if_items=0, per_task=4, pool_per_task=4)
     first = build_prompts(cfg)
