@@ -60,8 +60,10 @@ from distill.seeds import Seed, SeedFormat, load_seeds
 from distill.selfinstruct import BootstrapConfig, bootstrap_instructions
 from distill.structured import cot_schema
 from distill.synth import SynthesisConfig, synthesize_inputs
+from distill.replay import ReplayConfig, replay_seeds
 from distill.tasks import TaskFile, load_tasks, task_seeds
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
+from distill.templates import resolve_templates
 from prompts import Template, TemplateError, load_template, render_messages
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,9 @@ class GenerateConfig(StageConfig):
     bootstrap: BootstrapConfig | None = Field(None, description="IF: grow the instruction pool Self-Instruct style first")
     validation_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of seeds held out (split by seed id)")
     sampling: SamplingConfig = SamplingConfig()
+    replay: ReplayConfig | None = Field(None, description="general instructions the teacher answers zero-shot, mixed "
+                                                          "into the train split (distill/replay.py): against a narrowly "
+                                                          "trained student's negative transfer")
     sampling_per_style: dict[Style, SamplingConfig] = Field(
         default_factory=dict, description="replaces `sampling` for one style, e.g. {cot: {max_tokens: 160}} beside icl "
                                           "answers cut at their first line ({stop: ['\\n']})")
@@ -258,11 +263,10 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
     """Render every (seed, style) prompt, plus the instruct prompt of each ``bootstrapped`` instruction
     (they have no gold answer, so no ICL/CoT; they are never demos). Returns plans (request +
     bookkeeping, ``origin``) and the templates used. ``targets``: only these seed ids get prompts (an
-    incremental run); demos are still drawn from every seed."""
-    default = {"cot": "cot_json" if cfg.structured_cot else "cot_fewshot" if cfg.cot_shots else "cot"}
-    templates = {style: load_template(cfg.templates.get(style, default.get(style, style))) for style in cfg.styles}
-    if (cfg.erase_demos or cfg.demo_format == "chat" and "icl" in templates) and "instruct" not in templates:
-        templates["instruct"] = load_template(cfg.templates.get("instruct", "instruct"))
+    incremental run); demos are still drawn from every seed. The templates, by role, are
+    :func:`distill.templates.resolve_templates`' (the ones the stage key hashes): ICL through ``icl``, or through
+    ``instruct`` with chat demos; the erased prompts through ``instruct`` (ICL) and ``cot_zero_shot`` (CoT)."""
+    templates = resolve_templates(cfg)
     plans = []
     indexes: dict[tuple[str | None, bool], BM25Index] = {}  # one BM25 index per candidate pool, not per target
 
@@ -277,8 +281,9 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
         return select_demos(seed, seeds, k, cfg.demo_seed, cfg.demo_method, cfg.demo_same_task,
                             cfg.demo_budget_tokens, rationale=rationale, index=index)
 
-    work = [(seed, style, seed.origin) for seed in seeds for style in cfg.styles
-            if (targets is None or seed.id in targets) and seed.style in (None, style)]  # a task's seeds: its style only
+    # a seed with its own style (a task's, replay's instruct) is asked in that style only
+    work = [(seed, style, seed.origin) for seed in seeds for style in (cfg.styles if seed.style is None else [seed.style])
+            if targets is None or seed.id in targets]
     work += [(seed, "instruct", f"bootstrap:{seed.id}") for seed in bootstrapped]
     for seed, style, origin in work:
         demos = []
@@ -293,13 +298,14 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
         if style == "icl" and not demos or style == "cot" and cfg.cot_shots and not demos:
             plans.append({"seed": seed, "style": style, "skip": "no_demos", "origin": origin})
             continue
-        tmpl = templates[style]
         if style == "icl" and cfg.demo_format == "chat":
             tmpl = templates["instruct"]
             messages = chat_demo_messages(tmpl, seed, [d for _, d in demos])
         elif own_cot:  # worked examples as chat turns: the question in the cot template, then rationale + answer
+            tmpl = templates["cot"]
             messages = chat_demo_messages(tmpl, seed, [cot_demo_turn(d) for _, d in demos])
         else:
+            tmpl = templates[style]
             messages = render_messages(tmpl, _template_vars(seed, [d for _, d in demos]))
         req = TeacherRequest(
             messages=messages, model=model_id, style=style,
@@ -313,7 +319,7 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
         if style == "icl" and cfg.erase_demos:
             student_prompt = render_messages(templates["instruct"], _template_vars(seed, []))
         if style == "cot" and cfg.erase_demos and demos:
-            student_prompt = render_messages(load_template(cfg.templates.get("cot", "cot")), _template_vars(seed, []))
+            student_prompt = render_messages(templates["cot_zero_shot"], _template_vars(seed, []))
         plans.append({"seed": seed, "style": style, "request": req, "demo_ids": [i for i, _ in demos],
                       "student_prompt": student_prompt, "origin": origin})
     return plans, templates
@@ -337,8 +343,10 @@ def load_generate_seeds(cfg: GenerateConfig) -> list[Seed]:
     held-out items with their demos (ConfigError when a task asks for synthesized inputs: only the
     teacher can say what they are)."""
     if cfg.tasks is not None:
-        return task_seeds(check_task_styles(load_tasks(cfg.tasks), cfg), None, cfg.num_demos, cfg.demo_seed)
-    return load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
+        seeds = task_seeds(check_task_styles(load_tasks(cfg.tasks), cfg), None, cfg.num_demos, cfg.demo_seed)
+    else:
+        seeds = load_seeds(cfg.seeds, cfg.limit, cfg.seed_format)
+    return seeds + (replay_seeds(cfg.replay) if cfg.replay is not None else [])
 
 
 def plan_requests(cfg: GenerateConfig, teacher_cfg: TeacherConfig,
@@ -592,6 +600,8 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         seeds = task_seeds(tasks, synth.inputs, cfg.num_demos, cfg.demo_seed)
         extra_rows += [_blank_row(r["id"], "synth", r["removed_reason"], r["origin"], instruction=r["text"]) for r in synth.removed]
         synth_stats = synth.stats(cfg.synthesis) if synth.per_task else None
+    if cfg.replay is not None:  # general instructions beside the tasks: keeps the student reading the instruction
+        seeds += replay_seeds(cfg.replay)
     if previous is not None:
         targets = {s.id for s in seeds} - previous.seed_ids
         log.info("incremental: %d of %d seeds are new since %s", len(targets), len(seeds), previous.path)

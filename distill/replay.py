@@ -1,0 +1,106 @@
+"""Replay: general instructions the teacher answers zero-shot, mixed into a task dataset's train split.
+
+A student trained only on a few narrow tasks learns their answer format as a habit: measured on the demo
+(``docs/abilities.md``), a 24-layer student trained on six one-word-label tasks answered "good", "animal" or
+a single letter to every question, and its 0-shot accuracy on control tasks it was never trained on fell from
+81 % (its base) to 0 %. Rehearsal — training on the teacher's own answers to general requests beside the
+task rows (as in continual-learning replay, Robins 1995; and the general-data mixing of Distilling
+step-by-step and MiniLLM's pre-training loss) — keeps the student reading the instruction.
+
+Instructions come from a built-in generator (templates x fillers written here, no hub data; disjoint from the
+IF probe's writing tasks in :mod:`distill.probes.ifsuite`) or a user file (JSONL rows with ``instruction`` and
+optional ``input``, or a text file with one instruction per line). They become ``instruct``-style seeds
+(``origin: replay``, train split, no gold): the teacher answers them with the instruct template, and the
+student learns its answers.
+
+Run: ``generate.replay: {n: 48}`` in a config with ``generate.tasks`` (or seeds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from pydantic import Field
+
+from distill.config import ConfigError, StageConfig
+from distill.seeds import Seed
+
+_TEMPLATES = [
+    "What is {noun} used for? Answer in one sentence.",
+    "Name one thing that is {colour}.",
+    "Describe {noun} to a child in two sentences.",
+    "Give a synonym of the word '{adjective}'.",
+    "What is the opposite of '{adjective}'?",
+    "Write a short question someone might ask about {noun}.",
+    "Explain why people like {activity}.",
+    "List three words related to {noun}.",
+    "Is {noun} usually found indoors or outdoors? Explain briefly.",
+    "Write one friendly sentence inviting a friend to go {activity}.",
+    "What season is best for {activity}, and why?",
+    "Complete the sentence: A good {noun} should be",
+    "Translate the idea 'I am {adjective}' into a more formal sentence.",
+    "Give a one-line definition of '{adjective}'.",
+    "How many legs does a {creature} have?",
+    "What sound does a {creature} make?",
+]
+_FILL = {
+    "noun": ["an umbrella", "a ladder", "a compass", "a blanket", "a kettle", "a microscope", "a backpack",
+             "a calendar", "a candle", "a hammer", "a bridge", "a river", "a window", "a clock", "a pillow"],
+    "colour": ["red", "blue", "green", "yellow", "white", "black", "orange", "purple"],
+    "adjective": ["happy", "quick", "quiet", "brave", "tiny", "bright", "tired", "careful", "honest", "cold"],
+    "activity": ["hiking", "swimming", "painting", "gardening", "cycling", "reading", "baking", "camping"],
+    "creature": ["spider", "bird", "dog", "ant", "horse", "octopus", "chicken", "cat"],
+}
+
+
+class ReplayConfig(StageConfig):
+    n: int = Field(48, ge=1, le=100_000, description="general instructions the teacher answers zero-shot, mixed into "
+                                                     "the train split (keeps a narrowly trained student reading the "
+                                                     "instruction; docs/abilities.md)")
+    file: str | None = Field(None, description="your own instructions: JSONL {instruction, input?} or one per line of "
+                                               "a text file (default: the built-in generator)")
+    seed: int = Field(0, description="seeds the built-in generator")
+
+
+def _generated(n: int, seed: int) -> list[str]:
+    rng = random.Random(f"replay:{seed}")
+    out: dict[str, None] = {}
+    for _ in range(100 * n):
+        template = rng.choice(_TEMPLATES)
+        text = template.format(**{k: rng.choice(v) for k, v in _FILL.items() if "{" + k + "}" in template})
+        out.setdefault(text)
+        if len(out) == n:
+            break
+    return list(out)
+
+
+def _from_file(path: str) -> list[tuple[str, str]]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"generate.replay.file: {p} not found (JSONL rows with 'instruction', or a text file with "
+                          "one instruction per line)")
+    rows = []
+    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if p.suffix != ".jsonl":
+            rows.append((line.strip(), ""))
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not str(row.get("instruction") or "").strip():
+            raise ConfigError(f"{p}:{lineno}: a replay row needs a non-empty 'instruction'")
+        rows.append((str(row["instruction"]).strip(), str(row.get("input") or "").strip()))
+    return rows
+
+
+def replay_seeds(cfg: ReplayConfig) -> list[Seed]:
+    """``cfg.n`` general instructions (the file's first n, else generated) as instruct seeds for the train split."""
+    pairs = _from_file(cfg.file)[: cfg.n] if cfg.file else [(x, "") for x in _generated(cfg.n, cfg.seed)]
+    return [Seed(id=f"replay/{hashlib.sha256(f'{i}|{x}'.encode()).hexdigest()[:10]}", instruction=i, input=x,
+                 task="replay", origin="replay", split="train", style="instruct") for i, x in pairs]
