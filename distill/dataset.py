@@ -185,7 +185,7 @@ class GenerateConfig(StageConfig):
             for name, why in owned.items():
                 if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default:
                     raise ValueError(f"generate.{name} does not apply to generate.tasks ({why}); remove it")
-        elif "synthesis" in self.model_fields_set:
+        elif "synthesis" in self.model_fields_set and self.synthesis != SynthesisConfig():  # a dumped config's default: fine
             raise ValueError("generate.synthesis writes inputs for a task file's tasks; set generate.tasks or remove it")
         if self.self_consistency.enabled and self.sampling.n < 2:
             raise ValueError("self_consistency.enabled needs sampling.n >= 2 (and temperature > 0) to have samples to vote over")
