@@ -112,8 +112,8 @@ def label_accuracy(rows: list[dict], task_of: dict[str, str] | None = None) -> d
 
 def _template_lines(templates: dict[str, Template], stats: dict) -> list[str]:
     used = (stats.get("provenance") or {}).get("templates")
-    if not used:  # nothing answered (or stats from before provenance): the configured templates
-        return ["| style | template | sha256 |", "|---|---|---|",
+    if not used:  # nothing answered (or stats from before provenance): every template the run rendered, by role
+        return ["| role | template | sha256 |", "|---|---|---|",
                 *[f"| {s} | `{t.name}` | `{t.sha256}` |" for s, t in templates.items()]]
     lines = [("As the rows record them (`teacher.template`, `teacher.template_sha`); `+chat_demos`: demos as past chat "
               "turns rendered by that template."), "",
@@ -195,7 +195,8 @@ def _accuracy_lines(stats: dict) -> list[str]:
 def render_card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict[str, Template], stats: dict,
                 samples: list[dict]) -> str:
     """The dataset card: provenance from ``stats`` (its ``provenance`` and ``label_accuracy`` computed from the
-    rows), ``templates`` the configured ones (the erased prompts' instruct template), ``samples`` a few kept rows."""
+    rows), ``templates`` every template the run rendered, by role (:func:`distill.templates.resolve_templates`: the
+    erased prompts' instruct one among them), ``samples`` a few kept rows."""
     # imported here, not at the top: distill.dataset imports this module
     from distill.dataset import DATASET_FORMAT
 

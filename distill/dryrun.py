@@ -36,7 +36,7 @@ from distill.dataset import GenerateConfig, build_requests, load_generate_seeds
 from distill.models import BUNDLED_ALIAS, bundled_teacher_dir, load_tokenizer
 from distill.schedule import chat_token_count
 from distill.teacher import TeacherConfig, TeacherRequest
-from prompts import TemplateError
+from prompts import Template, TemplateError
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,11 @@ def _token_counter(teacher_cfg: TeacherConfig):
     return (lambda m: max(1, len(json.dumps(m, ensure_ascii=False)) // 4), "estimate: 4 characters per token")
 
 
-def _bootstrap_bounds(cfg: GenerateConfig, teacher_cfg: TeacherConfig, seeds, count) -> dict:
-    from distill.selfinstruct import _prompt_vars, template_name
-    from prompts import load_template, render_messages
+def _bootstrap_bounds(cfg: GenerateConfig, tmpl: Template, seeds, count) -> dict:
+    from distill.selfinstruct import _prompt_vars
+    from prompts import render_messages
 
     b = cfg.bootstrap
-    tmpl = load_template(template_name(b))
     first = [render_messages(tmpl, _prompt_vars(seeds, [], b, 0, j)) for j in range(b.prompts_per_round)]
     per_prompt = sum(count(m) for m in first) / max(1, len(first))
     prompts_max = b.max_rounds * b.prompts_per_round
@@ -108,13 +107,12 @@ def _bootstrap_bounds(cfg: GenerateConfig, teacher_cfg: TeacherConfig, seeds, co
             "example": first[0] if first else None}
 
 
-def _judge_bounds(cfg: GenerateConfig, live: list, boot: dict | None, count) -> dict:
+def _judge_bounds(cfg: GenerateConfig, tmpl: Template, live: list, boot: dict | None, count) -> dict:
     """Upper bounds of the judge's verdicts: one per generated row, each prompt at most the judge
     template + the row's prompt + a full-length response."""
-    from prompts import load_template, render_messages
+    from prompts import render_messages
 
     j = cfg.filters.judge
-    tmpl = load_template(j.template)
     rows = sum(r.n for _, r in live) + (boot["responses_max"] * cfg.sampling.n if boot else 0)
     per_row = [count(render_messages(tmpl, {"instruction": r.messages[-1]["content"], "response": ""})) + r.max_tokens
                for _, r in live[:50]]
@@ -126,7 +124,7 @@ def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style:
     """Render every request of ``cfg`` and estimate tokens and cost; the teacher is not called."""
     seeds = load_generate_seeds(cfg)  # a seed file's, or a task file's inputs and held-out items
     try:
-        plans, _templates = build_requests(seeds, cfg, teacher_cfg.model_id(), [])
+        plans, templates = build_requests(seeds, cfg, teacher_cfg.model_id(), [])  # templates: every role's
     except TemplateError as exc:
         raise ConfigError(f"generate.templates: {exc}") from None
     live: list[tuple[dict, TeacherRequest]] = [(p, p["request"]) for p in plans if "request" in p]
@@ -167,9 +165,12 @@ def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style:
         mean = sum(d.get("completion_tokens", 0) for d in cached.values()) / len(cached)
         expected = round(mean * len(seen))
 
-    boot = _bootstrap_bounds(cfg, teacher_cfg, seeds, count) if cfg.bootstrap is not None else None
     try:
-        judge = _judge_bounds(cfg, live, boot, count) if cfg.filters.judge is not None else None
+        boot = _bootstrap_bounds(cfg, templates["bootstrap"], seeds, count) if cfg.bootstrap is not None else None
+    except TemplateError as exc:
+        raise ConfigError(f"generate.bootstrap.template: {exc}") from None
+    try:
+        judge = _judge_bounds(cfg, templates["judge"], live, boot, count) if cfg.filters.judge is not None else None
     except TemplateError as exc:
         raise ConfigError(f"generate.filters.judge.template: {exc}") from None
     all_prompt = prompt + (boot["instruction_prompt_tokens_max"] if boot else 0) + (judge["prompt_tokens_max"] if judge else 0)

@@ -43,29 +43,25 @@ class PipelineConfig(StageConfig):
 
 def preflight(cfg: PipelineConfig) -> None:
     """Cheap checks of every input before any expensive work (or a Prefect run) starts."""
+    from distill.dataset import check_task_styles
     from distill.models import BUNDLED_ALIAS, check_model_dir
     from distill.seeds import load_seeds
     from distill.tasks import load_tasks
-    from prompts import TemplateError, load_template
+    from distill.templates import check_templates
 
     stages = cfg.run.stages
     if "generate" in stages:
+        tasks = None
         if cfg.generate.tasks is not None:
-            tasks = load_tasks(cfg.generate.tasks)
-            try:
-                load_template(cfg.generate.synthesis.template)
-            except TemplateError as exc:
-                raise ConfigError(f"generate.synthesis.template: {exc}") from None
+            tasks = check_task_styles(load_tasks(cfg.generate.tasks), cfg.generate)
             if cfg.run.shards > 1 and any(t.synthesize for t in tasks.tasks):
                 raise ConfigError("run.shards: input synthesis (a task with synthesize > 0) plans its requests round "
                                   "by round; set run.shards=1")
         else:
             load_seeds(cfg.generate.seeds)
-        for style in cfg.generate.styles:
-            try:
-                load_template(cfg.generate.templates.get(style, style))
-            except TemplateError as exc:
-                raise ConfigError(f"generate.templates.{style}: {exc}") from None
+        # every template the stage will render (styles, erased/chat demos, judge, bootstrap, synthesis) loads and
+        # renders, so a typo in one fails here, not after the teacher has answered everything before it
+        check_templates(cfg.generate, tasks)
         if cfg.teacher.backend == "vllm" and cfg.teacher.model != BUNDLED_ALIAS:
             check_model_dir(Path(cfg.teacher.model))
         if cfg.teacher.backend == "openai" and not cfg.teacher.base_url:

@@ -4,9 +4,10 @@ A stage's key is the sha256 of everything that decides its output, by content, n
 identity or file timestamps (curator's lesson: hash what is rendered, not the code that renders it):
 
 - ``generate``: the generate and teacher config sections, the seed file's bytes (every file of a seed
-  dataset folder) or the task file's, each template's source (its sha256: every style's, the instruct
-  one that renders erased or chat demos, and the input-synthesis one of a task file), the contamination
-  eval files' bytes, and eakd's code version;
+  dataset folder) or the task file's, the source (sha256) of every template the stage renders, by role
+  (:func:`distill.templates.resolve_templates`: each style's as it really renders, the instruct one behind
+  erased or chat demos, the zero-shot CoT one of erased worked examples, the judge, Self-Instruct and
+  input-synthesis ones), the contamination eval files' bytes, and eakd's code version;
 - ``train``: the train section, the generate key it consumes (or the dataset folder's files), and the
   student's weights (their bytes);
 - ``evaluate``: the evaluate section, the train key (or the evaluated model's bytes), the generate key
@@ -58,15 +59,11 @@ def _key(payload: dict) -> str:
 def generate_key(cfg, previous: str | None = None) -> str:
     """The generate stage's key for a :class:`~flows.config.PipelineConfig`; ``previous``: the digest of
     the dataset an incremental run appends to."""
-    from prompts import load_template
+    from distill.templates import resolve_templates
 
     g = cfg.generate
-    styles = list(g.styles)
-    if "icl" in styles and (g.erase_demos or g.demo_format == "chat") and "instruct" not in styles:
-        styles.append("instruct")  # it renders the student's erased prompt / the chat demos
-    templates = {s: load_template(g.templates.get(s, s)).sha256 for s in styles}
-    if g.tasks is not None:
-        templates["synth_inputs"] = load_template(g.synthesis.template).sha256
+    # every template the stage renders, as it renders it (distill.templates: one rule for the key and the run)
+    templates = {role: t.sha256 for role, t in resolve_templates(g).items()}
     evals = [digest_path(p) for p in g.filters.contamination.eval_paths] if g.filters.contamination else []
     return _key({"stage": "generate", "code": code_version(),
                  "generate": g.model_dump(mode="json", exclude={"seeds", "tasks"}),

@@ -171,9 +171,9 @@ def test_forced_splits_and_the_unchanged_hash_split():
 
 
 def test_task_rows_carry_origin_and_erased_zero_shot_prompts(tmp_path):
-    tf = load_tasks(_write(tmp_path, [_task()]))
-    seeds = task_seeds(tf, {"t": [TaskInput("t/synth-1-0", "made up input", "synth:t:1")]}, 2, 0)
-    cfg = GenerateConfig(tasks="x.yaml", styles=["icl"], num_demos=2, erase_demos=True, demo_format="chat")
+    path = _write(tmp_path, [_task()])
+    seeds = task_seeds(load_tasks(path), {"t": [TaskInput("t/synth-1-0", "made up input", "synth:t:1")]}, 2, 0)
+    cfg = GenerateConfig(tasks=str(path), styles=["icl"], num_demos=2, erase_demos=True, demo_format="chat")
     plans, _ = build_requests(seeds, cfg, "m")
     assert [p["origin"] for p in plans] == ["task:t", "task:t", "synth:t:1", "held_out:t"]
     for p, s in zip(plans, seeds):
