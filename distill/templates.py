@@ -47,7 +47,7 @@ def _rendered_styles(cfg: GenerateConfig, tasks: TaskFile | None) -> set[str]:
     task's seeds are prompted in its style only); plus instruct for bootstrapped instructions and for
     ``generate.replay``'s general instructions (seeds of their own instruct style)."""
     used = set(cfg.styles) if tasks is None else {t.style for t in tasks.tasks} & set(cfg.styles)
-    if cfg.bootstrap is not None or getattr(cfg, "replay", None) is not None:
+    if cfg.bootstrap is not None or cfg.replay is not None:
         used.add("instruct")
     return used
 

@@ -4,7 +4,7 @@ A stage's key is the sha256 of everything that decides its output, by content, n
 identity or file timestamps (curator's lesson: hash what is rendered, not the code that renders it):
 
 - ``generate``: the generate and teacher config sections, the seed file's bytes (every file of a seed
-  dataset folder) or the task file's, the source (sha256) of every template the stage renders, by role
+  dataset folder) or the task file's, a ``generate.replay`` file's, the source (sha256) of every template the stage renders, by role
   (:func:`distill.templates.resolve_templates`: each style's as it really renders, the instruct one behind
   erased or chat demos, the zero-shot CoT one of erased worked examples, the judge, Self-Instruct and
   input-synthesis ones), the contamination eval files' bytes, and eakd's code version;
@@ -70,6 +70,7 @@ def generate_key(cfg, previous: str | None = None) -> str:
                  "teacher": cfg.teacher.model_dump(mode="json"),
                  "seeds": digest_path(g.seeds) if g.seeds is not None else None,
                  "tasks": digest_path(g.tasks) if g.tasks is not None else None,
+                 "replay_file": digest_path(g.replay.file) if g.replay is not None and g.replay.file else None,
                  "templates": templates, "eval_files": evals, "previous": previous})
 
 

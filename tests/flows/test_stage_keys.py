@@ -58,6 +58,15 @@ def test_generate_key_covers_the_instruct_template_behind_erased_or_chat_demos(t
     assert generate_key(cfg()) != key
 
 
+def test_generate_key_follows_a_replay_files_content(tmp_path):
+    replay = tmp_path / "general.txt"
+    replay.write_text("Name a colour.\n")
+    cfg = _cfg(tmp_path, TASK | {"synthesize": 0}, replay={"file": str(replay)})
+    key = generate_key(cfg)
+    replay.write_text("Name a fruit.\n")
+    assert generate_key(cfg) != key
+
+
 def test_seed_file_configs_keep_their_key_inputs(tmp_path):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"id": "a", "instruction": "What is 1 plus 1?", "answer": "2"}\n')
@@ -119,6 +128,7 @@ TEMPLATE_CASES = {
     "task_file": ({"tasks": [TASK | {"synthesize": 0}], "styles": ["icl", "cot"]}, {"icl"}),
     "task_file_synthesis": ({"tasks": [TASK], "styles": ["icl"], "demo_format": "chat", "erase_demos": True,
                              "synthesis": {"template": "user/synth_inputs"}}, {"instruct", "user/synth_inputs"}),
+    "replay": ({"styles": ["icl"], "replay": {"n": 3}}, {"icl", "instruct"}),  # its instructions: instruct prompts
     "cot_task_erased": ({"tasks": [COT_TASK], "styles": ["icl", "cot"], "demo_format": "chat", "erase_demos": True,
                          "structured_cot": True}, {"cot_json", "cot"}),
 }
