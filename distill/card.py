@@ -192,6 +192,24 @@ def _accuracy_lines(stats: dict) -> list[str]:
     return lines
 
 
+def _sc_lines(cfg: GenerateConfig, sc: dict) -> list[str]:
+    """Self-consistency: each voting style's samples per prompt, the vote share, and accuracy before and after the vote.
+    Stats from before ICL could vote have no ``styles``: they were CoT's."""
+    styles = sc.get("styles") or ["cot"]
+    what = {"cot": "the extracted final answer", "icl": "the normalised first line", "instruct": "the normalised first line"}
+    samples = ", ".join(f"{st} x {cfg.sampling_per_style.get(st, cfg.sampling).n} samples ({what[st]} votes)" for st in styles)
+    lines = [f"## Self-consistency ({', '.join(styles)})", "",
+             f"- {sc['questions']} prompts: {samples}; keep = `{cfg.self_consistency.keep}`"]
+    for name, f in ([("all", sc)] if len(styles) < 2 else [("all", sc), *sc["per_style"].items()]):
+        at = "" if name == "all" else f"{name}: "
+        lines += [(f"- {at}mean vote share {f['mean_vote_share']}; accuracy of the first sample {f['first_sample_accuracy']}, "
+                   f"of all samples {f['all_samples_accuracy']}, of the voted answer {f['voted_accuracy']}"),
+                  f"- {at}samples reaching the voted answer: {f.get('voted_rows')}, correct share {f.get('voted_rows_correct_share')}",
+                  (f"- {at}kept samples: {f['kept_rows']}, correct share {f['kept_correct_share']}, "
+                   f"covering {f['questions_covered']}/{f['questions_with_gold']} prompts with gold")]
+    return [*lines, ""]
+
+
 def render_card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict[str, Template], stats: dict,
                 samples: list[dict]) -> str:
     """The dataset card: provenance from ``stats`` (its ``provenance`` and ``label_accuracy`` computed from the
@@ -236,14 +254,7 @@ def render_card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict
           for st, d in stats["tokens"].items()], "",
     ]
     if stats.get("self_consistency"):
-        sc = stats["self_consistency"]
-        lines += ["## Self-consistency (CoT)", "",
-                  f"- {sc['questions']} questions x {cfg.sampling.n} samples; keep = `{cfg.self_consistency.keep}`",
-                  (f"- mean vote share {sc['mean_vote_share']}; accuracy of the first sample {sc['first_sample_accuracy']}, "
-                   f"of all samples {sc['all_samples_accuracy']}, of the voted answer {sc['voted_accuracy']}"),
-                  f"- rationales reaching the voted answer: {sc.get('voted_rows')}, correct share {sc.get('voted_rows_correct_share')}",
-                  (f"- kept rationales: {sc['kept_rows']}, correct share {sc['kept_correct_share']}, "
-                   f"covering {sc['questions_covered']}/{sc['questions_with_gold']} questions with gold"), ""]
+        lines += _sc_lines(cfg, stats["self_consistency"])
     if stats.get("contamination"):
         c = stats["contamination"]
         lines += ["## Contamination", "",

@@ -12,10 +12,12 @@ For each seed and each style, a shipped (or user) Jinja template renders the cha
   student on the prompt without them (context distillation).
 - **CoT** asks for reasoning and a marked final answer, zero-shot or with ``cot_shots`` worked
   examples (seeds with a ``rationale``, e.g. GSM8K's solutions). The output is split into
-  ``rationale`` and ``answer`` (:class:`~distill.answers.ExtractionConfig`). With ``sampling.n > 1``
-  and ``self_consistency.enabled``, the samples vote (:func:`~distill.answers.majority_vote`); the
-  vote share is recorded and only rationales reaching the voted — or, where the seed has one, the
-  gold — answer are kept.
+  ``rationale`` and ``answer`` (:class:`~distill.answers.ExtractionConfig`).
+- **Self-consistency** (``self_consistency.enabled``, ``sampling.n >= 2``, temperature > 0): the samples of
+  each prompt of ``self_consistency.styles`` (default cot) vote (:func:`~distill.answers.majority_vote`) on
+  their answer — CoT's extracted one, ICL's (few-shot labels) and instruct's normalised first line; the
+  vote share is recorded in every row and only samples reaching the voted — or, where the seed has one,
+  the gold — answer are kept.
 - **IF** sends the instruction alone. ``bootstrap`` first grows the instruction pool Self-Instruct
   style (:mod:`distill.selfinstruct`); the new instructions are answered like seed ones.
 
@@ -87,8 +89,13 @@ class SamplingConfig(StageConfig):
 
 
 class SelfConsistencyConfig(StageConfig):
-    enabled: bool = Field(False, description="CoT: majority vote over the sampling.n samples of each question")
-    keep: Literal["voted", "gold"] = Field("gold", description="keep rationales reaching the voted answer, or the gold one where the seed has it")
+    enabled: bool = Field(False, description="majority vote over the sampling.n samples of each prompt of `styles` "
+                                             "(needs n >= 2 and temperature > 0); the vote share goes into every row")
+    styles: list[Style] = Field(default_factory=lambda: ["cot"], min_length=1,
+                                description="the styles whose samples vote: cot on the extracted answer, icl (labels) and "
+                                            "instruct on the normalised first line (instruct only for short answers)")
+    keep: Literal["voted", "gold"] = Field("gold", description="keep the samples reaching the voted answer, or the gold "
+                                                               "one where the seed has it (else the voted one)")
 
 
 class LengthBounds(StageConfig):
@@ -187,10 +194,17 @@ class GenerateConfig(StageConfig):
                     raise ValueError(f"generate.{name} does not apply to generate.tasks ({why}); remove it")
         elif "synthesis" in self.model_fields_set and self.synthesis != SynthesisConfig():  # a dumped config's default: fine
             raise ValueError("generate.synthesis writes inputs for a task file's tasks; set generate.tasks or remove it")
-        if self.self_consistency.enabled and self.sampling.n < 2:
-            raise ValueError("self_consistency.enabled needs sampling.n >= 2 (and temperature > 0) to have samples to vote over")
-        if self.self_consistency.enabled and "cot" not in self.styles:
-            raise ValueError("self_consistency applies to the cot style; add cot to generate.styles")
+        sc = self.self_consistency
+        for style in sc.styles if sc.enabled else []:
+            if style not in self.styles:
+                raise ValueError(f"self_consistency.styles: {style} is not in generate.styles {self.styles}; add it there "
+                                 "or list only generated styles in self_consistency.styles")
+            s = self.sampling_per_style.get(style, self.sampling)
+            if s.n < 2 or s.temperature == 0:
+                where = f"sampling_per_style.{style}" if style in self.sampling_per_style else "sampling"
+                raise ValueError(f"self_consistency.enabled needs sampling.n >= 2 and temperature > 0 for the {style} "
+                                 f"samples to vote over (got n={s.n}, temperature={s.temperature}); set {where}.n and "
+                                 f"{where}.temperature, or remove {style} from self_consistency.styles")
         if self.bootstrap is not None and "instruct" not in self.styles:
             raise ValueError("bootstrap makes instructions for the instruct style; add instruct to generate.styles")
         return self
@@ -431,16 +445,18 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
             "teacher_token_ids": choice.token_ids,
             "removed_reason": reason,
         })
-    if style == "cot" and cfg.self_consistency.enabled and rows:
-        _vote(rows, seed, cfg.self_consistency.keep)
+    if cfg.self_consistency.enabled and style in cfg.self_consistency.styles and rows:
+        _vote(rows, seed, cfg.self_consistency.keep)  # cot: the extracted answers vote; icl/instruct: the first lines
     return rows
 
 
 def _vote(rows: list[dict], seed: Seed, keep: str) -> None:
-    """Self-consistency over one question's samples: record the vote, remove rationales off the kept answer.
+    """Self-consistency over one prompt's samples, any style: record the vote, remove samples off the kept answer.
 
-    Truncated and empty samples do not vote (their answer is unreliable) but count in the share's
-    denominator. ``keep="gold"`` keeps the samples matching the gold answer where the seed has one.
+    Each sample's ``answer`` votes (CoT: the extracted final answer; ICL / instruct: the first line), compared
+    normalised (:func:`~distill.answers.majority_vote`). Truncated and empty samples do not vote (their answer
+    is unreliable) but count in the share's denominator. ``keep="gold"`` keeps the samples matching the gold
+    answer where the seed has one (lenient rule), else those reaching the voted answer.
     """
     voters = [r["answer"] if r["removed_reason"] is None else None for r in rows]
     vote = majority_vote(voters)
@@ -505,12 +521,8 @@ def _token_counts(kept: list[dict]) -> dict:
     return out
 
 
-def _sc_stats(rows: list[dict]) -> dict:
-    """Self-consistency figures over the CoT rows: single-sample vs voted vs kept correctness."""
-    by_q: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["style"] == "cot" and r["quality"]["vote_share"] is not None:
-            by_q.setdefault(r["seed_id"], []).append(r)
+def _sc_figures(by_q: dict[tuple[str, str], list[dict]]) -> dict:
+    """Single-sample vs voted vs kept correctness over voting prompts (``by_q``: a prompt's samples)."""
     gold_q = {q: rs for q, rs in by_q.items() if rs[0]["gold"]}
     first = [rs[0]["quality"]["gold_match"] is True for rs in gold_q.values()]
     samples = [r["quality"]["gold_match"] is True for rs in gold_q.values() for r in rs]
@@ -532,6 +544,18 @@ def _sc_stats(rows: list[dict]) -> dict:
         "kept_correct_share": round(sum(r["quality"]["gold_match"] is True for r in kept) / len(kept), 4) if kept else None,
         "questions_covered": sum(any(r["removed_reason"] is None for r in rs) for rs in gold_q.values()),
     }
+
+
+def _sc_stats(rows: list[dict]) -> dict:
+    """Self-consistency figures over every voting prompt (a seed in one style: ICL labels and CoT answers of the
+    same seed are two votes), overall and ``per_style``."""
+    by_q: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r["quality"]["vote_share"] is not None:
+            by_q.setdefault((r["seed_id"], r["style"]), []).append(r)
+    styles = sorted({style for _, style in by_q})
+    return _sc_figures(by_q) | {"styles": styles, "per_style": {
+        st: _sc_figures({q: rs for q, rs in by_q.items() if q[1] == st}) for st in styles}}
 
 
 def _require_reachable(responses: list[TeacherResponse], teacher_cfg: TeacherConfig) -> None:

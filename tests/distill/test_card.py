@@ -184,3 +184,39 @@ def test_seed_line_counts_synthesized_inputs(tmp_path):
     assert _seed_line(cfg, stats) == (f"- seeds: 7 from the task file `{tmp_path / 't.yaml'}`: the 6 inputs the teacher "
                                       "labelled (3 of them written by the teacher, `synthesize`) are the train split, the 1 "
                                       "held-out item (labelled, for evaluation only) the validation split")
+
+
+def test_icl_labels_vote_and_the_card_reports_it(tmp_path, teacher):
+    """Few-shot labels of a task file's inputs with self-consistency: 4 samples per input vote on the first line;
+    the minority label goes to the removed split, the vote share rides in every row, and the card says so."""
+    from distill.dataset import load_generate_seeds
+
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(json.dumps({"tasks": [{
+        "name": "capital", "instruction": "Name the capital.",
+        "examples": [{"input": "France", "output": "Paris"}, {"input": "Japan", "output": "Tokyo"}],
+        "inputs": ["Italy", "Spain"], "held_out": [{"input": "Chile", "output": "Santiago"}]}]}))
+    cfg = GenerateConfig(tasks=str(tasks), styles=["icl"], num_demos=2, demo_format="chat", erase_demos=True,
+                         sampling={"n": 4, "temperature": 0.8}, self_consistency={"enabled": True, "styles": ["icl"]})
+    label = {"Italy": "Rome", "Spain": "Madrid", "Chile": "Santiago"}
+    plans, _ = build_requests(load_generate_seeds(cfg), cfg, teacher.model_id())
+    cache = ResponseCache(teacher.cache_path)
+    cache.put_many([(p["request"].key(), {"key": p["request"].key(), "prompt_tokens": 20, "completion_tokens": 2,
+                                          "choices": [{"text": t, "finish_reason": "stop"} for t in
+                                                      [label[p["seed"].input], "Lima", f"{label[p['seed'].input]}.\nIt is.",
+                                                       label[p["seed"].input].lower()]]}) for p in plans])
+    cache.close()
+    path = generate_dataset(cfg, teacher, tmp_path / "ds")
+    stats = json.loads((path / "stats.json").read_text())
+    dd = load_from_disk(str(path))
+    assert len(dd["train"]) == 6 and len(dd["validation"]) == 3 and len(dd["removed"]) == 3
+    # keep: gold: the held-out item (gold) drops the label off gold, the unlabelled inputs the one off the vote
+    assert sorted((r["seed_id"].split("/")[1].split("-")[0], r["removed_reason"].split(":")[0]) for r in dd["removed"]) == [
+        ("held_out", "gold_mismatch"), ("input", "sc_minority"), ("input", "sc_minority")]
+    assert {r["answer"] for r in dd["removed"]} == {"Lima"}
+    assert {r["quality"]["vote_share"] for s in dd for r in dd[s]} == {0.75}
+    sc = stats["self_consistency"]
+    assert sc["styles"] == ["icl"] and sc["questions"] == 3 and sc["questions_with_gold"] == 1 and sc["voted_accuracy"] == 1.0
+    card = (path / "README.md").read_text()
+    assert "## Self-consistency (icl)" in card
+    assert "- 3 prompts: icl x 4 samples (the normalised first line votes); keep = `gold`" in card

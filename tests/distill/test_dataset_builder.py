@@ -120,7 +120,7 @@ def test_build_requests_few_shot_cot_with_prompt_erasure():
 
 @pytest.mark.parametrize("data, needle", [
     ({"self_consistency": {"enabled": True}}, "needs sampling.n >= 2"),
-    ({"styles": ["icl"], "self_consistency": {"enabled": True}, "sampling": {"n": 4}}, "applies to the cot style"),
+    ({"styles": ["icl"], "self_consistency": {"enabled": True}, "sampling": {"n": 4}}, "cot is not in generate.styles"),
     ({"styles": ["cot"], "bootstrap": {}}, "add instruct to generate.styles"),
     ({"filters": {"contamination": {"eval_paths": ["x"], "n": 8, "min_n": 10}}}, "min_n (10) must be <= n (8)"),
     ({"demo_method": "nearest"}, "demo_method"),

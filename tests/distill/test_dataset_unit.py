@@ -85,3 +85,84 @@ def test_docs_generate_template_table_and_no_system_template_hold(repo_root, tmp
     assert all(m["role"] != "system" for p in plans if "request" in p for m in p["request"].messages)
     text, _ = build_requests(seeds, GenerateConfig(seeds="unused", styles=["icl"], num_demos=2), "M")
     assert text[0]["request"].template == "icl" and text[0]["request"].messages[0]["role"] == "system"
+
+
+# --- self-consistency for labels: icl / instruct samples vote on their first line (issue 22, section 2) ------
+import pytest  # noqa: E402
+
+from distill.dataset import _rows_for, _sc_stats  # noqa: E402
+from distill.teacher import Choice, TeacherResponse  # noqa: E402
+
+SC = {"sampling": {"n": 4, "temperature": 0.8}}
+
+
+def _voted_rows(style, texts, gold=None, keep="voted", sc_styles=("icl",), styles=("icl", "cot", "instruct")):
+    """The rows of one prompt of ``style`` whose samples answered ``texts``."""
+    seed = Seed(id="cap", instruction="Name the capital.", input="France", answer=gold, task="capital",
+                demos=[{"input": "Japan", "output": "Tokyo"}], rationale="Its capital.")
+    cfg = GenerateConfig(seeds="unused", styles=list(styles), num_demos=1, **SC,
+                         self_consistency={"enabled": True, "keep": keep, "styles": list(sc_styles)})
+    plans, _ = build_requests([seed], cfg, "m")
+    plan = next(p for p in plans if p["style"] == style)
+    resp = TeacherResponse(key="k", choices=[Choice(text=t, finish_reason="stop") for t in texts])
+    return _rows_for(plan, resp, cfg, "train")
+
+
+def test_icl_samples_vote_on_their_normalised_first_line():
+    rows = _voted_rows("icl", ["Paris\nIt is the largest city.", "paris.", "Lyon", "Paris"])
+    assert [r["answer"] for r in rows] == ["Paris", "paris.", "Lyon", "Paris"]  # the first line, as written
+    assert {r["quality"]["vote_share"] for r in rows} == {0.75} and {r["quality"]["voted_answer"] for r in rows} == {"Paris"}
+    assert [r["removed_reason"] is None for r in rows] == [True, True, False, True]
+    assert rows[2]["removed_reason"] == "sc_minority: answer 'Lyon', voted 'Paris' (3/4)"
+
+
+def test_icl_keep_gold_keeps_the_gold_labels_even_against_the_majority():
+    rows = _voted_rows("icl", ["Lyon", "Lyon", "Paris", "Lyon"], gold="Paris", keep="gold")
+    assert [r["removed_reason"] is None for r in rows] == [False, False, True, False]
+    assert rows[0]["removed_reason"] == "gold_mismatch: answer 'Lyon', gold 'Paris' (voted 'Lyon')"
+    assert rows[2]["quality"]["vote_share"] == 0.75 and rows[2]["quality"]["voted_answer"] == "Lyon"
+    # no gold (a task file's unlabelled input): keep: gold falls back to the vote
+    rows = _voted_rows("icl", ["Lyon", "Lyon", "Paris", "Lyon"], gold=None, keep="gold")
+    assert [r["removed_reason"] is None for r in rows] == [True, True, False, True]
+
+
+def test_truncated_and_empty_samples_do_not_vote_but_count_against_the_share():
+    rows = _voted_rows("icl", ["Paris", "", "Paris", "Lyon"])
+    assert rows[1]["removed_reason"] == "empty" and rows[0]["quality"]["vote_share"] == 0.5
+    assert [r["removed_reason"] for r in rows][3].startswith("sc_minority")
+
+
+def test_instruct_votes_only_when_listed_and_cot_by_default():
+    texts = ["Paris", "Paris", "Lyon", "Paris"]
+    assert {r["quality"]["vote_share"] for r in _voted_rows("instruct", texts)} == {None}  # not listed: no vote
+    voted = _voted_rows("instruct", texts, sc_styles=("icl", "instruct"))
+    assert voted[2]["removed_reason"].startswith("sc_minority") and voted[0]["quality"]["vote_share"] == 0.75
+    cot = ["So it is Paris.\nThe answer is Paris.", "The answer is Lyon.", "The answer is Paris.", "The answer is paris"]
+    assert {r["quality"]["vote_share"] for r in _voted_rows("cot", cot)} == {None}  # icl only: cot does not vote
+    default = GenerateConfig(seeds="unused", styles=["cot"], **SC, self_consistency={"enabled": True})
+    assert default.self_consistency.styles == ["cot"]  # as before: cot votes unless told otherwise
+    rows = _voted_rows("cot", cot, sc_styles=("cot",))
+    assert rows[0]["quality"]["voted_answer"] == "Paris" and rows[1]["removed_reason"].startswith("sc_minority")
+
+
+def test_sc_stats_count_each_voting_prompt_per_style():
+    icl = _voted_rows("icl", ["Paris", "Paris", "Lyon", "Paris"], gold="Paris", sc_styles=("icl", "instruct"))
+    instruct = _voted_rows("instruct", ["Lyon", "Lyon", "Paris", "Lyon"], gold="Paris", sc_styles=("icl", "instruct"))
+    stats = _sc_stats(icl + instruct)  # the same seed in two styles: two prompts, never one question of 8 samples
+    assert stats["questions"] == 2 and stats["styles"] == ["icl", "instruct"]
+    assert stats["per_style"]["icl"]["voted_accuracy"] == 1.0 and stats["per_style"]["instruct"]["voted_accuracy"] == 0.0
+    assert stats["per_style"]["icl"]["mean_vote_share"] == 0.75 and stats["voted_accuracy"] == 0.5
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"styles": ["icl"], "self_consistency": {"enabled": True, "styles": ["icl"]}, "sampling": {"n": 4}},
+     "needs sampling.n >= 2 and temperature > 0 for the icl samples to vote over (got n=4, temperature=0.0)"),
+    ({"styles": ["icl", "cot"], "self_consistency": {"enabled": True, "styles": ["icl", "cot"]}, **SC,
+      "sampling_per_style": {"icl": {"n": 1, "stop": ["\n"]}}}, "for the icl samples to vote over (got n=1"),
+    ({"styles": ["icl"], "self_consistency": {"enabled": True}, **SC},
+     "self_consistency.styles: cot is not in generate.styles ['icl']"),
+])
+def test_self_consistency_config_errors_name_the_style(data, needle):
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        GenerateConfig(seeds="s.jsonl", **data)
+    GenerateConfig(seeds="s.jsonl", styles=["icl"], self_consistency={"enabled": True, "styles": ["icl"]}, **SC)  # valid
