@@ -385,16 +385,21 @@ def dataset_extraction(dataset_dir: Path) -> tuple[ExtractionConfig, bool, str]:
 
 def _measure(path: Path, cfg: EvaluateConfig, text: str | None, text_skip: str | None, split: Any,
              task_rows: list[dict], extraction: ExtractionConfig, structured_cot: bool, device: str,
-             probe_prompts: list | None = None) -> dict[str, Any]:
+             probe_prompts: list | None = None, keep_layers: int | None = None) -> dict[str, Any]:
     """Every metric of one model; the task accuracy's per-row records under ``"per_row"``."""
     from distill.train import eval_rows
 
     t0 = time.perf_counter()
     tok = load_tokenizer(path)
     model = load_causal_lm(path, dtype="float32", device=device)
+    if keep_layers is not None:  # the student's start: its base depth-pruned as train.keep_layers prunes it
+        from distill.train import depth_prune
+
+        depth_prune(model, keep_layers)
     compute = resolve_dtype(cfg.dtype, device)
     autocast = torch.bfloat16 if compute == "bfloat16" else None
-    out: dict[str, Any] = {"model": str(path), "layers": getattr(model.config, "num_hidden_layers", None),
+    out: dict[str, Any] = {"model": str(path) + (f" pruned to {keep_layers} layers" if keep_layers else ""),
+                           "layers": getattr(model.config, "num_hidden_layers", None),
                            "parameters": count_parameters(model)["total"], "device": device, "dtype": compute}
     if text is None:
         out["perplexity"] = {"perplexity": None, "reason": text_skip}
@@ -463,7 +468,8 @@ def _abilities(cfg: EvaluateConfig, teacher: dict | None, results: dict[str, dic
     from distill.probes.score import ability_table
 
     get = lambda m: (m or {}).get("probes")  # noqa: E731
-    return ability_table(get(teacher), get(results.get("base")), get(results.get("student")), cfg.probes.tolerance)
+    return ability_table(get(teacher), get(results.get("base")), get(results.get("student")), cfg.probes.tolerance,
+                         start=get(results.get("start")))
 
 
 def _check_out_dir(out: Path) -> None:
@@ -476,9 +482,9 @@ def _check_out_dir(out: Path) -> None:
 def _readme(ev: dict[str, Any]) -> str:
     lines = ["# eakd evaluation", "", (f"Model `{ev['model']}` on `{ev['dataset']}` (validation split); "
                                        f"perplexity on {ev['eval_text_source']}; eakd {ev['eakd_version']}."), "",
-             "| metric | " + " | ".join(n for n in ("base", "student") if ev.get(n)) + " |",
-             "|---|" + "---|" * sum(bool(ev.get(n)) for n in ("base", "student"))]
-    models = [ev[n] for n in ("base", "student") if ev.get(n)]
+             "| metric | " + " | ".join(n for n in ("base", "start", "student") if ev.get(n)) + " |",
+             "|---|" + "---|" * sum(bool(ev.get(n)) for n in ("base", "start", "student"))]
+    models = [ev[n] for n in ("base", "start", "student") if ev.get(n)]
     for label, get in [("perplexity", lambda m: m["perplexity"]["perplexity"]),
                        ("validation loss", lambda m: m["validation"]["loss"]),
                        ("top-1 agreement with the teacher", lambda m: m["validation"]["top1_agreement"]),
@@ -518,14 +524,17 @@ def record_in_model_card(model_dir: str | Path, eval_dir: str | Path) -> Path:
 
 def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path, *,
                      base_model: str | Path | None = None, eval_text: str | None = None,
-                     eval_source: str | None = None, teacher_cfg: Any = None) -> Path:
+                     eval_source: str | None = None, teacher_cfg: Any = None,
+                     base_keep_layers: int | None = None) -> Path:
     """Measure ``model_dir`` (and ``base_model``, a folder or ``bundled``) on ``dataset_dir``'s validation split
     and the perplexity text; write ``out_dir/eval.json``, ``predictions.jsonl``, ``README.md`` and the config.
 
     ``eval_text`` is the perplexity text (``eval_source`` says where it came from); when None it is found by
     :func:`find_eval_text` from ``cfg.text_path`` and the dataset. The output appears whole or not at all.
     ``teacher_cfg`` (a :class:`distill.teacher.TeacherConfig`): with ``cfg.probes.teacher``, the teacher answers
-    the probes too, as the reference for the gap closed.
+    the probes too, as the reference for the gap closed. ``base_keep_layers`` (``train.keep_layers``): also measure
+    the student's start — the base depth-pruned as training pruned it — so a loss the pruning caused is not read
+    as negative transfer from training.
     """
     from datasets import load_from_disk
 
@@ -569,8 +578,10 @@ def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: st
         raise ConfigError("evaluate.device=cuda but no CUDA device is visible; use evaluate.device=cpu or auto")
 
     probe_prompts, teacher_probes = _probe_setup(cfg, dd, teacher_cfg)
-    results = {name: _measure(p, cfg, text, text_skip, val, task_rows, extraction, structured, device, probe_prompts)
-               for name, p in (("base", base_path), ("student", model_path)) if p is not None}
+    models = [("base", base_path, None), ("start", base_path if base_keep_layers else None, base_keep_layers),
+              ("student", model_path, None)]
+    results = {name: _measure(p, cfg, text, text_skip, val, task_rows, extraction, structured, device, probe_prompts, keep)
+               for name, p, keep in models if p is not None}
     predictions = [{"model": name} | r for name, m in results.items() for r in m["accuracy"].pop("per_row", [])]
     probe_rows = [{"model": name} | r for name, m in [("teacher", teacher_probes or {})] + list(results.items())
                   for r in m.pop("probe_records", [])]
@@ -581,7 +592,8 @@ def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: st
                                   "protocol": "full" if cfg.max_windows is None else "quick"},
           "extraction": extraction.model_dump(mode="json") | {"structured_cot": structured, "from": extraction_from},
           "rows": {"validation": val.num_rows, "task": len(task_rows)},
-          "config": cfg.model_dump(mode="json"), "base": results.get("base"), "student": results["student"],
+          "config": cfg.model_dump(mode="json"), "base": results.get("base"), "start": results.get("start"),
+          "student": results["student"],
           "teacher": teacher_probes, "abilities": _abilities(cfg, teacher_probes, results),
           "seconds": round(time.perf_counter() - t0, 2)}
     tmp = out.with_name(out.name + ".tmp")

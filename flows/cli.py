@@ -222,8 +222,9 @@ def evaluate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 
     cfg = _guard(lambda: _pipeline_cfg(config, overrides))
     base = cfg.train.student if cfg.evaluate.baseline else None
-    typer.echo(_guard(lambda: evaluate_student(cfg.evaluate, model, dataset, out, base_model=base, teacher_cfg=cfg.teacher),
-                      where=out))
+    keep = cfg.train.keep_layers if base is not None else None  # the student's start: the base pruned as train prunes it
+    typer.echo(_guard(lambda: evaluate_student(cfg.evaluate, model, dataset, out, base_model=base, teacher_cfg=cfg.teacher,
+                                               base_keep_layers=keep), where=out))
 
 
 @app.command()

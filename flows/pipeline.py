@@ -221,8 +221,9 @@ def evaluate_task(cfg_json: str, model_dir: str, base_model: str | None, dataset
 
     cfg = PipelineConfig.model_validate_json(cfg_json)
     # the perplexity text is found again inside (as for the key): passing it would store it with every task run
+    keep = cfg.train.keep_layers if base_model is not None else None  # the student's start: its base, pruned
     return str(Path(evaluate_student(cfg.evaluate, model_dir, dataset_dir, out_dir, base_model=base_model,
-                                     teacher_cfg=cfg.teacher)).resolve())
+                                     teacher_cfg=cfg.teacher, base_keep_layers=keep)).resolve())
 
 
 @task(name="compress", **_CACHED)

@@ -40,7 +40,7 @@ STYLE_NAMES = {"icl": "few-shot (icl)", "cot": "chain of thought (cot)", "instru
 def evaluation_rows(ev: dict) -> list[list[str]]:
     """The evaluation as table rows ``[metric, (base,) student]`` (base only when it was evaluated); shared by
     report.md, report.html and the flow's evaluate-summary artifact."""
-    models = [m for m in (ev.get("base"), ev.get("student")) if m]
+    models = [m for m in (ev.get("base"), ev.get("start"), ev.get("student")) if m]
 
     def acc(m: dict) -> dict:
         return m.get("accuracy") or {}
@@ -72,11 +72,17 @@ def ability_rows(ev: dict) -> list[list[str]]:
     """The headline table ``[ability, metric, teacher, base, student, gap closed]`` (negative transfer flagged);
     shared by report.md and report.html."""
     rows = []
+    with_start = bool(ev.get("start"))
     for r in ev.get("abilities") or []:
         fmt = (lambda x: "—" if x is None else f"{x * 100:+.1f} pts") if r["ability"] == "CoT gain" else _pct
-        rows.append([r["ability"], r["metric"], fmt(r["teacher"]), fmt(r["base"]),
+        rows.append([r["ability"], r["metric"], fmt(r["teacher"]), fmt(r["base"]), *([fmt(r.get("start"))] if with_start else []),
                      fmt(r["student"]) + (" ⚠ negative transfer" if r["negative_transfer"] else ""), _pct(r["gap_closed"])])
     return rows
+
+
+def ability_head(ev: dict) -> list[str]:
+    """The headline table's columns: the student's start (its base, pruned) only when it was measured."""
+    return ABILITY_HEAD[:4] + (["student's start (pruned base)"] if ev.get("start") else []) + ABILITY_HEAD[4:]
 
 
 def probe_task_rows(ev: dict) -> list[list[str]]:
@@ -84,7 +90,7 @@ def probe_task_rows(ev: dict) -> list[list[str]]:
     def get(m: dict | None, ability: str, mode: str, task: str, rule: str) -> float | None:
         return ((((m or {}).get("probes") or {}).get(ability) or {}).get(mode) or {}).get("per_task", {}).get(task, {}).get(rule)
 
-    t, b, s = ev.get("teacher"), ev.get("base"), ev.get("student")
+    t, b, st, s = ev.get("teacher"), ev.get("base"), ev.get("start"), ev.get("student")
     rows = []
     for ability, rule in (("icl", "strict"), ("control", "lenient")):
         tasks = dict.fromkeys(k for m in (t, b, s) for k in
@@ -92,8 +98,14 @@ def probe_task_rows(ev: dict) -> list[list[str]]:
         for task in tasks:
             rows.append([task + (" (control, lenient)" if ability == "control" else ""),
                          _pct(get(t, ability, "k_shot", task, rule)), _pct(get(t, ability, "zero_shot", task, rule)),
-                         _pct(get(b, ability, "zero_shot", task, rule)), _pct(get(s, ability, "zero_shot", task, rule))])
+                         _pct(get(b, ability, "zero_shot", task, rule)),
+                         *([_pct(get(st, ability, "zero_shot", task, rule))] if st else []),
+                         _pct(get(s, ability, "zero_shot", task, rule))])
     return rows
+
+
+def task_head(ev: dict) -> list[str]:
+    return TASK_HEAD[:4] + (["start 0-shot"] if ev.get("start") else []) + TASK_HEAD[4:]
 
 
 ABILITY_HEAD = ["ability", "metric", "teacher", "student's base", "student", "gap closed"]
@@ -130,9 +142,9 @@ def render_markdown(report: dict) -> str:
         lines += ["## Abilities", "", "Held-out probes (distill/probes/): items never trained on nor shown as demos; gap "
                   "closed = (student − base) / (teacher − base). Strict grading (normalised exact first line or 'The "
                   "answer is'); controls are tasks not trained on, graded lenient.", "",
-                  "| " + " | ".join(ABILITY_HEAD) + " |", "|" + "---|" * len(ABILITY_HEAD),
+                  "| " + " | ".join(ability_head(e)) + " |", "|" + "---|" * len(ability_head(e)),
                   *["| " + " | ".join(r) + " |" for r in ability_rows(e)], "",
-                  "| " + " | ".join(TASK_HEAD) + " |", "|" + "---|" * len(TASK_HEAD),
+                  "| " + " | ".join(task_head(e)) + " |", "|" + "---|" * len(task_head(e)),
                   *["| " + " | ".join(r) + " |" for r in probe_task_rows(e)], ""]
     lines += ["## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     for name, t in report.get("stages", {}).items():
@@ -174,7 +186,7 @@ def render_markdown(report: dict) -> str:
                          f"{a0['top1_agreement']:.1%} → {a1['top1_agreement']:.1%}"
                          + (f"; KL(teacher ‖ student) on top-k {a0['kl_topk']} → {a1['kl_topk']}" if a1["kl_topk"] is not None else ""))
     if e := report.get("evaluate"):
-        head = ["metric", *(["base"] if e.get("base") else []), "student"]
+        head = ["metric", *(["base"] if e.get("base") else []), *(["start (pruned base)"] if e.get("start") else []), "student"]
         student_acc = e["student"].get("accuracy") or {}
         lines += ["", "## Evaluate", "",
                   f"Perplexity on {e.get('eval_text_source')} ({e['perplexity_protocol']['protocol']} protocol, "

@@ -163,26 +163,29 @@ def plot_abilities(rows: list[dict]) -> str:
     """Grouped bars: teacher / base / student per ability (the headline table's numbers, in %)."""
     rows = [r for r in rows if r["ability"] in ("ICL", "CoT", "IF", "control")]
     fig, ax = _figure(6.4, 2.8)
-    width = 0.27
-    for j, (who, colour) in enumerate((("teacher", "#607d8b"), ("base", "#ffb300"), ("student", "#43a047"))):
-        xs = [i + (j - 1) * width for i in range(len(rows))]
-        ax.bar(xs, [100 * (r[who] or 0) for r in rows], width, color=colour, label="student's base" if who == "base" else who)
+    who = [("teacher", "#607d8b", "teacher"), ("base", "#ffb300", "student's base")]
+    who += [("start", "#e57373", "student's start")] if any(r.get("start") is not None for r in rows) else []
+    who += [("student", "#43a047", "student")]
+    width = 0.8 / len(who)
+    for j, (key, colour, label) in enumerate(who):
+        xs = [i + (j - (len(who) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(xs, [100 * (r.get(key) or 0) for r in rows], width, color=colour, label=label)
     ax.set_xticks(range(len(rows)), [r["ability"] for r in rows])
     ax.set_ylabel("score (%)")
     ax.set_ylim(0, 100)
     ax.set_title("abilities on held-out probes")
-    ax.legend(frameon=False, ncol=3, fontsize=8)
+    ax.legend(frameon=False, ncol=4, fontsize=8)
     return _svg(fig)
 
 
 def _abilities_section(ev: dict) -> str:
-    from flows.report import ABILITY_HEAD, TASK_HEAD, ability_rows, probe_task_rows
+    from flows.report import ability_head, ability_rows, probe_task_rows, task_head
 
     return ('<section id="abilities"><h2>Abilities</h2><p>Held-out probes: items never trained on nor shown as demos; '
             "gap closed = (student − base) / (teacher − base).</p>"
             f'<figure id="abilities-plot">{plot_abilities(ev["abilities"])}</figure>'
-            + _table(ABILITY_HEAD, ability_rows(ev), "abilities-table")
-            + _table(TASK_HEAD, probe_task_rows(ev), "abilities-tasks") + "</section>")
+            + _table(ability_head(ev), ability_rows(ev), "abilities-table")
+            + _table(task_head(ev), probe_task_rows(ev), "abilities-tasks") + "</section>")
 
 
 def _pipeline_svg(stages: dict) -> str:
@@ -281,7 +284,7 @@ def _evaluate_section(ev: dict) -> str:
              f'split; task accuracy: greedy answers to {ev.get("rows", {}).get("task")} validation prompts with a gold '
              "answer, parsed as the dataset parsed the teacher's.</p>")
     parts = ['<section id="evaluate"><h2>Evaluation</h2>', intro]
-    head = ["metric", *(["base"] if ev.get("base") else []), "student"]
+    head = ["metric", *(["base"] if ev.get("base") else []), *(["start (pruned base)"] if ev.get("start") else []), "student"]
     parts.append(_table(head, evaluation_rows(ev), "eval-metrics"))
     reasons = sorted({f"{part}: {m[part]['reason']}" for m in (ev.get("base"), ev.get("student")) if m
                       for part in ("perplexity", "validation", "accuracy") if m[part].get("reason")})

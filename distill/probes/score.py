@@ -115,25 +115,30 @@ HEADLINE = [
 
 
 def ability_table(teacher: dict | None, base: dict | None, student: dict | None,
-                  tolerance: float = 0.05) -> list[dict[str, Any]]:
-    """The headline rows: ability, metric, teacher, base, student, gap closed, and a flag for negative transfer
-    (the student below its base by more than ``tolerance`` — on controls that means training hurt what the
-    base knew). Control rows have no gap (nothing was meant to move)."""
+                  tolerance: float = 0.05, start: dict | None = None) -> list[dict[str, Any]]:
+    """The headline rows: ability, metric, teacher, base, the student's start, student, gap closed, and a flag for
+    negative transfer: the student below where training started by more than ``tolerance`` — its ``start`` (the
+    base depth-pruned, when the student was pruned: a loss the pruning caused is the pruning's, shown beside it)
+    or else its base. On controls that means training hurt what the student knew. Control rows have no gap
+    (nothing was meant to move)."""
+    ref_model = start if start is not None else base
     rows = []
     for ability, metric, ref_path, path in HEADLINE:
-        t, b, s = _get(teacher, *ref_path), _get(base, *path), _get(student, *path)
+        t, b, s, st = _get(teacher, *ref_path), _get(base, *path), _get(student, *path), _get(start, *path)
         if t is None and b is None and s is None:
             continue
-        row = {"ability": ability, "metric": metric, "teacher": t, "base": b, "student": s,
-               "gap_closed": None if ability == "control" else gap_closed(s, b, t),
-               "negative_transfer": b is not None and s is not None and s < b - tolerance}
-        rows.append(row)
-    if base and student and "control" in base and "control" in student:
-        for task, bt in base["control"]["zero_shot"]["per_task"].items():
-            st = student["control"]["zero_shot"]["per_task"].get(task, {})
-            if bt["lenient"] is not None and st.get("lenient") is not None and st["lenient"] < bt["lenient"] - tolerance:
+        r = st if start is not None else b
+        rows.append({"ability": ability, "metric": metric, "teacher": t, "base": b, "start": st, "student": s,
+                     "gap_closed": None if ability == "control" else gap_closed(s, b, t),
+                     "negative_transfer": r is not None and s is not None and s < r - tolerance})
+    if ref_model and student and "control" in ref_model and "control" in student:
+        for task, rt in ref_model["control"]["zero_shot"]["per_task"].items():
+            stu = student["control"]["zero_shot"]["per_task"].get(task, {})
+            if rt["lenient"] is not None and stu.get("lenient") is not None and stu["lenient"] < rt["lenient"] - tolerance:
                 rows.append({"ability": f"control:{task}", "metric": "0-shot accuracy (lenient)", "teacher": None,
-                             "base": bt["lenient"], "student": st["lenient"], "gap_closed": None, "negative_transfer": True})
+                             "base": _get(base, "control", "zero_shot", "per_task", task, "lenient"),
+                             "start": _get(start, "control", "zero_shot", "per_task", task, "lenient"),
+                             "student": stu["lenient"], "gap_closed": None, "negative_transfer": True})
     return rows
 
 
@@ -143,10 +148,13 @@ def _pct(x: float | None, signed: bool = False) -> str:
 
 def ability_markdown(rows: list[dict[str, Any]]) -> list[str]:
     """The headline table as Markdown lines: ability · metric · teacher · base · student · gap closed."""
-    lines = ["| ability | metric | teacher | student's base | student | gap closed |", "|---|---|---|---|---|---|"]
+    with_start = any(r.get("start") is not None for r in rows)
+    lines = ["| ability | metric | teacher | student's base | " + ("student's start | " if with_start else "")
+             + "student | gap closed |", "|---|---|---|---|" + ("---|" if with_start else "") + "---|---|"]
     for r in rows:
         signed = r["ability"] == "CoT gain"
         flag = " ⚠ negative transfer" if r["negative_transfer"] else ""
         lines.append(f"| {r['ability']} | {r['metric']} | {_pct(r['teacher'], signed)} | {_pct(r['base'], signed)} | "
-                     f"{_pct(r['student'], signed)}{flag} | {_pct(r['gap_closed'])} |")
+                     + (f"{_pct(r.get('start'), signed)} | " if with_start else "")
+                     + f"{_pct(r['student'], signed)}{flag} | {_pct(r['gap_closed'])} |")
     return lines

@@ -218,3 +218,36 @@ def test_evaluate_stage_writes_probe_scores_and_the_ability_table(untied_model, 
     bad = cfg.model_copy(update={"probes": probes.model_copy(update={"per_task": 500})})
     with pytest.raises(ConfigError, match="evaluate.probes: task family 'continent'"):
         evaluate_student(bad, untied_model, sft_dataset, tmp_path / "eval2")
+
+
+def test_negative_transfer_is_judged_against_the_students_start_when_it_was_pruned():
+    """A pruned student that lost a control to the pruning, not to training, is not flagged; one that fell below its
+    pruned start is."""
+    base = {"control": {"zero_shot": {"lenient": 0.8, "per_task": {"capital": {"lenient": 0.8, "strict": 0.0, "n": 8}}}}}
+    start = {"control": {"zero_shot": {"lenient": 0.1, "per_task": {"capital": {"lenient": 0.1, "strict": 0.0, "n": 8}}}}}
+    kept = {"control": {"zero_shot": {"lenient": 0.1, "per_task": {"capital": {"lenient": 0.1, "strict": 0.0, "n": 8}}}}}
+    rows = {r["ability"]: r for r in ability_table(None, base, kept, start=start)}
+    assert rows["control"]["start"] == 0.1 and not rows["control"]["negative_transfer"] and "control:capital" not in rows
+    worse = {"control": {"zero_shot": {"lenient": 0.0, "per_task": {"capital": {"lenient": 0.0, "strict": 0.0, "n": 8}}}}}
+    rows = {r["ability"]: r for r in ability_table(None, base, worse, start=start)}
+    assert rows["control"]["negative_transfer"] and rows["control:capital"]["start"] == 0.1
+    assert "student's start" in "\n".join(ability_markdown(list(rows.values())))
+
+
+def test_evaluate_measures_the_pruned_start_beside_base_and_student(untied_model, sft_dataset, tmp_path):
+    from distill.evaluate import EvaluateConfig, evaluate_student
+
+    text = tmp_path / "t.txt"
+    text.write_text("word " * 200)
+    probes = ProbesConfig(icl_tasks=["larger"], controls=[], cot_tasks=[], per_task=2, pool_per_task=2, shots=1, if_items=0,
+                          max_new_tokens=4, teacher=False)
+    cfg = EvaluateConfig(text_path=str(text), window=16, max_windows=1, max_new_tokens=4, dtype="float32", device="cpu",
+                         max_examples=0, probes=probes)
+    base = tmp_path / "base"
+    from distill.models import build_tiny_model
+
+    build_tiny_model(base, untied_model, seed=3)
+    ev = json.loads((evaluate_student(cfg, untied_model, sft_dataset, tmp_path / "e", base_model=base, base_keep_layers=1)
+                     / "eval.json").read_text())
+    assert ev["start"]["layers"] == 1 and ev["base"]["layers"] == 2 and ev["start"]["model"].endswith("pruned to 1 layers")
+    assert ev["start"]["probes"]["icl"]["zero_shot"]["n"] == 2 and ev["abilities"][0]["start"] is not None
