@@ -1,11 +1,12 @@
 """Replay: general instructions the teacher answers zero-shot, mixed into a task dataset's train split.
 
-A student trained only on a few narrow tasks learns their answer format as a habit: measured on the demo
-(``docs/abilities.md``), a 24-layer student trained on six one-word-label tasks answered "good", "animal" or
-a single letter to every question, and its 0-shot accuracy on control tasks it was never trained on fell from
-81 % (its base) to 0 %. Rehearsal — training on the teacher's own answers to general requests beside the
-task rows (as in continual-learning replay, Robins 1995; and the general-data mixing of Distilling
-step-by-step and MiniLLM's pre-training loss) — keeps the student reading the instruction.
+A student trained only on a few narrow tasks can learn their answer format as a habit: on the demo, a
+24-layer student trained on six one-word-label tasks answers "animal" or "plant" when asked to "Classify
+the country" (a control it never trained on). Rehearsal — training on the teacher's own answers to general
+requests beside the task rows (continual-learning replay, Robins 1995; the general-data term of MiniLLM) — is
+the standard remedy. Measured honestly: on that demo, 48 replay rows left the controls where they were (0 %),
+because the depth-pruned student already starts at 0 % there (the evaluate stage's "student's start"); it
+is a tool for students that start with the knowledge, e.g. the teacher + LoRA.
 
 Instructions come from a built-in generator (templates x fillers written here, no hub data; disjoint from the
 IF probe's writing tasks in :mod:`distill.probes.ifsuite`) or a user file (JSONL rows with ``instruction`` and
