@@ -3,7 +3,7 @@
 Two ways to answer, the same prompts and grading for both (:mod:`distill.probes.suite`):
 
 - a local model folder (the student, its base): greedy answers from transformers
-  (:func:`distill.evaluate.generate_greedy`), first-line prompts stop at their first line;
+  (:func:`distill.generation.generate_greedy`), first-line prompts stop at their first line;
 - the teacher through :func:`distill.teacher.query_teacher` (any backend: vLLM in-process or an
   OpenAI-compatible URL), greedy, first-line prompts with ``stop=["\\n"]``; answers come from the response
   cache on a rerun.
@@ -84,7 +84,7 @@ def answer_with_teacher(prompts: list[ProbePrompt], cfg: ProbesConfig, teacher_c
 def answer_with_model(model: Any, tokenizer: Any, prompts: list[ProbePrompt], cfg: ProbesConfig, batch_size: int = 8,
                       autocast_dtype: Any = None) -> list[str]:
     """A loaded model's greedy answers, grouped by token budget (one generation pass per budget)."""
-    from distill.evaluate import generate_greedy
+    from distill.generation import generate_greedy
 
     texts = [""] * len(prompts)
     for budget in sorted({token_budget(p, cfg) for p in prompts}):
