@@ -62,7 +62,7 @@ from distill.seeds import Seed, SeedFormat, load_seeds
 from distill.selfinstruct import BootstrapConfig, bootstrap_instructions
 from distill.structured import cot_schema
 from distill.synth import SynthesisConfig, synthesize_inputs
-from distill.replay import ReplayConfig, replay_seeds
+from distill.replay import ReplayConfig, replay_seeds, verify_rows
 from distill.tasks import TaskFile, load_tasks, task_seeds
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
 from distill.templates import resolve_templates
@@ -661,6 +661,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     rows: list[dict] = []
     for plan, resp in zip(live, responses):
         rows += _rows_for(plan, resp, cfg, "validation" if plan["seed"].id in val_ids else "train")
+    replay_stats = verify_rows(rows, cfg.replay) if cfg.replay is not None else None  # verifiable replay: checked
 
     # configured filters, then the contamination check, on rows that survived generation
     filter_counts: dict[str, int] = {}
@@ -727,7 +728,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
         "self_consistency": _sc_stats(rows) if cfg.self_consistency.enabled else None,
         "contamination": contamination_stats,
         "judge": judge_stats,
-        "bootstrap": boot_stats,
+        "bootstrap": boot_stats, "replay": replay_stats,
         "synthesis": synth_stats,
         "teacher": tstats.to_dict(), "templates": {s: {"name": t.name, "sha256": t.sha256} for s, t in templates.items()},
         "config": cfg.model_dump(mode="json"), "teacher_config": teacher_cfg.model_dump(mode="json"),

@@ -64,6 +64,10 @@ class ReplayConfig(StageConfig):
     file: str | None = Field(None, description="your own instructions: JSONL {instruction, input?} or one per line of "
                                                "a text file (default: the built-in generator)")
     seed: int = Field(0, description="seeds the built-in generator")
+    verifiable: int = Field(0, ge=0, le=100_000, description="also N verifiable-instruction prompts (the IF suite, "
+                                                             "distill/probes/ifsuite.py, drawn apart from the probes' "
+                                                             "seed): a teacher answer that fails its checks is removed "
+                                                             "(rejection sampling with a verifier)")
 
 
 def _generated(n: int, seed: int) -> list[str]:
@@ -100,8 +104,42 @@ def _from_file(path: str) -> list[tuple[str, str]]:
     return rows
 
 
+IF_SEED_OFFSET = 7919  # the verifiable prompts' generator seed = replay.seed + this (the probes use their own seed)
+
+
+def _if_items(cfg: ReplayConfig) -> dict[str, object]:
+    from distill.probes.ifsuite import make_if_items
+
+    return {f"replay/{it.id}": it for it in make_if_items(cfg.verifiable, cfg.seed + IF_SEED_OFFSET)} if cfg.verifiable else {}
+
+
 def replay_seeds(cfg: ReplayConfig) -> list[Seed]:
-    """``cfg.n`` general instructions (the file's first n, else generated) as instruct seeds for the train split."""
+    """``cfg.n`` general instructions (the file's first n, else generated) and ``cfg.verifiable`` verifiable ones, as
+    instruct seeds for the train split."""
     pairs = _from_file(cfg.file)[: cfg.n] if cfg.file else [(x, "") for x in _generated(cfg.n, cfg.seed)]
-    return [Seed(id=f"replay/{hashlib.sha256(f'{i}|{x}'.encode()).hexdigest()[:10]}", instruction=i, input=x,
-                 task="replay", origin="replay", split="train", style="instruct") for i, x in pairs]
+    seeds = [Seed(id=f"replay/{hashlib.sha256(f'{i}|{x}'.encode()).hexdigest()[:10]}", instruction=i, input=x,
+                  task="replay", origin="replay", split="train", style="instruct") for i, x in pairs]
+    seeds += [Seed(id=sid, instruction=it.prompt, task="replay_if", origin="replay:if", split="train", style="instruct")
+              for sid, it in _if_items(cfg).items()]
+    return seeds
+
+
+def verify_rows(rows: list[dict], cfg: ReplayConfig) -> dict[str, int]:
+    """Remove (``removed_reason``) every verifiable replay row whose teacher answer fails one of its prompt's checks
+    (strict, as IFEval defines it: :func:`distill.probes.ifeval.follows`). Returns ``{"checked", "kept"}``."""
+    from distill.probes.ifeval import follows
+
+    items = _if_items(cfg)
+    checked = kept = 0
+    for r in rows:
+        item = items.get(r.get("seed_id"))
+        if item is None or r["removed_reason"] is not None:
+            continue
+        checked += 1
+        text = r["messages"][-1]["content"] if r["messages"] else ""
+        failed = [c.kind for c in item.constraints if not follows(c, text)[0]]
+        if failed:
+            r["removed_reason"] = f"if_unverified: fails {', '.join(failed)}"
+        else:
+            kept += 1
+    return {"checked": checked, "kept": kept}

@@ -43,3 +43,25 @@ def test_replay_rows_are_asked_with_the_instruct_template_beside_icl_tasks(tmp_p
     replay = plans[-1]
     assert replay["request"].messages == replay["student_prompt"] and len(replay["request"].messages) == 2
     assert "instruct" in templates
+
+
+def test_verifiable_replay_keeps_only_answers_that_pass_their_checks():
+    """Rejection sampling with a verifier: each verifiable replay row is checked (strict) against its own prompt's
+    constraints; failing rows are removed with the kinds they failed, other rows are untouched."""
+    from distill.probes.ifeval import KINDS
+    from distill.replay import _if_items, verify_rows
+
+    cfg = ReplayConfig(n=1, verifiable=30)
+    seeds = replay_seeds(cfg)
+    assert [s.origin for s in seeds].count("replay:if") == 30 and seeds == replay_seeds(cfg)
+    items = _if_items(cfg)
+    lower = next(sid for sid, it in items.items() if [c.kind for c in it.constraints] == ["lowercase"])
+
+    def row(sid: str, text: str) -> dict:
+        return {"seed_id": sid, "removed_reason": None, "messages": [{"role": "user", "content": "q"},
+                                                                   {"role": "assistant", "content": text}]}
+
+    rows = [row(lower, "all in lower case here."), row(lower, "Not Lower."), row(seeds[0].id, "anything")]
+    assert verify_rows(rows, cfg) == {"checked": 2, "kept": 1}
+    assert rows[0]["removed_reason"] is None and rows[1]["removed_reason"] == "if_unverified: fails lowercase"
+    assert rows[2]["removed_reason"] is None and "lowercase" in KINDS
