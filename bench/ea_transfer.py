@@ -127,14 +127,19 @@ def train_arm(arm: str, dataset: Path, out: Path, args, seed: int) -> dict:
     return {k: m.get(k) for k in ("train_rows", "steps", "seconds", "loss_first", "loss_last", "autocast", "mode")}
 
 
-def probe_dir(model_dir, prompts, cfg) -> dict:
+def probe_dir(model_dir, prompts, cfg, keep_layers: int | None = None) -> dict:
+    """Probe scores of the model at ``model_dir`` (depth-pruned to ``keep_layers`` first: a pruned student's start)."""
     import torch
 
     from distill.models import load_causal_lm, load_tokenizer, resolve_dtype
     from distill.probes.run import probe_model
+    from distill.train import depth_prune
 
     autocast = torch.bfloat16 if resolve_dtype("auto", "cpu") == "bfloat16" else None
-    scores, _ = probe_model(load_causal_lm(model_dir), load_tokenizer(model_dir), prompts, cfg, 16, autocast)
+    model = load_causal_lm(model_dir)
+    if keep_layers:
+        depth_prune(model, keep_layers)
+    scores, _ = probe_model(model, load_tokenizer(model_dir), prompts, cfg, 16, autocast)
     return scores
 
 
@@ -163,12 +168,14 @@ def run_seed(seed: int, args, teacher_cfg, work: Path) -> dict:
     prompts = build_prompts(probes, seen)
     teacher, _ = probe_teacher(prompts, probes, teacher_cfg)
     base = probe_dir(resolve_model_path("bundled"), prompts, probes)
-    result = {"seed": seed, "generate": {s: d[1] for s, d in data.items()}, "teacher": teacher, "base": base, "arms": {}}
+    starts = {k: probe_dir(resolve_model_path("bundled"), prompts, probes, k) for k in {ARMS[a][0] for a in args.arm_list} if k}
+    result = {"seed": seed, "generate": {s: d[1] for s, d in data.items()}, "teacher": teacher, "base": base,
+              "starts": {str(k): v for k, v in starts.items()}, "arms": {}}
     for arm in args.arm_list:
         out = work / f"{arm}_{seed}"
         trained = train_arm(arm, data[ARMS[arm][1]][0], out, args, seed)
         scores = probe_dir(out, prompts, probes)
-        table = ability_table(teacher, base, scores, probes.tolerance)
+        table = ability_table(teacher, base, scores, probes.tolerance, start=starts.get(ARMS[arm][0]))
         result["arms"][arm] = {"train": trained, "probes": scores, "abilities": table}
         icl = next(r for r in table if r["ability"] == "ICL")
         print(f"seed {seed} {arm}: 0-shot {icl['student']:.3f} (base {icl['base']:.3f}, teacher 4-shot {icl['teacher']:.3f}) "
@@ -194,6 +201,7 @@ def summarize(results: list[dict], arms: list[str]) -> dict:
                                                      if r["ICL"]["teacher"]]),
                     "control_student": stat([r["control"]["student"] for r in rows if "control" in r]),
                     "control_base": stat([r["control"]["base"] for r in rows if "control" in r]),
+                    "control_start": stat([r["control"].get("start") for r in rows if "control" in r]),
                     "negative_transfer": [k for r in rows for k, v in r.items() if v["negative_transfer"]]}
     return out
 

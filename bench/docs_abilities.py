@@ -1,0 +1,108 @@
+"""Write the measured tables of docs/abilities.md from bench/results/ (ea_transfer_measure.json, ea_transfer.json,
+ea_cot.json): each table goes between its ``<!-- bench:NAME -->`` / ``<!-- /bench:NAME -->`` markers, so the page
+always says what the JSON says. A missing JSON leaves its section saying so.
+
+Run: ``.venv/bin/python bench/docs_abilities.py`` after the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "abilities.md"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def _load(name: str) -> dict | None:
+    p = RESULTS / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def measure_table(d: dict | None) -> str:
+    if d is None:
+        return "_Not measured yet: run `bench/ea_transfer.py --measure`._"
+    seeds = list(d["seeds"].values())
+    icl = seeds[0]["icl"]["zero_shot"]["per_task"]
+    lines = [f"Teacher (bundled SmolLM2-135M-Instruct, vLLM, greedy), {len(seeds)} seeds × "
+             f"{seeds[0]['icl']['zero_shot']['per_task'][next(iter(icl))]['n']} held-out items per family; {d['cpu']}.", "",
+             "| ICL family | 0-shot | 4-shot (chat demos) | probe? |", "|---|---|---|---|"]
+    for name in icl:
+        z = statistics.mean(s["icl"]["zero_shot"]["per_task"][name]["strict"] for s in seeds)
+        k = statistics.mean(s["icl"]["k_shot"]["per_task"][name]["strict"] for s in seeds)
+        lines.append(f"| {name} | {_pct(z)} | {_pct(k)} | {'yes' if k >= 0.4 and k - z >= 0.15 else 'no'} |")
+    lines += ["", "| CoT family | direct 0-shot | CoT 0-shot | direct 4-shot | CoT 4-shot (worked examples) |", "|---|---|---|---|---|"]
+    for name in seeds[0]["cot"]["direct"]["per_task"]:
+        vals = [statistics.mean(s["cot"][m]["per_task"][name]["strict"] for s in seeds)
+                for m in ("direct", "cot", "direct_k_shot", "cot_k_shot")]
+        lines.append(f"| {name} | " + " | ".join(_pct(v) for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def transfer_table(d: dict | None) -> str:
+    if d is None:
+        return "_Not measured yet: run `bench/ea_transfer.py`._"
+    c = d["config"]
+    lines = [f"`bench/ea_transfer.py --seeds {c['seeds']}` ({len(d['seeds'])} seeds; families {', '.join(d['families'])}; "
+             f"{c['examples']} examples and {c['inputs']} inputs per task; {c['steps']} steps of batch 8; "
+             f"{c['per_task']} held-out probe items per family; {d['cpu']}; {d['seconds'] / 60:.0f} min).", "",
+             "| arm | student | inputs | ICL gap closed (mean ± sd) | student 0-shot | of teacher 4-shot | controls: base → start → student |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, s in d["summary"].items():
+        a = d["arms"][arm]
+        g = s["icl_gap_closed"]
+        sd = f" ± {100 * g['stdev']:.1f}" if g.get("stdev") is not None else ""
+        who = "teacher + LoRA" if a["keep_layers"] is None else f"{a['keep_layers']} of 30 layers + LoRA"
+        who += ", top-5 logit KD" if a["logit_kd"] else ", SFT"
+        ctl_start = s.get("control_start", {}).get("mean")
+        lines.append(f"| {arm} | {who} | {a['inputs']} | {_pct(g['mean'])}{sd} | {_pct(s['icl_student_zero_shot']['mean'])} | "
+                     f"{_pct(s['share_of_teacher_k_shot']['mean'])} | {_pct(s['control_base']['mean'])} → "
+                     f"{_pct(ctl_start)} → {_pct(s['control_student']['mean'])} |")
+    lines += ["", "Targets:", ""] + [f"- {'met' if t['met'] else '**not met**'}: {t['claim']} ({t['value']})" for t in d["targets"]]
+    return "\n".join(lines)
+
+
+def cot_table(d: dict | None) -> str:
+    if d is None:
+        return "_Not measured yet: run `bench/ea_cot.py`._"
+    s, c = d["summary"], d["config"]
+    lines = [f"`bench/ea_cot.py --seeds {c['seeds']}` (family {c['family']}, {c['examples']} worked examples, {c['inputs']} "
+             f"questions, {c['samples']} self-consistency samples, {c['steps']} steps; {d['cpu']}).", "",
+             f"Teacher: direct {_pct(s['teacher']['direct'])} / CoT {_pct(s['teacher']['cot'])} 0-shot; direct "
+             f"{_pct(s['teacher']['direct_k_shot'])} / CoT {_pct(s['teacher']['cot_k_shot'])} 4-shot. Base: direct "
+             f"{_pct(s['base']['direct'])} / CoT {_pct(s['base']['cot'])} 0-shot.", "",
+             "| training data | correct rationales kept | student direct 0-shot | student CoT 0-shot | student CoT gain |",
+             "|---|---|---|---|---|"]
+    for arm, label in (("greedy", "greedy, unfiltered"), ("sc", "self-consistency (voted)"), ("gold", "gold-filtered")):
+        st = s["students"].get(arm, {})
+        gain = st.get("gain")
+        lines.append(f"| {label} | {_pct(s['correct_rationales'].get(arm))} | {_pct(st.get('direct'))} | "
+                     f"{_pct(st.get('cot'))} | {'—' if gain is None else f'{100 * gain:+.1f} pts'} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    text = DOC.read_text()
+    for name, body in (("measure", measure_table(_load("ea_transfer_measure.json"))),
+                       ("transfer", transfer_table(_load("ea_transfer.json"))),
+                       ("cot", cot_table(_load("ea_cot.json")))):
+        pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
+        block = f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->"
+        if not pattern.search(text):
+            sys.exit(f"{DOC}: no <!-- bench:{name} --> ... <!-- /bench:{name} --> markers")
+        text = pattern.sub(lambda _m, b=block: b, text)
+    DOC.write_text(text)
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
