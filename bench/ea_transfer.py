@@ -257,15 +257,18 @@ def main() -> int:
         (RESULTS / "ea_transfer_measure.json").write_text(json.dumps({"cpu": cpu_flags(), "seeds": scores}, indent=1))
         return 0
     t0 = time.perf_counter()
-    results = [run_seed(seed, args, teacher_cfg, work) for seed in args.seed_list]
-    summary = summarize(results, args.arm_list)
-    report = {"config": {k: v for k, v in vars(args).items() if not k.endswith("_list")}, "cpu": cpu_flags(),
-              "families": args.family_list, "arms": {a: dict(zip(("keep_layers", "inputs", "logit_kd"), ARMS[a]))
-                                                      for a in args.arm_list},
-              "summary": summary, "targets": targets(summary), "seeds": results,
-              "seconds": round(time.perf_counter() - t0, 1)}
+    results: list[dict] = []
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / args.out).write_text(json.dumps(report, indent=1))
+    for seed in args.seed_list:  # the JSON is rewritten after every seed: a stopped run keeps what it measured
+        results.append(run_seed(seed, args, teacher_cfg, work))
+        summary = summarize(results, args.arm_list)
+        report = {"config": {k: v for k, v in vars(args).items() if not k.endswith("_list")}, "cpu": cpu_flags(),
+                  "families": args.family_list, "arms": {a: dict(zip(("keep_layers", "inputs", "logit_kd"), ARMS[a]))
+                                                          for a in args.arm_list},
+                  "summary": summary, "targets": targets(summary), "seeds": results,
+                  "seeds_done": len(results), "seeds_asked": len(args.seed_list),
+                  "seconds": round(time.perf_counter() - t0, 1)}
+        (RESULTS / args.out).write_text(json.dumps(report, indent=1))
     print(f"\n{'arm':16s} {'ICL gap closed':>22s} {'student 0-shot':>16s} {'of teacher k-shot':>18s} {'controls base→student':>22s}")
     for arm, v in summary.items():
         g, z, r = v["icl_gap_closed"], v["icl_student_zero_shot"], v["share_of_teacher_k_shot"]
