@@ -12,7 +12,8 @@ def test_overrides_parse_yaml_scalars():
 def test_demo_config_loads_and_overrides_apply(repo_root):
     cfg = load_config(PipelineConfig, repo_root / "flows/configs/demo.yaml", ["generate.sampling.max_tokens=64"])
     assert cfg.generate.sampling.max_tokens == 64
-    assert set(cfg.generate.styles) == {"icl", "cot", "instruct"}
+    assert set(cfg.generate.styles) == {"icl", "cot"} and cfg.generate.tasks == "flows/configs/demo_tasks.yaml"
+    assert cfg.evaluate.probes is not None and cfg.train.keep_layers == 24
 
 
 @pytest.mark.parametrize("override, needle", [

@@ -205,7 +205,7 @@ ROWS = {
         "generate.filters.contamination.eval_paths: <ws>/no_eval.jsonl not found", "give JSONL or text files"),
     # --- templates -------------------------------------------------------------------------------------
     "missing_template": Row(
-        TEMPLATE + ["generate.templates.instruct=<ws>/nope.jinja"], 2, "generate.templates: template '<ws>/nope.jinja' not found",
+        TEMPLATE + ["generate.templates.instruct=<ws>/nope.jinja"], 2, "generate.templates.instruct: template '<ws>/nope.jinja' not found",
         "use one of icl, cot, instruct"),
     "template_syntax_error": Row(
         ["run", "<cfg>", "generate.templates.cot=<ws>/broken.jinja"], 2,

@@ -14,7 +14,9 @@ def eakd(*args, cwd):
 @pytest.mark.parametrize("args, needle", [
     (["run", "flows/configs/demo.yaml", "train.learning_rate=1"], "train.learning_rate: unknown key"),
     (["run", "flows/configs/demo.yaml", "train.epochs=many"], "train.epochs: Input should be a valid integer"),
-    (["run", "flows/configs/demo.yaml", "generate.seeds=no/such/seeds.jsonl", "run.runs_dir=RUNS"],
+    (["run", "flows/configs/demo.yaml", "generate.tasks=no/such/tasks.yaml", "run.runs_dir=RUNS"],
+     "task file not found: no/such/tasks.yaml"),
+    (["run", "flows/configs/demo.yaml", "generate.tasks=null", "generate.seeds=no/such/seeds.jsonl", "run.runs_dir=RUNS"],
      "seed file not found: no/such/seeds.jsonl"),
     (["run", "no/such/config.yaml"], "config file not found: no/such/config.yaml"),
     (["train", "flows/configs/demo.yaml", "--dataset", "no/such/ds", "--out", "RUNS/x"], "not an eakd dataset"),
@@ -63,7 +65,7 @@ def test_generate_dry_run_prints_the_plan_and_calls_no_teacher(repo_root, tmp_pa
     import json
 
     d = json.loads(proc.stdout)
-    assert d["requests"] > 0 and set(d["styles"]) == {"icl"} and d["cached"] == 0  # the demo: a task file, icl only
+    assert d["requests"] > 0 and set(d["styles"]) == {"icl", "cot"} and d["cached"] == 0  # the demo: a task file
 
 
 def test_generate_without_out_or_dry_run_is_a_clear_error(repo_root):

@@ -66,7 +66,11 @@ def test_planted_key_is_never_written(repo_root, tmp_path, monkeypatch, vllm_ser
         f"run.runs_dir={runs}", "run.name=planted",
         "teacher.backend=openai", f"teacher.base_url={vllm_server}", "teacher.model=bundled",
         "teacher.max_concurrency=8",
+        # the demo's first-wave seed file (the demo itself runs a task file, which has no `limit`)
+        "generate.tasks=null", "generate.seeds=flows/configs/demo_seeds.jsonl", "generate.styles=[icl, cot, instruct]",
         "generate.limit=9", "generate.sampling.max_tokens=48", "generate.drop_truncated=false",
+        # the probes ask the teacher over HTTP with the planted key too; a few items keep it fast
+        "evaluate.probes.per_task=1", "evaluate.probes.if_items=2", "compress.eval.probes.per_task=1",
         f"train.student={tiny_model}", "train.keep_layers=null", "train.kd.enabled=false", "train.max_steps=4", "train.batch_size=2",
         "train.save_every=2", "train.log_every=1", "train.max_length=256",
         "compress.steps=[{method: rtn_int8}, {method: gptq, bits: 4, group_size: 64}, {method: magnitude, sparsity: 0.5}]",
