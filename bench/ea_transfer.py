@@ -16,7 +16,7 @@ The product path, end to end, for several in-context-learning task families at o
 Arms (``--arms``): ``pruned24`` a depth-pruned student (24 of 30 layers) + LoRA, SFT on the teacher's answers;
 ``pruned24_synth`` the same on teacher-written inputs; ``pruned24_kd`` the same data with top-5 logit KD
 (``kd.alpha_ce`` 0.5) instead of SFT; ``lora_teacher`` the bundled model itself + LoRA (student = teacher
-architecture), SFT.
+architecture), SFT; ``lora_teacher_replay`` the same with 48 general instructions mixed in (``generate.replay``).
 
 Gap closed = (student 0-shot − base 0-shot) / (teacher 4-shot − base 0-shot), pooled over the families'
 held-out items; mean and spread over ``--seeds`` (each seed draws new examples, inputs, probe items, demo
@@ -54,6 +54,7 @@ ARMS = {  # name -> (keep_layers, input source, kd)
     "pruned24_synth": (24, "synth", False),
     "pruned24_kd": (24, "hand", True),
     "lora_teacher": (None, "hand", False),
+    "lora_teacher_replay": (None, "hand_replay", False),  # + 48 general instructions (generate.replay)
 }
 
 
@@ -80,13 +81,16 @@ def write_tasks(path: Path, families: list[str], examples: int, inputs: int, see
     return path
 
 
-def generate(tasks: Path, out: Path, teacher_cfg, seed: int) -> tuple[Path, dict]:
+def generate(tasks: Path, out: Path, teacher_cfg, seed: int, replay: bool = False) -> tuple[Path, dict]:
     from distill.dataset import GenerateConfig, SamplingConfig, generate_dataset
+    from distill.replay import ReplayConfig
     from distill.synth import SynthesisConfig
 
     cfg = GenerateConfig(tasks=str(tasks), styles=["icl"], num_demos=4, demo_format="chat", erase_demos=True,
                          demo_seed=seed, synthesis=SynthesisConfig(seed=seed),
-                         sampling=SamplingConfig(max_tokens=16, stop=["\n"], top_logprobs=5))
+                         sampling=SamplingConfig(max_tokens=16, stop=["\n"], top_logprobs=5),
+                         replay=ReplayConfig(n=48, seed=seed) if replay else None,
+                         sampling_per_style={"instruct": SamplingConfig(max_tokens=64, top_logprobs=5)} if replay else {})
     generate_dataset(cfg, teacher_cfg, out)
     stats = json.loads((out / "stats.json").read_text())
     return out, {"rows": stats["rows"], "synthesis": stats.get("synthesis"), "seconds": stats["seconds"]}
@@ -156,7 +160,7 @@ def run_seed(seed: int, args, teacher_cfg, work: Path) -> dict:
     data = {}
     for src in sources:
         tasks = write_tasks(work / f"tasks_{src}_{seed}.yaml", args.family_list, args.examples, args.inputs, seed, src == "synth")
-        data[src] = generate(tasks, work / f"data_{src}_{seed}", teacher_cfg, seed)
+        data[src] = generate(tasks, work / f"data_{src}_{seed}", teacher_cfg, seed, replay=src.endswith("_replay"))
         print(f"seed {seed} {src}: {data[src][1]['rows']}", flush=True)
     seen: set[str] = set()
     for path, _ in data.values():
