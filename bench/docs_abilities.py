@@ -51,7 +51,7 @@ def transfer_table(d: dict | None) -> str:
     if d is None:
         return "_Not measured yet: run `bench/ea_transfer.py`._"
     c = d["config"]
-    lines = [f"`bench/ea_transfer.py --seeds {c['seeds']}` ({len(d['seeds'])} seeds; families {', '.join(d['families'])}; "
+    lines = [f"`bench/ea_transfer.py --seeds {c['seeds']}` ({len(d['seeds'])} seed{'s' if len(d['seeds']) > 1 else ''} done; families {', '.join(d['families'])}; "
              f"{c['examples']} examples and {c['inputs']} inputs per task; {c['steps']} steps of batch 8; "
              f"{c['per_task']} held-out probe items per family; {d['cpu']}; {d['seconds'] / 60:.0f} min).", "",
              "| arm | student | inputs | ICL gap closed (mean ± sd) | student 0-shot | of teacher 4-shot | controls: base → start → student |",
@@ -62,7 +62,7 @@ def transfer_table(d: dict | None) -> str:
         sd = f" ± {100 * g['stdev']:.1f}" if g.get("stdev") is not None else ""
         who = "teacher + LoRA" if a["keep_layers"] is None else f"{a['keep_layers']} of 30 layers + LoRA"
         who += ", top-5 logit KD" if a["logit_kd"] else ", SFT"
-        ctl_start = s.get("control_start", {}).get("mean")
+        ctl_start = s["control_base"]["mean"] if a["keep_layers"] is None else s.get("control_start", {}).get("mean")
         lines.append(f"| {arm} | {who} | {a['inputs']} | {_pct(g['mean'])}{sd} | {_pct(s['icl_student_zero_shot']['mean'])} | "
                      f"{_pct(s['share_of_teacher_k_shot']['mean'])} | {_pct(s['control_base']['mean'])} → "
                      f"{_pct(ctl_start)} → {_pct(s['control_student']['mean'])} |")
