@@ -161,19 +161,16 @@ def decode_latency(m: dict | None) -> str:
 
 def probe_prompts(cfg: Any, dataset_dir: str | Path | None) -> list | None:
     """The EA probe prompts of ``compress.eval.probes`` (None when unset), skipping every item whose input a
-    training row of ``dataset_dir`` used (:func:`distill.probes.run.training_inputs`)."""
+    training row of ``dataset_dir`` used (:func:`distill.probes.run.dataset_inputs`)."""
     if cfg is None:
         return None
-    from distill.probes.run import build_prompts, training_inputs
+    from distill.probes.run import build_prompts, dataset_inputs
 
     seen: set[str] = set()
     if dataset_dir is not None and (Path(dataset_dir) / "dataset_dict.json").is_file():
         from datasets import load_from_disk
 
-        dd = load_from_disk(str(dataset_dir))
-        for col in ("messages", "prompt_messages"):
-            if "train" in dd and col in dd["train"].column_names:
-                seen |= training_inputs([{"messages": m} for m in dd["train"][col]])
+        seen = dataset_inputs(load_from_disk(str(dataset_dir)))
     try:
         return build_prompts(cfg, seen)
     except ValueError as exc:

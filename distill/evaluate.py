@@ -378,13 +378,9 @@ def _probe_setup(cfg: EvaluateConfig, dd: Any, teacher_cfg: Any) -> tuple[list |
     """The probe prompts (items whose input a training row used are skipped) and the teacher's probe results."""
     if cfg.probes is None:
         return None, None
-    from distill.probes.run import build_prompts, probe_teacher, training_inputs
+    from distill.probes.run import build_prompts, dataset_inputs, probe_teacher
 
-    train = dd["train"] if "train" in dd else None
-    seen: set[str] = set()
-    for col in ("messages", "prompt_messages"):  # what the student trained on, and the teacher's prompts with their demos
-        if train is not None and col in train.column_names:
-            seen |= training_inputs([{"messages": m} for m in train[col]])
+    seen = dataset_inputs(dd)
     try:
         prompts = build_prompts(cfg.probes, seen)
     except ValueError as exc:

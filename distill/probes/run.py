@@ -96,6 +96,17 @@ def answer_with_model(model: Any, tokenizer: Any, prompts: list[ProbePrompt], cf
     return texts
 
 
+def dataset_inputs(dd: Any) -> set[str]:
+    """:func:`training_inputs` of a ``DatasetDict``'s train split: what the student trained on (``messages``) and
+    the teacher's prompts with their demos (``prompt_messages``)."""
+    train = dd["train"] if "train" in dd else None
+    seen: set[str] = set()
+    for col in ("messages", "prompt_messages"):
+        if train is not None and col in train.column_names:
+            seen |= training_inputs([{"messages": m} for m in train[col]])
+    return seen
+
+
 def training_inputs(rows: list[dict]) -> set[str]:
     """Lower-cased user-turn texts of the training rows, plus each line of them: a probe item equal to any of
     these (an input the student saw, or a demo it was shown) is skipped."""
