@@ -14,7 +14,7 @@ What each ability's probe asks (every item held out: never a training row nor a 
   is checked strict and loose as IFEval defines them.
 
 Grading (:func:`grade_answer`), written once: **strict** = the normalised answer equals the gold or one of
-its aliases (:func:`distill.answers.answer_key`: numbers compared as numbers — "1,200" = "1200.0" —, text
+its aliases (:func:`distill.answers.answers_match_strict`: numbers compared as numbers — "1,200" = "1200.0" —, text
 lower-cased and stripped of surrounding quotes and final punctuation); **lenient** = eakd's dataset rule
 (:func:`distill.answers.answers_match`: a short gold label also counts when the answer line states it as a
 whole word). The headline numbers are strict; lenient is reported beside them.
@@ -28,7 +28,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer
+from distill.answers import ExtractionConfig, answers_match, answers_match_strict, extract_answer
 from distill.probes.families import Item
 from prompts import load_template, render_messages
 
@@ -154,7 +154,6 @@ def answer_in(text: str, mode: Mode) -> str | None:
 def grade_answer(answer: str | None, gold: str, aliases: tuple[str, ...] = ()) -> tuple[bool, bool]:
     """(strict, lenient) correctness of ``answer`` against ``gold`` (see the module docstring)."""
     golds = (gold, *aliases)
-    key = answer_key(answer)
-    strict = key is not None and key in {answer_key(g) for g in golds}
+    strict = any(answers_match_strict(answer, g) is True for g in golds)
     lenient = strict or any(answers_match(answer, g) is True for g in golds)
     return strict, lenient
