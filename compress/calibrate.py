@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +44,23 @@ def calibration_batches(tokenizer: Any, text: str, n_samples: int = 64, seq_len:
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=gen)
     return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
+
+
+def conversation_text(tokenizer: Any, dataset_dir: str | Path) -> str:
+    """The training conversations of an eakd dataset (prompt and teacher answer) rendered with the
+    tokenizer's chat template, joined: calibration on what the student reads when it does its tasks.
+
+    Task-matched calibration keeps more of a task ability through quantization and pruning than generic
+    web text (Williams & Aletras 2024, "On the Impact of Calibration Data in Post-training Quantization and
+    Pruning"); ``bench/ea_compress.py`` measures it on the EA probes. Raises ValueError when the dataset has
+    no train conversations.
+    """
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(dataset_dir))["train"]
+    if "messages" not in train.column_names or not len(train):
+        raise ValueError(f"{dataset_dir}: no train split with a messages column (an eakd dataset has one)")
+    return "\n".join(tokenizer.apply_chat_template(list(m), tokenize=False) for m in train["messages"])
 
 
 @dataclass

@@ -34,7 +34,7 @@ from compress.artifact import (grouped_entry, is_grouped_entry, load_compressed,
                                read_manifest, save_compressed)
 from compress.eval import decode_latency, load_tasks, measure, probe_prompts, task_acc
 from compress.awq import awq_model
-from compress.calibrate import calibration_batches
+from compress.calibrate import calibration_batches, conversation_text
 from compress.factorize import factorize_model
 from compress.gptq import gptq_model
 from compress.lowrank_aware import factorize_model_aware
@@ -47,6 +47,7 @@ from compress.recover import recover
 from compress.sparsegpt import sparsegpt_model
 from compress.structured import depth_prune, width_prune
 from distill.config import ConfigError, StageConfig, shared_data_dir
+from distill.io import publish_dir
 from distill.evaluate import load_eval_text
 from distill.probes.config import ProbesConfig
 from distill.models import check_model_dir, load_tokenizer
@@ -130,6 +131,12 @@ class CalibrationConfig(StageConfig):
     # None: WikiText-2 valid from ../shared/data when present, else the caller's text (the flow passes
     # the generated dataset's training answers). Never the perplexity text: that would tune on the test.
     text_path: str | None = None
+    data: Literal["text", "dataset", "mix"] = Field(
+        "text", description="what the windows are cut from: text (text_path / WikiText-2 / the caller's text), "
+                            "dataset (the training conversations of an eakd dataset, rendered with the student's "
+                            "chat template: what the student reads when it answers), or mix (half of each)")
+    dataset: str | None = Field(None, description="data: dataset/mix: the eakd dataset folder; null: the pipeline's "
+                                                  "generated dataset (`eakd compress`: --dataset)")
     n_samples: int = Field(64, ge=1, description="random windows drawn from the text")
     seq_len: int = Field(512, ge=8, description="tokens per window")
     seed: int = 0
@@ -358,13 +365,7 @@ def _remove_stale_temps(out_dir: Path) -> None:
 
 def _publish(tmp: Path, final: Path) -> None:
     """Rename the finished ``tmp`` folder to ``final``, replacing an older ``final`` from a previous run."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    publish_dir(tmp, final)
 
 
 def _fmt(n: int | None, unit: str = "") -> str:
@@ -404,8 +405,31 @@ class QualityGateFailed(ConfigError):
     ``min_accuracy``: the chain stops, nothing broken is published."""
 
 
-def _calibration(cfg: CalibrationConfig, tokenizer: Any, text: str | None, source: str | None) -> tuple[Tensor, str]:
-    """The calibration batch [n_samples, seq_len] and where its text came from."""
+def _calibration(cfg: CalibrationConfig, tokenizer: Any, text: str | None, source: str | None,
+                 dataset: str | Path | None = None) -> tuple[Tensor, str]:
+    """The calibration batch [n_samples, seq_len] and where its windows came from (``cfg.data``)."""
+    if cfg.data == "text":
+        return _text_calibration(cfg, cfg.n_samples, tokenizer, text, source)
+    folder = cfg.dataset or dataset
+    if folder is None:
+        raise ConfigError(f"compress.calibration.data: {cfg.data} needs an eakd dataset; set "
+                          "compress.calibration.dataset to its folder (the pipeline passes its generated one)")
+    try:
+        convo = conversation_text(tokenizer, folder)
+        part = calibration_batches(tokenizer, convo, cfg.n_samples if cfg.data == "dataset" else cfg.n_samples // 2,
+                                   cfg.seq_len, cfg.seed) if cfg.data == "dataset" or cfg.n_samples > 1 else None
+    except ValueError as exc:
+        raise ConfigError(f"compress.calibration (data: {cfg.data}, dataset {folder}): {exc}") from None
+    if cfg.data == "dataset":
+        return part, f"dataset conversations ({folder})"
+    rest, text_from = _text_calibration(cfg, cfg.n_samples - (0 if part is None else len(part)), tokenizer, text, source)
+    batch = rest if part is None else torch.cat([part, rest])
+    return batch, f"mix: dataset conversations ({folder}) + {text_from}"
+
+
+def _text_calibration(cfg: CalibrationConfig, n_samples: int, tokenizer: Any, text: str | None,
+                      source: str | None) -> tuple[Tensor, str]:
+    """``n_samples`` windows of the calibration text (text_path, else the caller's, else WikiText-2 valid)."""
     if cfg.text_path is not None:
         text, source = load_eval_text(cfg.text_path), cfg.text_path
     elif text is None:
@@ -416,7 +440,7 @@ def _calibration(cfg: CalibrationConfig, tokenizer: Any, text: str | None, sourc
                               "../shared/data/wikitext-2/wiki.valid.tokens is absent; set it to a text file")
         text, source = load_eval_text(path), "wikitext-2/wiki.valid.tokens"
     try:
-        batch = calibration_batches(tokenizer, text, cfg.n_samples, cfg.seq_len, cfg.seed)
+        batch = calibration_batches(tokenizer, text, n_samples, cfg.seq_len, cfg.seed)
     except ValueError as exc:
         raise ConfigError(f"compress.calibration: {exc}") from None
     return batch, source or "passed in by the caller"
@@ -498,7 +522,8 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
     tokenizer = load_tokenizer(model_dir)
     calib, calib_from = None, None
     if any(step.method in CALIBRATED or step.recover_steps or step.rank_allocation == "fisher" for step in cfg.steps):
-        calib, calib_from = _calibration(cfg.calibration, tokenizer, calib_text, calib_source)
+        calib, calib_from = _calibration(cfg.calibration, tokenizer, calib_text, calib_source,
+                                         cfg.eval.tasks_dataset or tasks_dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out_dir)
     probes = probe_prompts(cfg.eval.probes, cfg.eval.tasks_dataset or tasks_dataset)

@@ -74,6 +74,21 @@ def resolve_calib_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[s
     return None, None
 
 
+def calibration_digest(cfg: PipelineConfig, calib: str | None, dataset_dir: str | None, dataset_key: str | None) -> str:
+    """The compress key's digest of every calibration input: the text the windows are cut from (``calib``
+    when the flow passes one, else ``text_path``, else WikiText-2 valid) and, with ``calibration.data``
+    dataset/mix, the dataset whose conversations give windows (its generate key when this run made it)."""
+    from flows.stage_keys import digest_bytes, digest_path
+
+    cal, data = cfg.compress.calibration, shared_data_dir()
+    digest = (digest_bytes(calib) if calib is not None else digest_path(cal.text_path) if cal.text_path
+              else digest_path(data / "wikitext-2" / "wiki.valid.tokens") if data else "none")
+    if cal.data == "text":
+        return digest
+    folder = cal.dataset or cfg.compress.eval.tasks_dataset
+    return digest + "+" + (digest_path(folder) if folder else dataset_key or (digest_path(dataset_dir) if dataset_dir else "none"))
+
+
 def _not_config_error(task, task_run, state) -> bool:
     from distill.batch import BatchPending
     from distill.budget import BudgetExceeded
@@ -348,18 +363,15 @@ def evaluate_flow(cfg_json: str, model_dir: str, upstream_key: str | None, base_
 def compress_flow(cfg_json: str, model_dir: str, upstream_key: str | None, dataset_dir: str | None, run_dir: str,
                   refresh: bool = False, dataset_key: str | None = None) -> dict:
     """The configured compression chain on ``model_dir`` -> ``run_dir/compressed`` (or the cached one)."""
-    from flows.stage_keys import compress_key, digest_bytes, digest_path, model_digest
+    from flows.stage_keys import compress_key, digest_path, model_digest
 
     cfg = PipelineConfig.model_validate_json(cfg_json)
     # the texts are read here for the key and again inside the task (milliseconds, next to minutes of
     # compression): passing megabytes of text as task parameters would store them with every task run
     text, source = resolve_eval_text(cfg, Path(dataset_dir) if dataset_dir else None)
     log.info("perplexity text: %s", source)
-    calib, calib_source = resolve_calib_text(cfg, Path(dataset_dir) if dataset_dir else None)
-    data = shared_data_dir()
-    calib_digest = (digest_bytes(calib) if calib is not None
-                    else digest_path(cfg.compress.calibration.text_path) if cfg.compress.calibration.text_path
-                    else digest_path(data / "wikitext-2" / "wiki.valid.tokens") if data else "none")
+    calib, _ = resolve_calib_text(cfg, Path(dataset_dir) if dataset_dir else None)
+    calib_digest = calibration_digest(cfg, calib, dataset_dir, dataset_key)
     ev = cfg.compress.eval
     tasks = ("none" if not ev.max_examples else digest_path(ev.tasks_dataset) if ev.tasks_dataset
              else dataset_key or digest_path(dataset_dir) if dataset_dir else "none")
