@@ -47,13 +47,20 @@ def measure_table(d: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _machines(d: dict) -> str:
+    """Which CPU measured which seed (``--append`` adds seeds measured on another machine)."""
+    if isinstance(d["cpu"], str):
+        return f"{d['cpu']}; {d['seconds'] / 60:.0f} min"
+    return "; ".join(f"seed {s['seed']}: {s.get('cpu', '?')}, {s['seconds'] / 60:.0f} min" for s in d["seeds"])
+
+
 def transfer_table(d: dict | None) -> str:
     if d is None:
         return "_Not measured yet: run `bench/ea_transfer.py`._"
     c = d["config"]
     lines = [f"`bench/ea_transfer.py --seeds {c['seeds']}` ({len(d['seeds'])} seed{'s' if len(d['seeds']) > 1 else ''} done; families {', '.join(d['families'])}; "
              f"{c['examples']} examples and {c['inputs']} inputs per task; {c['steps']} steps of batch 8; "
-             f"{c['per_task']} held-out probe items per family; {d['cpu']}; {d['seconds'] / 60:.0f} min).", "",
+             f"{c['per_task']} held-out probe items per family; {_machines(d)}).", "",
              "| arm | student | inputs | ICL gap closed (mean ± sd) | student 0-shot | of teacher 4-shot | controls: base → start → student |",
              "|---|---|---|---|---|---|---|"]
     for arm, s in d["summary"].items():
@@ -61,7 +68,9 @@ def transfer_table(d: dict | None) -> str:
         g = s["icl_gap_closed"]
         sd = f" ± {100 * g['stdev']:.1f}" if g.get("stdev") is not None else ""
         who = "teacher + LoRA" if a["keep_layers"] is None else f"{a['keep_layers']} of 30 layers + LoRA"
-        who += ", top-5 logit KD" if a["logit_kd"] else ", SFT"
+        kd = a["logit_kd"]
+        who += (", SFT" if not kd else ", top-5 logit KD" if kd is True or kd == {"alpha_ce": 0.5}
+                else ", top-5 logit KD (" + ", ".join(f"{k} {v}" for k, v in kd.items()) + ")")
         ctl_start = s["control_base"]["mean"] if a["keep_layers"] is None else s.get("control_start", {}).get("mean")
         lines.append(f"| {arm} | {who} | {a['inputs']} | {_pct(g['mean'])}{sd} | {_pct(s['icl_student_zero_shot']['mean'])} | "
                      f"{_pct(s['share_of_teacher_k_shot']['mean'])} | {_pct(s['control_base']['mean'])} → "

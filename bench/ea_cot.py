@@ -109,7 +109,7 @@ def run_seed(seed: int, args, teacher_cfg, work: Path) -> dict:
                           pool_per_task=8, shots=4, seed=20_000 + seed, cot_max_new_tokens=args.max_tokens)
     prompts = build_prompts(probes, seen)
     result = {"seed": seed, "correct_rationales": shares, "teacher": probe_teacher(prompts, probes, teacher_cfg)[0],
-              "base": probe_dir(resolve_model_path("bundled"), prompts, probes), "students": {}}
+              "base": probe_dir(resolve_model_path("bundled"), prompts, probes)[0], "students": {}}
     for arm, path in data.items():
         if path is None:
             continue
@@ -118,7 +118,7 @@ def run_seed(seed: int, args, teacher_cfg, work: Path) -> dict:
                           max_steps=args.steps, batch_size=8, lr=5e-4, max_length=384, save_dtype="float32", seed=seed,
                           log_every=20)
         m = json.loads((train_student(cfg, path, out) / "metrics.json").read_text())
-        cot = probe_dir(out, prompts, probes)["cot"]
+        cot = probe_dir(out, prompts, probes)[0]["cot"]
         result["students"][arm] = {"rows": m["train_rows"], "steps": m["steps"], "cot": cot}
         print(f"seed {seed} {arm}: 0-shot direct {cot['direct']['strict']} cot {cot['cot']['strict']} "
               f"gain {cot['gain']}", flush=True)

@@ -49,12 +49,18 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
-ARMS = {  # name -> (keep_layers, input source, kd)
-    "pruned24": (24, "hand", False),
-    "pruned24_synth": (24, "synth", False),
-    "pruned24_kd": (24, "hand", True),
-    "lora_teacher": (None, "hand", False),
-    "lora_teacher_replay": (None, "hand_replay", False),  # + 48 general instructions (generate.replay)
+KD = {"alpha_ce": 0.5}  # the top-5 logit KD arms: train.kd with these settings (the rest at their defaults)
+ARMS = {  # name -> (keep_layers, input source, logit KD settings or None for SFT)
+    "pruned24": (24, "hand", None),
+    "pruned24_synth": (24, "synth", None),
+    "pruned24_kd": (24, "hand", KD),
+    "lora_teacher": (None, "hand", None),
+    "lora_teacher_replay": (None, "hand_replay", None),  # + 48 general instructions (generate.replay)
+    # SFT vs logit KD, why (--arms ...,pruned24_kd_*): the CE share, the temperature, the divergence
+    "pruned24_kd_a0": (24, "hand", {"alpha_ce": 0.0}),
+    "pruned24_kd_a09": (24, "hand", {"alpha_ce": 0.9}),
+    "pruned24_kd_t2": (24, "hand", {"alpha_ce": 0.5, "temperature": 2.0}),
+    "pruned24_kd_rkl": (24, "hand", {"alpha_ce": 0.5, "method": "reverse_kl"}),
 }
 
 
@@ -125,14 +131,20 @@ def train_arm(arm: str, dataset: Path, out: Path, args, seed: int) -> dict:
 
     keep, _, kd = ARMS[arm]
     cfg = TrainConfig(student="bundled", keep_layers=keep, lora=LoraConfig(enabled=True, r=16, alpha=32),
-                      kd=KDConfig(enabled=kd, alpha_ce=0.5), max_steps=args.steps, batch_size=8, lr=5e-4,
+                      kd=KDConfig(enabled=True, **kd) if kd else KDConfig(), max_steps=args.steps, batch_size=8, lr=5e-4,
                       max_length=256, save_dtype="float32", seed=seed, log_every=20)
     m = json.loads((train_student(cfg, dataset, out) / "metrics.json").read_text())
     return {k: m.get(k) for k in ("train_rows", "steps", "seconds", "loss_first", "loss_last", "autocast", "mode")}
 
 
-def probe_dir(model_dir, prompts, cfg, keep_layers: int | None = None) -> dict:
-    """Probe scores of the model at ``model_dir`` (depth-pruned to ``keep_layers`` first: a pruned student's start)."""
+def control_outputs(records: list[dict]) -> list[dict]:
+    """What a model answered on the control tasks (kept in the JSON, to read a negative transfer)."""
+    return [{k: r[k] for k in ("task", "output", "gold", "lenient")} for r in records if r["ability"] == "control"]
+
+
+def probe_dir(model_dir, prompts, cfg, keep_layers: int | None = None) -> tuple[dict, list[dict]]:
+    """Probe scores and control answers of the model at ``model_dir`` (depth-pruned to ``keep_layers`` first: a
+    pruned student's start)."""
     import torch
 
     from distill.models import load_causal_lm, load_tokenizer, resolve_dtype
@@ -143,8 +155,8 @@ def probe_dir(model_dir, prompts, cfg, keep_layers: int | None = None) -> dict:
     model = load_causal_lm(model_dir)
     if keep_layers:
         depth_prune(model, keep_layers)
-    scores, _ = probe_model(model, load_tokenizer(model_dir), prompts, cfg, 16, autocast)
-    return scores
+    scores, records = probe_model(model, load_tokenizer(model_dir), prompts, cfg, 16, autocast)
+    return scores, control_outputs(records)
 
 
 def run_seed(seed: int, args, teacher_cfg, work: Path) -> dict:
@@ -170,17 +182,18 @@ def run_seed(seed: int, args, teacher_cfg, work: Path) -> dict:
     probes = ProbesConfig(icl_tasks=args.family_list, controls=["continent", "capital"], cot_tasks=[], if_items=0,
                           per_task=args.per_task, pool_per_task=8, shots=4, seed=10_000 + seed)
     prompts = build_prompts(probes, seen)
-    teacher, _ = probe_teacher(prompts, probes, teacher_cfg)
-    base = probe_dir(resolve_model_path("bundled"), prompts, probes)
-    starts = {k: probe_dir(resolve_model_path("bundled"), prompts, probes, k) for k in {ARMS[a][0] for a in args.arm_list} if k}
-    result = {"seed": seed, "generate": {s: d[1] for s, d in data.items()}, "teacher": teacher, "base": base,
-              "starts": {str(k): v for k, v in starts.items()}, "arms": {}}
+    teacher, teacher_records = probe_teacher(prompts, probes, teacher_cfg)
+    base, base_controls = probe_dir(resolve_model_path("bundled"), prompts, probes)
+    starts = {k: probe_dir(resolve_model_path("bundled"), prompts, probes, k)[0] for k in {ARMS[a][0] for a in args.arm_list} if k}
+    result = {"seed": seed, "cpu": cpu_flags(), "generate": {s: d[1] for s, d in data.items()}, "teacher": teacher, "base": base,
+              "starts": {str(k): v for k, v in starts.items()}, "arms": {},
+              "control_outputs": {"teacher": control_outputs(teacher_records), "base": base_controls}}
     for arm in args.arm_list:
         out = work / f"{arm}_{seed}"
         trained = train_arm(arm, data[ARMS[arm][1]][0], out, args, seed)
-        scores = probe_dir(out, prompts, probes)
+        scores, controls = probe_dir(out, prompts, probes)
         table = ability_table(teacher, base, scores, probes.tolerance, start=starts.get(ARMS[arm][0]))
-        result["arms"][arm] = {"train": trained, "probes": scores, "abilities": table}
+        result["arms"][arm] = {"train": trained, "probes": scores, "abilities": table, "control_outputs": controls}
         icl = next(r for r in table if r["ability"] == "ICL")
         print(f"seed {seed} {arm}: 0-shot {icl['student']:.3f} (base {icl['base']:.3f}, teacher 4-shot {icl['teacher']:.3f}) "
               f"gap closed {icl['gap_closed']}", flush=True)
@@ -228,6 +241,25 @@ def targets(summary: dict) -> list[dict]:
     return out
 
 
+COMPARABLE = ("families", "examples", "inputs", "steps", "per_task")
+
+
+def previous_seeds(path: Path, args) -> list[dict]:
+    """The seeds already measured in ``path`` (``--append``); refuses a file measured with other settings."""
+    if not path.exists():
+        return []
+    prev = json.loads(path.read_text())
+    cfg = prev.get("config", {})
+    differ = [k for k in COMPARABLE if str(cfg.get(k)) != str(getattr(args, k))]
+    if differ or sorted(prev.get("arms", {})) != sorted(args.arm_list):
+        sys.exit(f"--append: {path} was measured with other settings ({', '.join(differ) or 'arms'}); "
+                 "run with the same --families/--arms/--examples/--inputs/--steps/--per-task, or pick another --out")
+    seeds = prev.get("seeds", [])
+    for r in seeds:  # files written before seeds carried their own CPU
+        r.setdefault("cpu", prev["cpu"] if isinstance(prev.get("cpu"), str) else "?")
+    return seeds
+
+
 def main() -> int:
     from distill.probes.config import DEFAULT_ICL
 
@@ -241,6 +273,8 @@ def main() -> int:
     ap.add_argument("--per-task", type=int, default=8, help="held-out probe items per family")
     ap.add_argument("--measure", action="store_true", help="only measure the teacher on every family")
     ap.add_argument("--keep-work", action="store_true", help="keep the datasets and students")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the seeds already in --out (same families, arms and sizes) and run only the missing ones")
     ap.add_argument("--out", default="ea_transfer.json", help="file name under bench/results/")
     args = ap.parse_args()
     args.family_list = [f for f in args.families.split(",") if f]
@@ -261,12 +295,15 @@ def main() -> int:
         (RESULTS / "ea_transfer_measure.json").write_text(json.dumps({"cpu": cpu_flags(), "seeds": scores}, indent=1))
         return 0
     t0 = time.perf_counter()
-    results: list[dict] = []
+    results = previous_seeds(RESULTS / args.out, args) if args.append else []
     RESULTS.mkdir(parents=True, exist_ok=True)
     for seed in args.seed_list:  # the JSON is rewritten after every seed: a stopped run keeps what it measured
+        if any(r["seed"] == seed for r in results):
+            continue
         results.append(run_seed(seed, args, teacher_cfg, work))
         summary = summarize(results, args.arm_list)
-        report = {"config": {k: v for k, v in vars(args).items() if not k.endswith("_list")}, "cpu": cpu_flags(),
+        report = {"config": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
+                  "cpu": sorted({r["cpu"] for r in results}),
                   "families": args.family_list, "arms": {a: dict(zip(("keep_layers", "inputs", "logit_kd"), ARMS[a]))
                                                           for a in args.arm_list},
                   "summary": summary, "targets": targets(summary), "seeds": results,
