@@ -1,6 +1,7 @@
 # eakd — the two commands a new user needs:
 #   make demo   sets everything up, then runs the full pipeline on the bundled teacher
 #   make test   sets everything up, then runs the test suite (what .ci/run calls)
+# Also: make lint (ruff, as CI runs it).
 # Setup is idempotent: .venv is created when missing and reinstalled only when the lock file changes.
 
 PYTHON ?= python3
@@ -10,12 +11,13 @@ LOCK   ?= requirements/cpu.lock
 STAMP  := $(VENV)/.eakd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup models browser demo test test-fast test-all reliability audit screenshots clean help
+.PHONY: setup models browser demo test test-fast test-all lint reliability audit screenshots clean help
 
 help:
 	@echo "make demo       # set up, then run the demo pipeline (flows/configs/demo.yaml)"
 	@echo "make test       # set up, then run unit + integration tests (real vLLM teacher)"
 	@echo "make test-fast  # unit tests only (no vLLM engine)"
+	@echo "make lint       # ruff check . (CI fails on it)"
 
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,14 +48,18 @@ browser:
 demo: models
 	HF_HUB_OFFLINE=1 $(BIN)/eakd run flows/configs/demo.yaml
 
+# bare `pytest` (not `python -m pytest`): CI keeps the form a user types working (pyproject: pythonpath = ["."])
 test: models browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-fast: models
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not gpu and not integration" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -m "not slow and not gpu and not integration" $(PYTEST_ARGS)
 
 reliability: models
-	EAKD_RELIABILITY_OUT=bench/results/reliability.json HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "reliability and not gpu" $(PYTEST_ARGS)
+	EAKD_RELIABILITY_OUT=bench/results/reliability.json HF_HUB_OFFLINE=1 $(BIN)/pytest -m "reliability and not gpu" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
 
 audit: setup
 	.ci/audit
@@ -63,7 +69,7 @@ screenshots: setup browser
 	$(BIN)/python docs/screenshots.py $$(ls -d runs/demo-* | tail -1) docs
 
 test-all: models browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

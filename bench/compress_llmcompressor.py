@@ -52,8 +52,9 @@ def load_peer_model(out: Path, source: Path) -> tuple[torch.nn.Module, str]:
         return model.eval(), "transformers + compressed-tensors (dequantize=True)"
     except Exception as exc:  # noqa: BLE001 - any loader failure falls back to unpacking by hand
         logging.warning("transformers could not load %s (%s); dequantizing by hand", out, exc)
-    from compress.artifact import load_compressed
     from safetensors.torch import load_file
+
+    from compress.artifact import load_compressed
 
     model, tensors = load_compressed(source, dtype="float32"), {}
     for f in sorted(out.glob("*.safetensors")):

@@ -49,8 +49,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from compress.factorize import apply_low_rank_structure
-from compress.tensorized import apply_tensorized_structure
 from compress.quantize import SCHEME, dequantize, dequantize_weight, quantize_rtn_int8
+from compress.tensorized import apply_tensorized_structure
 from distill.config import ConfigError
 from distill.models import check_model_dir, load_causal_lm
 

@@ -51,9 +51,16 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from compress.calibrate import InputStats, decoder_blocks, run_sequential
-from compress.quantize import (check_model_quant_args, codes_to_weight, compute_qparams, dequantize_weight,
-                               fake_quantize, quantize_to_codes, quantize_weight,
-                               relative_output_error)
+from compress.quantize import (
+    check_model_quant_args,
+    codes_to_weight,
+    compute_qparams,
+    dequantize_weight,
+    fake_quantize,
+    quantize_to_codes,
+    quantize_weight,
+    relative_output_error,
+)
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from compress.calibrate import InputStats, run_sequential
-from compress.prune import block_progress, block_sparsities, sparsity_report, resolve_sparsity
+from compress.prune import block_progress, block_sparsities, resolve_sparsity, sparsity_report
 
 log = logging.getLogger(__name__)
 

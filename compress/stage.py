@@ -30,27 +30,34 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from compress.artifact import (grouped_entry, is_grouped_entry, load_compressed, new_manifest, quant_entry,
-                               read_manifest, save_compressed)
-from compress.eval import decode_latency, load_tasks, measure, probe_prompts, task_acc
+from compress.artifact import (
+    grouped_entry,
+    is_grouped_entry,
+    load_compressed,
+    new_manifest,
+    quant_entry,
+    read_manifest,
+    save_compressed,
+)
 from compress.awq import awq_model
 from compress.calibrate import calibration_batches, conversation_text
+from compress.eval import decode_latency, load_tasks, measure, probe_prompts, task_acc
 from compress.factorize import factorize_model
 from compress.gptq import gptq_model
 from compress.lowrank_aware import factorize_model_aware
-from compress.tensorized import tensorize_model
+from compress.prune import magnitude_model, prune_model, wanda_model
 from compress.qaf import qaf_model
 from compress.qat import qat_model
-from compress.prune import magnitude_model, prune_model, wanda_model
 from compress.quantize import quantize_model, quantize_model_rtn
 from compress.recover import recover
 from compress.sparsegpt import sparsegpt_model
 from compress.structured import depth_prune, width_prune
+from compress.tensorized import tensorize_model
 from distill.config import ConfigError, StageConfig, shared_data_dir
-from distill.io import publish_dir
 from distill.evaluate import load_eval_text
-from distill.probes.config import ProbesConfig
+from distill.io import publish_dir
 from distill.models import check_model_dir, load_tokenizer
+from distill.probes.config import ProbesConfig
 
 log = logging.getLogger(__name__)
 

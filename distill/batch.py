@@ -34,8 +34,15 @@ import time
 from pathlib import Path
 
 from distill.cache import ResponseCache
-from distill.teacher import (Choice, TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, cpu_thread_env,
-                             require_api_key)
+from distill.teacher import (
+    Choice,
+    TeacherConfig,
+    TeacherRequest,
+    TeacherResponse,
+    TeacherStats,
+    cpu_thread_env,
+    require_api_key,
+)
 
 log = logging.getLogger(__name__)
 

@@ -44,9 +44,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
-
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer, majority_vote
 from distill.budget import Budget
@@ -58,11 +56,11 @@ from distill.demos import METHODS as DEMO_METHODS
 from distill.demos import BM25Index
 from distill.demos import select_demos as rank_demos
 from distill.filters import BlocklistFilter, FormatFilter, LengthFilter, NgramIndex, apply_filters, ngram_contamination
+from distill.replay import ReplayConfig, replay_seeds, verify_rows
 from distill.seeds import Seed, SeedFormat, load_seeds
 from distill.selfinstruct import BootstrapConfig, bootstrap_instructions
 from distill.structured import cot_schema
 from distill.synth import SynthesisConfig, synthesize_inputs
-from distill.replay import ReplayConfig, replay_seeds, verify_rows
 from distill.tasks import TaskFile, load_tasks, task_seeds
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
 from distill.templates import resolve_templates

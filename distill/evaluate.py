@@ -45,13 +45,13 @@ from torch import Tensor, nn
 from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer
 from distill.config import ConfigError, StageConfig, dump_config, shared_data_dir
 from distill.generation import generate_greedy
-from distill.probes.config import ProbesConfig
 from distill.models import (
     load_causal_lm,
     load_tokenizer,
     resolve_dtype,
     resolve_model_path,
 )
+from distill.probes.config import ProbesConfig
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from pydantic import Field, field_validator, model_validator
 from distill.budget import Budget, BudgetExceeded, worst_case
 from distill.cache import ResponseCache
 from distill.config import ConfigError, StageConfig
-from distill.models import BUNDLED_ALIAS, BUNDLED_NAME
 from distill.credentials import SECRETS_FILE_ENV, get_secret
+from distill.models import BUNDLED_ALIAS, BUNDLED_NAME
 
 log = logging.getLogger(__name__)
 

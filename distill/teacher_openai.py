@@ -39,10 +39,25 @@ from tqdm import tqdm
 from distill.budget import Budget, worst_case
 from distill.cache import ResponseCache
 from distill.config import ConfigError
-from distill.schedule import (AdaptiveLimit, RateLimiter, Scheduled, arrival_order, estimate_tokens, prefix_groups,
-                              prompt_text)
+from distill.schedule import (
+    AdaptiveLimit,
+    RateLimiter,
+    Scheduled,
+    arrival_order,
+    estimate_tokens,
+    prefix_groups,
+    prompt_text,
+)
 from distill.structured import fallback_instruction, merge_reasked, response_format, validate_output
-from distill.teacher import BUDGET_ERROR, Choice, TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, require_api_key
+from distill.teacher import (
+    BUDGET_ERROR,
+    Choice,
+    TeacherConfig,
+    TeacherRequest,
+    TeacherResponse,
+    TeacherStats,
+    require_api_key,
+)
 
 log = logging.getLogger(__name__)
 

@@ -179,7 +179,8 @@ def generate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
     if dry_run:
         import json
 
-        from distill.dryrun import dry_run as plan, format_dry_run
+        from distill.dryrun import dry_run as plan
+        from distill.dryrun import format_dry_run
 
         d = _guard(lambda: plan(cfg.generate, cfg.teacher))
         typer.echo(json.dumps(d.to_dict(), indent=2, ensure_ascii=False) if as_json else format_dry_run(d))

@@ -30,6 +30,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import flows  # noqa: F401  (sets Prefect's environment before Prefect is imported)
+
+# isort: split
 from prefect import flow, task
 
 from distill.config import ConfigError, dump_config, load_config, shared_data_dir

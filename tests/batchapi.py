@@ -18,6 +18,7 @@ import time
 from collections import Counter
 
 from aiohttp import ClientSession, web
+
 from loopback import LoopbackApp
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +25,8 @@ os.environ.setdefault("EAKD_CPU_AUTO_DTYPE", "float32")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="eakd-test-prefect-"))
 
 import flows  # noqa: E402,F401  (Prefect's environment, before Prefect is imported)
+
+# isort: split
 
 # Prefect binds its console log handler to sys.stderr when it is first imported. Import it now, under
 # pytest's session capture: first imported inside a test's CliRunner, it kept that runner's stream, which

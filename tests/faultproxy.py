@@ -22,6 +22,7 @@ import time
 from collections import Counter
 
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
+
 from loopback import LoopbackApp
 
 FAULTS = ("429_retry_after", "429", "500", "502", "503", "hang", "reset", "malformed", "empty_choices")

@@ -47,8 +47,9 @@ def main() -> int:
     ap.add_argument("--dampening", type=float, default=0.01, help="Hessian dampening, fraction of mean diag")
     args = ap.parse_args()
 
-    from datasets import Dataset
     from importlib.metadata import version
+
+    from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import GPTQModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -53,8 +53,9 @@ def fifth_means(losses: list[float]) -> tuple[float, float]:
 def main() -> int:
     spec_path, result_path = sys.argv[1], sys.argv[2]
     spec = json.load(open(spec_path))
-    from datasets import Dataset
     from importlib.metadata import version
+
+    from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 

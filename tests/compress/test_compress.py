@@ -12,14 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.artifact import (MANIFEST_NAME, load_compressed, new_manifest, quant_entry, safetensors_bytes,
-                               save_compressed)
+from byte_models import VOCAB, byte_tokenizer, tiny_llama  # noqa: F401
+from compress.artifact import (
+    MANIFEST_NAME,
+    load_compressed,
+    new_manifest,
+    quant_entry,
+    safetensors_bytes,
+    save_compressed,
+)
 from compress.factorize import LowRankLinear, factorize_model, low_rank_from_linear, svd_factors
 from compress.prune import magnitude_mask, prune_model
 from compress.quantize import dequantize, is_on_int8_grid, quantize_model, quantize_rtn_int8
 from compress.stage import CompressConfig, CompressStep, EvalConfig, compress_student
 from distill.config import ConfigError, load_config
-from byte_models import VOCAB, byte_tokenizer, tiny_llama  # noqa: F401
 
 TEXT = "It was the best of times, it was the worst of times; it was the age of wisdom. " * 6  # ~480 tokens
 EVAL = EvalConfig(window=64, max_windows=3, dtype="float32")

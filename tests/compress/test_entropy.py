@@ -13,8 +13,15 @@ from safetensors.torch import load_file, save_file
 
 from byte_models import byte_tokenizer, tiny_llama
 from compress.artifact import load_compressed, read_manifest, safetensors_bytes
-from compress.entropy import (code_histogram, coding_report, decode_codes, encode_codes, huffman_bits,
-                              huffman_lengths, shannon_bits)
+from compress.entropy import (
+    code_histogram,
+    coding_report,
+    decode_codes,
+    encode_codes,
+    huffman_bits,
+    huffman_lengths,
+    shannon_bits,
+)
 from compress.export import export_compressed_tensors
 from compress.quantize import quantize_weight
 from compress.stage import CompressConfig, CompressStep, EvalConfig, compress_student

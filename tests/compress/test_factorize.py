@@ -16,12 +16,24 @@ import torch
 
 from byte_models import VOCAB, byte_tokenizer, tiny_llama
 from compress.artifact import load_compressed, new_manifest, save_compressed
-from compress.calibrate import collect_input_stats
-from compress.factorize import (LowRankLinear, allocate_ranks, allocated_params, break_even, low_rank_from_factors,
-                                svd_factors)
-from compress.calibrate import InputStats
-from compress.lowrank_aware import (asvd_factors, calibrate_layers, cholesky_whitening, collect_output_fisher,
-                                    component_losses, factorize_model_aware, svdllm_factors)
+from compress.calibrate import InputStats, collect_input_stats
+from compress.factorize import (
+    LowRankLinear,
+    allocate_ranks,
+    allocated_params,
+    break_even,
+    low_rank_from_factors,
+    svd_factors,
+)
+from compress.lowrank_aware import (
+    asvd_factors,
+    calibrate_layers,
+    cholesky_whitening,
+    collect_output_fisher,
+    component_losses,
+    factorize_model_aware,
+    svdllm_factors,
+)
 
 
 def correlated_inputs(in_f: int = 48, n: int = 400, seed: int = 0) -> torch.Tensor:

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from compress.calibrate import calibration_batches
-from compress.prune import (magnitude_mask, magnitude_model, nm_mask, resolve_sparsity, row_mask, wanda_mask,
-                            wanda_model)
+from compress.prune import magnitude_mask, magnitude_model, nm_mask, resolve_sparsity, row_mask, wanda_mask, wanda_model
 from distill.models import load_causal_lm, load_tokenizer
 
 TEXT = " ".join(f"word{i % 97} and token{i % 13}." for i in range(2000))

@@ -5,11 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress import target_linears
-from compress.quantize import (dequantize_weight, fake_quantize, quantize_model_rtn, quantize_weight,
-                               relative_output_error)
 from byte_models import tiny_llama
-
+from compress import target_linears
+from compress.quantize import (
+    dequantize_weight,
+    fake_quantize,
+    quantize_model_rtn,
+    quantize_weight,
+    relative_output_error,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,8 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from compress.structured import (block_importance, depth_prune, drop_layers, prune_kv_groups, width_importance,
-                                 width_prune)
+from compress.structured import (
+    block_importance,
+    depth_prune,
+    drop_layers,
+    prune_kv_groups,
+    width_importance,
+    width_prune,
+)
 
 VOCAB = 128
 IDS = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))

@@ -9,8 +9,19 @@ import random
 import pytest
 import torch
 
-from compress.tensorized import (TensorizedLinear, compare_layer, cp_rank, cp_weight, factor_pair, svd_weight,
-                                 tensor_shape, tensorize_model, tucker_params, tucker_ranks, tucker_weight)
+from compress.tensorized import (
+    TensorizedLinear,
+    compare_layer,
+    cp_rank,
+    cp_weight,
+    factor_pair,
+    svd_weight,
+    tensor_shape,
+    tensorize_model,
+    tucker_params,
+    tucker_ranks,
+    tucker_weight,
+)
 
 
 def test_factor_pair_is_the_most_square_divisor_pair():

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from byte_models import VOCAB, byte_tokenizer, tiny_llama  # noqa: F401
 from distill.config import ConfigError
 from distill.evaluate import count_parameters, load_eval_text, perplexity, window_ids
-from byte_models import VOCAB, byte_tokenizer, tiny_llama  # noqa: F401
 
 
 class UniformLM(nn.Module):

@@ -4,8 +4,16 @@ import pytest
 
 from distill.answers import ExtractionConfig
 from distill.filters import (
-    BlocklistFilter, ContaminationFilter, FormatFilter, GoldMatchFilter, LengthFilter, NgramIndex,
-    apply_filters, ngram_contamination, row_instruction, row_response,
+    BlocklistFilter,
+    ContaminationFilter,
+    FormatFilter,
+    GoldMatchFilter,
+    LengthFilter,
+    NgramIndex,
+    apply_filters,
+    ngram_contamination,
+    row_instruction,
+    row_response,
 )
 
 

@@ -2,8 +2,16 @@
 
 import pytest
 
-from distill.probes.ifeval import (KINDS, Constraint, IFItem, describe, follows, loose_variants, make_constraint,
-                                   score_if)
+from distill.probes.ifeval import (
+    KINDS,
+    Constraint,
+    IFItem,
+    describe,
+    follows,
+    loose_variants,
+    make_constraint,
+    score_if,
+)
 
 AT_MOST, AT_LEAST = "at most", "at least"
 

@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 
 from distill.novelty import (
-    LSHIndex, MinHasher, drop_agreement, estimate_jaccard, jaccard, lcs_length, lsh_params,
-    minhash_dedup_filter, rouge_l, rouge_tokenize, rougel_novelty_filter, shingles,
+    LSHIndex,
+    MinHasher,
+    drop_agreement,
+    estimate_jaccard,
+    jaccard,
+    lcs_length,
+    lsh_params,
+    minhash_dedup_filter,
+    rouge_l,
+    rouge_tokenize,
+    rougel_novelty_filter,
+    shingles,
 )
 
 

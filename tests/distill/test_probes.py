@@ -14,7 +14,6 @@ from distill.probes.run import build_prompts, training_inputs
 from distill.probes.score import ability_markdown, ability_table, gap_closed, grade, score_model
 from distill.probes.suite import answer_in, cot_prompts, grade_answer, icl_prompts
 
-
 # --- families --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

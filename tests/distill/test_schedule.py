@@ -7,8 +7,14 @@ import random
 
 import pytest
 
-from distill.schedule import (AdaptiveLimit, RateLimiter, arrival_order, estimate_tokens, prefix_groups,
-                              shared_prefix_share)
+from distill.schedule import (
+    AdaptiveLimit,
+    RateLimiter,
+    arrival_order,
+    estimate_tokens,
+    prefix_groups,
+    shared_prefix_share,
+)
 
 DEMOS = ["demo set %d: " % d + ("example text %d " % d) * 40 for d in range(3)]
 

@@ -137,9 +137,8 @@ TEMPLATE_CASES = {
 @pytest.fixture
 def template_files(tmp_path, monkeypatch, repo_root):
     """Copies of every shipped template (what load_template reads for a shipped name) and a user copy of each."""
-    import prompts.render
     import flows.stage_keys
-
+    import prompts.render
     from prompts import SHIPPED
 
     shipped, user = tmp_path / "shipped", tmp_path / "user"

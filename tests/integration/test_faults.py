@@ -12,10 +12,10 @@ import threading
 import time
 
 import pytest
-from faultproxy import FaultProxy, summary
 
 from distill.cache import ResponseCache
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+from faultproxy import FaultProxy, summary
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import yaml
+
 from faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]

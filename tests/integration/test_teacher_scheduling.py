@@ -7,10 +7,10 @@ sent); a dead replica is a loopback port nobody listens on.
 import time
 
 import pytest
-from faultproxy import FaultProxy
 
 from distill.serve import free_port
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 
