@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -58,6 +57,7 @@ from compress.artifact import (INT8_SUFFIX, LORA_A_SUFFIX, LORA_B_SUFFIX, MANIFE
                                ZERO_SUFFIX, code_key, is_grouped_entry, read_codes, read_manifest)
 from compress.quantize import SCHEME, dequantize_weight
 from distill.config import ConfigError
+from distill.io import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +257,7 @@ def export_compressed_tensors(artifact_dir: str | Path, out_dir: str | Path, sca
             record["adapter"] = "adapter"
             _write_adapter(tmp / "adapter", adapters, manifest)
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        publish_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

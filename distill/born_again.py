@@ -29,6 +29,7 @@ import shutil
 from pathlib import Path
 
 from distill.config import ConfigError
+from distill.io import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def born_again(cfg, dataset_dir: str | Path, out_dir: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(parent, tmp)
     (tmp / "born_again.json").write_text(json.dumps({"generations": record}, indent=2))
-    tmp.rename(out)
+    publish_dir(tmp, out)
     for r in record:
         log.info("born-again gen %d: validation loss %s, top-1 agreement with the dataset's teacher %s",
                  r["generation"], r["val_loss"], r["top1_agreement"])

@@ -14,7 +14,6 @@ the data; resuming with different inputs is refused rather than silently mixing 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill.config import ConfigError
+from distill.io import publish_dir
 
 KEEP = 2  # checkpoints kept; older ones are deleted after a newer one is complete
 
@@ -58,8 +58,7 @@ def save_checkpoint(root: Path, step: int, model, opt, sampler: random.Random, q
     meta = {"step": step, "fingerprint": fingerprint, "sampler": [version, list(internal), gauss],
             "queue": queue, "history": history, "before": before}
     (tmp / "meta.json").write_text(json.dumps(meta))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    publish_dir(tmp, final)
     for old in sorted(root.glob("step-*"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final

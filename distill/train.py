@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 
 from distill.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import ConfigError, StageConfig, dump_config
+from distill.io import publish_dir
 from distill.logprobs import is_packed, unpack_topk
 from distill.models import eos_ids, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
@@ -705,9 +706,7 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
         f"- teacher agreement on validation (top-1, KL on top-k): {json.dumps(before['agreement'])} -> "
         f"{json.dumps(agreement_after)}\n- eakd {code_version()}\n")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    publish_dir(tmp, out)  # readable as the umask says: safetensors writes its files 0600 (distill.io)
     shutil.rmtree(ckpt_root, ignore_errors=True)  # the finished student supersedes its checkpoints
     if world > 1:
         torch.distributed.barrier()
