@@ -99,7 +99,35 @@ def generate(tasks: Path, out: Path, teacher_cfg, seed: int, replay: bool = Fals
                          sampling_per_style={"instruct": SamplingConfig(max_tokens=64, top_logprobs=5)} if replay else {})
     generate_dataset(cfg, teacher_cfg, out)
     stats = json.loads((out / "stats.json").read_text())
-    return out, {"rows": stats["rows"], "synthesis": stats.get("synthesis"), "seconds": stats["seconds"]}
+    return out, {"rows": stats["rows"], "synthesis": stats.get("synthesis"), "seconds": stats["seconds"],
+                 "teacher_answers": answer_stats(out)}
+
+
+def answer_stats(dataset: Path) -> dict:
+    """What top-k logit KD sees beyond the answer text, over the train rows: answer length in tokens, the
+    teacher's probability of its own first answer token, and the mass outside its top-k (the tail bucket)."""
+    import numpy as np
+    from datasets import load_from_disk
+
+    from distill.logprobs import unpack_topk
+
+    train = load_from_disk(str(dataset))["train"]
+    if "teacher_logprobs" not in train.column_names:
+        return {}
+    lengths, first_p, tail = [], [], []
+    for lp in train["teacher_logprobs"]:
+        if not lp:
+            continue
+        _, lps = unpack_topk(json.loads(lp))
+        if not len(lps):
+            continue
+        probs = np.exp(lps)
+        lengths.append(len(lps))
+        first_p.append(float(probs[0].max()))
+        tail.append(float(np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0).mean()))
+    mean = lambda xs: round(statistics.mean(xs), 4) if xs else None  # noqa: E731
+    return {"rows": len(lengths), "answer_tokens": mean(lengths), "first_token_p": mean(first_p),
+            "tail_mass": mean(tail)}
 
 
 def measure(args, teacher_cfg) -> dict:
