@@ -1,7 +1,7 @@
 # eakd — the two commands a new user needs:
 #   make demo   sets everything up, then runs the full pipeline on the bundled teacher
 #   make test   sets everything up, then runs the test suite (what .ci/run calls)
-# Also: make lint (ruff, as CI runs it).
+# Also: make lint (ruff, as CI runs it), make docs (the measured tables in docs/ from bench/results/*.json).
 # Setup is idempotent: .venv is created when missing and reinstalled only when the lock file changes.
 
 PYTHON ?= python3
@@ -11,13 +11,14 @@ LOCK   ?= requirements/cpu.lock
 STAMP  := $(VENV)/.eakd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup models browser demo test test-fast test-all lint reliability audit screenshots clean help
+.PHONY: setup models browser demo test test-fast test-all lint docs reliability audit screenshots clean help
 
 help:
 	@echo "make demo       # set up, then run the demo pipeline (flows/configs/demo.yaml)"
 	@echo "make test       # set up, then run unit + integration tests (real vLLM teacher)"
 	@echo "make test-fast  # unit tests only (no vLLM engine)"
 	@echo "make lint       # ruff check . (CI fails on it)"
+	@echo "make docs       # rewrite the measured tables in docs/ from bench/results/*.json"
 
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +61,13 @@ reliability: models
 
 lint: setup
 	$(BIN)/ruff check .
+
+# the measured tables of docs/benchmarks.md and docs/abilities.md, and the import cycles in docs/architecture.md,
+# rewritten between their <!-- bench:NAME --> markers from bench/results/*.json and the code
+docs: setup
+	$(BIN)/python bench/tables.py
+	$(BIN)/python bench/docs_abilities.py
+	$(BIN)/python bench/modgraph.py --write-docs
 
 audit: setup
 	.ci/audit
