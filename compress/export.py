@@ -53,8 +53,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from compress.artifact import (INT8_SUFFIX, LORA_A_SUFFIX, LORA_B_SUFFIX, MANIFEST_NAME, SCALE_SUFFIX, WEIGHTS_NAME,
-                               ZERO_SUFFIX, code_key, is_grouped_entry, read_codes, read_manifest)
+from compress.artifact import (
+    INT8_SUFFIX,
+    LORA_A_SUFFIX,
+    LORA_B_SUFFIX,
+    MANIFEST_NAME,
+    SCALE_SUFFIX,
+    WEIGHTS_NAME,
+    ZERO_SUFFIX,
+    code_key,
+    is_grouped_entry,
+    read_codes,
+    read_manifest,
+)
 from compress.quantize import SCHEME, dequantize_weight
 from distill.config import ConfigError
 from distill.io import publish_dir
