@@ -140,7 +140,7 @@ def compress_methods(d: dict | None) -> str:
             note = f" ({rise / _rise_of(steps[other], bp):.2f}× {name})"
         if key == "depth25_recovered" and "depth25" in steps:
             gap = _rise_of(steps["depth25"], bp)
-            note = f": {(gap - rise) / gap:.0%} of the gap closed"
+            note = f": {_pct((gap - rise) / gap, 0)} of the gap closed"
         nz = a["params_nonzero"]
         params = f"{_m(a['params_total'])} ({_m(nz)})" if nz != a["params_total"] else _m(a["params_total"])
         lines.append(f"| {_step_label(key, st)} | {params} | {_mb(a['bytes_on_disk'])} | {_sig(a['perplexity'])} | "
@@ -164,14 +164,14 @@ def owl_table(d: dict | None) -> str:
         ru, ro = _rise_of(u, bp), _rise_of(o, bp)
         blocks = o["stats"].get("block_sparsity", [])
         lines.append(f"| {pct} % | {_sig(u['after']['perplexity'])} ({_rise(ru)}) | **{_sig(o['after']['perplexity'])}** "
-                     f"({_rise(ro)}; blocks {min(blocks):.0%}–{max(blocks):.0%}) | {ro / ru:.2f}× | "
+                     f"({_rise(ro)}; blocks {_pct(min(blocks), 0)}–{_pct(max(blocks), 0)}) | {ro / ru:.2f}× | "
                      f"{_m(u['after']['params_nonzero'])} / {_m(o['after']['params_nonzero'])} | "
                      f"{_s(u['method_seconds'])} / {_s(o['method_seconds'])} |")
     o70 = s.get("wanda70_owl")
     if o70 and o70["stats"].get("block_sparsity"):
         b = o70["stats"]["block_sparsity"]
-        lines += ["", f"At 70 % OWL kept the first and last blocks at {b[0]:.0%} and {b[-1]:.0%} sparsity and pruned "
-                      f"the quietest blocks to {max(b):.0%}."]
+        lines += ["", f"At 70 % OWL kept the first and last blocks at {_pct(b[0], 0)} and {_pct(b[-1], 0)} sparsity and pruned "
+                      f"the quietest blocks to {_pct(max(b), 0)}."]
     return "\n".join(lines)
 
 
@@ -232,8 +232,8 @@ def qat_table(d: dict | None) -> str:
         st, z = s[key], s.get(key + "_zstd", s[key])
         rise = _rise(st["rise"])
         if key in ("qat4_g64", "qaf4_g64") and rtn_rise:
-            label += f" ({st['method_seconds']:.0f} s)"
-            rise = f"**{rise}: {(rtn_rise - st['rise']) / rtn_rise:.0%} of RTN's loss recovered**"
+            label += f" ({st['method_seconds']:,.0f} s)"
+            rise = f"**{rise}: {_pct((rtn_rise - st['rise']) / rtn_rise, 0)} of RTN's loss recovered**"
         lines.append(f"| {label} | {_sig(st['perplexity'])} | {rise} | {st['shannon_bits']:.2f} / {st['huffman_bits']:.2f} / "
                      f"{st['stored_bits']:.2f} → {z['stored_bits']:.2f} | {_mb(st['weights_bytes'])} → "
                      f"{_mb(z['weights_bytes'])} | {st['load_s']:.2f} → {z['load_s']:.2f} s |")
@@ -260,7 +260,7 @@ def tensor_decomp(d: dict | None) -> str:
         if not all(r.values()):
             continue
         best = min(r, key=lambda m: r[m]["output_error_mean"])
-        lines.append(f"| {float(ratio):.0%} | " + " | ".join(
+        lines.append(f"| {_pct(float(ratio), 0)} | " + " | ".join(
             f"{r[m]['weight_error_mean']:.3f} / {'**' if m == best else ''}{r[m]['output_error_mean']:.3f}"
             f"{'**' if m == best else ''}" for m in ("svd", "tucker", "cp")) + " | " +
             ", ".join(f"{m.upper()} on {r[m]['wins']} of {n}" for m in ("svd", "tucker", "cp") if r[m]["wins"]) + " |")
@@ -374,7 +374,7 @@ def kd_vs_sft(runs: list[tuple[str, dict | None]]) -> str:
     if main:
         a, ho = main["arms"], main["arms"]["sft"]["held_out"]
         lines += ["", f"k = {main['config']['k']}; {ho['rows']} held-out rows, {ho['tokens']:,} answer tokens. Top-1 "
-                      f"agreement (main run): " + ", ".join(f"{k} {a[k]['held_out']['top1_agreement']:.1%}" for k in a) +
+                      f"agreement (main run): " + ", ".join(f"{k} {_pct(a[k]['held_out']['top1_agreement'])}" for k in a) +
                       "; last train loss: " + ", ".join(f"{k} {a[k]['loss_last']:.2f}" for k in a) + "."]
         lines += _targets(main.get("targets"))
     return "\n".join(lines)
@@ -393,7 +393,7 @@ def born_again(d: dict | None) -> str:
         kl = f"{x['kl_full_vs_original_teacher']:.3f}"
         if x["generation"] > 0:
             kl += f" ({(x['kl_full_vs_original_teacher'] / g[0]['kl_full_vs_original_teacher'] - 1) * 100:+.1f} %)"
-        lines.append(f"| {x['generation']} | {by} | {x['val_ce']:.3f} | {x['top1_agreement_vs_original']:.1%} | {kl} |")
+        lines.append(f"| {x['generation']} | {by} | {x['val_ce']:.3f} | {_pct(x['top1_agreement_vs_original'])} | {kl} |")
     return "\n".join(lines)
 
 
@@ -408,15 +408,15 @@ def context(d: dict | None) -> str:
              "control_after": "control: trained as long on the teacher's zero-shot answers"}
     lines = [f"{len(d['tasks'])} task families, {q['train']} training and {q['held_out']} held-out questions; "
              f"evaluation in {d['eval_dtype']}; the teacher was right on "
-             f"{d['generate']['context']['teacher_accuracy']:.0%} of the training answers.", "",
+             f"{_pct(d['generate']['context']['teacher_accuracy'], 0)} of the training answers.", "",
              f"| arm ({q['held_out']} held-out questions) | accuracy |", "|---|---|"]
     for key, text in label.items():
         if key in a:
             extra = ""
             if key == "student_after":
-                extra = f": {d['gap_closed']:.1%} of the gap closed**"
+                extra = f": {_pct(d['gap_closed'])} of the gap closed**"
             elif key == "control_after":
-                extra = f" ({d['control_gap_closed']:.0%} of the gap)"
+                extra = f" ({_pct(d['control_gap_closed'], 0)} of the gap)"
             acc = _pct(a[key]["accuracy"])
             lines.append(f"| {text} | {'**' + acc + extra if key == 'student_after' else acc + extra} |")
     return "\n".join(lines + _targets(d.get("targets")))
@@ -458,8 +458,8 @@ def throughput(plain: dict | None, run1: dict | None, many: dict | None, overflo
                          f"server KV cache {a['server_kv_cache_gib']} GiB** (`teacher_throughput_icl_overflow.json`)",
                          overflow["workloads"]["icl_many"]))
         sm = overflow["summary"]["icl_many"]
-        lines += ["", f"Overflow run: share of greedy answers identical to the raw loop's: eakd {sm['eakd']['same_text_as_raw']:.0%}, "
-                      f"curator {sm['curator']['same_text_as_raw']:.0%}, distilabel {sm['distilabel']['same_text_as_raw']:.0%}; "
+        lines += ["", f"Overflow run: share of greedy answers identical to the raw loop's: eakd {_pct(sm['eakd']['same_text_as_raw'], 0)}, "
+                      f"curator {_pct(sm['curator']['same_text_as_raw'], 0)}, distilabel {_pct(sm['distilabel']['same_text_as_raw'], 0)}; "
                       f"eakd sent {overflow['workloads']['icl_many']['eakd']['prefix_groups']} prefix groups."]
     if not (plain or run1 or many or overflow):
         return _missing("teacher_throughput.json", ".venv/bin/python bench/teacher_throughput.py")
@@ -479,8 +479,8 @@ def throughput_inprocess(d: dict | None) -> str:
             continue
         w = ip[key]
         raw = w["raw"]["wall_s"]
-        arr = f"{w['eakd_arrival']['wall_s']:.1f} s" if "eakd_arrival" in w else "—"
-        lines.append(f"| {label} | {raw:.1f} s | {arr} | {w['eakd']['wall_s']:.1f} s ({raw / w['eakd']['wall_s']:.2f}×) |")
+        arr = f"{w['eakd_arrival']['wall_s']:,.1f} s" if "eakd_arrival" in w else "—"
+        lines.append(f"| {label} | {raw:,.1f} s | {arr} | {w['eakd']['wall_s']:,.1f} s ({raw / w['eakd']['wall_s']:.2f}×) |")
     return "\n".join(lines)
 
 
@@ -492,7 +492,7 @@ def batch_vs_online(d: dict | None) -> str:
             f"**{b['total_s']:.1f} s including its engine start**, the online path {o['total_s']:.1f} s "
             f"({o['server_start_s']:.1f} s server start + {o['requests_s']:.1f} s of requests): "
             f"**{d['batch_vs_online_total']:.2f}× faster end to end** ({o['requests_s'] / b['total_s']:.2f}× against the online "
-            f"requests alone), with **{d['same_text_share']:.0%} of records identical** in text.")
+            f"requests alone), with **{_pct(d['same_text_share'], 0)} of records identical** in text.")
 
 
 def self_consistency(gsm: dict | None, demo: dict | None) -> str:
@@ -504,17 +504,17 @@ def self_consistency(gsm: dict | None, demo: dict | None) -> str:
                      f"{a['temperature']} (`cot_self_consistency.json`): greedy keeps {s['single_sample']['kept_rows']} "
                      f"finished rationales, {s['single_sample']['kept_correct']} correct "
                      f"({s['single_sample']['removed_by_reason'].get('truncated', 0)} truncated); self-consistency + gold keeps "
-                     f"{s['self_consistency']['kept_rows']}; sampled accuracy {sc['all_samples_accuracy']:.1%}, "
-                     f"voted {sc['voted_accuracy']:.1%}.")
+                     f"{s['self_consistency']['kept_rows']}; sampled accuracy {_pct(sc['all_samples_accuracy'])}, "
+                     f"voted {_pct(sc['voted_accuracy'])}.")
     if demo:
         s, sc = demo["runs"], demo["runs"]["self_consistency"]["self_consistency"]
         lines.append(f"- The demo's seed tasks, zero-shot CoT (`cot_self_consistency_demo_seeds.json`): greedy "
-                     f"**{s['single_sample']['kept_correct_share']:.1%}** correct ({s['single_sample']['kept_correct']} of "
+                     f"**{_pct(s['single_sample']['kept_correct_share'])}** correct ({s['single_sample']['kept_correct']} of "
                      f"{s['single_sample']['kept_rows_with_gold']} graded rationales); self-consistency + gold keeps "
-                     f"**{sc['kept_rows']} rationales, {sc['kept_correct_share']:.0%} correct**, covering "
+                     f"**{sc['kept_rows']} rationales, {_pct(sc['kept_correct_share'], 0)} correct**, covering "
                      f"{sc['questions_covered']} questions against greedy's {s['single_sample']['correct_questions']}; the vote "
-                     f"alone keeps {sc['voted_rows']} rationales, {sc['voted_rows_correct_share']:.1%} correct (samples right "
-                     f"{sc['all_samples_accuracy']:.0%} of the time, the voted answer {sc['voted_accuracy']:.0%}).")
+                     f"alone keeps {sc['voted_rows']} rationales, {_pct(sc['voted_rows_correct_share'])} correct (samples right "
+                     f"{_pct(sc['all_samples_accuracy'], 0)} of the time, the voted answer {_pct(sc['voted_accuracy'], 0)}).")
     return "\n".join(lines) or _missing("cot_self_consistency.json", "python bench/cot_self_consistency.py")
 
 
@@ -530,7 +530,7 @@ def self_instruct(d: dict | None, scaling: dict | None) -> str:
                      f"{rb['exact_repeat']} exact repeats, {rb['format']} on format and {rb['length']} on length. ROUGE-L and "
                      f"MinHash-LSH on the same candidates: {ag['both']} dropped by both, {ag['only_rougel']} by ROUGE-L only, "
                      f"{ag['only_minhash']} by MinHash only (Jaccard {ag['jaccard']:.2f}; MinHash recall "
-                     f"{ag['minhash_recall']:.1%} of ROUGE-L's drops, precision {ag['minhash_precision']:.0%}).")
+                     f"{_pct(ag['minhash_recall'])} of ROUGE-L's drops, precision {_pct(ag['minhash_precision'], 0)}).")
     if scaling:
         r = scaling["rows"]
         lines.append(f"- `novelty_scaling.json`: from {r[0]['n']:,} to {r[-1]['n']:,} candidates ROUGE-L's time grows with "
@@ -553,7 +553,7 @@ def structured_cot(d: dict | None) -> str:
                        ("structured", "JSON `{rationale, answer}`, structured decoding (`cot_json.jinja`)")):
         x = v[key]
         how = ", ".join(f"{names.get(k, k)} {n}" for k, n in x["extraction"].items())
-        lines.append(f"| {label} | {x['answer_found']} / {x['rows']} | {x['usable_rows']} ({x['usable_share']:.0%}) | "
+        lines.append(f"| {label} | {x['answer_found']} / {x['rows']} | {x['usable_rows']} ({_pct(x['usable_share'], 0)}) | "
                      f"{x['removed_by_reason'].get('truncated', 0)} | {how} | "
                      f"{x['gold_match']} |")
     j = v["structured"].get("judge")
@@ -573,7 +573,7 @@ def structured_selfinstruct(d: dict | None) -> str:
     for key, label in (("free_text", "numbered list, parsed from free text"),
                        ("structured", "JSON `{\"instructions\": [...]}`, structured decoding + validation")):
         x = v[key]
-        lines.append(f"| {label} | {x['answers_parsed']} / {x['answers']} ({x['parseable_share']:.1%}) | {x['candidates']} | "
+        lines.append(f"| {label} | {x['answers_parsed']} / {x['answers']} ({_pct(x['parseable_share'])}) | {x['candidates']} | "
                      f"{x['kept_after_filters']} | {x['schema_retries'] if key == 'structured' else '–'} |")
     return "\n".join(lines)
 
