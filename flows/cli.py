@@ -11,6 +11,7 @@
     eakd deploy CONFIG --pool POOL [--cron]  # the pipeline deployment, run by a work pool's workers
     eakd report RUN_DIR                    # report.json, report.md, report.html
     eakd view DATASET_DIR [--port N]       # local dataset viewer on 127.0.0.1
+    eakd export SRC OUT [--format gguf --type q8_0]  # one GGUF for llama.cpp, or a compressed-tensors folder for vLLM
 
 A bad input is one ``error:`` line on stderr and exit code 2; a failure at run time, exit code 1.
 """
@@ -344,6 +345,36 @@ def view(dataset_dir: Path = typer.Argument(..., help="a dataset folder, e.g. ru
     from flows.viewer import serve
 
     _guard(lambda: serve(dataset_dir, port=port))
+
+
+@app.command("export")
+def export(src: str = typer.Argument(..., help="model folder (a student, a compressed step, any Llama safetensors folder) or 'bundled'"),
+           out: Path = typer.Argument(..., help="--format gguf: the .gguf file to write; compressed-tensors: the folder"),
+           fmt: str = typer.Option("gguf", "--format", help="gguf (llama.cpp: llama-cli, llama-server) or compressed-tensors (vLLM)"),
+           qtype: Optional[str] = typer.Option(None, "--type", help="gguf: f16, bf16, q8_0 (default), q4_0 or q4_1"),
+           scale_dtype: Optional[str] = typer.Option(None, "--scale-dtype", help="compressed-tensors: float32, bfloat16 or float16 scales (default: the artifact's dtype)"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output")) -> None:
+    """Write a model for an inference engine: one self-contained GGUF file (weights, tokenizer, chat template) for
+    llama.cpp, or a compressed-tensors folder of a rtn/gptq/awq step for vLLM. Prints what it wrote."""
+    _setup_logging()
+    from distill.models import resolve_model_path
+
+    if fmt == "gguf":
+        if scale_dtype is not None:
+            _fail("--scale-dtype is for --format compressed-tensors; GGUF types set their own scales (--type)", 2)
+        from compress.gguf import export_gguf, record_path
+
+        path = _guard(lambda: export_gguf(resolve_model_path(src), out, qtype or "q8_0", overwrite=overwrite), where=out)
+        typer.echo(path)
+        typer.echo(record_path(path))
+    elif fmt == "compressed-tensors":
+        if qtype is not None:
+            _fail("--type is for --format gguf; a compressed-tensors export keeps the artifact's own bits and groups", 2)
+        from compress.export import export_compressed_tensors
+
+        typer.echo(_guard(lambda: export_compressed_tensors(resolve_model_path(src), out, scale_dtype, overwrite), where=out))
+    else:
+        _fail(f"--format must be gguf or compressed-tensors, got {fmt!r}", 2)
 
 
 def main() -> None:
