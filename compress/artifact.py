@@ -52,6 +52,7 @@ from compress.factorize import apply_low_rank_structure
 from compress.quantize import SCHEME, dequantize, dequantize_weight, quantize_rtn_int8
 from compress.tensorized import apply_tensorized_structure
 from distill.config import ConfigError
+from distill.io import publish_dir
 from distill.models import check_model_dir, load_causal_lm
 
 log = logging.getLogger(__name__)
@@ -355,10 +356,12 @@ def recode(folder: str | Path, out_dir: str | Path, coding: str | None) -> Path:
         if coding not in (None, "none"):
             entry["coding"] = coding
         tensors[code_key(name, entry)] = store_codes(codes.to(torch.int8 if entry["symmetric"] else torch.uint8), entry)
-    shutil.copytree(src, out, ignore=shutil.ignore_patterns(WEIGHTS_NAME, MANIFEST_NAME))
-    save_file(dict(sorted(tensors.items())), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(WEIGHTS_NAME, MANIFEST_NAME))
+    save_file(dict(sorted(tensors.items())), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return publish_dir(tmp, out)  # atomic, and readable as the umask says (distill.io)
 
 
 def safetensors_bytes(folder: str | Path) -> int:

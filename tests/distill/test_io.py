@@ -83,9 +83,10 @@ def test_trained_student_is_readable_as_the_umask_says(umask_027, tiny_model, sf
 
 
 def test_compressed_step_and_export_follow_the_umask(umask_027, tmp_path):
-    """A compress step (published from a tempfile.mkdtemp folder, 0700) and its compressed-tensors export."""
+    """A compress step (published from a tempfile.mkdtemp folder, 0700), its compressed-tensors export and a re-coded copy."""
     import json
 
+    from compress.artifact import recode
     from compress.export import export_compressed_tensors
     from compress.stage import CompressConfig, CompressStep, EvalConfig, compress_student
 
@@ -98,3 +99,4 @@ def test_compressed_step_and_export_follow_the_umask(umask_027, tmp_path):
     step = Path(json.loads((done / "summary.json").read_text())["steps"][-1]["artifact"])
     _assert_follows_umask(step)
     _assert_follows_umask(export_compressed_tensors(step, tmp_path / "ct"))
+    _assert_follows_umask(recode(step, tmp_path / "coded", "zstd"))
