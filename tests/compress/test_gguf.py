@@ -59,7 +59,7 @@ def artifacts(tiny, tmp_path_factory) -> dict[str, Path]:
              "int8": {"method": "rtn_int8"}, "nm": {"method": "magnitude", "nm": "2:4"},
              "svd": {"method": "svd", "rank_ratio": 0.5}}
     cfg = CompressConfig(steps=[CompressStep(name=k, **v) for k, v in steps.items()], chain=False,
-                         eval=EvalConfig(window=32, max_windows=1, dtype="float32"), save_dtype="bfloat16")
+                         eval=EvalConfig(window=32, max_windows=1, dtype="float32", latency=False), save_dtype="bfloat16")
     done = compress_student(cfg, tiny, tmp_path_factory.mktemp("art") / "c", eval_text=TEXT)
     summary = json.loads((done / "summary.json").read_text())
     return {s["name"]: Path(s["artifact"]) for s in summary["steps"]}
