@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page a person can open for a run (no network, images inline).
 
-Built from ``report.json`` (see :mod:`flows.report`) plus the per-step training history in
+Built from ``report.json`` (see :mod:`flows.report`; the tables both pages share are in :mod:`flows.report_tables`) plus the per-step training history in
 ``student/metrics.json``. Plots are matplotlib figures rendered to SVG with text kept as text, embedded
 inline, so the page needs nothing but a browser and the plots' labels are searchable. Sections:
 
@@ -25,6 +25,8 @@ import html
 import io
 import json
 from pathlib import Path
+
+from flows.report_tables import ability_head, ability_rows, evaluation_rows, probe_task_rows, task_head
 
 # reason categories (text before ':' in removed_reason) -> the funnel stage that removes them; anything
 # else counts as a filter (the configured length/format/blocklist/contamination/judge filters)
@@ -179,8 +181,6 @@ def plot_abilities(rows: list[dict]) -> str:
 
 
 def _abilities_section(ev: dict) -> str:
-    from flows.report import ability_head, ability_rows, probe_task_rows, task_head
-
     return ('<section id="abilities"><h2>Abilities</h2><p>Held-out probes: items never trained on nor shown as demos; '
             "gap closed = (student − base) / (teacher − base).</p>"
             f'<figure id="abilities-plot">{plot_abilities(ev["abilities"])}</figure>'
@@ -275,8 +275,6 @@ def _train_section(s: dict, history: list[dict]) -> str:
 
 
 def _evaluate_section(ev: dict) -> str:
-    from flows.report import evaluation_rows
-
     e = html.escape
     p = ev.get("perplexity_protocol", {})
     intro = (f'<p>Perplexity on {e(str(ev.get("eval_text_source")))} ({e(str(p.get("protocol")))} protocol, '
