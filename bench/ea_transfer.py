@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,7 +248,9 @@ def summarize(results: list[dict], arms: list[str]) -> dict:
                     "control_student": stat([r["control"]["student"] for r in rows if "control" in r]),
                     "control_base": stat([r["control"]["base"] for r in rows if "control" in r]),
                     "control_start": stat([r["control"].get("start") for r in rows if "control" in r]),
-                    "negative_transfer": [k for r in rows for k, v in r.items() if v["negative_transfer"]]}
+                    # ability -> in how many seeds it fell below the base (a list per seed read as repeats)
+                    "negative_transfer": dict(sorted(Counter(k for r in rows for k, v in r.items()
+                                                             if v["negative_transfer"]).items()))}
     return out
 
 
