@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer
 from distill.config import ConfigError, StageConfig, dump_config, shared_data_dir
 from distill.generation import generate_greedy
+from distill.lmeval.config import LmEvalConfig
 from distill.models import (
     load_causal_lm,
     load_tokenizer,
@@ -186,6 +188,8 @@ class EvaluateConfig(StageConfig):
     probes: ProbesConfig | None = Field(None, description="EA probes: per-ability scores (ICL 0-shot vs k-shot, CoT vs "
                                                           "direct, verifiable instructions) on held-out items for the "
                                                           "teacher, the base and the student (distill/probes/)")
+    lm_eval: LmEvalConfig | None = Field(None, description="lm-evaluation-harness tasks over local data on the base and "
+                                                           "the student (distill/lmeval/; `eakd evaluate --lm-eval TASKS`)")
 
 
 def find_eval_text(text_path: str | None, dataset_dir: str | Path | None,
@@ -321,7 +325,8 @@ def dataset_extraction(dataset_dir: Path) -> tuple[ExtractionConfig, bool, str]:
 
 def _measure(path: Path, cfg: EvaluateConfig, text: str | None, text_skip: str | None, split: Any,
              task_rows: list[dict], extraction: ExtractionConfig, structured_cot: bool, device: str,
-             probe_prompts: list | None = None, keep_layers: int | None = None) -> dict[str, Any]:
+             probe_prompts: list | None = None, keep_layers: int | None = None,
+             lm_tasks: Any = None) -> dict[str, Any]:
     """Every metric of one model; the task accuracy's per-row records under ``"per_row"``."""
     from distill.train import eval_rows
 
@@ -366,6 +371,10 @@ def _measure(path: Path, cfg: EvaluateConfig, text: str | None, text_skip: str |
         t = time.perf_counter()
         out["probes"], out["probe_records"] = probe_model(model, tok, probe_prompts, cfg.probes, cfg.batch_size, autocast)
         out["probes"]["seconds"] = round(time.perf_counter() - t, 2)
+    if lm_tasks is not None:  # distill.lmeval.run.PreparedTasks
+        from distill.lmeval.run import run_tasks
+
+        out["lm_eval"] = run_tasks(model, tok, lm_tasks, cfg.lm_eval, compute)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     acc = out["accuracy"]
     log.info("%s: perplexity %s | val loss %s | top-1 %s | accuracy %s | %.1f s", path, out["perplexity"]["perplexity"],
@@ -404,6 +413,21 @@ def _abilities(cfg: EvaluateConfig, teacher: dict | None, results: dict[str, dic
                          start=get(results.get("start")))
 
 
+def _lm_eval_block(results: dict[str, dict], dd: Any) -> tuple[dict | None, list[dict]]:
+    """eval.json's ``lm_eval`` (each task's metrics, model beside model; None when not run) and the scored samples
+    (for ``lm_eval_samples.jsonl``); pops the per-model lm-eval results out of ``results``."""
+    per_model = {name: m.pop("lm_eval") for name, m in results.items() if "lm_eval" in m}
+    if not per_model:
+        return None, []
+    from distill.lmeval.run import compare
+
+    train = dd.get("train")
+    train_ids = ({str(i).rsplit(":", 2)[0] for i in train["id"]}  # a row id is <seed id>:<style>:<n>
+                 if train is not None and "id" in train.column_names else None)
+    block = compare(per_model, train_ids)
+    return block, [{"model": name} | rec for name, r in per_model.items() for rec in r.pop("records")]
+
+
 def _check_out_dir(out: Path) -> None:
     if (out / "eval.json").exists():
         raise ConfigError(f"{out} already holds an evaluation; remove it or choose another output folder")
@@ -428,6 +452,11 @@ def _readme(ev: dict[str, Any]) -> str:
 
         lines += ["", "Abilities (held-out probes, distill/probes/; gap closed = (student - base) / (teacher - base)):", "",
                   *ability_markdown(ev["abilities"])]
+    if ev.get("lm_eval"):
+        from distill.lmeval.run import markdown_table
+
+        lines += ["", "lm-evaluation-harness (distill/lmeval/; value ± stderr over the scored documents):", "",
+                  *markdown_table(ev["lm_eval"])]
     return "\n".join(lines) + "\n\nEverything, with the reasons for any missing number: `eval.json`; " \
         "each graded answer: `predictions.jsonl` (probes: `probes.jsonl`).\n"
 
@@ -512,8 +541,16 @@ def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: st
     probe_prompts, teacher_probes = _probe_setup(cfg, dd, teacher_cfg)
     models = [("base", base_path, None), ("start", base_path if base_keep_layers else None, base_keep_layers),
               ("student", model_path, None)]
-    results = {name: _measure(p, cfg, text, text_skip, val, task_rows, extraction, structured, device, probe_prompts, keep)
-               for name, p, keep in models if p is not None}
+    with tempfile.TemporaryDirectory(prefix="eakd-lmeval-") as lm_work:
+        lm_tasks = None
+        if cfg.lm_eval is not None:  # before any model loads: a bad task name or missing data fails fast
+            from distill.lmeval.run import prepare_tasks
+
+            lm_tasks = prepare_tasks(cfg.lm_eval, Path(lm_work))
+        results = {name: _measure(p, cfg, text, text_skip, val, task_rows, extraction, structured, device,
+                                  probe_prompts, keep, lm_tasks)
+                   for name, p, keep in models if p is not None}
+    lm_eval, lm_records = _lm_eval_block(results, dd)
     predictions = [{"model": name} | r for name, m in results.items() for r in m["accuracy"].pop("per_row", [])]
     probe_rows = [{"model": name} | r for name, m in [("teacher", teacher_probes or {})] + list(results.items())
                   for r in m.pop("probe_records", [])]
@@ -526,13 +563,16 @@ def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: st
           "rows": {"validation": val.num_rows, "task": len(task_rows)},
           "config": cfg.model_dump(mode="json"), "base": results.get("base"), "start": results.get("start"),
           "student": results["student"],
-          "teacher": teacher_probes, "abilities": _abilities(cfg, teacher_probes, results),
+          "teacher": teacher_probes, "abilities": _abilities(cfg, teacher_probes, results), "lm_eval": lm_eval,
           "seconds": round(time.perf_counter() - t0, 2)}
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     dump_config(cfg, tmp / "evaluate_config.yaml")
     (tmp / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+    if lm_records:
+        (tmp / "lm_eval_samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                                                           for r in lm_records))
     if probe_rows:
         (tmp / "probes.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in probe_rows))
     (tmp / "README.md").write_text(_readme(ev))

@@ -4,7 +4,7 @@
     eakd teacher serve                     # vLLM's OpenAI-compatible server on 127.0.0.1
     eakd generate CONFIG --out DIR         # teacher data -> HF dataset
     eakd train CONFIG --dataset DIR --out DIR
-    eakd evaluate CONFIG --model DIR --dataset DIR --out DIR
+    eakd evaluate CONFIG --model DIR --dataset DIR --out DIR [--lm-eval eakd_gsm8k,eakd_demo_icl]
     eakd compress CONFIG --model DIR --out DIR
     eakd run CONFIG [overrides] [--refresh]  # the whole pipeline as a Prefect flow (unchanged stages cached)
     eakd serve CONFIG [--cron "0 2 * * *"]  # the pipeline deployment, served from this process
@@ -216,12 +216,22 @@ def train(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 def evaluate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
              model: Path = typer.Option(..., help="model folder (a student from `eakd train`, or any safetensors model)"),
              dataset: Path = typer.Option(..., help="dataset folder from `eakd generate` (its validation split is scored)"),
-             out: Path = typer.Option(..., "--out", help="evaluation output folder (eval.json, predictions.jsonl, README.md)")) -> None:
+             out: Path = typer.Option(..., "--out", help="evaluation output folder (eval.json, predictions.jsonl, README.md)"),
+             lm_eval: Optional[str] = typer.Option(None, "--lm-eval", help="comma-separated lm-evaluation-harness tasks "
+                                                   "over local data (shipped: eakd_gsm8k, eakd_demo_icl, eakd_demo_cot; "
+                                                   "yours via evaluate.lm_eval.include_path); same as evaluate.lm_eval.tasks")) -> None:
     """Perplexity, validation loss, teacher agreement and task accuracy of a model — and, with
-    evaluate.baseline (the default), of the base model train.student, for a before -> after comparison."""
+    evaluate.baseline (the default), of the base model train.student, for a before -> after comparison.
+    With --lm-eval (or evaluate.lm_eval), lm-eval's scores too (eval.json "lm_eval")."""
     _setup_logging()
     from distill.evaluate import evaluate_student
 
+    if lm_eval is not None:  # an override like any other, so a bad value fails the config's own validation
+        import json
+
+        from distill.lmeval.config import parse_task_list
+
+        overrides = [*(overrides or []), f"evaluate.lm_eval.tasks={json.dumps(parse_task_list(lm_eval))}"]
     cfg = _guard(lambda: _pipeline_cfg(config, overrides))
     base = cfg.train.student if cfg.evaluate.baseline else None
     keep = cfg.train.keep_layers if base is not None else None  # the student's start: the base pruned as train prunes it
