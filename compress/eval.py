@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from compress.artifact import safetensors_bytes
+from compress.config import EvalConfig
 from distill.config import ConfigError
 from distill.evaluate import count_parameters, generate_greedy, perplexity, score_answers
 
 if TYPE_CHECKING:
-    from compress.stage import EvalConfig
     from distill.dataset import ExtractionConfig
 
 log = logging.getLogger(__name__)
