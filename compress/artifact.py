@@ -332,12 +332,20 @@ def load_compressed(folder: str | Path, dtype: str = "float32", device: str = "c
     return model.to(device=device, dtype=getattr(torch, dtype)).eval()
 
 
+def meta_model(folder: str | Path) -> nn.Module:
+    """The architecture of ``folder/config.json`` on the meta device (no memory, ties applied): layer shapes and
+    tied parameters of an artifact without loading its weights (re-coding, export, GGUF)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+
+
 def recode(folder: str | Path, out_dir: str | Path, coding: str | None) -> Path:
     """Copy the eakd-compressed ``folder`` to ``out_dir`` with every grouped-quantized layer's codes stored in
     ``coding`` (``"zstd"`` or None: fixed-width); the codes themselves, and so the model, are unchanged."""
     import shutil
-
-    from compress.export import _meta_model
 
     src, out = Path(folder), Path(out_dir)
     manifest = read_manifest(src)
@@ -345,7 +353,7 @@ def recode(folder: str | Path, out_dir: str | Path, coding: str | None) -> Path:
         raise ConfigError(f"{src}: no rtn/gptq/awq/qat/qaf-quantized layers to re-code")
     if out.exists():
         raise ConfigError(f"{out} exists; pick a new folder")
-    linears = dict(_meta_model(src).named_modules())
+    linears = dict(meta_model(src).named_modules())
     tensors = load_file(str(src / WEIGHTS_NAME))
     for name, entry in manifest["quantized"].items():
         if not is_grouped_entry(entry):

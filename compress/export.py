@@ -63,6 +63,7 @@ from compress.artifact import (
     ZERO_SUFFIX,
     code_key,
     is_grouped_entry,
+    meta_model,
     read_codes,
     read_manifest,
 )
@@ -71,6 +72,8 @@ from distill.config import ConfigError
 from distill.io import publish_dir
 
 log = logging.getLogger(__name__)
+
+_meta_model = meta_model  # its old name here: tests and bench scripts import it from compress.export
 
 EXPORT_RECORD = "eakd_export.json"
 FORMAT = "pack-quantized"
@@ -110,15 +113,6 @@ def _check_exportable(folder: Path, manifest: dict[str, Any] | None) -> tuple[in
         raise ConfigError(f"{folder}: layers use {len(schemes)} different quantization schemes {sorted(schemes, key=str)}; "
                           "export supports one (bits, group_size, symmetric) for every layer — re-compress with one step")
     return schemes.pop()
-
-
-def _meta_model(folder: Path) -> nn.Module:
-    """The architecture of ``folder/config.json`` on the meta device (no memory, ties applied)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
 
 
 def _tied_in(model: nn.Module, alias: str, source: str) -> bool:
@@ -221,7 +215,7 @@ def export_compressed_tensors(artifact_dir: str | Path, out_dir: str | Path, sca
         log.warning("int%d export: vLLM's CPU kernel (CPUWNA16) runs only 4-bit weights; this folder loads in "
                     "transformers and in vLLM on CUDA (its WNA16 kernels take 2-8 bits), not in vLLM on CPU", bits)
 
-    model = _meta_model(src)
+    model = meta_model(src)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     tensors = load_file(str(src / WEIGHTS_NAME))
     packed: dict[str, Tensor] = {}

@@ -122,6 +122,7 @@ def read_source(folder: Path) -> tuple[Any, dict[str, Tensor], dict[str, CodeGri
         ZERO_SUFFIX,
         code_key,
         is_grouped_entry,
+        meta_model,
         read_codes,
         read_manifest,
     )
@@ -137,9 +138,7 @@ def read_source(folder: Path) -> tuple[Any, dict[str, Tensor], dict[str, CodeGri
             tensors.update(load_file(str(path)))
         return cfg, tensors, {}, "hf-safetensors"
     _check_artifact(folder, manifest)
-    from compress.export import _meta_model
-
-    shapes = {n: (m.out_features, m.in_features) for n, m in _meta_model(folder).named_modules()
+    shapes = {n: (m.out_features, m.in_features) for n, m in meta_model(folder).named_modules()
               if isinstance(m, torch.nn.Linear)}
     tensors = load_file(str(folder / WEIGHTS_NAME))
     grids: dict[str, CodeGrid] = {}
