@@ -42,29 +42,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from compress import manifest_linear, replace_module, target_linears
+from compress.linears import LowRankLinear, manifest_linear, replace_module, target_linears
 
 log = logging.getLogger(__name__)
 
 Strategy = Literal["energy", "loss", "uniform", "per_layer"]
 STRATEGIES = ("energy", "loss", "uniform", "per_layer")
-
-
-class LowRankLinear(nn.Module):
-    """``x [..., in] -> up(down(x)) [..., out]`` with ``down: in -> rank`` and ``up: rank -> out``."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.down = nn.Linear(in_features, rank, bias=False, dtype=dtype, device=device)
-        self.up = nn.Linear(rank, out_features, bias=bias, dtype=dtype, device=device)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.up(self.down(x))
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
 
 def svd_factors(weight: Tensor, rank: int) -> tuple[Tensor, Tensor]:

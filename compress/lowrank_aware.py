@@ -49,9 +49,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from compress import replace_module, target_linears
 from compress.calibrate import InputStats, collect_input_stats
 from compress.factorize import allocate_ranks, allocated_params, low_rank_from_factors, svd_factors
+from compress.linears import replace_module, target_linears
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from compress import target_linears
 from compress.calibrate import InputStats, collect_input_stats, decoder_blocks, run_sequential
+from compress.linears import target_linears
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from compress import target_linears
+from compress.linears import target_linears
 from compress.quantize import check_model_quant_args, dequantize_weight, quantize_weight
 from compress.recover import recover
 

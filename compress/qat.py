@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from compress import target_linears
+from compress.linears import target_linears
 from compress.quantize import check_model_quant_args, fake_quantize, quantize_model_rtn
 from compress.recover import recover
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from compress import target_linears
+from compress.linears import target_linears
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from compress import manifest_linear, replace_module, target_linears
+from compress.linears import manifest_linear, replace_module, target_linears
 from compress.quantize import relative_output_error
 
 FORMATS = ("cp", "tucker")
