@@ -117,6 +117,10 @@ def render_markdown(report: dict) -> str:
         reasons = {f"{part}: {m[part]['reason']}" for m in (e.get("base"), e["student"]) if m
                    for part in ("perplexity", "validation", "accuracy") if m[part].get("reason")}
         lines += [""] + [f"- no {r}" for r in sorted(reasons)] if reasons else []
+        if e.get("lm_eval"):  # evaluate.lm_eval: lm-evaluation-harness on local tasks (distill/lmeval/)
+            from distill.lmeval.run import markdown_table
+
+            lines += ["", "lm-evaluation-harness (value ± stderr):", "", *markdown_table(e["lm_eval"])]
     if c := report.get("compress"):
         from compress.eval import abilities, decode_latency, task_acc
 

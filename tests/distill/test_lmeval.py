@@ -125,6 +125,10 @@ def test_evaluate_writes_lm_eval_scores_for_student_and_base(tiny_model, untied_
     readme = (out / "README.md").read_text()
     assert "| eakd_demo_icl | exact_match,none | 4 of 24 |" in readme
     assert markdown_table(block)[0] == "| task | metric | docs | base | student |"
+    from flows.report import render_markdown  # the run report shows the same table
+
+    report = render_markdown({"run_dir": "r", "eakd_version": "v", "stages": {}, "evaluate": ev})
+    assert "lm-evaluation-harness (value ± stderr):" in report and "| eakd_demo_cot | exact_match,the-answer-is |" in report
 
 
 def test_cli_lm_eval_option_bad_task_is_one_line_and_exit_2(tiny_model, sft_dataset, tmp_path):
