@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from distill.cache import ResponseCache
-from distill.teacher import (
+from distill.teacher_types import (
     Choice,
     TeacherConfig,
     TeacherRequest,

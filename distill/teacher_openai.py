@@ -49,7 +49,7 @@ from distill.schedule import (
     prompt_text,
 )
 from distill.structured import fallback_instruction, merge_reasked, response_format, validate_output
-from distill.teacher import (
+from distill.teacher_types import (
     BUDGET_ERROR,
     Choice,
     TeacherConfig,

@@ -25,7 +25,7 @@ from distill.cache import ResponseCache
 from distill.logprobs import pack_topk
 from distill.models import resolve_dtype, resolve_model_path
 from distill.schedule import prefix_groups, prompt_text, shared_prefix_share
-from distill.teacher import BUDGET_EXIT, Choice, TeacherConfig, TeacherRequest, TeacherResponse
+from distill.teacher_types import BUDGET_EXIT, Choice, TeacherConfig, TeacherRequest, TeacherResponse
 
 log = logging.getLogger(__name__)
 
