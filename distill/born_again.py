@@ -5,7 +5,7 @@ identical one from scratch to match the first one's output distribution (plus th
 the students often beat their same-size teachers, because the teacher's soft outputs carry more than the
 labels. Here, with ``train.born_again = N``:
 
-* generation 0 is :func:`distill.train.train_student` as configured (sequence-level KD on the teacher's
+* generation 0 is one run of :func:`distill.train_loop.run_training` as configured (sequence-level KD on the teacher's
   answers, or logit KD);
 * generation ``k >= 1`` starts again from ``train.student`` (same depth pruning, same seed, same data and
   steps) and is trained by online logit KD (``kd.method``, mixed ``kd.alpha_ce`` with the CE on the dataset's
@@ -30,11 +30,13 @@ from pathlib import Path
 
 from distill.config import ConfigError
 from distill.io import publish_dir
+from distill.train_config import TrainConfig
+from distill.train_loop import run_training
 
 log = logging.getLogger(__name__)
 
 
-def generation_config(cfg, parent: Path | None):
+def generation_config(cfg: TrainConfig, parent: Path | None) -> TrainConfig:
     """Generation 0: ``cfg`` itself; later ones: online KD from ``parent`` (see the module docstring)."""
     base = cfg.model_copy(update={"born_again": 0})
     if parent is None:
@@ -45,10 +47,8 @@ def generation_config(cfg, parent: Path | None):
     return base.model_copy(update={"kd": kd.__class__(**kd.model_dump())})  # re-validated
 
 
-def born_again(cfg, dataset_dir: str | Path, out_dir: str | Path) -> Path:
+def born_again(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path) -> Path:
     """Train ``cfg.born_again + 1`` generations (see the module docstring); returns ``out_dir``."""
-    from distill.train import train_student
-
     out = Path(out_dir)
     if cfg.processes > 1:
         raise ConfigError("train.born_again with train.processes > 1 is not supported yet; train the generations "
@@ -61,7 +61,7 @@ def born_again(cfg, dataset_dir: str | Path, out_dir: str | Path) -> Path:
         if not (folder / "metrics.json").exists():
             log.info("born-again: generation %d of %d%s", k, cfg.born_again,
                      "" if parent is None else f", taught by {parent}")
-            train_student(generation_config(cfg, parent), dataset_dir, folder)
+            run_training(generation_config(cfg, parent), dataset_dir, folder)
         m = json.loads((folder / "metrics.json").read_text())
         agreement = m.get("teacher_agreement_after") or {}
         record.append({"generation": k, "folder": str(folder), "mode": m["mode"], "teacher": None if parent is None else str(parent),

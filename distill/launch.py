@@ -8,7 +8,7 @@ which writes the resolved train config beside the output folder and runs::
 
 ``accelerate`` is the launcher only (it starts the N processes through torchrun and sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address); each process runs the same compact loop
-of :mod:`distill.train`, which reads those variables, joins a ``torch.distributed`` process group
+of :mod:`distill.train_loop`, which reads those variables, joins a ``torch.distributed`` process group
 (NCCL on CUDA, one GPU per process; gloo on CPU) and all-reduces the gradients once per optimizer
 step. The loop stays ours rather than ``Accelerator.prepare``'s DDP wrapper because its loss projects
 only the assistant positions through the LM head — it calls the model's body and head directly, and a
@@ -29,15 +29,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distill.config import ConfigError, dump_config
+from distill.config import ConfigError, dump_config, load_config
+from distill.train_config import TrainConfig
+from distill.train_loop import run_training
 
 log = logging.getLogger(__name__)
 
 ERROR_SUFFIX = ".launch-error"  # a worker's ConfigError text, read back by the launching process
 
 
-def launch_training(cfg, dataset_dir: str | Path, out_dir: str | Path) -> Path:
-    """Run :func:`distill.train.train_student` in ``cfg.processes`` processes via ``accelerate launch``;
+def launch_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path) -> Path:
+    """Run :func:`distill.train_loop.run_training` in ``cfg.processes`` processes via ``accelerate launch``;
     returns ``out_dir`` once rank 0 has saved the student there."""
     try:
         import accelerate  # noqa: F401
@@ -75,15 +77,12 @@ def launch_training(cfg, dataset_dir: str | Path, out_dir: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """One training process: ``python -m distill.launch CONFIG DATASET OUT`` (started by the launcher)."""
-    from distill.config import load_config
-    from distill.train import TrainConfig, train_student
-
     config, dataset_dir, out_dir = list(sys.argv[1:] if argv is None else argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
     try:
-        train_student(load_config(TrainConfig, config), dataset_dir, out_dir)
+        run_training(load_config(TrainConfig, config), dataset_dir, out_dir)
     except ConfigError as exc:
         if rank == 0:
             Path(out_dir).with_name(Path(out_dir).name + ERROR_SUFFIX).write_text(str(exc))
