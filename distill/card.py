@@ -25,10 +25,10 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from distill.answers import answers_match, answers_match_strict
+from distill.generate_config import DATASET_FORMAT, GenerateConfig
+from distill.teacher_types import TeacherConfig
 
-if TYPE_CHECKING:  # configs only for their fields: the card imports nothing heavy
-    from distill.dataset import GenerateConfig
-    from distill.teacher import TeacherConfig
+if TYPE_CHECKING:
     from prompts import Template
 
 CHAT_DEMOS = "+chat_demos"  # suffix build_requests adds to the template name of ICL rendered as chat turns
@@ -215,8 +215,6 @@ def render_card(cfg: GenerateConfig, teacher_cfg: TeacherConfig, templates: dict
     """The dataset card: provenance from ``stats`` (its ``provenance`` and ``label_accuracy`` computed from the
     rows), ``templates`` every template the run rendered, by role (:func:`distill.templates.resolve_templates`: the
     erased prompts' instruct one among them), ``samples`` a few kept rows."""
-    # imported here, not at the top: distill.dataset imports this module
-    from distill.dataset import DATASET_FORMAT
 
     t = stats["teacher"]
     lines = [

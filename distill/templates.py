@@ -24,15 +24,11 @@ run renders, and only those, reruns the stage. Torch-free: importing it loads no
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from distill.config import ConfigError
+from distill.generate_config import GenerateConfig
 from distill.selfinstruct import template_name as bootstrap_template_name
 from distill.tasks import TaskFile, load_tasks
 from prompts import Template, TemplateError, load_template, render_messages
-
-if TYPE_CHECKING:  # the config only for its fields: distill.dataset imports this module
-    from distill.dataset import GenerateConfig
 
 # the config field each role's template comes from (for errors)
 FIELDS = {"icl": "generate.templates.icl", "cot": "generate.templates.cot", "instruct": "generate.templates.instruct",
