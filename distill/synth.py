@@ -9,13 +9,18 @@ to grow a task file's unlabelled inputs (:mod:`distill.tasks`) before the teache
    ``prompts_per_input`` x (inputs still missing) prompts with the shipped ``synth_inputs`` template
    (sandboxed Jinja; the task's texts are template *variables*, never template source). Prompt ``j``
    shows the instruction and ``shots`` example inputs drawn with ``random.Random(f"{seed}:{task}:{r}:{j}")``
-   and is sampled at ``temperature`` > 0 with a sampling seed derived from the same string, so the
+   — by default (``format: chat``) as the assistant's earlier answers in a chat that asks "another one"
+   after each: with the bundled 135M teacher that kept 144 of 144 inputs asked for in one round where
+   listing the examples in one prompt kept 62, the rest being talk about the request
+   (``bench/ea_transfer.py``, docs/tasks.md) — and is sampled at ``temperature`` > 0 with a sampling seed derived from the same string, so the
    prompts, the answers and the response cache are reproducible; one teacher call per round for all tasks.
-2. :func:`parse_input` reads ONE input per answer: its first non-empty line, without an ``Input:``
-   label, list marker or enclosing quotes. A line cut off by the token limit is refused.
+2. :func:`parse_input` reads ONE input per answer: its first non-empty line (past a line that only
+   introduces it, "Here is a new input:"), without an ``Input:`` label, list marker or enclosing quotes. A line cut off by the token limit is refused.
 3. :func:`screen_candidates` (a pure function: tests pass the answers in) drops a candidate that is
    equal to a held-out input, or contains one of three or more words, after :func:`distill.tasks.normalise`
-   (training on the evaluation items would inflate the evaluation), then runs the Self-Instruct novelty
+   (training on the evaluation items would inflate the evaluation), and one that does not look like the
+   example inputs (:func:`off_shape`: its length, its share of numbers, the request's own wording: a small
+   teacher often writes about the request instead of an input), then runs the Self-Instruct novelty
    filter (:func:`distill.novelty.rougel_novelty_filter`, ROUGE-L F1 > ``rougel_threshold``) against the
    instruction, the example inputs, the given inputs, the held-out inputs and every input kept so far.
    Candidates beyond the count asked for are ``surplus``.
@@ -37,6 +42,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import Field
 
@@ -45,20 +51,26 @@ from distill.config import StageConfig
 from distill.novelty import rouge_tokenize, rougel_novelty_filter
 from distill.tasks import TaskFile, TaskInput, TaskSpec, normalise
 from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
-from prompts import Template, load_template, render_messages
+from prompts import Template, TemplateError, load_template, render_block, render_messages
 
 log = logging.getLogger(__name__)
 
-_LABEL = re.compile(r"^\s*(?:[-*•]\s*|\d{1,3}\s*[.):]\s*)?(?:\*\*)?\s*(?:(?:new|example|test|sample)\s+)?input\s*(?:\d+\s*)?[:：]\s*(?:\*\*)?\s*",
+_LABEL = re.compile(r"^\s*(?:[-*•]\s*|\d{1,3}\s*[.):]\s*)?(?:\*\*)?\s*(?:(?:(?:new|example|test|sample)\s+)?input|example)\s*(?:\d+\s*)?[:：]\s*(?:\*\*)?\s*",
                     re.IGNORECASE)
 _ANSWER = re.compile(r"^\s*(?:\*\*)?\s*(output|answer|label|response)\s*[:：]", re.IGNORECASE)
 _MARKER = re.compile(r"^\s*(?:[-*•]\s+|\d{1,3}[.)]\s+)")
 _QUOTES = ('""', "''", "``", "“”", "‘’", "«»")  # (opening, closing)
+_PREFACE = re.compile(r"^.*[:：]\s*(?:\*\*)?\s*$")  # a line that only introduces the next one
+_META = re.compile(r"(?:input|output|example|answer|task)s?")  # the synthesis request's own nouns
+SHAPE_DIGIT_SLACK = 0.34  # off_shape: how far a candidate's share of digit words may stray from the examples'
 CONTAINS_MIN_WORDS = 3  # a held-out input this long or longer may not appear inside a synthesized one
 
 
 class SynthesisConfig(StageConfig):
     template: str = Field("synth_inputs", description="prompt template: shipped name or .jinja path; sees instruction, inputs (example inputs), task")
+    format: Literal["chat", "list"] = Field("chat", description="chat: the example inputs are the assistant's earlier answers, "
+                                            "each followed by the template's `next` block (what small chat models follow best, "
+                                            "docs/tasks.md); list: the template lists them in one user turn")
     temperature: float = Field(1.0, gt=0.0, le=2.0, description="> 0: every prompt must be able to give a new input")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     max_tokens: int = Field(64, ge=4, le=4096, description="completion cap per answer; one input is one line")
@@ -66,6 +78,8 @@ class SynthesisConfig(StageConfig):
     prompts_per_input: int = Field(2, ge=1, le=64, description="prompts per missing input in a round (some answers are repeats or junk)")
     shots: int = Field(4, ge=1, le=64, description="example inputs shown per prompt, drawn at random from the task's examples")
     rougel_threshold: float = Field(0.7, gt=0.0, lt=1.0, description="drop a candidate whose ROUGE-L F1 with a known input exceeds this (Self-Instruct: 0.7)")
+    shape_filter: bool = Field(True, description="drop a candidate that does not look like the example inputs: length, "
+                                                 "share of numbers, or the request's own words (distill.synth.off_shape)")
     seed: int = Field(0, description="seeds the shot sampler and the teacher's sampling")
 
 
@@ -89,14 +103,21 @@ class Screened:
 def parse_input(text: str, truncated: bool = False) -> tuple[str | None, str | None]:
     """(the one input in a teacher answer, None) or (None, ``"unparseable: why"`` / ``"truncated: why"``).
 
-    The input is the first non-empty line without an ``Input:`` / ``New input:`` label, a list marker or
-    enclosing quotes; a first line labelled ``Output:`` / ``Answer:`` is an answer, not an input. ``truncated``: the answer hit the token limit, so a first line with nothing after it
+    The input is the first non-empty line without an ``Input:`` / ``New input:`` / ``Example 2:`` label, a
+    list marker or enclosing quotes; a first line that only introduces what follows (it ends with ``:``, e.g.
+    "Here's a new input:") is skipped for the next non-empty line. A first line labelled ``Output:`` /
+    ``Answer:`` is an answer, not an input. ``truncated``: the answer hit the token limit, so a last line
     may be cut off and is refused.
     """
     lines = text.splitlines()
-    idx = next((i for i, ln in enumerate(lines) if ln.strip()), None)
-    if idx is None:
+    filled = [i for i, ln in enumerate(lines) if ln.strip()]
+    if not filled:
         return None, "unparseable: empty answer"
+    idx = filled[0]
+    if _PREFACE.match(lines[idx]) and _ANSWER.match(lines[idx]) is None:
+        if len(filled) == 1:
+            return None, f"unparseable: the first line {lines[idx].strip()[:80]!r} introduces an input that never follows"
+        idx = filled[1]
     line = lines[idx]
     if truncated and idx == len(lines) - 1:
         return None, "truncated: cut off at generate.synthesis.max_tokens before the line ended (raise generate.synthesis.max_tokens)"
@@ -113,6 +134,44 @@ def parse_input(text: str, truncated: bool = False) -> tuple[str | None, str | N
     return line, None
 
 
+def _digit_share(text: str) -> float:
+    words = text.split()
+    return sum(any(ch.isdigit() for ch in w) for w in words) / max(len(words), 1)
+
+
+def off_shape(text: str, examples: list[str], instruction: str = "") -> str | None:
+    """Why ``text`` does not look like an input of a task whose example inputs are ``examples`` (None: it does).
+
+    A small teacher asked for "one new input" often writes about the request instead ("Here is a new
+    example input", "The input for this task is 52") or drops the input's form (one number where every
+    example has two). Three checks, from the examples alone (no task-specific rule):
+
+    - length: ``ceil(min/2) <= words <= max(2 * max, max + 2)`` over the examples' whitespace word counts;
+    - numbers: the share of words holding a digit within 0.34 of the examples' range (a number where the
+      examples have none, or words where they are all numbers);
+    - the request's own wording: ``input``, ``output``, ``example``, ``answer``, ``task`` (any number) when
+      neither an example nor the instruction uses that word.
+    """
+    n = [len(x.split()) for x in examples]
+    words = len(text.split())
+    lo, hi = -(-min(n) // 2), max(2 * max(n), max(n) + 2)
+    if not lo <= words <= hi:
+        return f"off_shape: {words} words, the examples have {min(n)}-{max(n)} (kept: {lo}-{hi})"
+    shares = [_digit_share(x) for x in examples]
+    d = _digit_share(text)
+    if not min(shares) - SHAPE_DIGIT_SLACK <= d <= max(shares) + SHAPE_DIGIT_SLACK:
+        return (f"off_shape: {d:.0%} of its words hold a digit, the examples' {min(shares):.0%}-{max(shares):.0%} "
+                f"(kept: within {SHAPE_DIGIT_SLACK:.0%} of that)")
+    used = {w for x in [*examples, instruction] for w in _words(x)}
+    if meta := sorted(w for w in _words(text) if _META.fullmatch(w) and w not in used):
+        return f"off_shape: says {meta[0]!r}, the synthesis request's wording, which no example or the instruction uses"
+    return None
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
 def _held_out_hit(text: str, held: list[str]) -> str | None:
     norm = f" {normalise(text)} "
     for h in held:
@@ -125,16 +184,18 @@ def _held_out_hit(text: str, held: list[str]) -> str | None:
 
 
 def screen_candidates(cands: list[Candidate], task: TaskSpec, known: list[str], need: int,
-                      threshold: float = 0.7) -> Screened:
+                      threshold: float = 0.7, shape: bool = True) -> Screened:
     """Keep at most ``need`` of ``cands`` (in order) as new inputs of ``task``; the rest with their reason.
 
     ``known``: inputs synthesized for the task in earlier rounds (novelty is also checked against the
     instruction, the examples, the given inputs and the held-out inputs). Pure: no teacher, no I/O.
     Reasons: ``teacher_error``, ``unparseable``, ``truncated``, ``held_out`` (equal to / containing a held-out input, or
-    a ROUGE-L near-copy of one), ``duplicate`` (a ROUGE-L near-copy of a known text), ``surplus``.
+    a ROUGE-L near-copy of one), ``off_shape`` (:func:`off_shape`; ``shape=False`` skips it), ``duplicate`` (a
+    ROUGE-L near-copy of a known text), ``surplus``.
     """
     out = Screened()
     held = [e.input for e in task.held_out]
+    shown = [e.input for e in task.examples] + list(task.inputs)
     pool = ([(task.instruction, "the instruction")] + [(e.input, "example input") for e in task.examples]
             + [(x, "given input") for x in task.inputs] + [(x, "held-out input") for x in held]
             + [(x, "input synthesized earlier") for x in known])
@@ -147,7 +208,7 @@ def screen_candidates(cands: list[Candidate], task: TaskSpec, known: list[str], 
         if text is None:
             out.removed.append({"id": c.id, "origin": c.origin, "text": c.raw[:300], "removed_reason": why})
             continue
-        if (hit := _held_out_hit(text, held)) is not None:
+        if (hit := _held_out_hit(text, held)) is not None or (shape and (hit := off_shape(text, shown, task.instruction))):
             out.removed.append({"id": c.id, "origin": c.origin, "text": text, "removed_reason": hit})
             continue
         live.append((c, text))
@@ -179,9 +240,26 @@ def _sampling_seed(cfg: SynthesisConfig, task: str, rnd: int, j: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{cfg.seed}:{task}:{rnd}:{j}".encode()).digest()[:4], "big") >> 1
 
 
+def synthesis_messages(task: TaskSpec, cfg: SynthesisConfig, tmpl: Template, shots: list[str]) -> list[dict[str, str]]:
+    """The chat that asks for one new input: ``format: list`` renders the template with ``shots`` listed;
+    ``format: chat`` renders it with no inputs, then each shot is the assistant's earlier answer and the
+    template's ``next`` block the user's next ask (raises :class:`TemplateError` when there is none)."""
+    variables = {"instruction": task.instruction, "task": task.name}
+    if cfg.format == "list":
+        return render_messages(tmpl, {**variables, "inputs": shots})
+    messages = render_messages(tmpl, {**variables, "inputs": []})
+    nxt = render_block(tmpl, "next", {**variables, "inputs": []})
+    if not nxt:
+        raise TemplateError(f"{tmpl.name}: generate.synthesis.format: chat needs a {{% block next %}} (the user's ask after "
+                            "each example input, e.g. 'Another one.'); add it, or set generate.synthesis.format: list")
+    for x in shots:
+        messages += [{"role": "assistant", "content": x}, {"role": "user", "content": nxt}]
+    return messages
+
+
 def synthesis_request(task: TaskSpec, cfg: SynthesisConfig, tmpl: Template, model_id: str, rnd: int, j: int) -> TeacherRequest:
     """Prompt ``j`` of round ``rnd`` for ``task`` (the same request every run: cacheable)."""
-    messages = render_messages(tmpl, {"instruction": task.instruction, "inputs": _shots(task, cfg, rnd, j), "task": task.name})
+    messages = synthesis_messages(task, cfg, tmpl, _shots(task, cfg, rnd, j))
     return TeacherRequest(messages=messages, model=model_id, style="synth_inputs", template=tmpl.name,
                           template_sha=tmpl.sha256, temperature=cfg.temperature, top_p=cfg.top_p,
                           max_tokens=cfg.max_tokens, n=1, seed=_sampling_seed(cfg, task.name, rnd, j))
@@ -233,7 +311,7 @@ def synthesize_inputs(tasks: TaskFile, cfg: SynthesisConfig, teacher_cfg: Teache
                                              error=None if ch else (resp.error or "no choices")))
         for t in short:
             known = [x.text for x in res.inputs[t.name]]
-            sc = screen_candidates(by_task[t.name], t, known, t.synthesize - len(known), cfg.rougel_threshold)
+            sc = screen_candidates(by_task[t.name], t, known, t.synthesize - len(known), cfg.rougel_threshold, cfg.shape_filter)
             res.inputs[t.name] += sc.kept
             res.removed += sc.removed
             s = res.per_task[t.name]

@@ -12,6 +12,14 @@ Every template — shipped or user-supplied — renders in Jinja's ``SandboxedEn
 source, so generated text cannot run template code.
 """
 
-from prompts.render import BUILTIN_STYLES, SHIPPED, Template, TemplateError, load_template, render_messages
+from prompts.render import (
+    BUILTIN_STYLES,
+    SHIPPED,
+    Template,
+    TemplateError,
+    load_template,
+    render_block,
+    render_messages,
+)
 
-__all__ = ["BUILTIN_STYLES", "SHIPPED", "Template", "TemplateError", "load_template", "render_messages"]
+__all__ = ["BUILTIN_STYLES", "SHIPPED", "Template", "TemplateError", "load_template", "render_block", "render_messages"]

@@ -86,6 +86,24 @@ def _error_line(exc: BaseException, template: Template) -> str:
     return f"{template.name}:{template.compiled.get_corresponding_lineno(line)}"  # python line -> template line
 
 
+def render_block(template: Template, name: str, variables: dict[str, Any]) -> str | None:
+    """The text of ``{% block name %}`` rendered with ``variables`` (stripped), or None when the template has no
+    such block. Raises :class:`TemplateError` like :func:`render_messages`."""
+    block = template.compiled.blocks.get(name)
+    if block is None:
+        return None
+    try:
+        ctx = template.compiled.new_context(dict(variables))
+        return "".join(block(ctx)).strip()
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"{_error_line(exc, template)}: undefined variable: {exc.message}; use one of "
+                            f"{', '.join(sorted(variables))}") from None
+    except jinja2.exceptions.SecurityError as exc:
+        raise TemplateError(f"{_error_line(exc, template)}: refused by the sandbox: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any other template bug is one line naming where, not a traceback
+        raise TemplateError(f"{_error_line(exc, template)}: {type(exc).__name__}: {exc}") from None
+
+
 def render_messages(template: Template, variables: dict[str, Any]) -> list[dict[str, str]]:
     """Render each role block of ``template`` with ``variables`` into ``[{"role", "content"}, …]``.
 
@@ -94,19 +112,6 @@ def render_messages(template: Template, variables: dict[str, Any]) -> list[dict[
     """
     messages = []
     for role in ROLES:
-        block = template.compiled.blocks.get(role)
-        if block is None:
-            continue
-        try:
-            ctx = template.compiled.new_context(dict(variables))
-            text = "".join(block(ctx)).strip()
-        except jinja2.UndefinedError as exc:
-            raise TemplateError(f"{_error_line(exc, template)}: undefined variable: {exc.message}; use one of "
-                                f"{', '.join(sorted(variables))}") from None
-        except jinja2.exceptions.SecurityError as exc:
-            raise TemplateError(f"{_error_line(exc, template)}: refused by the sandbox: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any other template bug is one line naming where, not a traceback
-            raise TemplateError(f"{_error_line(exc, template)}: {type(exc).__name__}: {exc}") from None
-        if text:
+        if text := render_block(template, role, variables):
             messages.append({"role": role, "content": text})
     return messages

@@ -10,12 +10,13 @@ from distill.synth import (
     Candidate,
     SynthesisConfig,
     SynthesisResult,
+    off_shape,
     parse_input,
     screen_candidates,
     synthesis_request,
 )
 from distill.tasks import TaskSpec
-from prompts import load_template
+from prompts import TemplateError, load_template
 
 TASK = TaskSpec(
     name="minutes", instruction="How many minutes is this in total?",
@@ -100,7 +101,7 @@ def test_screen_near_copy_of_a_held_out_input_is_a_held_out_drop_and_extras_are_
 
 
 def test_requests_are_reproducible_and_show_example_inputs_only():
-    cfg = SynthesisConfig(shots=3, seed=5)
+    cfg = SynthesisConfig(shots=3, seed=5, format="list")
     tmpl = load_template("synth_inputs")
     a, b = synthesis_request(TASK, cfg, tmpl, "m", 1, 2), synthesis_request(TASK, cfg, tmpl, "m", 1, 2)
     assert a.key() == b.key() and a.temperature == 1.0 and a.max_tokens == 64 and a.style == "synth_inputs"
@@ -113,10 +114,74 @@ def test_requests_are_reproducible_and_show_example_inputs_only():
     assert a.seed != synthesis_request(TASK, cfg, tmpl, "m", 1, 3).seed
 
 
-def test_teacher_text_is_a_template_variable_never_template_code():
+def test_chat_format_shows_the_same_example_inputs_as_earlier_assistant_answers():
+    tmpl = load_template("synth_inputs")
+    listed = synthesis_request(TASK, SynthesisConfig(shots=3, seed=5, format="list"), tmpl, "m", 1, 2)
+    chat = synthesis_request(TASK, SynthesisConfig(shots=3, seed=5), tmpl, "m", 1, 2)
+    roles = [m["role"] for m in chat.messages]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user", "assistant", "user"]
+    said = [m["content"] for m in chat.messages if m["role"] == "assistant"]
+    assert [x for x in said if f"Input: {x}\n" in listed.messages[-1]["content"] + "\n"] == said  # the same 3 shots
+    asks = {m["content"] for m in chat.messages[3::2]}
+    assert len(asks) == 1 and TASK.instruction not in asks.pop() and TASK.instruction in chat.messages[1]["content"]
+    assert "Example inputs" not in chat.messages[1]["content"] and chat.key() != listed.key()
+
+
+def test_chat_format_needs_a_next_block(tmp_path):
+    t = tmp_path / "mine.jinja"
+    t.write_text("{% block user %}Task: {{ instruction }}{% endblock %}")
+    with pytest.raises(TemplateError, match=r"needs a \{% block next %\}.*format: list"):
+        synthesis_request(TASK, SynthesisConfig(), load_template(str(t)), "m", 0, 0)
+    assert synthesis_request(TASK, SynthesisConfig(format="list"), load_template(str(t)), "m", 0, 0).messages
+
+
+@pytest.mark.parametrize("fmt", ["chat", "list"])
+def test_teacher_text_is_a_template_variable_never_template_code(fmt):
     t = TASK.model_copy(update={"instruction": "{{ 7 * 7 }} {% for x in y %}"})
-    msgs = synthesis_request(t, SynthesisConfig(), load_template("synth_inputs"), "m", 0, 0).messages
-    assert "{{ 7 * 7 }} {% for x in y %}" in msgs[-1]["content"]
+    msgs = synthesis_request(t, SynthesisConfig(format=fmt), load_template("synth_inputs"), "m", 0, 0).messages
+    assert "{{ 7 * 7 }} {% for x in y %}" in msgs[1]["content"]
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("Here's a new input:\n\n 3 hours and 2 minutes", "3 hours and 2 minutes"),
+    ("**Input:**\n45 seconds", "45 seconds"),
+    ("Example: 2 days", "2 days"),
+    ("Example 3: two weeks", "two weeks"),
+])
+def test_parse_input_skips_a_line_that_only_introduces_the_input(answer, expected):
+    assert parse_input(answer) == (expected, None)
+
+
+def test_parse_input_refuses_an_introduction_with_nothing_after_it():
+    text, why = parse_input("A different input could be:")
+    assert text is None and why.startswith("unparseable: the first line 'A different input could be:' introduces")
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("3 hours", None),
+    ("an hour and twenty minutes", None),
+    ("7", "off_shape: 100% of its words hold a digit, the examples' 0%-50%"),
+    ("The new input for this task is 3 hours", "off_shape: says 'input'"),
+    ("Write the answer in minutes please", "off_shape: says 'answer'"),
+    ("one two three four five six seven eight nine ten eleven", "off_shape: 11 words"),
+    ("1 2 3 4 5 6 7 8 9 10 11", "off_shape: 11 words, the examples have 2-5 (kept: 1-10)"),
+])
+def test_off_shape_reads_the_examples_form(text, reason):
+    why = off_shape(text, [e.input for e in TASK.examples], TASK.instruction)
+    assert (why is None) if reason is None else why.startswith(reason), why
+
+
+def test_off_shape_keeps_the_requests_words_when_the_task_uses_them():
+    assert off_shape("my answer is yes", ["the answer is no", "an answer: maybe"], "Flip it.") is None
+    assert off_shape("my answer is yes", ["yes it is", "no it is not"], "Flip the answer.") is None
+
+
+def test_screen_drops_an_input_off_the_examples_shape_unless_asked_not_to():
+    cands = _cands("The new input is 4 hours", "4 hours")
+    out = screen_candidates(cands, TASK, [], need=2)
+    assert [x.text for x in out.kept] == ["4 hours"]
+    assert out.removed[0]["removed_reason"].startswith("off_shape: says 'input'")
+    assert len(screen_candidates(cands, TASK, [], need=2, shape=False).kept) == 2
 
 
 def test_config_refuses_greedy_sampling_and_unknown_keys():
