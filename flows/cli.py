@@ -1,6 +1,7 @@
 """The ``eakd`` command line (typer). Every command takes a YAML config plus ``key.sub=value`` overrides.
 
     eakd models fetch                      # bundled teacher -> safetensors folder (prints the path)
+    eakd models transplant --tokenizer DIR --out DIR  # the model on another tokenizer (train-tokenizer builds one)
     eakd teacher serve                     # vLLM's OpenAI-compatible server on 127.0.0.1
     eakd generate CONFIG --out DIR         # teacher data -> HF dataset
     eakd train CONFIG --dataset DIR --out DIR
@@ -134,6 +135,34 @@ def models_tiny(out: Path = typer.Argument(..., help="output folder"),
     from distill.models import build_tiny_model, fetch_bundled_teacher
 
     typer.echo(_guard(lambda: build_tiny_model(out, fetch_bundled_teacher(), hidden=hidden, layers=layers)))
+
+
+@models_app.command("transplant")
+def models_transplant(tokenizer: Path = typer.Option(..., help="new tokenizer folder (tokenizer.json, ...)"),
+                      out: Path = typer.Option(..., help="output model folder (absent or empty)"),
+                      model: str = typer.Option("bundled", help="old model: 'bundled' or a safetensors folder")) -> None:
+    """Move a causal LM onto another tokenizer (embeddings re-initialised, layers kept); docs/transplant.md."""
+    _setup_logging()
+    from distill.transplant import transplant_model
+    from distill.transplant_config import TransplantConfig, validate_config
+
+    cfg = _guard(lambda: validate_config(TransplantConfig, {"tokenizer": tokenizer, "out": out, "model": model}))
+    typer.echo(_guard(lambda: transplant_model(cfg), where=out))
+
+
+@models_app.command("train-tokenizer")
+def models_train_tokenizer(out: Path = typer.Option(..., help="output tokenizer folder (absent or empty)"),
+                           vocab: int = typer.Option(16000, help="vocabulary size"),
+                           text: Optional[list[Path]] = typer.Option(None, help="text file(s); default WikiText-2 valid"),
+                           model: str = typer.Option("bundled", help="whose special tokens and chat template")) -> None:
+    """Train a byte-level BPE tokenizer on local text with the old model's special tokens; docs/transplant.md."""
+    _setup_logging()
+    from distill.transplant import train_tokenizer
+    from distill.transplant_config import TokenizerTrainConfig, validate_config
+
+    cfg = _guard(lambda: validate_config(TokenizerTrainConfig,
+                                         {"out": out, "vocab": vocab, "text": text or [], "model": model}))
+    typer.echo(_guard(lambda: train_tokenizer(cfg), where=out))
 
 
 @teacher_app.command("serve")
