@@ -53,8 +53,9 @@ def validate_config(cls: type[T], data: dict[str, Any], source: str = "<command 
 def default_training_text() -> list[Path]:
     """WikiText-2 valid from ``$EAKD_DATA_DIR`` or ``../shared/data``; a ConfigError naming the path if absent."""
     data = shared_data_dir()
-    path = data / WIKITEXT_VALID if data else Path("../shared/data") / WIKITEXT_VALID
-    if not path.is_file():
+    beside = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # where shared_data_dir looks
+    path = (data or beside) / WIKITEXT_VALID
+    if data is None or not path.is_file():
         raise ConfigError(f"default tokenizer training text {path} is absent; put WikiText-2 there, set $EAKD_DATA_DIR to "
                           "a folder holding wikitext-2/wiki.valid.tokens, or pass --text FILE (never the test split)")
     return [path]
