@@ -33,7 +33,7 @@ class TransplantConfig(StageConfig):
 class TokenizerTrainConfig(StageConfig):
     """Train a byte-level BPE tokenizer on local text (nothing comes from a hub)."""
 
-    vocab: int = Field(16000, ge=300, le=1_000_000,
+    vocab: int = Field(16000, ge=257, le=1_000_000,
                        description="vocabulary size incl. the 256 byte tokens and the old model's special tokens")
     out: Path = Field(..., description="output tokenizer folder; must not exist or be empty")
     text: list[Path] = Field(default_factory=list,

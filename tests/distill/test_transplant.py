@@ -200,3 +200,19 @@ def test_cli_bad_input_exits_2_and_leaves_nothing(tmp_path, text_file, reliabili
     result = CliRunner().invoke(app, ["models", "train-tokenizer", "--out", str(tmp_path / "o4"), "--vocab", "300",
                                       "--text", str(tmp_path / "missing.txt"), "--model", str(old_dir)])
     assert result.exit_code == 2 and "missing.txt does not exist" in result.output
+
+
+def test_cli_transplant_and_train_tokenizer_succeed(tmp_path, text_file):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    old_dir = build_model(tmp_path / "old", build_tokenizer(tmp_path / "old_tok", text_file, 300))
+    result = CliRunner().invoke(app, ["models", "train-tokenizer", "--out", str(tmp_path / "bpe"), "--vocab", "290",
+                                      "--text", str(text_file), "--model", str(old_dir)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["models", "transplant", "--tokenizer", str(tmp_path / "bpe"),
+                                      "--out", str(tmp_path / "new"), "--model", str(old_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(str(tmp_path / "new"))
+    assert json.loads((tmp_path / "new" / "transplant.json").read_text())["stats"]["new_vocab"] > 259
