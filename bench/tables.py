@@ -631,6 +631,39 @@ def reliability(d: dict | None) -> str:
     return "\n".join(lines)
 
 
+def gguf_roundtrip(d: dict | None) -> str:
+    if d is None:
+        return _missing("gguf_roundtrip.json", "bench/gguf_roundtrip.py (needs llama-cpp-python)")
+    p, t = d["protocol"], d["torch"]
+    cpu = d.get("cpu", {})
+    lines = [f"WikiText-2 test perplexity, {p['windows']} x {p['window']} tokens ({p['tokens']:,}), the same ids to both "
+             f"engines; llama-cpp-python {d.get('llama_cpp_python', '?')}, {d.get('threads', '?')} threads, "
+             f"{cpu.get('model', '?')} ({'AVX-512 BF16' if cpu.get('flags', {}).get('avx512_bf16') else 'AVX2 only'}).", "",
+             "| engine | type | file | perplexity | vs torch |", "|---|---|---|---|---|",
+             f"| eakd (torch) | {t['dtype']} compute | {_mb(d['source_safetensors_bytes'])} | {t['perplexity']:.3f} | |"]
+    for r in d["llama_cpp"]:
+        lines.append(f"| llama.cpp | {r['type']} | {_mb(r['bytes'])} | {r['perplexity']:.3f} | {r['vs_torch'] * 100:+.2f} % |")
+    return "\n".join(lines)
+
+
+def transplant(d: dict | None) -> str:
+    if d is None:
+        return _missing("transplant.json", "bench/transplant.py")
+    m, cpu = d["mapping"], d.get("cpu", {})
+    lines = [f"{d['slices']} x {d['slice_bytes']}-byte slices of WikiText-2 test, fp32, {d.get('torch_threads', '?')} threads; "
+             f"{cpu.get('model', '?')} ({'AVX-512 BF16' if cpu.get('avx512_bf16') else 'no AVX-512 BF16'}); "
+             f"`--vocab {d['vocab_requested']}` gave {m['new_vocab']:,} tokens.", "",
+             "| | vocab | params | bytes/token | bits/byte |", "|---|---|---|---|---|"]
+    for name, label in (("original", "original"), ("transplanted", "transplanted (before any KD)")):
+        a = d["arms"][name]
+        lines.append(f"| {label} | {a['vocab']:,} | {_m(a['params'])} | {a['bytes_per_token']:.2f} | {a['bits_per_byte']:.3f} |")
+    lines += ["", f"Mapping: {m['exact']:,} exact, {m['special']} special, {m['averaged']:,} averaged "
+                  f"({m['mean_pieces_averaged']:.2f} old pieces each), {m['fallback']} fallback. Training the tokenizer took "
+                  f"{d['train_tokenizer_s']} s, the transplant {d['transplant_s']} s. Bits per byte: "
+                  f"{d['bpb_ratio_transplanted_vs_original']:.2f}x the original's."]
+    return "\n".join(lines)
+
+
 # ---- pages ---------------------------------------------------------------------------------------------------------
 
 def _blocks() -> dict[str, dict[str, Callable[[], str]]]:
@@ -672,6 +705,8 @@ def _blocks() -> dict[str, dict[str, Callable[[], str]]]:
         "reliability.md": {"reliability": lambda: reliability(L("reliability.json"))},
         "deployment.md": {"prefect_overhead": lambda: prefect_overhead(L("prefect_overhead.json"))},
         "report.md": {"viewer_scale": lambda: viewer_scale(L("viewer_scale.json"))},
+        "compression.md": {"gguf_roundtrip": lambda: gguf_roundtrip(L("gguf_roundtrip.json"))},
+        "transplant.md": {"transplant": lambda: transplant(L("transplant.json"))},
     }
 
 
