@@ -292,6 +292,14 @@ ROWS = {
     "evaluate_text_path_missing": Row(
         ["run", "<cfg>", "run.stages=[generate, evaluate]", "evaluate.text_path=<ws>/no_eval.txt"], 2,
         "evaluate.text_path: file not found: <ws>/no_eval.txt", "file not found"),
+    "lm_eval_unknown_task": Row(
+        EVALUATE + ["--dataset", "<ws>/val_ds", "--out", "<ws>/eval", "--lm-eval", "hellaswag"], 2,
+        "evaluate.lm_eval.tasks: unknown lm-eval task 'hellaswag'",
+        "add your own task YAMLs with evaluate.lm_eval.include_path", setup=("val_ds",)),
+    "lm_eval_task_folder_missing": Row(
+        EVALUATE + ["--dataset", "<ws>/val_ds", "--out", "<ws>/eval", "evaluate.lm_eval.include_path=<ws>/my_tasks",
+                    "--lm-eval", "my_task"], 2,
+        "evaluate.lm_eval.include_path: <ws>/my_tasks does not exist", "point it at a folder", setup=("val_ds",)),
     "evaluate_without_generate": Row(
         ["run", "<cfg>", "run.stages=[evaluate]"], 2, "run.stages: 'evaluate' scores the generated dataset's validation "
         "split", "use `eakd evaluate CONFIG --model DIR --dataset DIR --out DIR`"),
