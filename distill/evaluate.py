@@ -538,15 +538,15 @@ def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: st
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("evaluate.device=cuda but no CUDA device is visible; use evaluate.device=cpu or auto")
 
-    probe_prompts, teacher_probes = _probe_setup(cfg, dd, teacher_cfg)
     models = [("base", base_path, None), ("start", base_path if base_keep_layers else None, base_keep_layers),
               ("student", model_path, None)]
     with tempfile.TemporaryDirectory(prefix="eakd-lmeval-") as lm_work:
         lm_tasks = None
-        if cfg.lm_eval is not None:  # before any model loads: a bad task name or missing data fails fast
+        if cfg.lm_eval is not None:  # before the teacher probes and any model load: a bad task name fails fast
             from distill.lmeval.run import prepare_tasks
 
             lm_tasks = prepare_tasks(cfg.lm_eval, Path(lm_work))
+        probe_prompts, teacher_probes = _probe_setup(cfg, dd, teacher_cfg)
         results = {name: _measure(p, cfg, text, text_skip, val, task_rows, extraction, structured, device,
                                   probe_prompts, keep, lm_tasks)
                    for name, p, keep in models if p is not None}
