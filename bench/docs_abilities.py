@@ -1,5 +1,5 @@
 """Write the measured tables of docs/abilities.md from bench/results/ (ea_transfer_measure.json, ea_transfer.json,
-ea_transfer_synth.json, ea_transfer_replay.json, ea_cot.json): each table goes between its ``<!-- bench:NAME -->`` / ``<!-- /bench:NAME -->`` markers, so the page
+ea_transfer_synth.json, ea_transfer_replay.json, ea_transfer_kd_sweep.json, ea_cot.json): each table goes between its ``<!-- bench:NAME -->`` / ``<!-- /bench:NAME -->`` markers, so the page
 always says what the JSON says. A missing JSON leaves its section saying so.
 
 Run: ``.venv/bin/python bench/docs_abilities.py`` after the benchmarks.
@@ -104,6 +104,7 @@ def main() -> int:
                        ("transfer", transfer_table(_load("ea_transfer.json"))),
                        ("synth", transfer_table(_load("ea_transfer_synth.json"))),
                        ("replay", transfer_table(_load("ea_transfer_replay.json"))),
+                       ("kd_sweep", transfer_table(_load("ea_transfer_kd_sweep.json"))),
                        ("cot", cot_table(_load("ea_cot.json")))):
         pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
         block = f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->"
