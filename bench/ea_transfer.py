@@ -39,7 +39,6 @@ import logging
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
+
+from bench.machine import lscpu  # noqa: E402
 
 KD = {"alpha_ce": 0.5}  # the top-5 logit KD arms: train.kd with these settings (the rest at their defaults)
 ARMS = {  # name -> (keep_layers, input source, logit KD settings or None for SFT)
@@ -66,12 +67,9 @@ ARMS = {  # name -> (keep_layers, input source, logit KD settings or None for SF
 
 
 def cpu_flags() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
+    model, flags = lscpu()
+    if not flags and model == "unknown":  # no lscpu
         return platform.processor()
-    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    flags = next((ln for ln in out.splitlines() if ln.startswith("Flags")), "")
     return f"{model}; " + ("AVX-512 BF16" if "avx512_bf16" in flags else "AVX2 only" if "avx2" in flags else "no AVX2")
 
 

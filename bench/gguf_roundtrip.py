@@ -31,17 +31,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.machine import lscpu  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 
 
 def cpu() -> dict[str, object]:
     """lscpu's model name and the vector extensions that decide llama.cpp's and torch's kernels."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        out = ""
-    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")), []))
+    model, flags = lscpu()
     wanted = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_bf16")
     return {"model": model, "cores": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout or 0),
             "flags": {f: f in flags for f in wanted}}

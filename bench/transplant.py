@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import lscpu  # noqa: E402
 from distill.config import shared_data_dir  # noqa: E402
 from distill.models import load_causal_lm, load_tokenizer, resolve_model_path  # noqa: E402
 from distill.transplant import train_tokenizer, transplant_model  # noqa: E402
@@ -38,12 +38,7 @@ WIKITEXT_TEST = "wikitext-2/wiki.test.tokens"
 
 def cpu() -> dict[str, object]:
     """lscpu's model name and whether bf16 matmuls are native (avx512_bf16 / amx_bf16)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        out = ""
-    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")), []))
+    model, flags = lscpu()
     return {"model": model, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
             "avx512f": "avx512f" in flags}
 
