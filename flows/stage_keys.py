@@ -88,7 +88,7 @@ def train_key(cfg, upstream: str) -> str:
 
 def evaluate_key(cfg, upstream: str, dataset: str, eval_text: str) -> str:
     """With ``evaluate.probes``: also the teacher config (it answers them), the user task/IF files' bytes and the
-    templates the probes render. ``upstream``: the train key, or the evaluated model's digest when this run does not
+    templates the probes render; with ``evaluate.lm_eval``: the user's task YAMLs and the GSM8K file, by content. ``upstream``: the train key, or the evaluated model's digest when this run does not
     train; ``dataset``:
     the generate key (or the folder's digest) of the dataset whose validation split is scored."""
     from prompts import load_template
@@ -100,7 +100,18 @@ def evaluate_key(cfg, upstream: str, dataset: str, eval_text: str) -> str:
         "if_file": digest_path(pr.if_file) if pr.if_file else None,
         "templates": {t: load_template(t).sha256 for t in ("instruct", "cot")}}
     return _key({"stage": "evaluate", "code": code_version(), "evaluate": cfg.evaluate.model_dump(mode="json"),
-                 "model": upstream, "dataset": dataset, "eval_text": digest_bytes(eval_text), "probes": probes})
+                 "model": upstream, "dataset": dataset, "eval_text": digest_bytes(eval_text), "probes": probes,
+                 "lm_eval": _lm_eval_inputs(cfg.evaluate.lm_eval)})
+
+
+def _lm_eval_inputs(lm) -> dict | None:
+    """What lm-eval reads besides the config: the user's task YAMLs and the GSM8K file, by content."""
+    if lm is None:
+        return None
+    from distill.lmeval.run import gsm8k_path
+
+    return {"include_path": [digest_path(Path(p).expanduser()) for p in lm.include_path],
+            "gsm8k": digest_path(gsm8k_path()) if "eakd_gsm8k" in lm.tasks else None}
 
 
 def compress_key(cfg, upstream: str, eval_text: str, calib: str, tasks: str = "none") -> str:

@@ -19,6 +19,30 @@ def _cfg(tmp_path: Path, **sections) -> PipelineConfig:
     return PipelineConfig.model_validate({"generate": {"seeds": str(seeds)}, **sections})
 
 
+def test_evaluate_key_follows_the_files_lm_eval_reads(tmp_path, monkeypatch):
+    from flows.stage_keys import evaluate_key
+
+    own = tmp_path / "own_tasks"
+    own.mkdir()
+    (own / "mine.yaml").write_text("task: mine\n")
+    data = tmp_path / "data" / "gsm8k"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    monkeypatch.setenv("EAKD_DATA_DIR", str(tmp_path / "data"))
+
+    def key(tasks):
+        cfg = _cfg(tmp_path, evaluate={"lm_eval": {"tasks": tasks, "include_path": [str(own)]}})
+        return evaluate_key(cfg, "train-key", "generate-key", "held-out text")
+
+    first = key(["mine"])
+    (own / "mine.yaml").write_text("task: mine\nnum_fewshot: 2\n")  # the user's task file alone
+    assert key(["mine"]) != first
+    mine_now, gsm = key(["mine"]), key(["eakd_gsm8k"])
+    (data / "train.jsonl").write_text('{"question": "2+2?", "answer": "#### 4"}\n')  # the data file alone
+    assert key(["mine"]) == mine_now  # a task that does not read it keeps its key
+    assert key(["eakd_gsm8k"]) != gsm
+
+
 def _fake_model(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "config.json").write_text("{}")
