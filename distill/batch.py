@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from distill.cache import ResponseCache
+from distill.logprobs import pack_openai_logprobs
 from distill.teacher_types import (
     Choice,
     TeacherConfig,
@@ -77,8 +78,7 @@ def _choice(c: dict) -> Choice:
     lps = None
     content = (c.get("logprobs") or {}).get("content")
     if content is not None:
-        lps = [{"tokens": [t["token"] for t in pos.get("top_logprobs") or []],
-                "logprobs": [round(t["logprob"], 5) for t in pos.get("top_logprobs") or []]} for pos in content]
+        lps = pack_openai_logprobs(content)  # by bytes, as the online openai backend stores them
     return Choice(text=(c.get("message") or {}).get("content") or "", finish_reason=c.get("finish_reason"), logprobs=lps)
 
 

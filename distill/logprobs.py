@@ -224,3 +224,27 @@ def _decompress(blob: bytes, codec: str) -> bytes:
 
         return zstandard.ZstdDecompressor().decompress(blob)
     raise ValueError(f"teacher logprobs use codec {codec!r}, which this version of eakd cannot read; regenerate")
+
+
+def _token_id(token: str) -> int | None:
+    """vLLM's server names tokens ``token_id:123`` when asked to (``return_tokens_as_token_ids``)."""
+    return int(token[9:]) if token.startswith("token_id:") and token[9:].isdigit() else None
+
+
+def pack_openai_logprobs(content: Sequence[dict], codec: str | None = "zstd") -> dict:
+    """An OpenAI-compatible chat answer's ``logprobs.content`` (plain dicts: ``token``, ``bytes``, ``logprob``,
+    ``top_logprobs``) -> the packed byte-level object. ``bytes`` is exact where the server sends it (it does for
+    tokens that split a UTF-8 character); else the token string's UTF-8. Ids are kept when every token came as
+    ``token_id:N``."""
+    def raw(entry: dict) -> bytes:
+        b = entry.get("bytes")
+        return bytes(b) if b is not None else (entry.get("token") or "").encode()
+
+    tokens = [raw(pos) for pos in content]
+    alts = [[raw(t) for t in pos.get("top_logprobs") or []] for pos in content]
+    alt_lps = [[float(t["logprob"]) for t in pos.get("top_logprobs") or []] for pos in content]
+    ids = [[_token_id(t.get("token") or "") for t in pos.get("top_logprobs") or []] for pos in content]
+    token_ids = [_token_id(pos.get("token") or "") for pos in content]
+    with_ids = bool(content) and all(i is not None for i in token_ids) and all(i is not None for r in ids for i in r)
+    return pack_topk_bytes(tokens, [float(pos["logprob"]) for pos in content], alts, alt_lps,
+                           ids=ids if with_ids else None, token_ids=token_ids if with_ids else None, codec=codec)

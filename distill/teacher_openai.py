@@ -39,6 +39,7 @@ from tqdm import tqdm
 from distill.budget import Budget, worst_case
 from distill.cache import ResponseCache
 from distill.config import ConfigError
+from distill.logprobs import pack_openai_logprobs
 from distill.schedule import (
     AdaptiveLimit,
     RateLimiter,
@@ -100,10 +101,8 @@ def _body(r: TeacherRequest, model: str, response_format_ok: bool = True) -> dic
 def _choice(c) -> Choice:
     lps = None
     if getattr(c, "logprobs", None) is not None and c.logprobs.content is not None:
-        lps = [
-            {"tokens": [t.token for t in pos.top_logprobs], "logprobs": [round(t.logprob, 5) for t in pos.top_logprobs]}
-            for pos in c.logprobs.content
-        ]
+        # by bytes (distill.logprobs, topk-bytes/v1): a student of any tokenizer can learn from them
+        lps = pack_openai_logprobs([pos.model_dump() for pos in c.logprobs.content])
     return Choice(text=c.message.content or "", finish_reason=c.finish_reason, logprobs=lps)
 
 

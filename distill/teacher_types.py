@@ -131,8 +131,8 @@ class TeacherRequest:
 class Choice:
     text: str
     finish_reason: str | None
-    # top-k per generated token: vllm backend -> packed ids + float16 (distill.logprobs, ~8k bytes/token);
-    # openai backend -> [{"tokens": [str], "logprobs": [float]}] per token (strings: not usable for logit KD)
+    # top-k per generated token, packed by distill.logprobs: byte strings + float16 + byte offsets
+    # (topk-bytes/v1, any student tokenizer), with the teacher's ids too from the vllm backend (same-tokenizer KD)
     logprobs: dict[str, Any] | list[dict[str, Any]] | None = None
     token_ids: list[int] | None = None  # the generated ids (vllm backend): what logit KD trains on
     schema_error: str | None = None  # structured requests: why the answer fails its schema (None: valid)

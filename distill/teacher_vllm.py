@@ -22,7 +22,7 @@ from pathlib import Path
 
 from distill.budget import Budget, worst_case
 from distill.cache import ResponseCache
-from distill.logprobs import pack_topk
+from distill.logprobs import SpecialToken, pack_topk, pack_topk_bytes
 from distill.models import resolve_dtype, resolve_model_path
 from distill.schedule import prefix_groups, prompt_text, shared_prefix_share
 from distill.teacher_types import BUDGET_EXIT, Choice, TeacherConfig, TeacherRequest, TeacherResponse
@@ -30,7 +30,9 @@ from distill.teacher_types import BUDGET_EXIT, Choice, TeacherConfig, TeacherReq
 log = logging.getLogger(__name__)
 
 
-def _choice(c) -> Choice:
+def _choice(c, vocab: list[bytes] | None = None) -> Choice:
+    """One vLLM completion -> a Choice; with the teacher's ``vocab`` (bytes per id, see
+    :func:`distill.xtok_align.vocab_strings`) its top-k are stored by bytes and ids (topk-bytes/v1), else by ids."""
     packed = None
     if c.logprobs is not None:
         ids, lps = [], []
@@ -38,7 +40,16 @@ def _choice(c) -> Choice:
             ranked = sorted(pos.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
             ids.append([int(t) for t, _ in ranked])
             lps.append([float(lp.logprob) for _, lp in ranked])
-        packed = pack_topk(ids, lps)
+        if vocab is None:
+            packed = pack_topk(ids, lps)
+        else:
+            def text(i: int) -> bytes:
+                return vocab[i] if 0 <= i < len(vocab) else SpecialToken(b"")
+
+            sampled = [int(t) for t in c.token_ids]
+            packed = pack_topk_bytes([text(t) for t in sampled],
+                                     [float(pos[t].logprob) for pos, t in zip(c.logprobs, sampled)],
+                                     [[text(i) for i in row] for row in ids], lps, ids=ids, token_ids=sampled)
     return Choice(text=c.text, finish_reason=c.finish_reason, logprobs=packed, token_ids=[int(t) for t in c.token_ids])
 
 
@@ -139,6 +150,7 @@ def _answer(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseC
     else:
         leader_at = set()
     tokenizer = llm.get_tokenizer() if budget is not None else None
+    vocab = _vocab_bytes(llm) if any(r.top_logprobs for r in requests) else None
     start = 0
     while start < len(requests):
         batch = requests[start : start + cfg.batch_size]
@@ -164,9 +176,9 @@ def _answer(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseC
         per_request = (time.perf_counter() - t) / max(1, len(batch))
         items = []
         for r, w, out in zip(batch, worst, outputs):
-            choices, attempts, extra = [_choice(c) for c in out.outputs], 1, 0
+            choices, attempts, extra = [_choice(c, vocab) for c in out.outputs], 1, 0
             if r.json_schema is not None:
-                choices, attempts, extra = _structured(llm, r, choices, cfg.structured_retries)
+                choices, attempts, extra = _structured(llm, r, choices, cfg.structured_retries, vocab)
             resp = TeacherResponse(
                 key=r.key(), choices=choices,
                 prompt_tokens=len(out.prompt_token_ids or []) * attempts,
@@ -204,7 +216,15 @@ def _generate(llm, batch: list[TeacherRequest], seeds: list[int | None] | None =
                     use_tqdm=not _tqdm_disabled())
 
 
-def _structured(llm, r: TeacherRequest, choices: list[Choice], retries: int) -> tuple[list[Choice], int, int]:
+def _vocab_bytes(llm) -> list[bytes]:
+    """The teacher's bytes per token id, so its logprobs are stored by bytes too (any student tokenizer)."""
+    from distill.xtok_align import vocab_strings
+
+    return vocab_strings(llm.get_tokenizer())
+
+
+def _structured(llm, r: TeacherRequest, choices: list[Choice], retries: int,
+                vocab: list[bytes] | None = None) -> tuple[list[Choice], int, int]:
     """Validate a structured request's answers; re-ask (new seed) for failing ones while retries last.
 
     Returns (choices, attempts, completion tokens spent on retries). Answers still failing are kept with
@@ -220,7 +240,7 @@ def _structured(llm, r: TeacherRequest, choices: list[Choice], retries: int) -> 
         attempts += 1
         [out] = _generate(llm, [r], [(r.seed or 0) + 7919 * attempts])
         extra += sum(len(c.token_ids) for c in out.outputs)
-        merge_reasked(choices, [_choice(c) for c in out.outputs], r.json_schema)
+        merge_reasked(choices, [_choice(c, vocab) for c in out.outputs], r.json_schema)
     return choices, attempts, extra
 
 

@@ -6,8 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from distill.logprobs import (SpecialToken, is_byte_level, is_packed, pack_topk, pack_topk_bytes, unpack_topk,
-                              unpack_topk_bytes)
+from distill.logprobs import (
+    SpecialToken,
+    is_byte_level,
+    is_packed,
+    pack_topk,
+    pack_topk_bytes,
+    unpack_topk,
+    unpack_topk_bytes,
+)
 
 TOKENS = [b"The", b" answer", b" \xe2\x82", b"\xac5", SpecialToken(b"<|im_end|>")]
 ALTS = [[b"The", b"A", b"<|im_end|>"], [b" answer", b" result"], [b" \xe2\x82"], [b"\xac5", b"\xac"],
