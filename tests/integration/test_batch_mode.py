@@ -30,7 +30,7 @@ def test_local_batch_equals_online_and_resubmits_only_what_failed(vllm_server, t
     out = query_teacher(reqs + [too_long], bcfg, stats)
     assert [r.choices[0].text for r in out[:-1]] == [r.choices[0].text for r in online]  # temperature 0: same records
     assert all(r.engine == "vllm-batch" and r.completion_tokens > 0 for r in out[:-1])
-    assert [len(r.choices[0].logprobs) for r in out[:-1]] == [r.completion_tokens for r in out[:-1]]
+    assert [r.choices[0].logprobs["n"] for r in out[:-1]] == [r.completion_tokens for r in out[:-1]]
     assert out[-1].error and "status 400" in out[-1].error and stats.failures == {"batch": 1}
     again = TeacherStats()
     query_teacher(reqs + [too_long], bcfg, again)

@@ -47,7 +47,7 @@ def test_openai_backend_concurrent_requests_and_cache(vllm_server, cache_path):
     assert [r.key for r in out] == [r.key() for r in reqs]  # order preserved
     for r in out:
         assert r.error is None and r.engine == "openai" and r.choices[0].text
-        assert r.completion_tokens == len(r.choices[0].logprobs) and r.prompt_tokens > 0
+        assert r.completion_tokens == r.choices[0].logprobs["n"] and r.prompt_tokens > 0  # packed by bytes
     assert stats.completion_tokens == sum(r.completion_tokens for r in out)
     stats2 = TeacherStats()
     again = query_teacher(reqs, cfg, stats2)
