@@ -38,6 +38,7 @@ class KDConfig(StageConfig):
     on_policy: float = Field(0.0, ge=0.0, le=1.0, description="GKD's lambda: the share of micro-batches whose answers the student samples itself, scored by the online teacher (needs kd.teacher)")
     on_policy_max_new_tokens: int = Field(64, ge=1, le=4096, description="on-policy: tokens the student samples per answer")
     on_policy_temperature: float = Field(1.0, gt=0.0, le=10.0, description="on-policy: the student's sampling temperature")
+    cross_tokenizer: Literal["aligned", "uld", "off"] = Field("aligned", description="offline KD when the student's tokenizer is not the teacher's (needs the dataset's byte-level top-k): aligned = likelihood matching over shared byte chunks + top-k where a chunk is one token on both sides; uld = sorted top-k Wasserstein (ULD); off = refuse")
     beta: float = Field(0.5, gt=0.0, lt=1.0, description="generalized_jsd: the mixture weight")
     skew: float = Field(0.1, gt=0.0, lt=1.0, description="skew_forward_kl/skew_reverse_kl: the skew alpha (DistiLLM)")
 

@@ -34,7 +34,7 @@ import torch
 from distill.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import ConfigError, dump_config
 from distill.io import publish_dir
-from distill.logprobs import is_packed, unpack_topk
+from distill.logprobs import is_byte_level, is_packed, unpack_topk
 from distill.models import eos_ids, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from distill.train_config import KDConfig, TrainConfig
 
@@ -84,16 +84,22 @@ def rationale_tasks(conversations: list[list[dict]], styles: list[str | None],
     return out
 
 
-def tokenize_row(tok, messages: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
-    """(input_ids, labels) with labels = IGNORE on everything but the final assistant turn."""
-    if not messages or messages[-1]["role"] != "assistant":
-        return None
+def render_turns(tok, messages: list[dict]) -> tuple[str, str]:
+    """(prompt text up to the assistant's turn, the assistant turn as the chat template renders it)."""
     prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full = tok.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):
         raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
+    return prompt, full[len(prompt):]
+
+
+def tokenize_row(tok, messages: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
+    """(input_ids, labels) with labels = IGNORE on everything but the final assistant turn."""
+    if not messages or messages[-1]["role"] != "assistant":
+        return None
+    prompt, answer = render_turns(tok, messages)
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    a_ids = tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    a_ids = tok(answer, add_special_tokens=False)["input_ids"]
     ids = (p_ids + a_ids)[:max_length]
     labels = ([IGNORE] * len(p_ids) + a_ids)[:max_length]
     if all(x == IGNORE for x in labels):
@@ -125,14 +131,22 @@ def tokenize_row_kd(tok, messages: list[dict], token_ids: list[int], logprobs_js
     return ids, labels, top_ids, top_lps
 
 
-def check_same_tokenizer(tok, token_ids: list[list[int]], texts: list[str]) -> None:
-    """Fail fast unless the student's tokenizer decodes the teacher's ids back to the teacher's text."""
+def same_tokenizer(tok, token_ids: list[list[int]], texts: list[str]) -> tuple[bool, str]:
+    """(whether the student's tokenizer decodes the teacher's ids back to the teacher's text, how many fail)."""
     pairs = list(zip(token_ids, texts))[:32]
     bad = [t for ids, t in pairs if tok.decode(ids, skip_special_tokens=True).strip() != t.strip()]
-    if len(bad) > len(pairs) // 10 or any(max(ids, default=0) >= len(tok) for ids, _ in pairs):
+    ok = len(bad) <= len(pairs) // 10 and not any(max(ids, default=0) >= len(tok) for ids, _ in pairs)
+    return ok, f"{len(bad)}/{len(pairs)}"
+
+
+def check_same_tokenizer(tok, token_ids: list[list[int]], texts: list[str]) -> None:
+    """Fail fast unless the student's tokenizer decodes the teacher's ids back to the teacher's text."""
+    ok, bad = same_tokenizer(tok, token_ids, texts)
+    if not ok:
         raise ConfigError(
-            f"train.kd: the student's tokenizer does not match the teacher's ({len(bad)}/{len(pairs)} completions "
-            "do not round-trip); logit KD needs a shared vocabulary — use sequence-level KD (train.kd.enabled=false)")
+            f"train.kd: the student's tokenizer does not match the teacher's ({bad} completions do not round-trip) "
+            "and the dataset has no byte-level teacher logprobs for cross-tokenizer KD; regenerate it with this "
+            "version of eakd (generate.sampling.top_logprobs=K), or use sequence-level KD (train.kd.enabled=false)")
 
 
 def collate(rows: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
@@ -149,6 +163,10 @@ def collate(rows: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
     if len(rows[0]) == 4:  # KD rows: top-k per labelled position, concatenated in row-major order
         batch["topk_ids"] = torch.tensor([t for r in rows for t in r[2]], dtype=torch.long)
         batch["topk_logprobs"] = torch.tensor([t for r in rows for t in r[3]], dtype=torch.float32)
+    elif len(rows[0]) == 3:  # cross-tokenizer KD rows (distill.xtok_train)
+        from distill.xtok_train import collate_xtok
+
+        batch.update(collate_xtok([r[2] for r in rows]))
     return batch
 
 
@@ -292,6 +310,11 @@ def mixed_loss_terms(logits: torch.Tensor, targets: torch.Tensor, batch: dict[st
 
         kd_term = topk_kd_loss(logits[None], batch["topk_ids"][None], batch["topk_logprobs"][None],
                                targets[None], method=kd.method, temperature=kd.temperature)
+        return (1 - kd.alpha_ce) * kd_term + kd.alpha_ce * ce, ce, kd_term
+    if kd is not None and kd.enabled and "xt_ids" in batch:
+        from distill.xtok_train import xtok_kd_term
+
+        kd_term = xtok_kd_term(logits, targets, batch, kd)
         return (1 - kd.alpha_ce) * kd_term + kd.alpha_ce * ce, ce, kd_term
     return ce, ce, None
 
@@ -457,6 +480,21 @@ def run_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path)
     tok = load_tokenizer(model_path)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
+    xtok_stats: dict[str, dict] = {}
+
+    def cross_tokenizer(d, packed: list[dict]) -> bool:
+        """Whether this split's offline KD crosses tokenizers: byte-level logprobs, and the teacher's ids (if
+        any) are not the student's. Refuses a mismatch the dataset cannot serve, in one line."""
+        ids = d["teacher_token_ids"] if "teacher_token_ids" in d.column_names else None
+        same = ids is not None and all(x is not None for x in ids) and all(is_packed(p) for p in packed) \
+            and same_tokenizer(tok, ids, [m[-1]["content"] for m in d["messages"]])[0]
+        if same or not all(is_byte_level(p) for p in packed):
+            return False  # the same-tokenizer path below (and its errors)
+        if cfg.kd.cross_tokenizer == "off":
+            raise ConfigError(f"train.kd.cross_tokenizer=off but the student's tokenizer ({model_path}) is not the "
+                              "teacher's; set train.kd.cross_tokenizer=aligned (or uld), or train.kd.enabled=false")
+        return True
+
     def encode(split: str) -> list:
         if split not in dd or "messages" not in dd[split].column_names:
             return []
@@ -473,11 +511,20 @@ def run_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path)
         d = dd[split]
         if d.num_rows == 0:
             return []
-        if "teacher_token_ids" not in d.column_names or any(x is None for x in d["teacher_token_ids"]) \
-                or any(x is None for x in d["teacher_logprobs"]):
+        lps = d["teacher_logprobs"] if "teacher_logprobs" in d.column_names else [None]
+        byte_level = all(x is not None for x in lps) and all(is_byte_level(json.loads(lp)) for lp in lps[:8])
+        if not byte_level and ("teacher_token_ids" not in d.column_names or any(x is None for x in d["teacher_token_ids"])
+                               or any(x is None for x in lps)):
             raise ConfigError(f"train.kd.enabled: {ds_path} split {split!r} lacks teacher token ids/top-k logprobs; "
                               "generate with teacher.backend=vllm and generate.sampling.top_logprobs=K")
         packed = [json.loads(lp) for lp in d["teacher_logprobs"][:8]]
+        if cross_tokenizer(d, packed):
+            from distill.xtok_train import encode_xtok_split
+
+            rows, stats = encode_xtok_split(tok, d, max(int(p["k"]) for p in packed) or 1, cfg.max_length)
+            xtok_stats[split] = stats
+            log.info("cross-tokenizer KD (%s) on %s: %s", cfg.kd.cross_tokenizer, split, stats)
+            return rows
         if not all(is_packed(p) for p in packed):
             raise ConfigError(f"train.kd.enabled: {ds_path} split {split!r} holds teacher logprobs as token strings "
                               "(an OpenAI-compatible endpoint), not token ids; generate with teacher.backend=vllm "
@@ -615,11 +662,14 @@ def run_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path)
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
+    xtok = cfg.kd.cross_tokenizer if xtok_stats else None
     mode = ("sft_sequence_kd" if not cfg.kd.enabled else f"logit_kd_online_{cfg.kd.method}" if cfg.kd.teacher
+            else "logit_kd_xtok_uld" if xtok == "uld" else f"logit_kd_xtok_aligned_{cfg.kd.method}" if xtok
             else f"logit_kd_topk_{cfg.kd.method}")
     mode_text = ("Sequence-level KD (SFT on teacher outputs)" if not cfg.kd.enabled else
                  f"Online logit KD ({cfg.kd.method}, full vocabulary) from teacher `{cfg.kd.teacher}` on the teacher outputs"
-                 if cfg.kd.teacher else f"Offline logit KD ({cfg.kd.method}) on the cached teacher top-k")
+                 if cfg.kd.teacher else f"Cross-tokenizer offline KD ({xtok}) on the cached byte-level teacher top-k"
+                 if xtok else f"Offline logit KD ({cfg.kd.method}) on the cached teacher top-k")
     fifth = max(1, len(history) // 5)  # mean loss over the first and the last fifth of the steps
     first = sum(h["loss"] for h in history[:fifth]) / len(history[:fifth])
     last = sum(h["loss"] for h in history[-fifth:]) / len(history[-fifth:])
@@ -629,6 +679,8 @@ def run_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path)
         "trainable_parameters": n_trainable, "steps": total_steps, "train_rows": len(train_rows), "val_rows": len(val_rows),
         "tokens": tokens_seen, "seconds": round(seconds, 2), "tokens_per_s": round(run_tokens / max(1e-9, seconds), 1),
         "resumed_from_step": start_step or None, "processes": world,
+        "kd_loss": None if not cfg.kd.enabled else "online_full_vocab" if cfg.kd.teacher else
+        f"xtok_{xtok}" if xtok else "topk_same_tokenizer", "xtok": xtok_stats or None,
         "on_policy": cfg.kd.on_policy if cfg.kd.enabled else 0.0, "on_policy_batches": on_policy_batches,
         "teacher_agreement_before": before["agreement"], "teacher_agreement_after": agreement_after,
         "autocast": compute, "device": device, "loss_first": round(first, 4), "loss_last": round(last, 4),
