@@ -10,6 +10,9 @@ unstructured pruning steps (Wanda, SparseGPT), once per calibration source
   student reads when it does its tasks);
 * ``mix``     — half of each.
 
+With ``--recover N`` a fourth step prunes with Wanda 50 % and then distils the student back into the pruned
+model for N steps on the calibration windows, keeping the zeros (``recover_steps`` on a pruning step).
+
 Every model (the student and each step) answers the EA probes (:mod:`distill.probes`) on fresh held-out
 items of the run's ICL families, zero-shot, plus the control families; the figure is the share of the
 student's probe score each step keeps (issue 22 asks for >= 90 % per ability). Each seed draws new
@@ -41,6 +44,12 @@ STEPS = [{"method": "gptq", "bits": 4, "group_size": 64},
          {"method": "sparsegpt", "sparsity": 0.5}]
 
 
+def steps_for(args) -> list[dict]:
+    """STEPS, plus Wanda 50 % with ``--recover`` masked recovery steps when asked."""
+    return STEPS + ([{"method": "wanda", "sparsity": 0.5, "recover_steps": args.recover, "recover_lr": 1e-4,
+                      "name": f"wanda50+recover{args.recover}"}] if args.recover else [])
+
+
 def newest_run() -> Path:
     runs = sorted((ROOT / "runs").glob("demo-*/student/metrics.json"), key=lambda p: p.stat().st_mtime)
     if not runs:
@@ -60,7 +69,7 @@ def compress_once(run: Path, data: str, seed: int, args, work: Path) -> dict:
     families = cfg.evaluate.probes.icl_tasks if cfg and cfg.evaluate.probes else None
     probes = {"per_task": args.per_task, "shots": 0, "cot_tasks": [], "if_items": 0, "teacher": False,
               "seed": 1234 + seed} | ({"icl_tasks": families} if families else {})
-    ccfg = CompressConfig(chain=False, steps=[CompressStep(**s) for s in STEPS],
+    ccfg = CompressConfig(chain=False, steps=[CompressStep(**s) for s in steps_for(args)],
                           calibration=CalibrationConfig(data=data, n_samples=args.calib, seq_len=512, seed=seed),
                           eval=EvalConfig(window=512, max_windows=args.windows, max_examples=0, latency=False,
                                           probes=probes))
@@ -99,6 +108,8 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=16, help="calibration windows of 512 tokens")
     ap.add_argument("--windows", type=int, default=8, help="perplexity windows (WikiText-2 test, quick protocol)")
     ap.add_argument("--per-task", type=int, default=8, help="held-out probe items per family")
+    ap.add_argument("--recover", type=int, default=0,
+                    help="also Wanda 50 %% followed by this many masked recovery-KD steps from the student (0: off)")
     ap.add_argument("--out", default="ea_compress.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -115,7 +126,7 @@ def main() -> int:
             print(f"seed {seed} {data:8s} student {r['student']} | " + " | ".join(
                 f"{s}: kept {v['kept']}" for s, v in r["steps"].items()), flush=True)
             report = {"cpu": cpu_flags(), "run": str(run), "config": {k: str(v) for k, v in vars(args).items()},
-                      "steps": STEPS, "summary": summarize(results), "results": results,
+                      "steps": steps_for(args), "summary": summarize(results), "results": results,
                       "seconds": round(time.perf_counter() - t0, 1)}
             RESULTS.mkdir(parents=True, exist_ok=True)
             (RESULTS / args.out).write_text(json.dumps(report, indent=1))

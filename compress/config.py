@@ -47,7 +47,7 @@ class CompressStep(StageConfig):
     fraction: float = Field(0.25, ge=0.0, lt=1.0, description="depth: fraction of decoder blocks dropped")
     mlp_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="width: fraction of MLP channels removed")
     kv_head_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="width: fraction of KV-head groups removed")
-    recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm/cp/tucker: KD steps from the pre-compression model afterwards (Minitron-style recovery); qat/qaf: the quantization-aware training steps (required)")
+    recover_steps: int = Field(0, ge=0, description="depth/width/svd/asvd/svdllm/cp/tucker: KD steps from the pre-compression model afterwards (Minitron-style recovery); magnitude/wanda/sparsegpt: the same, keeping the pruned zeros (masked); qat/qaf: the quantization-aware training steps (required)")
     recover_lr: float = Field(1e-4, gt=0.0, description="recovery: AdamW peak learning rate")
     recover_hint_weight: float = Field(0.0, ge=0.0, description="recovery: weight of the FitNets hint term (each kept block's output regresses on its source block's, through a learned projection; see compress.recover)")
     recover_attention_weight: float = Field(0.0, ge=0.0, description="recovery: weight of the TinyBERT attention-map term (runs eager attention)")

@@ -29,8 +29,15 @@ Adversarial distillation on top (optional, measured the same way):
   learns to make its states look like the teacher's. The discriminator is discarded afterwards; its
   accuracy over the last fifth of the steps is reported (0.5 = fooled).
 
-Run: set ``recover_steps`` on a ``depth``/``width``/``svd``/``asvd``/``svdllm``/``cp``/``tucker`` step of ``eakd compress``
-(``recover_hint_weight``, ``recover_attention_weight`` for the feature terms, ``recover_adversarial_weight``).
+Sparsity-preserving recovery after unstructured or N:M pruning (``magnitude``/``wanda``/``sparsegpt``): the
+pruned weights' zero pattern is taken as a mask before training and re-applied after every optimizer step, so
+the recovered model has exactly the zeros that were measured and exported (the masked fine-tuning that
+follows pruning in SparseGPT/Wanda's own recovery experiments; the mask, not the values, is what pruning
+chose).
+
+Run: set ``recover_steps`` on a ``depth``/``width``/``svd``/``asvd``/``svdllm``/``cp``/``tucker`` or a
+``magnitude``/``wanda``/``sparsegpt`` step of ``eakd compress`` (``recover_hint_weight``,
+``recover_attention_weight`` for the feature terms, ``recover_adversarial_weight``).
 """
 
 from __future__ import annotations
@@ -103,6 +110,24 @@ def adversarial_terms(disc: nn.Module, student_h: Tensor, teacher_h: Tensor) -> 
     return generator, discriminator, accuracy
 
 
+def zero_masks(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> dict[str, Tensor]:
+    """``{parameter name: bool mask of its non-zero entries}`` for every 2-D ``nn.Linear`` weight of ``model`` with
+    at least one zero (the layers a pruning step sparsified), except names containing one of ``skip``."""
+    masks = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not any(k in name for k in skip):
+            mask = module.weight.detach() != 0
+            if not bool(mask.all()):
+                masks[f"{name}.weight"] = mask
+    return masks
+
+
+def _apply_masks(params: dict[str, nn.Parameter], masks: dict[str, Tensor]) -> None:
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask)
+
+
 def _eager(model: nn.Module) -> str | None:
     """Switch ``model`` to eager attention (returns the previous implementation, to restore)."""
     previous = getattr(model.config, "_attn_implementation", None)
@@ -114,13 +139,15 @@ def _eager(model: nn.Module) -> str | None:
 def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int, lr: float = 1e-4,
             batch_size: int = 4, seed: int = 0, chunk_size: int | None = 128, hint_weight: float = 0.0,
             attention_weight: float = 0.0, layer_map: list[int] | None = None,
-            adversarial_weight: float = 0.0) -> dict:
+            adversarial_weight: float = 0.0, masks: dict[str, Tensor] | None = None) -> dict:
     """Distil ``teacher`` into ``student`` (in place) for ``steps`` AdamW steps on ``batches`` [n, T] ids.
 
     Micro-batches of ``batch_size`` windows are drawn in a seeded order (cycling over ``batches``). With
     ``hint_weight``/``attention_weight`` > 0 the feature terms join the forward KL (see the module docstring);
     ``layer_map[j]`` is the teacher block student block ``j`` learns from (default: the same index). With
-    ``adversarial_weight`` > 0 a :class:`Discriminator` on the final hidden states trains alongside.
+    ``adversarial_weight`` > 0 a :class:`Discriminator` on the final hidden states trains alongside. ``masks``
+    (``{parameter name: bool mask}``, e.g. :func:`zero_masks` after pruning) are re-applied after every step, so
+    a masked weight stays exactly zero.
     Returns ``{"steps", "lr", "loss_first", "loss_last", "seconds", "tokens"}`` (losses averaged over the
     first/last fifth of the steps; the KL term alone as ``kd_first``/``kd_last`` when feature terms are on).
     """
@@ -149,6 +176,10 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
     restore = (_eager(student), _eager(teacher)) if attention_weight else None
     teacher.eval()
     student.train()
+    named = dict(student.named_parameters())
+    masks = masks or {}
+    if unknown := sorted(set(masks) - set(named)):
+        raise ValueError(f"recover: masks name parameters the student does not have: {unknown[:3]}")
     params = [p for p in student.parameters() if p.requires_grad] + list(projections.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 10)
@@ -184,6 +215,7 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            _apply_masks(named, masks)
             if disc is not None:  # the generator's backward also reached disc: start its step clean
                 disc_opt.zero_grad(set_to_none=True)
                 d_loss.backward()
@@ -205,6 +237,8 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
     if features or disc is not None:
         stats |= {"hint_weight": hint_weight, "attention_weight": attention_weight,
                   "kd_first": sum(kds[:fifth]) / fifth, "kd_last": sum(kds[-fifth:]) / fifth}
+    if masks:
+        stats["masked_layers"] = len(masks)
     if disc is not None:
         stats |= {"adversarial_weight": adversarial_weight,
                   "discriminator_accuracy_first": sum(accuracies[:fifth]) / fifth,

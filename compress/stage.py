@@ -59,7 +59,7 @@ from compress.prune import magnitude_model, prune_model, wanda_model
 from compress.qaf import qaf_model
 from compress.qat import qat_model
 from compress.quantize import quantize_model, quantize_model_rtn
-from compress.recover import recover
+from compress.recover import recover, zero_masks
 from compress.sparsegpt import sparsegpt_model
 from compress.structured import depth_prune, width_prune
 from compress.tensorized import tensorize_model
@@ -96,7 +96,8 @@ def _scalar_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-RECOVERABLE = {"depth", "width", "svd", "asvd", "svdllm", "cp", "tucker"}
+RECOVERABLE = {"depth", "width", "svd", "asvd", "svdllm", "cp", "tucker", "magnitude", "wanda", "sparsegpt"}
+SPARSIFYING = {"magnitude", "wanda", "sparsegpt"}  # recovery keeps their zeros (compress.recover.zero_masks)
 TRAINED = {"qat", "qaf"}  # train with the pre-compression model as teacher inside the method (recover_steps = its steps)
 
 
@@ -114,7 +115,8 @@ def _apply(model: nn.Module, step: CompressStep, manifest: dict[str, Any], codes
         stats["recovery"] = recover(model, teacher, calib, step.recover_steps, step.recover_lr,
                                     hint_weight=step.recover_hint_weight,
                                     attention_weight=step.recover_attention_weight, layer_map=layer_map,
-                                    adversarial_weight=step.recover_adversarial_weight)
+                                    adversarial_weight=step.recover_adversarial_weight,
+                                    masks=zero_masks(model) if step.method in SPARSIFYING else None)
     return stats
 
 
