@@ -247,11 +247,19 @@ def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer: Any, manif
     # One metadata key: safetensors writes its metadata map in (per-process random) hash order, so two
     # keys would make the same weights differ in bytes from run to run. The format lives in the manifest.
     save_file(dict(sorted(tensors.items())), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-    config = copy.deepcopy(model.config)
+    write_folder_files(out, model.config, getattr(model, "generation_config", None), tokenizer, manifest, tied, dtype)
+    return out
+
+
+def write_folder_files(out: Path, config: Any, generation: Any, tokenizer: Any, manifest: dict[str, Any],
+                       tied: dict[str, str], dtype: str | None) -> None:
+    """Everything of an eakd-compressed folder but its weights: config (with the storage ``dtype``), generation
+    config, tokenizer and the manifest (with the ``tied`` aliases); shared by :func:`save_compressed` and
+    :mod:`compress.streamed`, which writes the weights block by block."""
+    config = copy.deepcopy(config)
     if dtype:
         config.dtype = dtype
     config.save_pretrained(out)
-    generation = getattr(model, "generation_config", None)
     if generation is not None:
         generation.save_pretrained(out)
     if tokenizer is not None:
@@ -260,7 +268,45 @@ def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer: Any, manif
     if dtype:
         record["dtype"] = dtype
     (out / MANIFEST_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    return out
+
+
+def dequantized_weight(tensors: dict[str, Tensor], module_name: str, entry: dict[str, Any], layer: nn.Module,
+                       weights: Path) -> Tensor:
+    """The fp32 weight [out, in] of the quantized linear ``module_name`` (manifest ``entry``; ``layer`` gives its
+    shape), popping its stored tensors from ``tensors``; ConfigError naming ``weights`` when they are missing."""
+    if is_grouped_entry(entry):
+        try:
+            stored = tensors.pop(code_key(module_name, entry))
+            scale = tensors.pop(module_name + SCALE_SUFFIX)
+        except KeyError:
+            raise ConfigError(f"{weights}: manifest marks {module_name!r} as {entry['scheme']} but its code/scale "
+                              "tensors are missing; re-run the compress step") from None
+        zero = tensors.pop(module_name + ZERO_SUFFIX, None)
+        try:
+            q = read_codes(stored, entry, (layer.out_features, layer.in_features))
+        except ValueError as exc:
+            raise ConfigError(f"{weights}: {module_name}: {exc}; re-run the compress step") from None
+        weight = dequantize_weight(q, scale, zero, entry["group_size"], torch.float32)
+        if entry.get("lora_rank"):
+            try:
+                a, b = tensors.pop(module_name + LORA_A_SUFFIX), tensors.pop(module_name + LORA_B_SUFFIX)
+            except KeyError:
+                raise ConfigError(f"{weights}: manifest gives {module_name!r} rank-{entry['lora_rank']} adapters "
+                                  f"but its {LORA_A_SUFFIX}/{LORA_B_SUFFIX} tensors are missing; re-run the "
+                                  "compress step") from None
+            if a.shape != (entry["lora_rank"], layer.in_features) or b.shape != (layer.out_features, entry["lora_rank"]):
+                raise ConfigError(f"{weights}: {module_name}: adapters {tuple(b.shape)} @ {tuple(a.shape)} do not "
+                                  f"fit a rank-{entry['lora_rank']} [{layer.out_features}, {layer.in_features}] "
+                                  "layer; re-run the compress step")
+            weight = weight + b.to(torch.float32) @ a.to(torch.float32)
+        return weight
+    try:
+        q = tensors.pop(module_name + INT8_SUFFIX)
+        scale = tensors.pop(module_name + SCALE_SUFFIX)
+    except KeyError:
+        raise ConfigError(f"{weights}: manifest marks {module_name!r} as int8 but its "
+                          f"{INT8_SUFFIX}/{SCALE_SUFFIX} tensors are missing; re-run the compress step") from None
+    return dequantize(q, scale, torch.float32)
 
 
 def load_compressed(folder: str | Path, dtype: str = "float32", device: str = "cpu") -> nn.Module:
@@ -282,41 +328,8 @@ def load_compressed(folder: str | Path, dtype: str = "float32", device: str = "c
     apply_tensorized_structure(model, manifest.get("tensorized", {}))
     tensors = load_file(str(weights))
     for module_name, entry in manifest["quantized"].items():
-        if is_grouped_entry(entry):
-            try:
-                stored = tensors.pop(code_key(module_name, entry))
-                scale = tensors.pop(module_name + SCALE_SUFFIX)
-            except KeyError:
-                raise ConfigError(f"{weights}: manifest marks {module_name!r} as {entry['scheme']} but its code/scale "
-                                  "tensors are missing; re-run the compress step") from None
-            zero = tensors.pop(module_name + ZERO_SUFFIX, None)
-            layer = model.get_submodule(module_name)
-            try:
-                q = read_codes(stored, entry, (layer.out_features, layer.in_features))
-            except ValueError as exc:
-                raise ConfigError(f"{weights}: {module_name}: {exc}; re-run the compress step") from None
-            weight = dequantize_weight(q, scale, zero, entry["group_size"], torch.float32)
-            if entry.get("lora_rank"):
-                try:
-                    a, b = tensors.pop(module_name + LORA_A_SUFFIX), tensors.pop(module_name + LORA_B_SUFFIX)
-                except KeyError:
-                    raise ConfigError(f"{weights}: manifest gives {module_name!r} rank-{entry['lora_rank']} adapters "
-                                      f"but its {LORA_A_SUFFIX}/{LORA_B_SUFFIX} tensors are missing; re-run the "
-                                      "compress step") from None
-                if a.shape != (entry["lora_rank"], layer.in_features) or b.shape != (layer.out_features, entry["lora_rank"]):
-                    raise ConfigError(f"{weights}: {module_name}: adapters {tuple(b.shape)} @ {tuple(a.shape)} do not "
-                                      f"fit a rank-{entry['lora_rank']} [{layer.out_features}, {layer.in_features}] "
-                                      "layer; re-run the compress step")
-                weight = weight + b.to(torch.float32) @ a.to(torch.float32)
-            tensors[f"{module_name}.weight"] = weight
-            continue
-        try:
-            q = tensors.pop(module_name + INT8_SUFFIX)
-            scale = tensors.pop(module_name + SCALE_SUFFIX)
-        except KeyError:
-            raise ConfigError(f"{weights}: manifest marks {module_name!r} as int8 but its "
-                              f"{INT8_SUFFIX}/{SCALE_SUFFIX} tensors are missing; re-run the compress step") from None
-        tensors[f"{module_name}.weight"] = dequantize(q, scale, torch.float32)
+        layer = model.get_submodule(module_name)
+        tensors[f"{module_name}.weight"] = dequantized_weight(tensors, module_name, entry, layer, weights)
     tied: dict[str, str] = manifest.get("tied", {})
     result = model.load_state_dict(tensors, strict=False)
     missing = set(result.missing_keys) - set(tied)

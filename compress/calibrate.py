@@ -171,6 +171,30 @@ def _block_out(out: Any) -> Tensor:
 
 
 @torch.no_grad()
+def block_input_stats(block: nn.Module, states: list[tuple[Tensor, dict]],
+                      linear_filter: Callable[[str, nn.Linear], bool] | None = None) -> dict[str, InputStats]:
+    """Run ``block`` on ``states`` (``[(hidden [b, T, d], kwargs)]``) and return :class:`InputStats` for its
+    ``nn.Linear`` children (names relative to the block, in the order they first ran)."""
+    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)
+               and (linear_filter is None or linear_filter(n, m))}
+    collector = _Collector()
+    handles = _hooked(linears, collector)
+    try:
+        for hidden, kwargs in states:
+            block(hidden, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return collector.stats
+
+
+@torch.no_grad()
+def block_outputs(block: nn.Module, states: list[tuple[Tensor, dict]]) -> list[tuple[Tensor, dict]]:
+    """``states`` run through ``block``: the next block's ``[(hidden, kwargs)]``."""
+    return [(_block_out(block(hidden, **kwargs)), kwargs) for hidden, kwargs in states]
+
+
+@torch.no_grad()
 def run_sequential(model: nn.Module, batches: Tensor,
                    compress_block: Callable[[int, nn.Module, dict[str, InputStats]], Any],
                    linear_filter: Callable[[str, nn.Linear], bool] | None = None,
@@ -180,24 +204,13 @@ def run_sequential(model: nn.Module, batches: Tensor,
     For block ``i``: collect :class:`InputStats` for its ``nn.Linear`` children (names relative to the
     block, e.g. ``"mlp.up_proj"``; ``linear_filter(name, module)`` may exclude some), call
     ``compress_block(i, block, stats)`` which modifies the block in place, then re-run the block to get
-    block ``i+1``'s inputs.
+    block ``i+1``'s inputs. (:mod:`compress.streamed` runs the same two steps on one loaded block at a time.)
     """
-    blocks = decoder_blocks(model)
     states = capture_block_inputs(model, batches, batch_size)
     results = []
-    for i, block in enumerate(blocks):
-        linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)
-                   and (linear_filter is None or linear_filter(n, m))}
-        collector = _Collector()
-        handles = _hooked(linears, collector)
-        try:
-            for hidden, kwargs in states:
-                block(hidden, **kwargs)
-        finally:
-            for h in handles:
-                h.remove()
-        results.append(compress_block(i, block, collector.stats))
-        states = [(_block_out(block(hidden, **kwargs)), kwargs) for hidden, kwargs in states]
+    for i, block in enumerate(decoder_blocks(model)):
+        results.append(compress_block(i, block, block_input_stats(block, states, linear_filter)))
+        states = block_outputs(block, states)
     return results
 
 

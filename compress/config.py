@@ -147,3 +147,11 @@ class CompressConfig(StageConfig):
     # true: each step starts from the previous step's output (the deployable chain);
     # false: each step starts from the source model (the families compared side by side).
     chain: bool = True
+    streaming: bool | Literal["auto"] = Field(
+        "auto", description="read, compress and write the model one decoder block at a time, so memory grows with "
+                            "one block, not the model (compress.streamed; rtn_int8/rtn/gptq/magnitude/wanda/sparsegpt, "
+                            "the same artifact byte for byte; no task accuracy, probes or latency). auto: stream when "
+                            "the whole-model path (about 2x the model's fp32 bytes) would exceed memory_budget_gb; "
+                            "true: always (other methods fall back to the whole model, with a log line); false: never")
+    memory_budget_gb: float | None = Field(
+        None, gt=0.0, description="streaming auto: memory the whole-model path may use, GiB; null: MemAvailable at start")

@@ -173,6 +173,28 @@ def _block_prefix(model: nn.Module, block: nn.Module) -> str:
 
 
 @torch.no_grad()
+def gptq_block(block: nn.Module, stats: dict[str, InputStats], prefix: str, bits: int = 4,
+               group_size: int | None = 128, symmetric: bool = True, damp: float = 0.01,
+               act_order: bool | str = True, block_size: int = 128) -> dict[str, tuple]:
+    """GPTQ the linears of one decoder ``block`` named in ``stats`` (its calibration statistics), in place.
+
+    Returns ``{f"{prefix}.{name}": (q, scale, zero, stats)}`` as :func:`gptq_model` does (the per-block step of
+    both :func:`gptq_model` and :mod:`compress.streamed`).
+    """
+    results: dict[str, tuple] = {}
+    for name, st in stats.items():
+        linear = block.get_submodule(name)
+        start = time.perf_counter()
+        q, scale, zero, info = gptq_quantize_weight(linear.weight, st.hessian(), bits, group_size, symmetric,
+                                                    damp, act_order, block_size)
+        linear.weight.copy_(dequantize_weight(q, scale, zero, group_size, linear.weight.dtype))
+        info["seconds"] = time.perf_counter() - start
+        results[f"{prefix}.{name}"] = (q, scale, zero, info)
+        log.debug("gptq %s.%s: rel err %.4g (rtn %.4g)", prefix, name, info["rel_error"], info["rtn_rel_error"])
+    return results
+
+
+@torch.no_grad()
 def gptq_model(model: nn.Module, batches: Tensor, bits: int = 4, group_size: int | None = 128,
                symmetric: bool = True, damp: float = 0.01, act_order: bool | str = True, block_size: int = 128,
                skip: tuple[str, ...] = ("lm_head",), batch_size: int = 8) -> dict[str, tuple]:
@@ -197,16 +219,8 @@ def gptq_model(model: nn.Module, batches: Tensor, bits: int = 4, group_size: int
     bar = tqdm(total=len(blocks), desc="gptq", unit="block")
 
     def compress_block(i: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
-        prefix = _block_prefix(model, block)
-        for name, st in stats.items():
-            linear = block.get_submodule(name)
-            start = time.perf_counter()
-            q, scale, zero, info = gptq_quantize_weight(linear.weight, st.hessian(), bits, group_size, symmetric,
-                                                        damp, act_order, block_size)
-            linear.weight.copy_(dequantize_weight(q, scale, zero, group_size, linear.weight.dtype))
-            info["seconds"] = time.perf_counter() - start
-            results[f"{prefix}.{name}"] = (q, scale, zero, info)
-            log.debug("gptq %s.%s: rel err %.4g (rtn %.4g)", prefix, name, info["rel_error"], info["rtn_rel_error"])
+        results.update(gptq_block(block, stats, _block_prefix(model, block), bits, group_size, symmetric, damp,
+                                  act_order, block_size))
         bar.update(1)
 
     try:

@@ -201,11 +201,17 @@ def sparsity_report(method: str, target: float, linears: list[nn.Linear], nm: tu
     """Count the zeros of ``linears`` after ``method`` pruned them; logs and returns the summary dict."""
     zeros = sum(int((lin.weight == 0).sum()) for lin in linears)
     total = sum(lin.weight.numel() for lin in linears)
+    return sparsity_summary(method, target, len(linears), zeros, total, nm)
+
+
+def sparsity_summary(method: str, target: float, layers: int, zeros: int, total: int,
+                     nm: tuple[int, int] | None) -> dict:
+    """The summary dict of :func:`sparsity_report` from counts (zeros among ``total`` weights of ``layers``)."""
     realized = zeros / total if total else 0.0
-    log.info("%s: pruned %d linear layers to sparsity %.4f (target %.4f%s)", method, len(linears), realized,
+    log.info("%s: pruned %d linear layers to sparsity %.4f (target %.4f%s)", method, layers, realized,
              target, f", {nm[0]}:{nm[1]}" if nm else "")
     return {"method": method, "sparsity_target": target, "nm": list(nm) if nm else None,
-            "sparsity_realized": realized, "layers": len(linears), "zeros": zeros, "weights": total}
+            "sparsity_realized": realized, "layers": layers, "zeros": zeros, "weights": total}
 
 
 # --- whole models -------------------------------------------------------------------------------------
@@ -235,6 +241,20 @@ def block_progress(model: nn.Module, desc: str):
 
 
 @torch.no_grad()
+def wanda_block(block: nn.Module, stats: dict[str, InputStats], sparsity: float,
+                nm: tuple[int, int] | None = None) -> list[nn.Linear]:
+    """Wanda-prune the linears of one decoder ``block`` named in ``stats`` in place; returns them (the per-block
+    step of :func:`wanda_model` and :mod:`compress.streamed`)."""
+    pruned = []
+    for name, s in stats.items():
+        lin = block.get_submodule(name)
+        mask = wanda_mask(lin.weight, s.sq_norm, sparsity, nm)
+        lin.weight.mul_(mask.to(lin.weight.dtype))
+        pruned.append(lin)
+    return pruned
+
+
+@torch.no_grad()
 def wanda_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm: tuple[int, int] | None = None,
                 batch_size: int = 8, allocation: str = "uniform", owl_m: float = 5.0, owl_lambda: float = 0.08) -> dict:
     """Wanda-prune every linear of every decoder block in place, calibrating on ``batches`` [n, T] ids.
@@ -249,11 +269,7 @@ def wanda_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm: tu
     bar = block_progress(model, "wanda")
 
     def prune_block(i: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
-        for name, s in stats.items():
-            lin = block.get_submodule(name)
-            mask = wanda_mask(lin.weight, s.sq_norm, per_block[i], nm)
-            lin.weight.mul_(mask.to(lin.weight.dtype))
-            pruned.append(lin)
+        pruned.extend(wanda_block(block, stats, per_block[i], nm))
         log.debug("wanda: block %d pruned (%d linears)", i, len(stats))
         bar.update(1)
 

@@ -125,6 +125,22 @@ def sparsegpt_prune_weight(w: Tensor, H: Tensor, sparsity: float, nm: tuple[int,
 
 
 @torch.no_grad()
+def sparsegpt_block(block: nn.Module, stats: dict[str, InputStats], sparsity: float,
+                    nm: tuple[int, int] | None = None, damp: float = 0.01,
+                    block_size: int = 128) -> list[tuple[nn.Linear, float]]:
+    """SparseGPT-prune the linears of one decoder ``block`` named in ``stats`` in place; returns ``[(linear, OBS
+    loss)]`` (the per-block step of :func:`sparsegpt_model` and :mod:`compress.streamed`)."""
+    out = []
+    for name, s in stats.items():
+        lin = block.get_submodule(name)
+        new, st = sparsegpt_prune_weight(lin.weight, s.hessian(), sparsity, nm, damp, block_size)
+        lin.weight.copy_(new)
+        out.append((lin, st["obs_loss"]))
+        log.debug("sparsegpt: %s | obs loss %.4g | dead %d", name, st["obs_loss"], st["dead"])
+    return out
+
+
+@torch.no_grad()
 def sparsegpt_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm: tuple[int, int] | None = None,
                     damp: float = 0.01, block_size: int = 128, batch_size: int = 8, allocation: str = "uniform",
                     owl_m: float = 5.0, owl_lambda: float = 0.08) -> dict:
@@ -141,13 +157,9 @@ def sparsegpt_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm
     bar = block_progress(model, "sparsegpt")
 
     def prune_block(i: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
-        for name, s in stats.items():
-            lin = block.get_submodule(name)
-            new, st = sparsegpt_prune_weight(lin.weight, s.hessian(), per_block[i], nm, damp, block_size)
-            lin.weight.copy_(new)
+        for lin, loss in sparsegpt_block(block, stats, per_block[i], nm, damp, block_size):
             pruned.append(lin)
-            losses.append(st["obs_loss"])
-            log.debug("sparsegpt: block %d %s | obs loss %.4g | dead %d", i, name, st["obs_loss"], st["dead"])
+            losses.append(loss)
         bar.update(1)
 
     try:

@@ -37,6 +37,7 @@ from compress.artifact import (
     quant_entry,
     read_manifest,
     save_compressed,
+    write_folder_files,
 )
 from compress.awq import awq_model
 from compress.calibrate import calibration_batches, conversation_text
@@ -61,6 +62,7 @@ from compress.qat import qat_model
 from compress.quantize import quantize_model, quantize_model_rtn
 from compress.recover import recover, zero_masks
 from compress.sparsegpt import sparsegpt_model
+from compress.streamed import measure_streamed, source_configs, stream_step, streaming_plan
 from compress.structured import depth_prune, width_prune
 from compress.tensorized import tensorize_model
 from distill.config import ConfigError, shared_data_dir
@@ -404,7 +406,16 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         if step.recover_steps and step.method not in RECOVERABLE | TRAINED:
             raise ConfigError(f"compress.steps[{i}].recover_steps: recovery follows {', '.join(sorted(RECOVERABLE))} "
                               f"steps, not {step.method} (it would move pruned/quantized weights off their grid)")
-    model = load_compressed(model_dir, dtype="float32")  # compression math in fp32; storage dtype on save
+    stream, stream_why = streaming_plan(cfg, model_dir, source_manifest)  # one block at a time (compress.streamed)
+    log.info("compress: %s path (%s)", "streamed" if stream else "whole-model", stream_why)
+    if stream and any(s.min_accuracy is not None for s in cfg.steps):
+        raise ConfigError("compress.steps[].min_accuracy needs task accuracy, which generates with the whole model; "
+                          "the streamed path has none: remove the gate or set compress.streaming: false")
+    if stream and (tasks is not None or cfg.eval.probes is not None or cfg.eval.latency):
+        log.info("streamed: task accuracy, EA probes and latency need the whole model in memory; not measured")
+        tasks = None
+    # compression math in fp32; storage dtype on save
+    model = None if stream else load_compressed(model_dir, dtype="float32")
     tokenizer = load_tokenizer(model_dir)
     calib, calib_from = None, None
     if any(step.method in CALIBRATED or step.recover_steps or step.rank_allocation == "fisher" for step in cfg.steps):
@@ -412,8 +423,9 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
                                          cfg.eval.tasks_dataset or tasks_dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out_dir)
-    probes = probe_prompts(cfg.eval.probes, cfg.eval.tasks_dataset or tasks_dataset)
-    baseline = measure(model, tokenizer, eval_text, model_dir, cfg.eval, tasks, probes)
+    probes = None if stream else probe_prompts(cfg.eval.probes, cfg.eval.tasks_dataset or tasks_dataset)
+    baseline = (measure_streamed(model_dir, tokenizer, eval_text, cfg.eval) if stream
+                else measure(model, tokenizer, eval_text, model_dir, cfg.eval, tasks, probes))
     log.info("baseline %s: ppl %.3f, params %s, bytes %s", model_dir, baseline["perplexity"],
              _fmt(baseline["params_total"]), _fmt(baseline["bytes_on_disk"], "B"))
     summary: dict[str, Any] = {
@@ -427,36 +439,45 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
         "tasks": None if tasks is None else {"dataset": tasks.source, "rows": len(tasks.rows)},
         "save_dtype": storage,
         "chain": cfg.chain,
+        "streamed": stream,  # block by block (compress.streamed) or the whole model in memory, and why
+        "streaming_why": stream_why,
         "complete": False,
     }
     before = baseline
     source_state = (copy.deepcopy(manifest), list(recipe))
     # the pre-compression model teaches recovery steps (kept only when one asks for it)
     teacher = copy.deepcopy(model).requires_grad_(False) if any(s.recover_steps for s in cfg.steps) else None
+    configs, previous = source_configs(model_dir) if stream else None, model_dir
     for index, step in enumerate(cfg.steps, start=1):
         dirname = f"{index:02d}-{step.method}"
         name = step.name or dirname
         start = time.perf_counter()
         if not cfg.chain and index > 1:  # side by side: every step from the source model
-            model = load_compressed(model_dir, dtype="float32")
+            model = None if stream else load_compressed(model_dir, dtype="float32")
             manifest, recipe = copy.deepcopy(source_state[0]), list(source_state[1])
-            before = baseline
+            before, previous = baseline, model_dir
         codes: dict[str, tuple] = {}
-        t_method = time.perf_counter()
-        try:
-            stats = _apply(model, step, manifest, codes, calib, teacher)
-        except ValueError as exc:  # the methods validate their arguments against the model before any change
-            raise ConfigError(f"compress.steps[{index - 1}] ({step.method}): {exc}") from None
-        method_seconds = time.perf_counter() - t_method  # the method alone (with recovery), no saving or measuring
-        _round_to_storage(model, storage, manifest)
-        manifest["steps"].append({"name": name, "method": step.method, "params": step.params(), "stats": stats})
-        recipe.append(step.model_dump(mode="json"))
         final = out_dir / dirname
         tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{dirname}.tmp-{os.getpid()}-"))
         try:
-            save_compressed(model, tmp, tokenizer, manifest, dtype=storage, codes=codes)
+            t_method = time.perf_counter()
+            try:  # streamed: reads the previous step's artifact, writes tmp/model.safetensors block by block
+                streamed = stream_step(previous, tmp, step, manifest, calib, storage) if stream else None
+                stats = _scalar_stats(streamed.stats) if stream else _apply(model, step, manifest, codes, calib, teacher)
+            except ValueError as exc:  # the methods validate their arguments against the model before any change
+                raise ConfigError(f"compress.steps[{index - 1}] ({step.method}): {exc}") from None
+            method_seconds = time.perf_counter() - t_method  # the method alone (with recovery; streamed: with writing)
+            if not stream:
+                _round_to_storage(model, storage, manifest)
+            manifest["steps"].append({"name": name, "method": step.method, "params": step.params(), "stats": stats})
+            recipe.append(step.model_dump(mode="json"))
+            if stream:
+                write_folder_files(tmp, *configs, tokenizer, manifest, streamed.tied, storage)
+            else:
+                save_compressed(model, tmp, tokenizer, manifest, dtype=storage, codes=codes)
             _write_json(tmp / "recipe.json", recipe)
-            after = measure(model, tokenizer, eval_text, tmp, cfg.eval, tasks, probes)
+            after = (measure_streamed(tmp, tokenizer, eval_text, cfg.eval) if stream
+                     else measure(model, tokenizer, eval_text, tmp, cfg.eval, tasks, probes))
             gate, why = _gate(step, baseline, after)
             _write_json(tmp / "metrics.json", {"name": name, "method": step.method, "before": before,
                                                "after": after, "stats": stats, "gate": gate})
@@ -481,7 +502,7 @@ def compress_student(cfg: CompressConfig, model_dir: Path, out_dir: Path, eval_t
                  index, len(cfg.steps), step.method, before["perplexity"], after["perplexity"],
                  _fmt(before["params_total"]), _fmt(after["params_total"]), _fmt(after["params_nonzero"]),
                  _fmt(before["bytes_on_disk"], "B"), _fmt(after["bytes_on_disk"], "B"), seconds)
-        before = after
+        before, previous = after, final
     summary["complete"] = True
     _write_json(out_dir / "summary.json", summary)
     if not cfg.steps:
