@@ -67,6 +67,7 @@ from compress.artifact import (
     read_codes,
     read_manifest,
 )
+from compress.card import export_card
 from compress.quantize import SCHEME, dequantize_weight
 from distill.config import ConfigError
 from distill.io import publish_dir
@@ -103,8 +104,18 @@ def _check_exportable(folder: Path, manifest: dict[str, Any] | None) -> tuple[in
                           "factor pairs are not a standard Hugging Face architecture, so no engine can load them. "
                           "Export a chain without svd/asvd/svdllm steps")
     if manifest.get("tensorized"):
-        raise ConfigError(f"{folder}: {len(manifest['tensorized'])} layers are stored as CP/Tucker factors; no "
-                          "engine loads that architecture. Export a chain without cp/tucker steps")
+        raise ConfigError(f"{folder}: {len(manifest['tensorized'])} layers are stored as CP/Tucker factors, which no "
+                          "engine serves (vLLM, transformers and llama.cpp load dense or quantized Linear weights only). "
+                          "Instead export the chain's source, or re-compress for size with rtn/gptq/awq (then export) "
+                          "or with depth/width pruning (a standard model vLLM loads as it is)")
+    for step in manifest["steps"]:
+        nm = (step.get("params") or {}).get("nm")
+        if nm:
+            raise ConfigError(f"{folder}: step {step.get('name')!r} pruned {nm} (N:M sparse), which no engine serves as "
+                              "sparse (vLLM removed compressed-tensors sparsity support, llama.cpp has no N:M kernels): "
+                              "it would run as large and as slow as the dense model. Instead export the step's source, "
+                              "or re-compress with rtn/gptq/awq and no N:M step (4-bit: ~3.5x smaller), or prune "
+                              "structurally (depth/width)")
     if not manifest["quantized"]:
         raise ConfigError(f"{folder}: nothing is quantized, so there is nothing to pack; a plain float model "
                           "loads in vLLM as it is (or add a rtn/gptq/awq step)")
@@ -257,11 +268,13 @@ def export_compressed_tensors(artifact_dir: str | Path, out_dir: str | Path, sca
         record = {"source": str(src.resolve()), "format": f"compressed-tensors/{FORMAT}", "bits": bits,
                   "group_size": group_size, "symmetric": symmetric, "scale_dtype": dtype_name,
                   "layers": len(manifest["quantized"]), "ignore": ignore,
-                  "max_abs_weight_change_from_scale_cast": worst, "source_manifest": manifest}
+                  "max_abs_weight_change_from_scale_cast": worst, "bytes": (tmp / WEIGHTS_NAME).stat().st_size,
+                  "source_manifest": manifest}
         if adapters:
             record["adapter"] = "adapter"
             _write_adapter(tmp / "adapter", adapters, manifest)
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / "README.md").write_text(export_card(src, out, record))  # replaces the step's card it copied
         publish_dir(tmp, out)
     finally:
         if tmp.exists():

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from compress.card import write_gguf_card
 from compress.gguf_blocks import CodeGrid, exact_reason, pack_codes, quantize_floats
 from compress.gguf_vocab import add_vocab, read_vocab
 from distill.config import ConfigError
@@ -296,6 +297,7 @@ def export_gguf(src: str | Path, out: str | Path, type: str = "q8_0", overwrite:
             leftover.unlink(missing_ok=True)
     log.info("gguf %s: %d tensors (%s) -> %s (%.1f MB)", type, len(per_tensor), record["tensors"], out,
              record["bytes"] / 1e6)
+    write_gguf_card(out)  # README.md of the folder: every eakd GGUF in it, lineage, how to run
     return out
 
 

@@ -41,6 +41,7 @@ from compress.artifact import (
 )
 from compress.awq import awq_model
 from compress.calibrate import calibration_batches, conversation_text
+from compress.card import step_card
 from compress.config import (
     CALIBRATED,
     QUANT,
@@ -52,7 +53,7 @@ from compress.config import (
     EvalConfig,  # noqa: F401  (re-exported: the tests and bench build it from compress.stage)
     Method,
 )
-from compress.eval import decode_latency, load_tasks, measure, probe_prompts, task_acc
+from compress.eval import load_tasks, measure, probe_prompts
 from compress.factorize import factorize_model
 from compress.gptq import gptq_model
 from compress.lowrank_aware import factorize_model_aware
@@ -264,28 +265,9 @@ def _fmt(n: int | None, unit: str = "") -> str:
 
 def model_card(name: str, source: Path, recipe: list[dict[str, Any]], baseline: dict[str, Any], after: dict[str, Any],
                summary: dict[str, Any], gate: str | None) -> str:
-    """The README.md beside a compressed artifact: what was done to which model, measured how, with what result."""
-    def row(label: str, m: dict[str, Any]) -> str:
-        size = "—" if m["bytes_on_disk"] is None else f"{m['bytes_on_disk'] / 1e6:.1f} MB"
-        return (f"| {label} | {m['params_total'] / 1e6:.2f} M ({m['params_nonzero'] / 1e6:.2f} M non-zero) | {size} | "
-                f"{m['perplexity']:.3f} | {task_acc(m)} | {decode_latency(m)} |")
-
-    ev, cal, tasks = summary["eval"], summary["calibration"], summary.get("tasks")
-    steps = "\n".join(f"{i}. `{json.dumps({k: v for k, v in s.items() if v is not None}, sort_keys=True)}`"
-                      for i, s in enumerate(recipe, 1))
-    return "\n".join([
-        f"# {name}: compressed with eakd", "",
-        (f"Source model: `{source}`. Load with `compress.artifact.load_compressed(this_folder)` (a depth- or "
-         "width-pruned folder is also a standard Hugging Face model)."), "",
-        "## Recipe (every step applied to the source, in order; also in `recipe.json`)", "", steps, "",
-        "## Measured", "",
-        f"Perplexity on {summary['eval_text_source']}: {ev['protocol']} protocol, {ev['windows']} windows × "
-        f"{ev['window']} tokens, {ev['dtype']}."
-        + (f" Task accuracy: greedy answers to {tasks['rows']} held-out questions of `{tasks['dataset']}`." if tasks else "")
-        + (f" Calibration: {cal['n_samples']} × {cal['seq_len']} tokens of {cal['source']} (seed {cal['seed']})." if cal else ""),
-        "", "| model | parameters | bytes on disk | perplexity | task accuracy | latency (PyTorch, this machine) |",
-        "|---|---|---|---|---|---|", row("source", baseline), row(name, after), "",
-        f"Quality gate: {gate or 'none configured'}. Full numbers: `metrics.json`.", ""])
+    """The README.md beside a compressed artifact (:func:`compress.card.step_card`: Hub front matter, lineage,
+    recipe, measured quality and size)."""
+    return step_card(name, source, recipe, baseline, after, summary, gate)
 
 
 class QualityGateFailed(ConfigError):

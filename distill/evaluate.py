@@ -47,6 +47,7 @@ from distill.answers import ExtractionConfig, answer_key, answers_match, extract
 from distill.config import ConfigError, StageConfig, dump_config, shared_data_dir
 from distill.generation import generate_greedy
 from distill.lmeval.config import LmEvalConfig
+from distill.model_card import CARD_BEGIN, CARD_END
 from distill.models import (
     load_causal_lm,
     load_tokenizer,
@@ -461,7 +462,6 @@ def _readme(ev: dict[str, Any]) -> str:
         "each graded answer: `predictions.jsonl` (probes: `probes.jsonl`).\n"
 
 
-CARD_BEGIN, CARD_END = "<!-- eakd:evaluation -->", "<!-- /eakd:evaluation -->"
 
 
 def record_in_model_card(model_dir: str | Path, eval_dir: str | Path) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from distill.born_again import born_again
 from distill.launch import launch_training
+from distill.model_card import student_card, write_card
 from distill.train_config import ONLINE_ONLY, KDConfig, LoraConfig, TrainConfig
 from distill.train_loop import (
     ANSWER_TAG,
@@ -64,9 +65,15 @@ def train_student(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path
     every optimizer step's micro-batches and rank 0 evaluates and saves.
     """
     refuse_trained(out_dir)
+    if "WORLD_SIZE" in os.environ and not cfg.born_again:  # one process of a launch: the launcher writes the card
+        return run_training(cfg, dataset_dir, out_dir)
     if cfg.born_again:
-        return born_again(cfg, dataset_dir, out_dir)
-    if cfg.processes > 1 and "WORLD_SIZE" not in os.environ:
+        out = born_again(cfg, dataset_dir, out_dir)
+    elif cfg.processes > 1:
         check_inputs(cfg, dataset_dir, out_dir)  # before any process starts
-        return launch_training(cfg, dataset_dir, out_dir)
-    return run_training(cfg, dataset_dir, out_dir)
+        out = launch_training(cfg, dataset_dir, out_dir)
+    else:
+        out = run_training(cfg, dataset_dir, out_dir)
+    if (Path(out) / "metrics.json").is_file():
+        write_card(out, student_card(out))  # the Hub model card: lineage, method, measured, how to load
+    return out
