@@ -94,7 +94,10 @@ def streaming_plan(cfg: CompressConfig, model_dir: Path, source_manifest: dict[s
         return False, f"whole-model path: {'; '.join(blockers)}"
     if cfg.streaming is True:
         return True, "compress.streaming is true"
-    need = WHOLE_MODEL_FACTOR * model_fp32_bytes(model_dir)
+    try:
+        need = WHOLE_MODEL_FACTOR * model_fp32_bytes(model_dir)
+    except (ValueError, OSError) as exc:  # an architecture the skeleton cannot build: the whole model it is
+        return False, f"whole-model path: {exc}"
     budget = cfg.memory_budget_gb * 2 ** 30 if cfg.memory_budget_gb else _available_bytes()
     where = "compress.memory_budget_gb" if cfg.memory_budget_gb else "available memory"
     if need > budget:

@@ -7,8 +7,8 @@ from per-block parts without ever holding the whole model.
   into one module (``load_state_dict(assign=True)``), :func:`release_module` sends it back to meta.
 * :class:`WeightReader` reads a plain Hugging Face folder (``model.safetensors`` or the shards named by
   ``model.safetensors.index.json``) or an eakd-compressed artifact (its int8/int4 codes dequantized by
-  :func:`compress.artifact.dequantized_weight`). Every read opens and closes its shard, so no mapping of the
-  whole file stays resident.
+  :func:`compress.artifact.dequantized_weight`), with plain reads at the header's offsets: nothing maps a
+  whole shard (``safe_open`` does, and a hard memory limit counts the mapping in full).
 * :class:`PartWriter` saves each block's output tensors as a part file, then :meth:`PartWriter.assemble`
   writes one ``model.safetensors`` tensor by tensor, in the byte layout ``safetensors.torch.save_file``
   produces (tensors ordered by dtype, descending, then name; a compact JSON header padded to 8 bytes), so
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -43,6 +42,38 @@ INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = {torch.bool: (0, "BOOL"), torch.uint8: (1, "U8"), torch.int8: (2, "I8"), torch.int16: (5, "I16"),
            torch.float16: (7, "F16"), torch.bfloat16: (8, "BF16"), torch.int32: (9, "I32"),
            torch.float32: (11, "F32"), torch.float64: (12, "F64"), torch.int64: (13, "I64")}
+
+
+_BY_NAME = {name: dtype for dtype, (_rank, name) in _DTYPES.items()}
+
+
+def read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """``(data start, {name: {"dtype", "shape", "data_offsets"}})`` of a safetensors file."""
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        try:
+            head = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"{path}: not a safetensors file (bad header); re-download or re-save it") from None
+    head.pop("__metadata__", None)
+    return 8 + n, head
+
+
+def read_tensors(path: Path, keys: list[str]) -> dict[str, Tensor]:
+    """``keys`` of the safetensors file ``path``, read into fresh tensors with plain reads: no mapping of the
+    file (safetensors' ``safe_open`` maps all of it, which a hard memory limit counts in full)."""
+    start, head = read_header(path)
+    out = {}
+    with path.open("rb") as f:
+        for key in keys:
+            info = head[key]
+            begin, end = info["data_offsets"]
+            raw = torch.empty(end - begin, dtype=torch.uint8)
+            f.seek(start + begin)
+            if f.readinto(raw.numpy()) != end - begin:
+                raise ConfigError(f"{path}: truncated at tensor {key}; re-download or re-save the model")
+            out[key] = raw.view(_BY_NAME[info["dtype"]]).reshape(info["shape"])
+    return out
 
 
 def skeleton(folder: str | Path) -> nn.Module:
@@ -108,14 +139,12 @@ class WeightReader:
             path = self.folder / name
             if not path.is_file():
                 raise ConfigError(f"{index}: names shard {name}, which is missing; re-download or re-save the model")
-            with safe_open(str(path), "pt") as handle:
-                self.where.update(dict.fromkeys(handle.keys(), path))
+            self.where.update(dict.fromkeys(read_header(path)[1], path))
 
     def _read(self, keys: list[str]) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for path in dict.fromkeys(self.where[k] for k in keys):
-            with safe_open(str(path), "pt") as handle:  # closed at once: no mapping of the shard stays resident
-                out.update({k: handle.get_tensor(k) for k in keys if self.where[k] == path})
+            out.update(read_tensors(path, [k for k in keys if self.where[k] == path]))
         return out
 
     def module_state(self, model: nn.Module, prefix: str) -> dict[str, Tensor]:
@@ -179,8 +208,7 @@ class PartWriter:
         with out.open("wb") as f:
             f.write(header)
             for name, _dtype, _shape in order:
-                with safe_open(str(self.entries[name][2]), "pt") as handle:
-                    t = handle.get_tensor(name)
-                f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                t = read_tensors(self.entries[name][2], [name])[name]
+                f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
         shutil.rmtree(self.parts)
         return out

@@ -118,5 +118,7 @@ def compress_key(cfg, upstream: str, eval_text: str, calib: str, tasks: str = "n
     """``upstream``: the train key, or the source model's digest when this run does not train;
     ``calib``: the digest of the calibration text the stage will use; ``tasks``: the generate key (or the
     folder's digest) of the dataset whose held-out questions give task accuracy, "none" without."""
-    return _key({"stage": "compress", "code": code_version(), "compress": cfg.compress.model_dump(mode="json"),
+    # streaming/memory_budget_gb pick how the artifact is computed, not what it is (byte-identical: compress.streamed)
+    compress = cfg.compress.model_dump(mode="json", exclude={"streaming", "memory_budget_gb"})
+    return _key({"stage": "compress", "code": code_version(), "compress": compress,
                  "model": upstream, "eval_text": digest_bytes(eval_text), "calib": calib, "tasks": tasks})

@@ -112,3 +112,15 @@ def test_bundled_model_streamed_is_byte_identical(tmp_path, bundled_dir):
     whole = _run(bundled_dir, tmp_path / "whole", False, steps)
     streamed = _run(bundled_dir, tmp_path / "streamed", True, steps)
     _assert_same_artifacts(whole, streamed)
+
+
+def test_cache_key_ignores_how_the_artifact_is_computed():
+    from types import SimpleNamespace
+
+    from flows.stage_keys import compress_key
+
+    def key(**kw):
+        return compress_key(SimpleNamespace(compress=CompressConfig(**kw)), "up", "text", "calib")
+
+    assert key(streaming=True) == key(streaming=False) == key(memory_budget_gb=3.0)
+    assert key(chain=False) != key()
