@@ -216,11 +216,16 @@ def _generate(llm, batch: list[TeacherRequest], seeds: list[int | None] | None =
                     use_tqdm=not _tqdm_disabled())
 
 
-def _vocab_bytes(llm) -> list[bytes]:
-    """The teacher's bytes per token id, so its logprobs are stored by bytes too (any student tokenizer)."""
+def _vocab_bytes(llm) -> list[bytes] | None:
+    """The teacher's bytes per token id, so its logprobs are stored by bytes too (any student tokenizer); None
+    (ids only, same-tokenizer KD) for a tokenizer whose vocabulary cannot be read as bytes."""
     from distill.xtok_align import vocab_strings
 
-    return vocab_strings(llm.get_tokenizer())
+    try:
+        return vocab_strings(llm.get_tokenizer())
+    except Exception as exc:  # a slow (non-"fast") tokenizer has no backend_tokenizer to read
+        log.warning("teacher logprobs stored by ids only (cross-tokenizer KD will not read them): %s", exc)
+        return None
 
 
 def _structured(llm, r: TeacherRequest, choices: list[Choice], retries: int,
