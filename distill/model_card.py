@@ -180,6 +180,8 @@ def _method_text(metrics: dict[str, Any], cfg: dict[str, Any]) -> str:
     mode = str(metrics.get("mode", "?"))
     if mode == "sft_sequence_kd":
         text = "Sequence-level KD (SFT on teacher outputs)"
+    elif mode.startswith("logit_kd_xtok_"):
+        text = f"Cross-tokenizer offline KD ({kd.get('cross_tokenizer')}) on the cached byte-level teacher top-k"
     elif mode.startswith("logit_kd_online_"):
         text = (f"Online logit KD ({kd.get('method', mode[len('logit_kd_online_'):])}, full vocabulary) from teacher "
                 f"`{kd.get('teacher')}` on the teacher outputs")
@@ -227,6 +229,14 @@ HF_LOAD = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
 VLLM_SERVE = "vllm serve NAME --served-model-name student\n# then any OpenAI client: base_url=http://127.0.0.1:8000/v1, model=student"
 
 
+def _adapter_line(folder: Path, lineage: Lineage) -> str:
+    """The vLLM line for the unmerged adapter (``train.lora.save_adapter``), when the student has one."""
+    if not (folder / "adapter" / "adapter_config.json").is_file():
+        return ""
+    return (f"\n# or the unmerged LoRA adapter (adapter/) over its base:\nvllm serve {lineage.base} --enable-lora "
+            f"--lora-modules student=./{folder.name}/adapter")
+
+
 def student_card(folder: str | Path) -> str:
     """The card of a trained student folder (``metrics.json`` + ``train_config.yaml`` from ``eakd train``)."""
     folder = Path(folder)
@@ -238,7 +248,7 @@ def student_card(folder: str | Path) -> str:
             + (f" into `{lineage.base}`." if lineage.base else "."), "",
             *lineage_lines(lineage), *lineage.training_lines(),
             f"Size: {metrics.get('parameters')} parameters" + (f", {size / 1e6:.1f} MB of safetensors." if size else "."), "",
-            *load_lines(f"./{folder.name}", transformers=HF_LOAD, vllm=VLLM_SERVE,
+            *load_lines(f"./{folder.name}", transformers=HF_LOAD, vllm=VLLM_SERVE + _adapter_line(folder, lineage),
                         llamacpp=(f"eakd export ./{folder.name} {folder.name}-q8_0.gguf --format gguf --type q8_0\n"
                                   f"llama-server -m {folder.name}-q8_0.gguf"))]
     return render(front_matter(lineage, "transformers", ["text-generation"], "finetune"), lineage, body)

@@ -21,6 +21,8 @@ class LoraConfig(StageConfig):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="module names that get adapters")
+    save_adapter: bool = Field(False, description="also save the unmerged adapter as a peft folder `adapter/` in the "
+                               "student (vLLM serves it over the base with --enable-lora --lora-modules NAME=student/adapter)")
 
 
 ONLINE_ONLY = ("generalized_jsd", "total_variation", "skew_forward_kl", "skew_reverse_kl")

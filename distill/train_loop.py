@@ -654,12 +654,14 @@ def run_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path)
     val_after, agreement_after = ev["loss"], ev["agreement"]
     del teacher
 
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     if cfg.lora.enabled:
+        if cfg.lora.save_adapter:  # the unmerged peft adapter, before merging folds it into the weights
+            model.save_pretrained(tmp / "adapter", safe_serialization=True)
         model = model.merge_and_unload()
     model = model.to("cpu", getattr(torch, cfg.save_dtype))
     model.config.dtype = cfg.save_dtype
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     xtok = cfg.kd.cross_tokenizer if xtok_stats else None

@@ -94,9 +94,13 @@ def test_a_rewritten_card_keeps_its_evaluation_section(tmp_path):
 def test_train_writes_the_card(tiny_model, sft_dataset, tmp_path):
     from distill.train import TrainConfig, train_student
 
-    cfg = TrainConfig(student=str(tiny_model), lora={"enabled": True, "r": 4, "alpha": 8}, max_steps=1, batch_size=2,
-                      log_every=1, dtype="float32", device="cpu")
+    cfg = TrainConfig(student=str(tiny_model), lora={"enabled": True, "r": 4, "alpha": 8, "save_adapter": True},
+                      max_steps=1, batch_size=2, log_every=1, dtype="float32", device="cpu")
     out = train_student(cfg, sft_dataset, tmp_path / "student")
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["base_model_name_or_path"] == str(tiny_model)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert "--lora-modules student=./student/adapter" in (out / "README.md").read_text()
     meta = read_front_matter(out / "README.md")
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
     assert "distillation" in meta["tags"] and "base_model" not in meta  # the tiny model is local
