@@ -142,12 +142,22 @@ def _outside_modules(model: nn.Module, layers: str, tied: dict[str, str]) -> lis
     return list(dict.fromkeys(n.rsplit(".", 1)[0] for n in names))
 
 
+def _retie(model: nn.Module, tied: dict[str, str]) -> None:
+    for alias, source in tied.items():  # the head is the embedding again (loading or freeing replaced it)
+        parent, _, leaf = alias.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, model.get_parameter(source))
+
+
 def _load_outside(model: nn.Module, reader: WeightReader, owners: list[str], tied: dict[str, str]) -> None:
     for owner in owners:
         load_module(model.get_submodule(owner), reader.module_state(model, owner))
-    for alias, source in tied.items():  # re-tie: the head is the embedding again
-        parent, _, leaf = alias.rpartition(".")
-        setattr(model.get_submodule(parent), leaf, model.get_parameter(source))
+    _retie(model, tied)
+
+
+def _release_outside(model: nn.Module, owners: list[str], tied: dict[str, str]) -> None:
+    for owner in owners:
+        release_module(model.get_submodule(owner))
+    _retie(model, tied)
 
 
 @dataclass
@@ -263,6 +273,9 @@ def stream_step(source: Path, out: Path, step: CompressStep, manifest: dict[str,
     _load_outside(model, reader, owners, tied)
     states = capture_block_inputs(model, calib, batch_size) if step.method in CALIBRATED else None
     writer, tally, blocks = PartWriter(out), _Tally(), decoder_blocks(model)
+    for owner in owners:  # written and freed now: a large vocabulary's embeddings need not sit beside a block
+        writer.add(_block_tensors(model.get_submodule(owner), owner, manifest, {}, storage))
+    _release_outside(model, owners, tied)
     for i, block in enumerate(blocks):
         prefix = f"{layers}.{i}"
         load_module(block, reader.module_state(model, prefix))
@@ -274,8 +287,6 @@ def stream_step(source: Path, out: Path, step: CompressStep, manifest: dict[str,
             states = block_outputs(block, states)
         release_module(block)
         log.debug("streamed %s: block %d/%d written", step.method, i + 1, len(blocks))
-    for owner in owners:
-        writer.add(_block_tensors(model.get_submodule(owner), owner, manifest, {}, storage))
     writer.assemble({"format": "pt"})
     return StreamedStep(_step_stats(step, tally, manifest, len(blocks)), tied, time.perf_counter() - start)
 
@@ -303,12 +314,14 @@ def measure_streamed(folder: Path, tokenizer: Any, text: str, eval_cfg: EvalConf
             total, nonzero = total + p.numel(), nonzero + int(torch.count_nonzero(p))
     with autocast:
         states = capture_block_inputs(model, windows, batch_size=1)
+        _release_outside(model, owners, tied)  # back for the head at the end: not beside every block
         for i, block in enumerate(decoder_blocks(model)):
             load_module(block, reader.module_state(model, f"{layers}.{i}"))
             for p in block.parameters():
                 total, nonzero = total + p.numel(), nonzero + int(torch.count_nonzero(p))
             states = block_outputs(block, states)
             release_module(block)
+        _load_outside(model, reader, owners, tied)
         nll = torch.zeros((), dtype=torch.float64)
         head, norm = model.get_output_embeddings(), model.model.norm
         for (hidden, _kw), row in zip(states, windows):
