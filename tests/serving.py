@@ -23,6 +23,25 @@ PROMPTS = ["What is the capital of France?", "Name the three primary colors.", "
 MAX_TOKENS = 16
 
 
+def train_lora_student(bundled_dir: Path, root: Path, steps: int = 3) -> Path:
+    """The bundled model after ``steps`` LoRA steps (r 8) on a 12-row chat dataset, saved by ``eakd train``'s
+    code: merged, with the unmerged adapter kept in ``adapter/`` (``train.lora.save_adapter``)."""
+    from datasets import Dataset, DatasetDict
+
+    from distill.train import TrainConfig, train_student
+
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                        {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(12)]
+    DatasetDict({"train": Dataset.from_list(rows[:10]), "validation": Dataset.from_list(rows[10:])}).save_to_disk(
+        str(root / "ds"))
+    cfg = TrainConfig(student=str(bundled_dir), lora={"enabled": True, "r": 8, "alpha": 16, "save_adapter": True},
+                      max_steps=steps, batch_size=2, lr=3e-3, max_length=64, log_every=1, dtype="float32", device="cpu")
+    start = time.perf_counter()
+    out = train_student(cfg, root / "ds", root / "student")
+    print(f"\ntrained the LoRA student in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return out
+
+
 @contextlib.contextmanager
 def served(model: Path, log_file: Path, extra: list[str] | None = None, timeout_s: float = 600) -> Iterator[str]:
     """vLLM's OpenAI server for ``model`` on 127.0.0.1 (a free port) in its own process group; yields the

@@ -1,6 +1,6 @@
 """vLLM's OpenAI-compatible server serves a merged eakd student, and answers as eakd's model does.
 
-The bundled SmolLM2-135M-Instruct is LoRA-trained for a few steps by ``distill.train.train_student`` (what
+The bundled SmolLM2-135M-Instruct is LoRA-trained for 3 steps by ``distill.train.train_student`` (what
 ``eakd train`` runs), which merges the adapters into the weights and saves a plain Hugging Face folder.
 That folder is served by ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 (``tests/serving.py``,
 through ``distill.serve``), asked three chat prompts greedily through the ``openai`` client, and the answers
@@ -14,33 +14,17 @@ Run: ``flock /tmp/vllm.lock pytest -m integration tests/integration/test_serve_m
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from serving import PROMPTS, ask, compare, served
+from serving import PROMPTS, ask, compare, served, train_lora_student
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def merged_student(bundled_dir, tmp_path_factory) -> Path:
-    """The bundled model after 3 LoRA steps (r 8) on a 12-row chat dataset, merged and saved by eakd."""
-    from datasets import Dataset, DatasetDict
-
-    from distill.train import TrainConfig, train_student
-
-    root = tmp_path_factory.mktemp("merged")
-    rows = [{"id": str(i), "messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                                        {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(12)]
-    DatasetDict({"train": Dataset.from_list(rows[:10]), "validation": Dataset.from_list(rows[10:])}).save_to_disk(
-        str(root / "ds"))
-    cfg = TrainConfig(student=str(bundled_dir), lora={"enabled": True, "r": 8, "alpha": 16}, max_steps=3,
-                      batch_size=2, lr=3e-3, max_length=64, log_every=2, dtype="float32", device="cpu")
-    start = time.perf_counter()
-    out = train_student(cfg, root / "ds", root / "student")
-    print(f"\ntrained and merged the student in {time.perf_counter() - start:.1f}s")
-    return out
+    return train_lora_student(bundled_dir, tmp_path_factory.mktemp("merged"))
 
 
 def test_vllm_serves_the_merged_student(merged_student, bundled_dir, tmp_path):
@@ -48,7 +32,7 @@ def test_vllm_serves_the_merged_student(merged_student, bundled_dir, tmp_path):
 
     from distill.models import load_causal_lm, load_tokenizer
 
-    assert not list(merged_student.glob("adapter_*")), "eakd train saves the student merged"
+    assert not list(merged_student.glob("adapter_*")), "eakd train saves the student merged (adapter/ aside)"
     with served(merged_student, tmp_path / "vllm.log") as url:
         listed = [m.id for m in OpenAI(base_url=url, api_key="unused").models.list().data]
         assert listed == [merged_student.name]
