@@ -1,5 +1,5 @@
 """Write the measured tables of docs/abilities.md from bench/results/ (ea_transfer_measure.json, ea_transfer.json,
-ea_transfer_synth.json, ea_transfer_replay.json, ea_transfer_kd_sweep.json, ea_cot.json): each table goes between its ``<!-- bench:NAME -->`` / ``<!-- /bench:NAME -->`` markers, so the page
+ea_transfer_synth.json, ea_transfer_replay.json, ea_transfer_kd_sweep.json, ea_cot.json, ea_compress.json): each table goes between its ``<!-- bench:NAME -->`` / ``<!-- /bench:NAME -->`` markers, so the page
 always says what the JSON says. A missing JSON leaves its section saying so.
 
 Run: ``.venv/bin/python bench/docs_abilities.py`` after the benchmarks.
@@ -98,6 +98,27 @@ def cot_table(d: dict | None) -> str:
     return "\n".join(lines)
 
 
+def compress_table(d: dict | None) -> str:
+    if d is None:
+        return "_Not measured yet: run `make demo`, then `bench/ea_compress.py`._"
+    c = d["config"]
+    lines = [f"`bench/ea_compress.py --data {c['data']} --seeds {c['seeds']}{' --recover ' + c['recover'] if c.get('recover', '0') != '0' else ''}` "
+             f"on `{Path(d['run']).name}`'s student ({c['calib']} calibration windows of 512 tokens, {c['per_task']} fresh "
+             f"probe items per family and seed; {d['cpu']}; {d['seconds'] / 60:.0f} min).", "",
+             "| calibration | step | ICL kept (mean ± sd over seeds) | student ICL 0-shot → step | perplexity student → step |",
+             "|---|---|---|---|---|"]
+    for data, steps in d["summary"].items():
+        runs = [r for r in d["results"] if r["data"] == data]
+        for step, ab in steps.items():
+            k = ab.get("ICL")
+            cell = "—" if k is None else f"{100 * k['mean']:.0f} %" + (f" ± {100 * k['stdev']:.0f}" if k["stdev"] is not None else "")
+            before = statistics.mean(r["student"]["ICL"] for r in runs)
+            after = statistics.mean(r["steps"][step]["scores"]["ICL"] for r in runs)
+            ppl = (statistics.mean(r["student_perplexity"] for r in runs), statistics.mean(r["steps"][step]["perplexity"] for r in runs))
+            lines.append(f"| {data} | {step} | {cell} | {_pct(before)} → {_pct(after)} | {ppl[0]:.1f} → {ppl[1]:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     text = DOC.read_text()
     for name, body in (("measure", measure_table(_load("ea_transfer_measure.json"))),
@@ -105,7 +126,8 @@ def main() -> int:
                        ("synth", transfer_table(_load("ea_transfer_synth.json"))),
                        ("replay", transfer_table(_load("ea_transfer_replay.json"))),
                        ("kd_sweep", transfer_table(_load("ea_transfer_kd_sweep.json"))),
-                       ("cot", cot_table(_load("ea_cot.json")))):
+                       ("cot", cot_table(_load("ea_cot.json"))),
+                       ("compress", compress_table(_load("ea_compress.json")))):
         pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
         block = f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->"
         if not pattern.search(text):
