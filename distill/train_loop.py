@@ -34,13 +34,20 @@ import torch
 from distill.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import ConfigError, dump_config
 from distill.io import publish_dir
-from distill.logprobs import is_byte_level, is_packed, unpack_topk
+from distill.logprobs import is_byte_level, is_packed
 from distill.models import eos_ids, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from distill.train_config import KDConfig, TrainConfig
+from distill.train_data import (  # noqa: F401  (re-exported: evaluate, xtok_train and the tests import them from here)
+    IGNORE,
+    check_same_tokenizer,
+    render_turns,
+    same_tokenizer,
+    tokenize_row,
+    tokenize_row_kd,
+)
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 
 
 def depth_prune(model, keep: int):
@@ -82,71 +89,6 @@ def rationale_tasks(conversations: list[list[dict]], styles: list[str | None],
                            {"role": "assistant", "content": str(answer)}])
         out.append(head + [{"role": "user", "content": f"{EXPLAIN_TAG} {user['content']}"}, conv[-1]])
     return out
-
-
-def render_turns(tok, messages: list[dict]) -> tuple[str, str]:
-    """(prompt text up to the assistant's turn, the assistant turn as the chat template renders it)."""
-    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template(messages, tokenize=False)
-    if not full.startswith(prompt):
-        raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
-    return prompt, full[len(prompt):]
-
-
-def tokenize_row(tok, messages: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
-    """(input_ids, labels) with labels = IGNORE on everything but the final assistant turn."""
-    if not messages or messages[-1]["role"] != "assistant":
-        return None
-    prompt, answer = render_turns(tok, messages)
-    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    a_ids = tok(answer, add_special_tokens=False)["input_ids"]
-    ids = (p_ids + a_ids)[:max_length]
-    labels = ([IGNORE] * len(p_ids) + a_ids)[:max_length]
-    if all(x == IGNORE for x in labels):
-        return None
-    return ids, labels
-
-
-def tokenize_row_kd(tok, messages: list[dict], token_ids: list[int], logprobs_json: str, max_length: int,
-                    k: int) -> tuple[list[int], list[int], list[list[int]], list[list[float]]] | None:
-    """(input_ids, labels, topk_ids, topk_logprobs) on the teacher's own completion tokens.
-
-    The assistant part is the teacher's generated ids (not a re-tokenization of its text), so the cached
-    top-k distribution at completion position t is exactly the target for label t. Positions with fewer
-    than ``k`` cached entries are padded with id -1 / logprob -inf (absent, see ``topk_kd_loss``).
-    """
-    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    top_id_arr, top_lp_arr = unpack_topk(json.loads(logprobs_json))
-    if len(top_id_arr) != len(token_ids):
-        raise ValueError(f"{len(top_id_arr)} logprob positions for {len(token_ids)} completion tokens")
-    ids = (p_ids + list(token_ids))[:max_length]
-    labels = ([IGNORE] * len(p_ids) + list(token_ids))[:max_length]
-    n = sum(1 for t in labels if t != IGNORE)
-    if n == 0:
-        return None
-    pad = max(0, k - top_id_arr.shape[1])
-    top_ids = [row[:k].tolist() + [-1] * pad for row in top_id_arr[:n]]
-    top_lps = [row[:k].tolist() + [float("-inf")] * pad for row in top_lp_arr[:n]]
-    return ids, labels, top_ids, top_lps
-
-
-def same_tokenizer(tok, token_ids: list[list[int]], texts: list[str]) -> tuple[bool, str]:
-    """(whether the student's tokenizer decodes the teacher's ids back to the teacher's text, how many fail)."""
-    pairs = list(zip(token_ids, texts))[:32]
-    bad = [t for ids, t in pairs if tok.decode(ids, skip_special_tokens=True).strip() != t.strip()]
-    ok = len(bad) <= len(pairs) // 10 and not any(max(ids, default=0) >= len(tok) for ids, _ in pairs)
-    return ok, f"{len(bad)}/{len(pairs)}"
-
-
-def check_same_tokenizer(tok, token_ids: list[list[int]], texts: list[str]) -> None:
-    """Fail fast unless the student's tokenizer decodes the teacher's ids back to the teacher's text."""
-    ok, bad = same_tokenizer(tok, token_ids, texts)
-    if not ok:
-        raise ConfigError(
-            f"train.kd: the student's tokenizer does not match the teacher's ({bad} completions do not round-trip) "
-            "and the dataset has no byte-level teacher logprobs for cross-tokenizer KD; regenerate it with this "
-            "version of eakd (generate.sampling.top_logprobs=K), or use sequence-level KD (train.kd.enabled=false)")
 
 
 def collate(rows: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ import torch
 
 from distill.logprobs import unpack_topk_bytes
 from distill.train_config import KDConfig
+from distill.train_data import IGNORE, render_turns, tokenize_row
 from distill.xtok_align import XtokRow, encode_xtok_row, string_index, vocab_strings
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 def encode_xtok_split(tok: Any, split: Any, k: int, max_length: int) -> tuple[list[tuple], dict[str, int]]:
     """``(rows, stats)``: each row ``(input_ids, labels, XtokRow)`` on the student's own tokens; ``stats`` counts
     rows, rows without targets and the labelled positions covered by one-token chunks / multi-token chunks."""
-    from distill.train_loop import IGNORE, render_turns, tokenize_row
 
     vocab = vocab_strings(tok)
     index = string_index(vocab)
