@@ -105,17 +105,22 @@ def test_side_by_side_families_from_one_source(model_dir, tmp_path):
     assert torch.isfinite(torch.tensor([s["after"]["perplexity"] for s in steps])).all()
 
 
-def test_depth_pruning_with_recovery_distillation_closes_the_gap(tmp_path):
+def _saved_llama(folder, layers: int):
+    """A random tied Llama (hidden 64, ``layers`` blocks) with the byte tokenizer, saved to ``folder``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from byte_models import VOCAB
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    src = tmp_path / "six"
-    LlamaForCausalLM(cfg).save_pretrained(src, safe_serialization=True)
-    byte_tokenizer().save_pretrained(src)
+    LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_depth_pruning_with_recovery_distillation_closes_the_gap(tmp_path):
+    src = _saved_llama(tmp_path / "six", 6)
     steps = _cfg({"method": "depth", "fraction": 0.34}, {"method": "depth", "fraction": 0.34, "recover_steps": 40,
                                                          "recover_lr": 3e-3}, chain=False)
     steps.calibration.text_path = None
@@ -133,17 +138,8 @@ def test_depth_pruning_with_recovery_distillation_closes_the_gap(tmp_path):
         compress_student(_cfg({"method": "rtn", "recover_steps": 5}), src, tmp_path / "x", eval_text=TEXT)
 
 
-def test_wanda_with_masked_recovery_keeps_the_zeros_and_closes_the_gap(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from byte_models import VOCAB
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    src = tmp_path / "four"
-    LlamaForCausalLM(cfg).save_pretrained(src, safe_serialization=True)
-    byte_tokenizer().save_pretrained(src)
+def test_wanda_with_masked_recovery_keeps_the_zeros_and_trains_the_rest(tmp_path):
+    src = _saved_llama(tmp_path / "four", 4)
     steps = _cfg({"method": "wanda", "sparsity": 0.7}, {"method": "wanda", "sparsity": 0.7, "recover_steps": 30,
                                                         "recover_lr": 3e-3}, chain=False)
     steps.calibration.text_path = None
