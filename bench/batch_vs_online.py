@@ -35,8 +35,8 @@ def main() -> int:
 
     from teacher_throughput import INSTRUCTION, load_gsm8k
 
-    from distill.serve import free_port, start_server, stop_server, wait_ready
-    from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+    from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+    from distill.teacher.serve import free_port, start_server, stop_server, wait_ready
 
     rows = load_gsm8k(args.n)
     if not rows:

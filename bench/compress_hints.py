@@ -37,7 +37,7 @@ def held_out_kl(student, teacher, windows) -> float:
     """Mean full-vocabulary KL(teacher || student) per next-token position over ``windows`` [n, T]."""
     import torch
 
-    from distill.losses import kd_loss
+    from distill.train.losses import kd_loss
 
     total, n = 0.0, 0
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Does self-consistency + the gold filter raise the share of correct CoT rationales? (issue 4)
 
 Same GSM8K train questions (../shared/data/gsm8k/train.jsonl), same bundled teacher, same few-shot
-CoT prompt, one run, two datasets built by ``distill.dataset.generate_dataset``:
+CoT prompt, one run, two datasets built by ``distill.data.dataset.generate_dataset``:
 
 1. single-sample: greedy, one rationale per question, no answer filter;
 2. self-consistency: ``--samples`` rationales per question at ``--temperature``, majority vote,
@@ -42,8 +42,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from distill.config import shared_data_dir
-    from distill.dataset import GenerateConfig, generate_dataset
-    from distill.teacher import TeacherConfig
+    from distill.data.dataset import GenerateConfig, generate_dataset
+    from distill.teacher.query import TeacherConfig
 
     data = shared_data_dir()
     seeds = args.seeds or (data / "gsm8k" / "train.jsonl" if data is not None else None)

@@ -1,6 +1,6 @@
 """One Born-Again generation against its parent (issue 10).
 
-``train.born_again: 1`` through :func:`distill.train.train_student`: generation 0 is the bundled model
+``train.born_again: 1`` through :func:`distill.train.run.train_student`: generation 0 is the bundled model
 depth-pruned to ``--keep-layers`` + LoRA trained by sequence-level KD on a teacher dataset; generation 1
 starts from the same pruned model, seed and data and is trained for the same steps by online logit KD from
 generation 0 (forward KL, alpha 0.5 with the CE on the teacher's answers) — no external teacher. Both are
@@ -43,7 +43,7 @@ def main() -> int:
     from datasets import load_from_disk
 
     from distill.models import fetch_bundled_teacher, load_causal_lm, load_tokenizer
-    from distill.train import TrainConfig, eval_rows, tokenize_row, train_student
+    from distill.train.run import TrainConfig, eval_rows, tokenize_row, train_student
 
     t0 = time.perf_counter()
     teacher_dir = fetch_bundled_teacher()

@@ -20,17 +20,17 @@ and past tenses, since removed), which the model already answers zero-shot in a 
 accepts; ``add`` stayed at 0 % either way. Each family's questions are split into
 ``--train-per-task`` training and ``--held-out-per-task`` held-out ones; held-out questions are never
 demonstrations nor training rows (the demos of every question are other training questions of its task,
-:func:`distill.dataset.select_demos`).
+:func:`distill.data.dataset.select_demos`).
 
 Demonstration format (``--demo-format``). ``text`` is eakd's shipped ICL template (``prompts/icl.jinja``:
-the demos as "Input:/Output:" lines inside one user message, what :func:`distill.dataset.generate_dataset`
+the demos as "Input:/Output:" lines inside one user message, what :func:`distill.data.dataset.generate_dataset`
 sends with ``styles=["icl"]``); with it the 135M teacher mostly echoes the input and scores *below* its
 zero-shot, so there is no gap to close. ``chat`` (default) gives each demo as a past user turn (the
 instruct template's rendering of the demo input) and assistant turn (its answer), the format small chat
 models follow. Probe over 9 families x 6 held-out questions, 4 demos: text 11 %, chat 54 %, zero-shot 30 %. Both are
 ``generate.demo_format`` settings of the product (``text`` | ``chat``): this benchmark renders the prompts
-with :func:`distill.dataset.build_requests` (the erased prompt is its ``erase_demos`` student prompt) and
-asks the teacher with :func:`distill.teacher.query_teacher`. The
+with :func:`distill.data.dataset.build_requests` (the erased prompt is its ``erase_demos`` student prompt) and
+asks the teacher with :func:`distill.teacher.query.query_teacher`. The
 teacher few-shot score is measured in both formats either way.
 
 Arms, every one measured the same way: greedy answers from transformers
@@ -169,11 +169,11 @@ def make_questions(tasks: list[str], per_task: int, seed: int) -> list[dict]:
 def build_prompts(questions: list[dict], pool: list[dict], shots: int, demo_seed: int) -> list[dict]:
     """Per question: its demos (``shots`` questions of ``pool`` from the same task, never itself), the teacher's
     few-shot prompt in both formats and the erased prompt the student sees. ``text`` and the erased prompt are
-    :func:`distill.dataset.build_requests`' ICL request and ``erase_demos`` student prompt; ``chat`` is its
+    :func:`distill.data.dataset.build_requests`' ICL request and ``erase_demos`` student prompt; ``chat`` is its
     ICL request with ``demo_format: chat`` (each demo a user turn, the instruct template's rendering of the
     demo input, and an assistant turn, its gold answer, before the question)."""
-    from distill.dataset import GenerateConfig, build_requests, select_demos
-    from distill.seeds import Seed
+    from distill.data.dataset import GenerateConfig, build_requests, select_demos
+    from distill.data.seeds import Seed
 
     def seed(r: dict) -> Seed:
         return Seed(id=r["id"], instruction=r["instruction"], input=r["input"], answer=r["answer"], task=r["task"])
@@ -200,7 +200,7 @@ def build_prompts(questions: list[dict], pool: list[dict], shots: int, demo_seed
 
 def ask_teacher(prompts: list[dict], keys: list[str], max_tokens: int, teacher_cfg) -> dict[str, list]:
     """The teacher's greedy one-line answers to ``prompts[*][key]`` for each key, in one engine start."""
-    from distill.teacher import TeacherRequest, query_teacher
+    from distill.teacher.query import TeacherRequest, query_teacher
 
     reqs = [TeacherRequest(messages=p[k], model=teacher_cfg.model_id(), style="instruct" if k == "zero_shot" else "icl",
                            template=f"bench/distill_context:{k}", template_sha="", temperature=0.0,
@@ -236,7 +236,7 @@ def training_rows(prompts: list[dict], key: str, responses: list, gold_filter: b
 
 
 def save_rows(rows: list[dict], out: Path) -> Path:
-    """An eakd-style dataset folder (a ``train`` split) that :func:`distill.train.train_student` reads."""
+    """An eakd-style dataset folder (a ``train`` split) that :func:`distill.train.run.train_student` reads."""
     from datasets import Dataset, DatasetDict
 
     DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(out))
@@ -292,13 +292,13 @@ def main() -> int:
         sys.exit(f"--train-per-task ({args.train_per_task}) must exceed --shots ({args.shots}): a training "
                  "question's demos are the other training questions of its task")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("distill.train").setLevel(logging.INFO)  # one line per 10 steps
+    logging.getLogger("distill.train.run").setLevel(logging.INFO)  # one line per 10 steps
 
     import torch
 
     from distill.models import fetch_bundled_teacher, load_causal_lm, load_tokenizer, resolve_dtype
-    from distill.teacher import TeacherConfig
-    from distill.train import TrainConfig, depth_prune, train_student
+    from distill.teacher.query import TeacherConfig
+    from distill.train.run import TrainConfig, depth_prune, train_student
 
     teacher_dir = fetch_bundled_teacher()
     n_layers = json.loads((teacher_dir / "config.json").read_text())["num_hidden_layers"]

@@ -1,7 +1,7 @@
 """Does logit KD beat SFT, and does the cached top-k come close to the full distribution? (issue 5)
 
 One teacher dataset, one student, equal steps and data, one run, three arms trained by
-:func:`distill.train.train_student`:
+:func:`distill.train.run.train_student`:
 
 1. ``sft`` — sequence-level KD: cross-entropy on the teacher's tokens;
 2. ``topk`` — offline logit KD on the dataset's cached top-``k`` teacher log-probs (+ tail bucket), mixed
@@ -40,7 +40,7 @@ def held_out(student_dir: Path, teacher, ds_dir: Path, batch_size: int) -> dict:
     from datasets import load_from_disk
 
     from distill.models import load_causal_lm, load_tokenizer
-    from distill.train import eval_rows, tokenize_row
+    from distill.train.run import eval_rows, tokenize_row
 
     tok = load_tokenizer(student_dir)
     rows = [r for r in (tokenize_row(tok, m, 512) for m in load_from_disk(str(ds_dir))["validation"]["messages"]) if r]
@@ -67,10 +67,10 @@ def main() -> int:
     args = ap.parse_args()
 
     from distill.config import shared_data_dir
-    from distill.dataset import GenerateConfig, generate_dataset
+    from distill.data.dataset import GenerateConfig, generate_dataset
     from distill.models import fetch_bundled_teacher, load_causal_lm
-    from distill.teacher import TeacherConfig
-    from distill.train import TrainConfig, train_student
+    from distill.teacher.query import TeacherConfig
+    from distill.train.run import TrainConfig, train_student
 
     data = shared_data_dir()
     seeds = data / "gsm8k" / "train.jsonl" if data else None

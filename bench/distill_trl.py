@@ -2,7 +2,7 @@
 
 Four arms, each in its own subprocess (so each peak RSS is that arm's alone), in alternating order:
 
-1. ``eakd_sft`` — :func:`distill.train.train_student`, sequence-level KD (CE on the assistant tokens);
+1. ``eakd_sft`` — :func:`distill.train.run.train_student`, sequence-level KD (CE on the assistant tokens);
 2. ``trl_sft`` — TRL's ``SFTTrainer`` on prompt-completion rows, loss on the completion only
    (``bench/peers/trl_train.py``);
 3. ``eakd_kd`` — ``train_student`` with online logit KD: ``kd.method = generalized_jsd``, ``alpha_ce = 0``,
@@ -11,10 +11,10 @@ Four arms, each in its own subprocess (so each peak RSS is that arm's alone), in
    eakd's arm) and ``seq_kd = False``; its generalized JSD over full ``[batch, length, vocab]`` logits.
 
 Both KD arms use GKD's ``beta = 0.5`` (TRL's default) at temperature 1. eakd's ``generalized_jsd`` is
-normalized by ``beta (1 - beta)`` (see ``distill.losses``), so its loss reads 4x TRL's at beta 0.5: same
+normalized by ``beta (1 - beta)`` (see ``distill.train.losses``), so its loss reads 4x TRL's at beta 0.5: same
 divergence, same gradient direction.
 
-Student: the bundled teacher depth-pruned (:func:`distill.train.depth_prune`) to ``--keep-layers`` and saved
+Student: the bundled teacher depth-pruned (:func:`distill.train.run.depth_prune`) to ``--keep-layers`` and saved
 once as a safetensors folder that every arm loads as is (fp32, LoRA on all linear projections, dropout
 ``--lora-dropout`` — GKDTrainer switches dropout off, so the default 0 keeps the arms equal). Data: the
 first ``--rows`` train rows of ``--dataset`` that eakd's tokenizer keeps (a multiple of the batch size;
@@ -62,7 +62,7 @@ def run_eakd_arm(spec_path: str, result_path: str) -> int:
     """The eakd arm's subprocess: train_student on the spec's config, report its metrics and ru_maxrss."""
     import logging
 
-    from distill.train import TrainConfig, train_student
+    from distill.train.run import TrainConfig, train_student
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     spec = json.loads(Path(spec_path).read_text())
@@ -83,7 +83,7 @@ def run_eakd_arm(spec_path: str, result_path: str) -> int:
 def build_student(teacher_dir: Path, keep: int, out: Path) -> Path:
     """The bundled teacher depth-pruned to ``keep`` layers, saved (fp32 safetensors + tokenizer) at ``out``."""
     from distill.models import load_causal_lm, load_tokenizer
-    from distill.train import depth_prune
+    from distill.train.run import depth_prune
 
     model = depth_prune(load_causal_lm(teacher_dir, dtype="float32"), keep)
     model.save_pretrained(out, safe_serialization=True)
@@ -98,7 +98,7 @@ def select_rows(dataset_dir: Path, student: Path, n: int, batch_size: int, max_l
     from datasets import Dataset, DatasetDict, load_from_disk
 
     from distill.models import load_tokenizer
-    from distill.train import tokenize_row
+    from distill.train.run import tokenize_row
 
     tok = load_tokenizer(student)
     usable = [m for m in load_from_disk(str(dataset_dir))["train"]["messages"] if tokenize_row(tok, m, max_length)]
@@ -118,7 +118,7 @@ def eakd_batch_order(rows: list[list[dict]], student: Path, steps: int, batch_si
                      seed: int) -> list[list[dict]]:
     """The rows in the order train_student draws them (its seeded length-grouped batches, popped from the end)."""
     from distill.models import load_tokenizer
-    from distill.train import length_grouped_batches, tokenize_row
+    from distill.train.run import length_grouped_batches, tokenize_row
 
     tok = load_tokenizer(student)
     lengths = [len(tokenize_row(tok, m, max_length)[0]) for m in rows]

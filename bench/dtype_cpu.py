@@ -50,7 +50,7 @@ if __name__ == "__main__":
 
 def vllm_tok_s(dtype_name: str) -> float:
     from distill.models import fetch_bundled_teacher
-    from distill.teacher import cpu_thread_env
+    from distill.teacher.query import cpu_thread_env
 
     env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
     env |= cpu_thread_env(env)

@@ -4,7 +4,7 @@ The bundled 135M teacher cannot do GSM8K; it can do short procedural arithmetic 
 (``bench/ea_transfer.py --measure``: e.g. ``sum3``, "What is 3 + 5 + 1?", direct 4-shot ~0 %, CoT 4-shot ~80 %).
 Per seed, through the product path:
 
-1. a task file with one ``style: cot`` task (:mod:`distill.tasks`): ``--examples`` worked examples (steps +
+1. a task file with one ``style: cot`` task (:mod:`distill.data.tasks`): ``--examples`` worked examples (steps +
    answer, the demo pool) and ``--inputs`` unlabelled questions drawn by the family's generator;
 2. ``generate_dataset`` with ``styles: [cot]``, chat demos, ``erase_demos`` (the student learns the zero-shot
    ``cot`` prompt), answers up to ``--max-tokens``: arm ``greedy`` (one greedy sample per question) and arm
@@ -56,7 +56,7 @@ def make_tasks(path: Path, family: str, examples: int, inputs: int, seed: int) -
 
 
 def generate(tasks: Path, out: Path, teacher_cfg, args, seed: int, samples: int) -> Path:
-    from distill.dataset import GenerateConfig, SamplingConfig, SelfConsistencyConfig, generate_dataset
+    from distill.data.dataset import GenerateConfig, SamplingConfig, SelfConsistencyConfig, generate_dataset
 
     sc = samples > 1
     cfg = GenerateConfig(tasks=str(tasks), styles=["cot"], num_demos=4, demo_format="chat", erase_demos=True,
@@ -94,7 +94,7 @@ def run_seed(seed: int, args, teacher_cfg, work: Path) -> dict:
     from distill.models import resolve_model_path
     from distill.probes.config import ProbesConfig
     from distill.probes.run import build_prompts, probe_teacher, training_inputs
-    from distill.train import LoraConfig, TrainConfig, train_student
+    from distill.train.run import LoraConfig, TrainConfig, train_student
 
     gold = make_tasks(work / f"tasks_{seed}.yaml", args.family, args.examples, args.inputs, seed)
     data = {"greedy": generate(work / f"tasks_{seed}.yaml", work / f"greedy_{seed}", teacher_cfg, args, seed, 1),
@@ -139,9 +139,9 @@ def main() -> int:
     ap.add_argument("--out", default="ea_cot.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("distill.train").setLevel(logging.INFO)
+    logging.getLogger("distill.train.run").setLevel(logging.INFO)
 
-    from distill.teacher import TeacherConfig
+    from distill.teacher.query import TeacherConfig
 
     work = Path(tempfile.mkdtemp(prefix="eakd-bench-cot-"))
     teacher_cfg = TeacherConfig(backend="vllm", model="bundled", cache_path=str(work / "cache.sqlite"))

@@ -2,9 +2,9 @@
 
 The product path, end to end, for several in-context-learning task families at once, per seed:
 
-1. a task file (``generate.tasks``, :mod:`distill.tasks`) per family: 16 labelled examples (the demo pool) and
+1. a task file (``generate.tasks``, :mod:`distill.data.tasks`) per family: 16 labelled examples (the demo pool) and
    either ``--inputs`` unlabelled inputs drawn by the family's generator ("hand-written": what a user would
-   type) or none and ``synthesize: --inputs`` (the teacher writes them, :mod:`distill.synth`);
+   type) or none and ``synthesize: --inputs`` (the teacher writes them, :mod:`distill.data.synth`);
 2. ``generate_dataset``: the bundled teacher (vLLM in-process) labels every input with 4 chat demos from the
    pool; the student learns the erased zero-shot prompt (``erase_demos``);
 3. ``train_student``: each arm (below) on its dataset;
@@ -87,9 +87,9 @@ def write_tasks(path: Path, families: list[str], examples: int, inputs: int, see
 
 
 def generate(tasks: Path, out: Path, teacher_cfg, seed: int, replay: bool = False) -> tuple[Path, dict]:
-    from distill.dataset import GenerateConfig, SamplingConfig, generate_dataset
-    from distill.replay import ReplayConfig
-    from distill.synth import SynthesisConfig
+    from distill.data.dataset import GenerateConfig, SamplingConfig, generate_dataset
+    from distill.data.replay import ReplayConfig
+    from distill.data.synth import SynthesisConfig
 
     cfg = GenerateConfig(tasks=str(tasks), styles=["icl"], num_demos=4, demo_format="chat", erase_demos=True,
                          demo_seed=seed, synthesis=SynthesisConfig(seed=seed),
@@ -154,7 +154,7 @@ def measure(args, teacher_cfg) -> dict:
 
 
 def train_arm(arm: str, dataset: Path, out: Path, args, seed: int) -> dict:
-    from distill.train import KDConfig, LoraConfig, TrainConfig, train_student
+    from distill.train.run import KDConfig, LoraConfig, TrainConfig, train_student
 
     keep, _, kd = ARMS[arm]
     cfg = TrainConfig(student="bundled", keep_layers=keep, lora=LoraConfig(enabled=True, r=16, alpha=32),
@@ -176,7 +176,7 @@ def probe_dir(model_dir, prompts, cfg, keep_layers: int | None = None) -> tuple[
 
     from distill.models import load_causal_lm, load_tokenizer, resolve_dtype
     from distill.probes.run import probe_model
-    from distill.train import depth_prune
+    from distill.train.run import depth_prune
 
     autocast = torch.bfloat16 if resolve_dtype("auto", "cpu") == "bfloat16" else None
     model = load_causal_lm(model_dir)
@@ -312,9 +312,9 @@ def main() -> int:
     if unknown := [a for a in args.arm_list if a not in ARMS]:
         sys.exit(f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("distill.train").setLevel(logging.INFO)
+    logging.getLogger("distill.train.run").setLevel(logging.INFO)
 
-    from distill.teacher import TeacherConfig
+    from distill.teacher.query import TeacherConfig
 
     work = Path(tempfile.mkdtemp(prefix="eakd-bench-ea-"))
     teacher_cfg = TeacherConfig(backend="vllm", model="bundled", cache_path=str(work / "cache.sqlite"))

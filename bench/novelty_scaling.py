@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # other jobs share this machine; 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distill.novelty import drop_agreement, lsh_params, minhash_dedup_filter, rougel_novelty_filter  # noqa: E402
+from distill.data.novelty import drop_agreement, lsh_params, minhash_dedup_filter, rougel_novelty_filter  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SEEDS = Path("/work/shared/data/self-instruct/seed_tasks.jsonl")

@@ -3,7 +3,7 @@ library function directly, on the same data, in the same run.
 
 The bundled teacher is served once (vLLM's OpenAI-compatible server on 127.0.0.1), and the demo
 config's generate section (42 seeds -> 120 requests, 192 tokens, greedy) is run alternately as
-- direct: ``distill.dataset.generate_dataset`` (no Prefect at all);
+- direct: ``distill.data.dataset.generate_dataset`` (no Prefect at all);
 - flow: the ``eakd-pipeline`` flow with ``run.stages=[generate]`` and ``run.shards=N`` (plan, N shard
   tasks, assembly from the response cache, artifacts, report),
 each with a fresh response cache and a fresh Prefect stage cache, so every run asks the teacher for
@@ -45,8 +45,8 @@ def main() -> int:
 
     import flows  # noqa: F401  (Prefect's environment)
     from distill.config import load_config
-    from distill.dataset import generate_dataset
-    from distill.serve import free_port, start_server, stop_server, wait_ready
+    from distill.data.dataset import generate_dataset
+    from distill.teacher.serve import free_port, start_server, stop_server, wait_ready
     from flows.config import PipelineConfig
     from flows.pipeline import pipeline
 

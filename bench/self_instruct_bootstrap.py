@@ -1,6 +1,6 @@
 """Self-Instruct bootstrapping from the 175 seed tasks with the bundled teacher (issue 4).
 
-Builds an instruction-following dataset with ``distill.dataset.generate_dataset``: the 175 seeds of
+Builds an instruction-following dataset with ``distill.data.dataset.generate_dataset``: the 175 seeds of
 Wang et al. (../shared/data/self-instruct/seed_tasks.jsonl) plus ``--target`` bootstrapped
 instructions, every one answered by the teacher. Reports the rows, the rounds, what each filter
 removed, and how the pairwise ROUGE-L novelty filter and the MinHash-LSH filter agree on which
@@ -45,8 +45,8 @@ def main() -> int:
     from datasets import load_from_disk
 
     from distill.config import shared_data_dir
-    from distill.dataset import GenerateConfig, generate_dataset
-    from distill.teacher import TeacherConfig
+    from distill.data.dataset import GenerateConfig, generate_dataset
+    from distill.teacher.query import TeacherConfig
 
     data = shared_data_dir()
     if data is None or not (data / "self-instruct" / "seed_tasks.jsonl").exists():

@@ -38,8 +38,8 @@ def main() -> int:
     from datasets import load_from_disk
 
     from distill.config import shared_data_dir
-    from distill.dataset import GenerateConfig, generate_dataset
-    from distill.teacher import TeacherConfig
+    from distill.data.dataset import GenerateConfig, generate_dataset
+    from distill.teacher.query import TeacherConfig
 
     data = shared_data_dir()
     if data is None or not (data / "gsm8k" / "train.jsonl").exists():

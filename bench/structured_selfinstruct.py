@@ -36,9 +36,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from distill.config import shared_data_dir
-    from distill.seeds import load_seeds
-    from distill.selfinstruct import BootstrapConfig, bootstrap_instructions
-    from distill.teacher import TeacherConfig
+    from distill.data.seeds import load_seeds
+    from distill.data.selfinstruct import BootstrapConfig, bootstrap_instructions
+    from distill.teacher.query import TeacherConfig
 
     data = shared_data_dir()
     if data is None or not (data / "self-instruct" / "seed_tasks.jsonl").exists():

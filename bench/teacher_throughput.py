@@ -16,7 +16,7 @@ Runs per workload: ``raw`` (a minimal AsyncOpenAI loop with a semaphore at the s
 ``eakd`` (the openai backend; on ``icl`` with and without prefix scheduling), ``curator`` and
 ``distilabel`` (each in its own venv, see bench/peers/), then eakd's cached rerun of its first run. After
 the server is stopped, the in-process pair on one engine: raw ``vllm.LLM.chat`` vs eakd's vllm backend
-(``distill.teacher_vllm.run``), engine start excluded for both.
+(``distill.teacher.vllm_backend.run``), engine start excluded for both.
 
 Prints a table; writes ``bench/results/teacher_throughput.json`` (``--out`` to name it).
 
@@ -80,7 +80,7 @@ def workloads(n: int, demo_sets: int, shots: int, many_sets: int, many_shots: in
 
 
 def to_requests(prompts: list[list[dict]], max_tokens: int, tag: str):
-    from distill.teacher import TeacherRequest
+    from distill.teacher.query import TeacherRequest
 
     # the tag goes into the template name so each run's cache keys are its own (nothing served from a
     # previous run's cache except in the explicit cached-rerun measurement)
@@ -112,7 +112,7 @@ def run_raw(url, prompts, max_tokens, concurrency) -> dict:
 
 
 def run_eakd(url, prompts, max_tokens, concurrency, prefix: bool, cache: Path, tag: str) -> dict:
-    from distill.teacher import TeacherConfig, TeacherStats, query_teacher
+    from distill.teacher.query import TeacherConfig, TeacherStats, query_teacher
 
     cfg = TeacherConfig(backend="openai", model="bundled", base_url=url, max_concurrency=concurrency,
                         prefix_scheduling=prefix, cache_path=str(cache))
@@ -157,18 +157,18 @@ def reset_prefix_cache(url: str) -> None:
 
 
 def in_process(prompts_by_workload: dict, max_tokens: int, tmp: Path, kv_cache_gib: int = 2) -> dict:
-    """raw LLM.chat vs distill.teacher_vllm.run on one engine, cache reset in between."""
+    """raw LLM.chat vs distill.teacher.vllm_backend.run on one engine, cache reset in between."""
     # the KV-cache size eakd's own in-process engine and `eakd teacher serve` use on CPU (teacher.kv_cache_gib);
     # unset, vLLM-CPU takes most of the RAM and no prefix would ever be evicted
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
-    from distill.teacher import cpu_thread_env
+    from distill.teacher.query import cpu_thread_env
 
     os.environ.update(cpu_thread_env(dict(os.environ)))  # the thread binding eakd's engine uses (all cores)
     from vllm import SamplingParams
 
-    from distill.cache import ResponseCache
-    from distill.teacher import TeacherConfig
-    from distill.teacher_vllm import make_engine, run
+    from distill.teacher.cache import ResponseCache
+    from distill.teacher.query import TeacherConfig
+    from distill.teacher.vllm_backend import make_engine, run
 
     cfg = TeacherConfig(backend="vllm", model="bundled", batch_size=4096)
     llm = make_engine(cfg)
@@ -246,7 +246,7 @@ def main() -> int:
 
 def served(args, loads: dict, tmp: Path, results: dict) -> None:
     """The runs against one local vLLM server (started and stopped here)."""
-    from distill.serve import free_port, start_server, stop_server, wait_ready
+    from distill.teacher.serve import free_port, start_server, stop_server, wait_ready
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"

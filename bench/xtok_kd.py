@@ -5,7 +5,7 @@ with its top-``--k`` logprobs (``bench/xtok_storage.py::teacher_answers``), stor
 stores them (``topk-bytes/v1``). Student: the same model transplanted onto a ``--vocab`` byte-level BPE trained on
 local text (:func:`distill.transplant.train_tokenizer` + :func:`distill.transplant.transplant_model`, as
 ``bench/transplant.py``), so its vocabulary is not the teacher's. Three arms train the same student on the same
-rows, steps, seed and learning rate through :func:`distill.train.train_student`:
+rows, steps, seed and learning rate through :func:`distill.train.run.train_student`:
 
 - ``sft``: sequence-level KD (CE on the teacher's text in the student's tokens);
 - ``aligned``: ``train.kd.cross_tokenizer=aligned`` (approximate likelihood matching over shared byte chunks,
@@ -39,7 +39,7 @@ from bench.machine import lscpu  # noqa: E402
 from bench.xtok_storage import gsm8k_questions, teacher_answers  # noqa: E402
 from distill.logprobs import pack_topk_bytes  # noqa: E402
 from distill.models import load_causal_lm, load_tokenizer, resolve_model_path  # noqa: E402
-from distill.xtok_align import vocab_strings  # noqa: E402
+from distill.train.xtok_align import vocab_strings  # noqa: E402
 
 
 def save_dataset(rows: list[dict], n_train: int, vocab: list[bytes], path: Path) -> Path:
@@ -64,7 +64,7 @@ def score(model_dir: Path, conversations: list[list[dict]]) -> dict[str, float]:
     """Per-byte NLL of the assistant turns and top-1 agreement with their tokens, under ``model_dir``."""
     import torch
 
-    from distill.train_loop import IGNORE, render_turns, tokenize_row
+    from distill.train.loop import IGNORE, render_turns, tokenize_row
 
     model, tok = load_causal_lm(model_dir, dtype="float32").eval(), load_tokenizer(model_dir)
     nll, nbytes, agree, ntok = 0.0, 0, 0, 0
@@ -102,8 +102,8 @@ def main() -> None:
     import torch
     from datasets import load_from_disk
 
-    from distill.train import train_student
-    from distill.train_config import TrainConfig
+    from distill.train.config import TrainConfig
+    from distill.train.run import train_student
     from distill.transplant import train_tokenizer, transplant_model
     from distill.transplant_config import TokenizerTrainConfig, TransplantConfig
 

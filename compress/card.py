@@ -1,6 +1,6 @@
 """Model cards of compression artifacts: a compress step, its compressed-tensors export, GGUF files.
 
-The front matter, lineage and load sections are :mod:`distill.model_card`'s (one writer for every eakd
+The front matter, lineage and load sections are :mod:`distill.train.card`'s (one writer for every eakd
 card); this module adds what compression knows: the recipe (``recipe.json``), the measured quality and
 size before and after (``metrics.json`` of the step, or the export's own record), and which engines run
 the result. Used by :func:`compress.stage.compress_student` (each step), :func:`compress.export.
@@ -16,7 +16,7 @@ from typing import Any
 
 from compress.artifact import MANIFEST_NAME
 from compress.eval import decode_latency, task_acc
-from distill.model_card import (
+from distill.train.card import (
     CARD_NAME,
     HF_LOAD,
     front_matter,

@@ -32,7 +32,7 @@ from distill.config import ConfigError
 from distill.evaluate import count_parameters, generate_greedy, perplexity, score_answers
 
 if TYPE_CHECKING:
-    from distill.dataset import ExtractionConfig
+    from distill.data.dataset import ExtractionConfig
 
 log = logging.getLogger(__name__)
 

@@ -69,6 +69,7 @@ from compress.artifact import (
 )
 from compress.card import export_card
 from compress.quantize import SCHEME, dequantize_weight
+from compress.servable import check_servable
 from distill.config import ConfigError
 from distill.io import publish_dir
 
@@ -98,24 +99,7 @@ def _check_exportable(folder: Path, manifest: dict[str, Any] | None) -> tuple[in
     if manifest is None:
         raise ConfigError(f"{folder} has no {MANIFEST_NAME}: it is a plain Hugging Face folder, which vLLM "
                           "loads as it is; export the output of a compress step with rtn, gptq or awq")
-    if manifest["factorized"]:
-        some = ", ".join(list(manifest["factorized"])[:3])
-        raise ConfigError(f"{folder}: {len(manifest['factorized'])} layers are low-rank factorized ({some}, ...); "
-                          "factor pairs are not a standard Hugging Face architecture, so no engine can load them. "
-                          "Export a chain without svd/asvd/svdllm steps")
-    if manifest.get("tensorized"):
-        raise ConfigError(f"{folder}: {len(manifest['tensorized'])} layers are stored as CP/Tucker factors, which no "
-                          "engine serves (vLLM, transformers and llama.cpp load dense or quantized Linear weights only). "
-                          "Instead export the chain's source, or re-compress for size with rtn/gptq/awq (then export) "
-                          "or with depth/width pruning (a standard model vLLM loads as it is)")
-    for step in manifest["steps"]:
-        nm = (step.get("params") or {}).get("nm")
-        if nm:
-            raise ConfigError(f"{folder}: step {step.get('name')!r} pruned {nm} (N:M sparse), which no engine serves as "
-                              "sparse (vLLM removed compressed-tensors sparsity support, llama.cpp has no N:M kernels): "
-                              "it would run as large and as slow as the dense model. Instead export the step's source, "
-                              "or re-compress with rtn/gptq/awq and no N:M step (4-bit: ~3.5x smaller), or prune "
-                              "structurally (depth/width)")
+    check_servable(folder, manifest, "vllm")
     if not manifest["quantized"]:
         raise ConfigError(f"{folder}: nothing is quantized, so there is nothing to pack; a plain float model "
                           "loads in vLLM as it is (or add a rtn/gptq/awq step)")

@@ -52,6 +52,7 @@ from torch import Tensor
 from compress.card import write_gguf_card
 from compress.gguf_blocks import CodeGrid, exact_reason, pack_codes, quantize_floats
 from compress.gguf_vocab import add_vocab, read_vocab
+from compress.servable import check_servable
 from distill.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -92,22 +93,6 @@ def _check_config(folder: Path, cfg: Any) -> None:
         raise ConfigError(f"{folder / 'config.json'}: hidden_act {cfg.hidden_act!r}; llama.cpp's llama runs silu")
 
 
-def _check_artifact(folder: Path, manifest: dict[str, Any]) -> None:
-    """ConfigError for artifacts whose structure llama.cpp's llama architecture cannot hold."""
-    if manifest["factorized"]:
-        raise ConfigError(f"{folder}: {len(manifest['factorized'])} layers are low-rank factorized (svd/asvd/svdllm); "
-                          "llama.cpp's llama has no factor pairs. Export a chain without factorization steps")
-    if manifest.get("tensorized"):
-        raise ConfigError(f"{folder}: {len(manifest['tensorized'])} layers are CP/Tucker factors; llama.cpp cannot "
-                          "run them. Export a chain without cp/tucker steps")
-    for step in manifest["steps"]:
-        nm = (step.get("params") or {}).get("nm")
-        if nm:
-            raise ConfigError(f"{folder}: step {step.get('name')!r} pruned {nm} (N:M); llama.cpp has no N:M sparse "
-                              "kernels, so the GGUF would be as large and as slow as the dense model. Export the "
-                              "step's source, or a chain with unstructured (sparsity) or structured (depth/width) pruning")
-
-
 def read_source(folder: Path) -> tuple[Any, dict[str, Tensor], dict[str, CodeGrid], str]:
     """``(config, float tensors, quantized linears by weight name, kind)`` of a model folder. A QAF layer
     (codes plus adapters) comes back as a float weight: its adapters make it leave the grid."""
@@ -138,7 +123,7 @@ def read_source(folder: Path) -> tuple[Any, dict[str, Tensor], dict[str, CodeGri
         for path in sorted(folder.glob("*.safetensors")):
             tensors.update(load_file(str(path)))
         return cfg, tensors, {}, "hf-safetensors"
-    _check_artifact(folder, manifest)
+    check_servable(folder, manifest, "llama.cpp")
     shapes = {n: (m.out_features, m.in_features) for n, m in meta_model(folder).named_modules()
               if isinstance(m, torch.nn.Linear)}
     tensors = load_file(str(folder / WEIGHTS_NAME))

@@ -4,7 +4,7 @@ from the model it was cut from.
 Minitron (Muralidharan et al. 2024, arXiv 2407.14679) prunes depth/width and then retrains the smaller
 model with logit distillation from the unpruned one — far cheaper than training from scratch and better
 than plain fine-tuning. Here: forward KL(teacher ‖ student) on every next-token position of the
-calibration windows (:func:`distill.losses.kd_loss`, the same loss the distill stage uses), AdamW with a
+calibration windows (:func:`distill.train.losses.kd_loss`, the same loss the distill stage uses), AdamW with a
 cosine schedule, full fine-tuning of the compressed model in fp32. The teacher is the pre-compression
 model already in memory, so nothing is generated or downloaded.
 
@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from distill.losses import kd_loss
+from distill.train.losses import kd_loss
 
 log = logging.getLogger(__name__)
 

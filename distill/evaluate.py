@@ -17,7 +17,7 @@ numbers measured with the same window size. Scoring runs under ``torch.no_grad``
 
 The evaluate stage (:func:`evaluate_student`) measures a student, and the base model it started from,
 on three things: perplexity on held-out text (the protocol above); validation loss and agreement with
-the teacher on the dataset's validation split (:func:`distill.train.eval_rows`: top-1 agreement, KL on
+the teacher on the dataset's validation split (:func:`distill.train.run.eval_rows`: top-1 agreement, KL on
 the cached top-k); and task accuracy: greedy answers to validation prompts that have a gold answer,
 parsed exactly as the dataset builder parsed the teacher's (:func:`answer_of`) and checked with
 :func:`distill.answers.answers_match` — per style, plus how often the student gives the teacher's answer.
@@ -47,7 +47,6 @@ from distill.answers import ExtractionConfig, answer_key, answers_match, extract
 from distill.config import ConfigError, StageConfig, dump_config, shared_data_dir
 from distill.generation import generate_greedy
 from distill.lmeval.config import LmEvalConfig
-from distill.model_card import CARD_BEGIN, CARD_END
 from distill.models import (
     load_causal_lm,
     load_tokenizer,
@@ -55,6 +54,7 @@ from distill.models import (
     resolve_model_path,
 )
 from distill.probes.config import ProbesConfig
+from distill.train.card import CARD_BEGIN, CARD_END
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +148,14 @@ def perplexity(model: nn.Module, tokenizer: Any, text: str, window: int = 512, m
 def teacher_agreement(model: nn.Module, rows: list, pad_id: int, batch_size: int = 8) -> dict[str, Any] | None:
     """How closely the student follows the teacher on held-out teacher completions.
 
-    ``rows`` are training rows from :mod:`distill.train` (``(ids, labels)`` or, with cached top-k,
+    ``rows`` are training rows from :mod:`distill.train.run` (``(ids, labels)`` or, with cached top-k,
     ``(ids, labels, topk_ids, topk_logprobs)``); the labels are the teacher's own tokens. Returns
     ``{"top1_agreement"`` (share of positions where the student's argmax is the teacher's token — its
     top-1 at temperature 0), ``"kl_topk"`` (mean KL(teacher || student) over the top-k + tail buckets,
     None without cached top-k), ``"tokens"}``; None when there are no rows. One forward pass, shared
-    with the validation loss (:func:`distill.train.eval_rows`).
+    with the validation loss (:func:`distill.train.run.eval_rows`).
     """
-    from distill.train import eval_rows
+    from distill.train.run import eval_rows
 
     return eval_rows(model, rows, pad_id, batch_size, None, None)["agreement"]
 
@@ -164,7 +164,7 @@ def teacher_agreement(model: nn.Module, rows: list, pad_id: int, batch_size: int
 
 WIKITEXT_TEST = "wikitext-2/wiki.test.tokens"  # under ../shared/data (or $EAKD_DATA_DIR)
 VALIDATION_TEXT = "dataset validation split (teacher outputs)"
-# A structured-CoT dataset teaches the student "<rationale>\nThe answer is <answer>." (distill.dataset)
+# A structured-CoT dataset teaches the student "<rationale>\nThe answer is <answer>." (distill.data.dataset)
 STRUCTURED_COT_EXTRACTION = ExtractionConfig(patterns=["the_answer_is"])
 
 
@@ -214,7 +214,7 @@ def find_eval_text(text_path: str | None, dataset_dir: str | Path | None,
 
 
 def answer_of(text: str, style: str, extraction: ExtractionConfig, structured_cot: bool = False) -> str | None:
-    """The answer in a completion, parsed as :func:`distill.dataset._rows_for` parses the teacher's: CoT with
+    """The answer in a completion, parsed as :func:`distill.data.dataset._rows_for` parses the teacher's: CoT with
     the dataset's extraction patterns (a structured-CoT dataset taught "The answer is X."), ICL and
     instruct: the first line."""
     text = text.strip()
@@ -284,11 +284,11 @@ def select_task_rows(rows: list[dict], max_examples: int) -> list[dict]:
 
 
 def encode_validation(tokenizer: Any, split: Any, max_length: int) -> tuple[list, str | None]:
-    """The validation split as :func:`distill.train.train_student` encodes it: on the teacher's own token ids
+    """The validation split as :func:`distill.train.run.train_student` encodes it: on the teacher's own token ids
     with its cached top-k where the split has them (so KL is measurable), else on the chat text.
     Returns (rows, why there is no KL — None when there is)."""
     from distill.logprobs import is_packed
-    from distill.train import check_same_tokenizer, tokenize_row, tokenize_row_kd
+    from distill.train.run import check_same_tokenizer, tokenize_row, tokenize_row_kd
 
     cols = split.column_names
     if split.num_rows == 0 or "messages" not in cols:
@@ -329,13 +329,13 @@ def _measure(path: Path, cfg: EvaluateConfig, text: str | None, text_skip: str |
              probe_prompts: list | None = None, keep_layers: int | None = None,
              lm_tasks: Any = None) -> dict[str, Any]:
     """Every metric of one model; the task accuracy's per-row records under ``"per_row"``."""
-    from distill.train import eval_rows
+    from distill.train.run import eval_rows
 
     t0 = time.perf_counter()
     tok = load_tokenizer(path)
     model = load_causal_lm(path, dtype="float32", device=device)
     if keep_layers is not None:  # the student's start: its base depth-pruned as train.keep_layers prunes it
-        from distill.train import depth_prune
+        from distill.train.run import depth_prune
 
         depth_prune(model, keep_layers)
     compute = resolve_dtype(cfg.dtype, device)
@@ -492,7 +492,7 @@ def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: st
 
     ``eval_text`` is the perplexity text (``eval_source`` says where it came from); when None it is found by
     :func:`find_eval_text` from ``cfg.text_path`` and the dataset. The output appears whole or not at all.
-    ``teacher_cfg`` (a :class:`distill.teacher.TeacherConfig`): with ``cfg.probes.teacher``, the teacher answers
+    ``teacher_cfg`` (a :class:`distill.teacher.query.TeacherConfig`): with ``cfg.probes.teacher``, the teacher answers
     the probes too, as the reference for the gap closed. ``base_keep_layers`` (``train.keep_layers``): also measure
     the student's start — the base depth-pruned as training pruned it — so a loss the pruning caused is not read
     as negative transfer from training.

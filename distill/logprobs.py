@@ -15,7 +15,7 @@ Positions with fewer than ``k`` alternatives are padded with id ``-1`` and logpr
 Ids serve only a student with the teacher's tokenizer. The byte-level form ``topk-bytes/v1`` names every sampled
 token and top-k alternative by its byte string (and by its id where the backend gives ids: vLLM), with each sampled
 token's byte offset in the response text, so one teacher's dataset trains students of any tokenizer
-(:mod:`distill.xtok_align`). Per row it keeps a table of the distinct byte strings; positions hold uint16 indices
+(:mod:`distill.train.xtok_align`). Per row it keeps a table of the distinct byte strings; positions hold uint16 indices
 into it (int32 past 65,534 strings) and float16 logprobs; all arrays are concatenated, zstd-compressed and base64'd::
 
     {"format": "topk-bytes/v1", "n": T, "k": k, "codec": "zstd", "layout": [[name, dtype, shape], ...],

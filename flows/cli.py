@@ -88,9 +88,9 @@ def _write_failure(exc: BaseException, where: Path | None) -> str | None:
 def _guard(fn, where: Path | None = None):
     """Run ``fn``; user-fixable problems become one error line and exit 2, run-time failures exit 1,
     a stop at the teacher budget exits 3, a remote batch still running exits 4 (rerun later to collect it)."""
-    from distill.batch import BatchPending
-    from distill.budget import BudgetExceeded
-    from distill.teacher_openai import TeacherUnavailable
+    from distill.teacher.batch import BatchPending
+    from distill.teacher.budget import BudgetExceeded
+    from distill.teacher.openai_backend import TeacherUnavailable
     from prompts import TemplateError
 
     try:
@@ -173,7 +173,7 @@ def teacher_serve(model: str = typer.Option("bundled", help="model folder or 'bu
                   kv_cache_gib: int = typer.Option(2, help="KV-cache space (CPU), GiB")) -> None:
     """Start vLLM's OpenAI-compatible server, wait until /v1/models answers, run until Ctrl-C."""
     _setup_logging()
-    from distill.serve import start_server, stop_server, wait_ready
+    from distill.teacher.serve import start_server, stop_server, wait_ready
 
     proc = _guard(lambda: start_server(model, port, host, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len))
     url = f"http://{host}:{port}/v1"
@@ -209,15 +209,15 @@ def generate(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
     if dry_run:
         import json
 
-        from distill.dryrun import dry_run as plan
-        from distill.dryrun import format_dry_run
+        from distill.data.dryrun import dry_run as plan
+        from distill.data.dryrun import format_dry_run
 
         d = _guard(lambda: plan(cfg.generate, cfg.teacher))
         typer.echo(json.dumps(d.to_dict(), indent=2, ensure_ascii=False) if as_json else format_dry_run(d))
         return
     if out is None:
         _fail("--out is required (the dataset output folder), unless --dry-run", 2)
-    from distill.dataset import generate_dataset
+    from distill.data.dataset import generate_dataset
 
     typer.echo(_guard(lambda: generate_dataset(cfg.generate, cfg.teacher, out, incremental_from=incremental_from), where=out))
 
@@ -235,7 +235,7 @@ def train(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 
     Online logit KD (train.kd.enabled and train.kd.teacher): against a local teacher model run beside the student."""
     _setup_logging()
-    from distill.train import train_student
+    from distill.train.run import train_student
 
     cfg = _guard(lambda: _pipeline_cfg(config, overrides))
     typer.echo(_guard(lambda: train_student(cfg.train, dataset, out), where=out))

@@ -10,10 +10,10 @@ from pydantic import Field
 
 from compress.stage import CompressConfig
 from distill.config import ConfigError, StageConfig
-from distill.dataset import GenerateConfig
+from distill.data.dataset import GenerateConfig
 from distill.evaluate import EvaluateConfig
-from distill.teacher import TeacherConfig
-from distill.train import TrainConfig
+from distill.teacher.query import TeacherConfig
+from distill.train.run import TrainConfig
 
 Stage = Literal["generate", "train", "evaluate", "compress"]
 
@@ -43,11 +43,11 @@ class PipelineConfig(StageConfig):
 
 def preflight(cfg: PipelineConfig) -> None:
     """Cheap checks of every input before any expensive work (or a Prefect run) starts."""
-    from distill.dataset import check_task_styles
+    from distill.data.dataset import check_task_styles
+    from distill.data.seeds import load_seeds
+    from distill.data.tasks import load_tasks
+    from distill.data.templates import check_templates
     from distill.models import BUNDLED_ALIAS, check_model_dir
-    from distill.seeds import load_seeds
-    from distill.tasks import load_tasks
-    from distill.templates import check_templates
 
     stages = cfg.run.stages
     if "generate" in stages:

@@ -92,8 +92,8 @@ def calibration_digest(cfg: PipelineConfig, calib: str | None, dataset_dir: str 
 
 
 def _not_config_error(task, task_run, state) -> bool:
-    from distill.batch import BatchPending
-    from distill.budget import BudgetExceeded
+    from distill.teacher.batch import BatchPending
+    from distill.teacher.budget import BudgetExceeded
 
     try:
         state.result()
@@ -117,7 +117,7 @@ _CACHED = dict(cache_key_fn=_stage_key, persist_result=True, result_serializer="
 
 @task(name="generate", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_config_error, **_CACHED)
 def generate_task(cfg_json: str, previous: str | None, out_dir: str, key: str) -> str:
-    from distill.dataset import generate_dataset
+    from distill.data.dataset import generate_dataset
 
     cfg = PipelineConfig.model_validate_json(cfg_json)
     return str(Path(generate_dataset(cfg.generate, cfg.teacher, out_dir, incremental_from=previous)).resolve())
@@ -131,7 +131,7 @@ def shard_task(cfg_json: str, requests_file: str, shard: int, shards: int, out_p
     stage, which records them."""
     from prefect.context import TaskRunContext
 
-    from distill.teacher import TeacherRequest, TeacherStats, query_teacher
+    from distill.teacher.query import TeacherRequest, TeacherStats, query_teacher
 
     cfg = PipelineConfig.model_validate_json(cfg_json)
     with open(requests_file) as fh:
@@ -185,7 +185,7 @@ def answer_in_shards(cfg: PipelineConfig, cfg_json: str, previous: Path | None, 
     tasks; returns their summed stats. Shard i takes every n-th request from i: the slices then hold the
     same mix of styles and lengths and finish together (contiguous slices left one shard of long CoT
     answers running alone at the end: +34% wall time in bench/prefect_overhead.py)."""
-    from distill.dataset import plan_requests
+    from distill.data.dataset import plan_requests
     from flows.stage_keys import digest_bytes
 
     reqs = plan_requests(cfg.generate, cfg.teacher, previous)
@@ -226,7 +226,7 @@ def previous_dataset(cfg: PipelineConfig, run_dir: Path) -> Path | None:
 
 @task(name="train", **_CACHED)
 def train_task(cfg_json: str, dataset_dir: str, out_dir: str, key: str) -> str:
-    from distill.train import train_student
+    from distill.train.run import train_student
 
     cfg = PipelineConfig.model_validate_json(cfg_json)
     return str(Path(train_student(cfg.train, dataset_dir, out_dir)).resolve())

@@ -5,7 +5,7 @@ identity or file timestamps (curator's lesson: hash what is rendered, not the co
 
 - ``generate``: the generate and teacher config sections, the seed file's bytes (every file of a seed
   dataset folder) or the task file's, a ``generate.replay`` file's, the source (sha256) of every template the stage renders, by role
-  (:func:`distill.templates.resolve_templates`: each style's as it really renders, the instruct one behind
+  (:func:`distill.data.templates.resolve_templates`: each style's as it really renders, the instruct one behind
   erased or chat demos, the zero-shot CoT one of erased worked examples, the judge, Self-Instruct and
   input-synthesis ones), the contamination eval files' bytes, and eakd's code version;
 - ``train``: the train section, the generate key it consumes (or the dataset folder's files), and the
@@ -59,10 +59,10 @@ def _key(payload: dict) -> str:
 def generate_key(cfg, previous: str | None = None) -> str:
     """The generate stage's key for a :class:`~flows.config.PipelineConfig`; ``previous``: the digest of
     the dataset an incremental run appends to."""
-    from distill.templates import resolve_templates
+    from distill.data.templates import resolve_templates
 
     g = cfg.generate
-    # every template the stage renders, as it renders it (distill.templates: one rule for the key and the run)
+    # every template the stage renders, as it renders it (distill.data.templates: one rule for the key and the run)
     templates = {role: t.sha256 for role, t in resolve_templates(g).items()}
     evals = [digest_path(p) for p in g.filters.contamination.eval_paths] if g.filters.contamination else []
     return _key({"stage": "generate", "code": code_version(),

@@ -98,7 +98,7 @@ def cache_path(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(bundled_dir, tmp_path_factory):
     """vLLM's OpenAI-compatible server with the bundled teacher on 127.0.0.1; yields its base URL."""
-    from distill.serve import free_port, start_server, stop_server, wait_ready
+    from distill.teacher.serve import free_port, start_server, stop_server, wait_ready
 
     port = free_port()
     log_file = tmp_path_factory.mktemp("server") / "vllm.log"

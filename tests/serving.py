@@ -1,5 +1,5 @@
 """What the vLLM serving tests share (tests/integration/test_serve_*.py): vLLM's real OpenAI-compatible server
-started on 127.0.0.1 by :mod:`distill.serve` (the launcher ``eakd teacher serve`` and the ``vllm_server`` fixture
+started on 127.0.0.1 by :mod:`distill.teacher.serve` (the launcher ``eakd teacher serve`` and the ``vllm_server`` fixture
 use), greedy chat answers through the ``openai`` client, and the check of those answers against eakd's own
 model in transformers.
 
@@ -28,7 +28,7 @@ def train_lora_student(bundled_dir: Path, root: Path, steps: int = 3) -> Path:
     code: merged, with the unmerged adapter kept in ``adapter/`` (``train.lora.save_adapter``)."""
     from datasets import Dataset, DatasetDict
 
-    from distill.train import TrainConfig, train_student
+    from distill.train.run import TrainConfig, train_student
 
     rows = [{"id": str(i), "messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
                                         {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(12)]
@@ -46,7 +46,7 @@ def train_lora_student(bundled_dir: Path, root: Path, steps: int = 3) -> Path:
 def served(model: Path, log_file: Path, extra: list[str] | None = None, timeout_s: float = 600) -> Iterator[str]:
     """vLLM's OpenAI server for ``model`` on 127.0.0.1 (a free port) in its own process group; yields the
     base URL (``http://127.0.0.1:PORT/v1``), then stops it (SIGTERM, SIGKILL after 30 s) and checks it is gone."""
-    from distill.serve import free_port, start_server, stop_server, wait_ready
+    from distill.teacher.serve import free_port, start_server, stop_server, wait_ready
 
     port = free_port()
     proc = start_server(str(model), port, log_file=log_file, extra=extra or [])

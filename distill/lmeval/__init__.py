@@ -20,9 +20,9 @@ __all__ = ["DEMO_HELD_OUT", "DEMO_TASK_FILE", "SHIPPED_TASKS", "LmEvalConfig", "
 def demo_held_out_rows(task_file: str | Path = DEMO_TASK_FILE) -> list[dict]:
     """The held-out items of a task file as the student is asked them after ``generate.erase_demos``: the
     zero-shot ``instruct`` prompt (ICL tasks) or ``cot`` prompt (CoT tasks), split into ``system`` and ``user``,
-    with the gold ``answer``; ``id`` as distill.tasks names the item's seed. Writes nothing; the shipped
+    with the gold ``answer``; ``id`` as distill.data.tasks names the item's seed. Writes nothing; the shipped
     ``tasks/demo_held_out.jsonl`` is this for the demo's task file (a test checks they agree)."""
-    from distill.tasks import load_tasks, text_id
+    from distill.data.tasks import load_tasks, text_id
     from prompts import load_template, render_messages
 
     rows = []

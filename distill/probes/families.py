@@ -14,7 +14,7 @@ Two kinds:
   ``capital``) are negative controls — a student trained on other tasks should keep them.
 - ``cot`` families: a few steps of arithmetic or counting in words, where writing the steps helps; each item
   carries its worked steps (``rationale``; a demo shows them, then "The answer is N.":
-  :func:`distill.dataset.cot_demo_turn`).
+  :func:`distill.data.dataset.cot_demo_turn`).
 
 Families are plain data plus a draw function; a user adds one by building a :class:`Family` (no registry
 to patch): ``make_items(Family("mytask", "icl", "Do X.", my_draw), 20, seed=0)``.
@@ -59,7 +59,7 @@ class Item:
     aliases: tuple[str, ...] = ()
 
     def seed_row(self) -> dict:
-        """As an eakd seed row (``distill.seeds``)."""
+        """As an eakd seed row (``distill.data.seeds``)."""
         row = {"id": self.id, "task": self.task, "instruction": self.instruction, "input": self.input,
                "answer": self.answer}
         return row | ({"rationale": self.rationale} if self.rationale else {})
@@ -222,7 +222,7 @@ def split_items(family: Family, n_pool: int, n_held_out: int, seed: int) -> tupl
 
 
 def task_file_entries(names: list[str], n_examples: int, n_inputs: int, n_held_out: int, seed: int) -> list[dict]:
-    """``generate.tasks`` entries (distill/tasks.py) for procedural families: per family ``n_examples`` labelled
+    """``generate.tasks`` entries (distill/data/tasks.py) for procedural families: per family ``n_examples`` labelled
     examples (the demo pool), ``n_inputs`` unlabelled inputs and ``n_held_out`` labelled held-out items, all
     distinct. ``bench/ea_transfer.py`` and the demo's task file are made with it."""
     out = []

@@ -4,7 +4,7 @@ Two ways to answer, the same prompts and grading for both (:mod:`distill.probes.
 
 - a local model folder (the student, its base): greedy answers from transformers
   (:func:`distill.generation.generate_greedy`), first-line prompts stop at their first line;
-- the teacher through :func:`distill.teacher.query_teacher` (any backend: vLLM in-process or an
+- the teacher through :func:`distill.teacher.query.query_teacher` (any backend: vLLM in-process or an
   OpenAI-compatible URL), greedy, first-line prompts with ``stop=["\\n"]``; answers come from the response
   cache on a rerun.
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def _user_tasks(path: str) -> list[tuple[list[Item], list[Item]]]:
     """(demo pool, held-out items) per task of a ``generate.tasks`` file that has held-out items."""
-    from distill.tasks import load_tasks
+    from distill.data.tasks import load_tasks
 
     out = []
     for t in load_tasks(path).tasks:
@@ -72,7 +72,7 @@ def token_budget(p: ProbePrompt, cfg: ProbesConfig) -> int:
 
 def answer_with_teacher(prompts: list[ProbePrompt], cfg: ProbesConfig, teacher_cfg: Any) -> list[str]:
     """The teacher's greedy answers (error responses read as empty answers, so they grade as wrong)."""
-    from distill.teacher import TeacherRequest, query_teacher
+    from distill.teacher.query import TeacherRequest, query_teacher
 
     reqs = [TeacherRequest(messages=p.messages, model=teacher_cfg.model_id(), style=p.ability,
                            template=f"probe:{p.mode}", template_sha="", temperature=0.0, max_tokens=token_budget(p, cfg),

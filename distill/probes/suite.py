@@ -4,7 +4,7 @@ What each ability's probe asks (every item held out: never a training row nor a 
 
 - **ICL**: the item zero-shot (the ``instruct`` template: instruction + input, what an ``erase_demos``
   student is trained on) and k-shot (the same, after k demonstrations from the task's pool as past
-  user/assistant chat turns: :func:`distill.dataset.chat_demo_messages`, the format small chat models
+  user/assistant chat turns: :func:`distill.data.dataset.chat_demo_messages`, the format small chat models
   follow). The answer is the first non-empty line.
 - **CoT**: the item answered directly (the instruct template, asked for the final answer only; first line)
   and with the CoT prompt (the ``cot`` template: "think step by step ... The answer is <answer>."; the
@@ -64,8 +64,8 @@ def zero_shot_messages(item: Item) -> list[dict[str, str]]:
 
 def k_shot_messages(item: Item, demos: list[Item]) -> list[dict[str, str]]:
     """The item after ``demos`` as past user/assistant turns (the generate stage's ``demo_format: chat``)."""
-    from distill.dataset import chat_demo_messages
-    from distill.seeds import Seed
+    from distill.data.dataset import chat_demo_messages
+    from distill.data.seeds import Seed
 
     seed = Seed(id=item.id, instruction=item.instruction, input=item.input, task=item.task)
     return chat_demo_messages(load_template("instruct"), seed, [{"input": d.input, "output": d.answer} for d in demos])
@@ -117,10 +117,10 @@ def cot_prompts(items: list[Item], pool: list[Item], shots: int, seed: int) -> l
 
 
 def _cot_with_demos(item: Item, demos: list[Item]) -> list[dict[str, str]]:
-    """The generate stage's prompt for a cot task (:func:`distill.dataset.build_requests`): each worked example
+    """The generate stage's prompt for a cot task (:func:`distill.data.dataset.build_requests`): each worked example
     as a past chat turn (the question in the ``cot`` template, then its steps and "The answer is ...")."""
-    from distill.dataset import chat_demo_messages, cot_demo_turn
-    from distill.seeds import Seed
+    from distill.data.dataset import chat_demo_messages, cot_demo_turn
+    from distill.data.seeds import Seed
 
     seed = Seed(id=item.id, instruction=item.instruction, input=item.input, task=item.task)
     turns = [cot_demo_turn({"input": d.input, "output": d.answer, "rationale": d.rationale}) for d in demos]
@@ -128,8 +128,8 @@ def _cot_with_demos(item: Item, demos: list[Item]) -> list[dict[str, str]]:
 
 
 def _with_demos(item: Item, instruction: str, demos: list[tuple[Item, str]]) -> list[dict[str, str]]:
-    from distill.dataset import chat_demo_messages
-    from distill.seeds import Seed
+    from distill.data.dataset import chat_demo_messages
+    from distill.data.seeds import Seed
 
     seed = Seed(id=item.id, instruction=instruction, input=item.input, task=item.task)
     return chat_demo_messages(load_template("instruct"), seed, [{"input": d.input, "output": out} for d, out in demos])

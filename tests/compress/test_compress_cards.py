@@ -17,7 +17,7 @@ from compress.export import export_compressed_tensors
 from compress.gguf import export_gguf
 from compress.stage import CompressConfig, CompressStep, EvalConfig, compress_student
 from distill.config import ConfigError
-from distill.model_card import read_front_matter
+from distill.train.card import read_front_matter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,9 +60,9 @@ def test_step_card_has_hub_front_matter_and_the_recipe(artifacts, tiny_model):
 
 def test_the_manifest_name_is_compress_artifacts():
     from compress.artifact import MANIFEST_NAME
-    from distill.model_card import COMPRESS_MANIFEST
+    from distill.train.card import COMPRESS_MANIFEST
 
-    assert COMPRESS_MANIFEST == MANIFEST_NAME  # distill.model_card finds compress steps by it
+    assert COMPRESS_MANIFEST == MANIFEST_NAME  # distill.train.card finds compress steps by it
 
 
 def test_export_card_describes_the_export_and_how_to_serve_it(artifacts, tiny_model, tmp_path):

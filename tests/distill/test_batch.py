@@ -2,10 +2,10 @@
 
 import json
 
-from distill.batch import batch_line, read_batch_output, write_batch_file
-from distill.selfinstruct import instructions_schema
-from distill.teacher import TeacherRequest
-from distill.teacher_openai import _body
+from distill.data.selfinstruct import instructions_schema
+from distill.teacher.batch import batch_line, read_batch_output, write_batch_file
+from distill.teacher.openai_backend import _body
+from distill.teacher.query import TeacherRequest
 
 
 def req(content, **kw):
@@ -48,7 +48,7 @@ def test_output_is_read_back_by_custom_id_with_failures_named(tmp_path):
 
 
 def test_line_errors_carry_their_status_so_only_retryable_ones_are_resubmitted():
-    from distill.batch import _retryable, parse_batch_output
+    from distill.teacher.batch import _retryable, parse_batch_output
 
     r = TeacherRequest(messages=[{"role": "user", "content": "x"}], model="M", style="instruct", template="t", template_sha="t")
     line = {"custom_id": r.key(), "response": {"status_code": 429, "body": {"error": {"message": "slow down"}}}}
@@ -60,7 +60,7 @@ def test_line_errors_carry_their_status_so_only_retryable_ones_are_resubmitted()
 def test_a_corrupt_batch_journal_is_refused_not_overwritten(tmp_path):
     import pytest
 
-    from distill.batch import _load_journal
+    from distill.teacher.batch import _load_journal
 
     path = tmp_path / "teacher.batches.json"
     path.write_text('{"batch-1": {"custom_ids": [')

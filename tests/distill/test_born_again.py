@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from distill.born_again import generation_config
 from distill.config import ConfigError
-from distill.train import TrainConfig, train_student
+from distill.train.born_again import generation_config
+from distill.train.run import TrainConfig, train_student
 
 
 def _cfg(student, **kw):

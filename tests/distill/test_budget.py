@@ -3,8 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from distill.budget import Budget
-from distill.teacher import TeacherConfig, TeacherRequest
+from distill.teacher.budget import Budget
+from distill.teacher.query import TeacherConfig, TeacherRequest
 
 
 def test_no_cap_means_no_budget():

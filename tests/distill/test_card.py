@@ -7,11 +7,11 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from distill.cache import ResponseCache
-from distill.card import label_accuracy, row_provenance
-from distill.dataset import GenerateConfig, build_requests, generate_dataset
-from distill.seeds import load_seeds
-from distill.teacher import TeacherConfig
+from distill.data.card import label_accuracy, row_provenance
+from distill.data.dataset import GenerateConfig, build_requests, generate_dataset
+from distill.data.seeds import load_seeds
+from distill.teacher.cache import ResponseCache
+from distill.teacher.query import TeacherConfig
 from prompts import load_template
 
 CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome"}
@@ -152,7 +152,7 @@ def test_label_accuracy_and_provenance_on_hand_made_rows():
 def test_card_of_a_task_file_dataset_names_the_file_and_its_split(tmp_path, teacher):
     """Seeds from a task file: the card names the file, and says the held-out items are the validation split
     and the inputs the train split (no seed file, no split by seed id)."""
-    from distill.dataset import load_generate_seeds
+    from distill.data.dataset import load_generate_seeds
 
     tasks = tmp_path / "tasks.yaml"
     tasks.write_text(json.dumps({"tasks": [{
@@ -175,7 +175,7 @@ def test_card_of_a_task_file_dataset_names_the_file_and_its_split(tmp_path, teac
 
 
 def test_seed_line_counts_synthesized_inputs(tmp_path):
-    from distill.card import _seed_line
+    from distill.data.card import _seed_line
 
     (tmp_path / "t.yaml").write_text("")
     cfg = GenerateConfig(tasks=str(tmp_path / "t.yaml"))
@@ -189,7 +189,7 @@ def test_seed_line_counts_synthesized_inputs(tmp_path):
 def test_icl_labels_vote_and_the_card_reports_it(tmp_path, teacher):
     """Few-shot labels of a task file's inputs with self-consistency: 4 samples per input vote on the first line;
     the minority label goes to the removed split, the vote share rides in every row, and the card says so."""
-    from distill.dataset import load_generate_seeds
+    from distill.data.dataset import load_generate_seeds
 
     tasks = tmp_path / "tasks.yaml"
     tasks.write_text(json.dumps({"tasks": [{

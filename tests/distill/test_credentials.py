@@ -110,7 +110,7 @@ def test_known_secrets_are_the_values_read(tmp_path, monkeypatch):
 
 
 def test_api_key_from_the_secrets_file(tmp_path, monkeypatch):
-    from distill.teacher import TeacherConfig, require_api_key
+    from distill.teacher.query import TeacherConfig, require_api_key
 
     cfg = TeacherConfig(backend="openai", model="m", base_url="https://api.example.com/v1", api_key_env="EAKD_T_KEY")
     with pytest.raises(ConfigError, match="EAKD_T_KEY is not set; export it, or add a line EAKD_T_KEY=... to the secrets"):

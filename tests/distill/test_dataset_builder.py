@@ -5,12 +5,12 @@ import json
 import pytest
 
 from distill.answers import majority_vote
-from distill.card import render_card
 from distill.config import ConfigError
-from distill.dataset import GenerateConfig, _sc_stats, _vote, build_requests, select_demos
-from distill.seeds import Seed, detect_format, load_seeds
-from distill.selfinstruct import BootstrapConfig, _prompt_vars, parse_instructions
-from distill.teacher import TeacherConfig
+from distill.data.card import render_card
+from distill.data.dataset import GenerateConfig, _sc_stats, _vote, build_requests, select_demos
+from distill.data.seeds import Seed, detect_format, load_seeds
+from distill.data.selfinstruct import BootstrapConfig, _prompt_vars, parse_instructions
+from distill.teacher.query import TeacherConfig
 from prompts import load_template
 
 
@@ -180,7 +180,7 @@ def test_card_lists_provenance_filters_tokens_and_samples():
 
 
 def test_push_to_hub_without_a_token_fails_before_any_teacher_call(tmp_path, monkeypatch):
-    from distill.dataset import generate_dataset
+    from distill.data.dataset import generate_dataset
 
     monkeypatch.delenv("EAKD_TEST_HUB_TOKEN", raising=False)
     cfg = GenerateConfig(seeds=str(tmp_path / "missing.jsonl"),
@@ -196,9 +196,9 @@ def _cot_plan(cfg):
 
 
 def test_structured_cot_asks_for_json_and_trains_on_rationale_then_answer():
-    from distill.dataset import _rows_for
-    from distill.structured import cot_schema, validate_output
-    from distill.teacher import Choice, TeacherResponse
+    from distill.data.dataset import _rows_for
+    from distill.teacher.query import Choice, TeacherResponse
+    from distill.teacher.structured import cot_schema, validate_output
 
     cfg = GenerateConfig(seeds="unused", styles=["cot"], structured_cot=True)
     plan = _cot_plan(cfg)
@@ -226,7 +226,7 @@ def test_judge_config_rejects_scores_off_the_scale():
 
 
 def test_a_broken_judge_template_fails_before_any_teacher_call(tmp_path):
-    from distill.dataset import generate_dataset
+    from distill.data.dataset import generate_dataset
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text(json.dumps({"id": "a", "instruction": "Say hi."}) + "\n")

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from distill.demos import BM25Index, select_demos
-from distill.seeds import Seed
+from distill.data.demos import BM25Index, select_demos
+from distill.data.seeds import Seed
 
 METHODS = ["random", "stratified", "bm25"]
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from distill.cache import ResponseCache
-from distill.dataset import GenerateConfig, build_requests
-from distill.dryrun import dry_run, format_dry_run
-from distill.seeds import load_seeds
-from distill.teacher import TeacherConfig
+from distill.data.dataset import GenerateConfig, build_requests
+from distill.data.dryrun import dry_run, format_dry_run
+from distill.data.seeds import load_seeds
+from distill.teacher.cache import ResponseCache
+from distill.teacher.query import TeacherConfig
 
 
 @pytest.fixture

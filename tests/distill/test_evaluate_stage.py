@@ -11,6 +11,7 @@ import pytest
 
 from distill.answers import ExtractionConfig
 from distill.config import ConfigError
+from distill.data.seeds import Seed
 from distill.evaluate import (
     EvaluateConfig,
     answer_of,
@@ -20,7 +21,6 @@ from distill.evaluate import (
     score_answers,
     select_task_rows,
 )
-from distill.seeds import Seed
 
 EXTRACTION = ExtractionConfig()
 FAST = {"window": 16, "max_windows": 2, "max_new_tokens": 8, "dtype": "float32", "device": "cpu"}  # seconds, not minutes
@@ -69,8 +69,8 @@ def test_answer_of_uses_the_datasets_patterns_and_structured_cot_format():
 def test_what_the_student_learned_parses_back_to_the_teachers_answer(structured):
     """The grading reads a student's answer exactly as the dataset builder read the teacher's: for every
     style, the training target (what a perfect student says) parses to the row's ``answer``."""
-    from distill.dataset import GenerateConfig, _rows_for, build_requests
-    from distill.teacher import Choice, TeacherResponse
+    from distill.data.dataset import GenerateConfig, _rows_for, build_requests
+    from distill.teacher.query import Choice, TeacherResponse
 
     seeds = [Seed(id=f"a{i}", instruction=f"What is {i} plus {i}?", answer=str(2 * i), task="add") for i in range(4)]
     cfg = GenerateConfig(seeds="unused", styles=["icl", "cot", "instruct"], num_demos=2, structured_cot=structured,

@@ -3,7 +3,7 @@
 import pytest
 
 from distill.answers import ExtractionConfig
-from distill.filters import (
+from distill.data.filters import (
     BlocklistFilter,
     ContaminationFilter,
     FormatFilter,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from distill.train import TrainConfig, train_student
+from distill.train.run import TrainConfig, train_student
 
 pytestmark = pytest.mark.gpu
 

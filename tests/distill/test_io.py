@@ -75,7 +75,7 @@ def test_apply_umask_leaves_links(umask_027, tmp_path):
 
 def test_trained_student_is_readable_as_the_umask_says(umask_027, tiny_model, sft_dataset, tmp_path):
     """The reported bug, through the real code path: `eakd train`'s student folder."""
-    from distill.train import TrainConfig, train_student
+    from distill.train.run import TrainConfig, train_student
 
     cfg = TrainConfig(student=str(tiny_model), lora={"enabled": False}, max_steps=1, batch_size=2, dtype="float32",
                       device="cpu", log_every=1)

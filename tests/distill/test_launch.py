@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill.config import ConfigError
-from distill.train import TrainConfig, train_student
+from distill.train.run import TrainConfig, train_student
 
 pytestmark = pytest.mark.integration  # two extra Python processes with torch: ~30 s on 2 cores
 

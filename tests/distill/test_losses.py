@@ -1,4 +1,4 @@
-"""Property tests for distill.losses (small CPU tensors: B=2, L=5, V=50)."""
+"""Property tests for distill.train.losses (small CPU tensors: B=2, L=5, V=50)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill import losses as L
+from distill.train import losses as L
 
 B, T_LEN, V = 2, 5, 50
 

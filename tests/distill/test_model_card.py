@@ -1,4 +1,4 @@
-"""distill.model_card: the trained student's card, its Hub front matter and its lineage, read from the files
+"""distill.train.card: the trained student's card, its Hub front matter and its lineage, read from the files
 the artifacts carry (metrics.json, train_config.yaml, the dataset's stats.json)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from distill.model_card import (
+from distill.models import BUNDLED_PACKAGE
+from distill.train.card import (
     BUNDLED_HUB_ID,
     CARD_BEGIN,
     CARD_END,
@@ -17,7 +18,6 @@ from distill.model_card import (
     trace,
     write_card,
 )
-from distill.models import BUNDLED_PACKAGE
 
 SECRET_URL = "http://user:s3cret-pw@teacher.example/v1"
 
@@ -92,7 +92,7 @@ def test_a_rewritten_card_keeps_its_evaluation_section(tmp_path):
 
 
 def test_train_writes_the_card(tiny_model, sft_dataset, tmp_path):
-    from distill.train import TrainConfig, train_student
+    from distill.train.run import TrainConfig, train_student
 
     cfg = TrainConfig(student=str(tiny_model), lora={"enabled": True, "r": 4, "alpha": 8, "save_adapter": True},
                       max_steps=1, batch_size=2, log_every=1, dtype="float32", device="cpu")

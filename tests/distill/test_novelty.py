@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from distill.novelty import (
+from distill.data.novelty import (
     LSHIndex,
     MinHasher,
     drop_agreement,
@@ -99,7 +99,7 @@ def test_minhash_estimates_jaccard():
 
 
 def test_minhash_deterministic_across_processes():
-    code = ("import json; from distill.novelty import MinHasher, shingles;"
+    code = ("import json; from distill.data.novelty import MinHasher, shingles;"
             "print(json.dumps(MinHasher(16, seed=3).signature(shingles('Give me a recipe for bread')).tolist()))")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     other = subprocess.run([sys.executable, "-c", code], env=os.environ | {"PYTHONHASHSEED": "7"},

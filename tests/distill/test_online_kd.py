@@ -1,5 +1,5 @@
 """Online logit KD (train.kd.teacher): a local teacher scores the student's own positions in no-grad, and the
-full-vocabulary loss of distill.losses trains the student. Tiny random models with the bundled tokenizer
+full-vocabulary loss of distill.train.losses trains the student. Tiny random models with the bundled tokenizer
 (the teacher is the untied variant: a different distribution over the same vocabulary), CPU, ~30 s."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from pydantic import ValidationError
 
 from distill.config import ConfigError
-from distill.losses import kd_loss
 from distill.models import load_causal_lm, load_tokenizer
-from distill.train import IGNORE, KDConfig, TrainConfig, assistant_loss, collate, tokenize_row, train_student
+from distill.train.losses import kd_loss
+from distill.train.run import IGNORE, KDConfig, TrainConfig, assistant_loss, collate, tokenize_row, train_student
 
 
 def _cfg(student, teacher, **kd):
@@ -42,7 +42,7 @@ def test_the_online_loss_is_kd_loss_on_both_models_at_the_labelled_positions(tin
 def test_chunked_heads_give_the_full_logit_loss_and_gradients(tiny_model, untied_model, chunk):
     """online_kd_terms builds [chunk, V] logits from hidden states (rebuilt in backward): same loss, CE, KD
     term and student gradients as mixed_loss_terms on the full [N, V] logits of both models."""
-    from distill.train import labelled_hidden, labelled_logits, mixed_loss_terms, online_kd_terms
+    from distill.train.run import labelled_hidden, labelled_logits, mixed_loss_terms, online_kd_terms
 
     tok = load_tokenizer(tiny_model)
     student, teacher = load_causal_lm(tiny_model), load_causal_lm(untied_model).eval()
@@ -97,7 +97,7 @@ def test_online_only_divergences_need_a_teacher_and_a_shared_tokenizer(tiny_mode
 
 
 def test_on_policy_rows_are_the_students_own_answers_labelled_after_the_prompt(tiny_model):
-    from distill.train import on_policy_rows
+    from distill.train.run import on_policy_rows
 
     tok, model = load_tokenizer(tiny_model), load_causal_lm(tiny_model)
     rows = [tokenize_row(tok, [{"role": "user", "content": "Hi" * (i + 1)}, {"role": "assistant", "content": "Hello."}], 128)

@@ -61,10 +61,10 @@ def test_custom_architecture_is_refused_not_run(evil_model):
 
 
 def test_vllm_engine_and_commands_pass_no_trust_remote_code(evil_model, monkeypatch):
-    from distill.batch import runner_command
-    from distill.serve import server_command
-    from distill.teacher import TeacherConfig
-    from distill.teacher_vllm import make_engine
+    from distill.teacher.batch import runner_command
+    from distill.teacher.query import TeacherConfig
+    from distill.teacher.serve import server_command
+    from distill.teacher.vllm_backend import make_engine
 
     folder, _ = evil_model
     seen = {}

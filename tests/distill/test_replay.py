@@ -1,4 +1,4 @@
-"""Replay (distill/replay.py): general instructions mixed into a task dataset's train split, as instruct-style
+"""Replay (distill/data/replay.py): general instructions mixed into a task dataset's train split, as instruct-style
 seeds whatever generate.styles says; generated deterministically or read from a user file with clear errors."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from distill.config import ConfigError
-from distill.dataset import GenerateConfig, build_requests, load_generate_seeds
-from distill.replay import ReplayConfig, replay_seeds
+from distill.data.dataset import GenerateConfig, build_requests, load_generate_seeds
+from distill.data.replay import ReplayConfig, replay_seeds
 
 
 def test_generated_replay_is_deterministic_distinct_and_instruct_train_seeds():
@@ -48,8 +48,8 @@ def test_replay_rows_are_asked_with_the_instruct_template_beside_icl_tasks(tmp_p
 def test_verifiable_replay_keeps_only_answers_that_pass_their_checks():
     """Rejection sampling with a verifier: each verifiable replay row is checked (strict) against its own prompt's
     constraints; failing rows are removed with the kinds they failed, other rows are untouched."""
+    from distill.data.replay import _if_items, verify_rows
     from distill.probes.ifeval import KINDS
-    from distill.replay import _if_items, verify_rows
 
     cfg = ReplayConfig(n=1, verifiable=30)
     seeds = replay_seeds(cfg)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from distill.schedule import (
+from distill.teacher.schedule import (
     AdaptiveLimit,
     RateLimiter,
     arrival_order,

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from distill.config import ConfigError
-from distill.seeds import load_seeds
+from distill.data.seeds import load_seeds
 
 
 def write(tmp_path, lines):

@@ -3,10 +3,10 @@
 import pytest
 from pydantic import BaseModel
 
-from distill.selfinstruct import instructions_schema, structured_instructions
-from distill.structured import check_schema, schema_of, validate_output
-from distill.teacher import Choice, TeacherRequest, TeacherResponse
-from distill.teacher_openai import _body
+from distill.data.selfinstruct import instructions_schema, structured_instructions
+from distill.teacher.openai_backend import _body
+from distill.teacher.query import Choice, TeacherRequest, TeacherResponse
+from distill.teacher.structured import check_schema, schema_of, validate_output
 
 SCHEMA = {"type": "object", "required": ["answer"], "additionalProperties": False,
           "properties": {"answer": {"type": "integer"}, "why": {"type": "string"}}}

@@ -1,4 +1,4 @@
-"""Input synthesis (distill/synth.py): parsing one input per answer, screening candidates, the requests.
+"""Input synthesis (distill/data/synth.py): parsing one input per answer, screening candidates, the requests.
 
 The teacher is never called here: the screening is a pure function the answers are passed into.
 """
@@ -6,7 +6,7 @@ The teacher is never called here: the screening is a pure function the answers a
 import pytest
 from pydantic import ValidationError
 
-from distill.synth import (
+from distill.data.synth import (
     Candidate,
     SynthesisConfig,
     SynthesisResult,
@@ -15,7 +15,7 @@ from distill.synth import (
     screen_candidates,
     synthesis_request,
 )
-from distill.tasks import TaskSpec
+from distill.data.tasks import TaskSpec
 from prompts import TemplateError, load_template
 
 TASK = TaskSpec(

@@ -1,4 +1,4 @@
-"""Task files (distill/tasks.py): loading, the errors a user gets, and the expansion into seeds."""
+"""Task files (distill/data/tasks.py): loading, the errors a user gets, and the expansion into seeds."""
 
 import json
 import random
@@ -7,15 +7,15 @@ import textwrap
 import pytest
 
 from distill.config import ConfigError
-from distill.dataset import (
+from distill.data.dataset import (
     GenerateConfig,
     _unit_hash,
     build_requests,
     load_generate_seeds,
     validation_ids,
 )
-from distill.seeds import Seed
-from distill.tasks import TaskInput, draw_demos, load_tasks, normalise, task_seeds
+from distill.data.seeds import Seed
+from distill.data.tasks import TaskInput, draw_demos, load_tasks, normalise, task_seeds
 
 EXAMPLES = [{"input": f"example {i} of the pool", "output": f"label{i % 3}"} for i in range(10)]
 

@@ -5,8 +5,8 @@ import multiprocessing as mp
 
 import pytest
 
-from distill.cache import ResponseCache
-from distill.teacher import TeacherConfig, TeacherRequest, TeacherResponse
+from distill.teacher.cache import ResponseCache
+from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherResponse
 
 
 def req(**kw):
@@ -73,7 +73,7 @@ def test_cache_setup_retries_an_immediate_busy_answer():
     another process opens the same new file (seen in CI); set-up retries it, other errors pass through."""
     import sqlite3
 
-    from distill.cache import _retry_busy
+    from distill.teacher.cache import _retry_busy
 
     class Flaky:
         def __init__(self, fails, msg="database is locked"):
@@ -96,9 +96,9 @@ def test_cache_setup_retries_an_immediate_busy_answer():
 def test_a_teacher_that_stays_down_ends_the_run_instead_of_trickling_probes(monkeypatch, tmp_path):
     """Every replica refusing connections: after DEAD_STREAK pauses the waiting requests are failed
     unsent (a rerun resends them), not probed one per 30 s pause with all their retries."""
-    import distill.teacher_openai as backend
-    from distill.serve import free_port
-    from distill.teacher import TeacherStats, query_teacher
+    import distill.teacher.openai_backend as backend
+    from distill.teacher.query import TeacherStats, query_teacher
+    from distill.teacher.serve import free_port
 
     monkeypatch.setattr(backend, "DEAD_STREAK", 3)  # pauses 0.5 + 1 + 2 s
     dead = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
@@ -121,8 +121,8 @@ def test_pool_serves_waiters_by_schedule_rank_not_arrival():
 
     import openai
 
-    from distill.schedule import AdaptiveLimit
-    from distill.teacher_openai import _Pool, _Replica
+    from distill.teacher.openai_backend import _Pool, _Replica
+    from distill.teacher.schedule import AdaptiveLimit
 
     async def scenario() -> list[int]:
         client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="x")  # never called

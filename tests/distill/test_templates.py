@@ -1,4 +1,4 @@
-"""distill.templates: one rule for which templates the generate stage renders (what build_requests renders with,
+"""distill.data.templates: one rule for which templates the generate stage renders (what build_requests renders with,
 preflight checks and the stage key hashes; the per-config cases are in tests/flows/test_stage_keys.py)."""
 
 import subprocess
@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from distill.config import ConfigError
-from distill.dataset import GenerateConfig, build_requests
-from distill.seeds import Seed
-from distill.templates import resolve_templates
+from distill.data.dataset import GenerateConfig, build_requests
+from distill.data.seeds import Seed
+from distill.data.templates import resolve_templates
 
 
 def test_build_requests_renders_with_the_resolved_templates():
@@ -30,5 +30,5 @@ def test_a_missing_template_names_its_config_field(tmp_path):
 
 
 def test_the_module_imports_no_model_code():
-    code = "import sys, distill.templates; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    code = "import sys, distill.data.templates; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

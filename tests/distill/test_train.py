@@ -8,7 +8,7 @@ import torch
 from distill.config import ConfigError
 from distill.logprobs import pack_topk
 from distill.models import load_causal_lm, load_tokenizer
-from distill.train import IGNORE, KDConfig, TrainConfig, depth_prune, tokenize_row, train_student
+from distill.train.run import IGNORE, KDConfig, TrainConfig, depth_prune, tokenize_row, train_student
 
 
 def test_labels_cover_only_the_assistant_turn(tiny_model):
@@ -105,7 +105,7 @@ def test_offline_topk_kd_trains_without_a_teacher(tiny_model, tmp_path):
 def test_kd_rows_align_topk_with_teacher_tokens(tiny_model, tmp_path):
     from datasets import load_from_disk
 
-    from distill.train import tokenize_row_kd
+    from distill.train.run import tokenize_row_kd
 
     tok = load_tokenizer(tiny_model)
     row = load_from_disk(str(make_kd_dataset(tmp_path / "kd", tok)))["train"][0]
@@ -139,7 +139,7 @@ def test_kill_9_and_resume_reproduces_the_uninterrupted_run(tiny_model, sft_data
     import subprocess
     import sys
 
-    from distill.checkpoint import checkpoint_root, latest_checkpoint
+    from distill.train.checkpoint import checkpoint_root, latest_checkpoint
 
     base = dict(student=str(tiny_model), lora={"r": 8, "alpha": 32}, max_steps=12, batch_size=2, lr=1e-2,
                 dtype="float32", device="cpu", log_every=1)
@@ -149,7 +149,7 @@ def test_kill_9_and_resume_reproduces_the_uninterrupted_run(tiny_model, sft_data
     out = tmp_path / "student"
     script = (
         "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
-        "from distill.train import TrainConfig, train_student\n"
+        "from distill.train.run import TrainConfig, train_student\n"
         f"train_student(TrainConfig.model_validate_json({cfg.model_dump_json()!r}), {str(sft_dataset)!r}, {str(out)!r})\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=repo_root, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
@@ -172,7 +172,7 @@ def test_kill_9_and_resume_reproduces_the_uninterrupted_run(tiny_model, sft_data
 
 @pytest.mark.reliability
 def test_a_half_written_checkpoint_is_never_read_as_complete(tmp_path):
-    from distill.checkpoint import latest_checkpoint
+    from distill.train.checkpoint import latest_checkpoint
 
     root = tmp_path / "checkpoints"
     for name, files in {"step-000003": ("meta.json", "state.safetensors"),  # complete
@@ -187,7 +187,7 @@ def test_a_half_written_checkpoint_is_never_read_as_complete(tmp_path):
 def test_rationale_multitask_splits_cot_rows_into_answer_and_explain_tasks(tiny_model, tmp_path):
     from datasets import Dataset, DatasetDict
 
-    from distill.train import ANSWER_TAG, EXPLAIN_TAG, rationale_tasks
+    from distill.train.run import ANSWER_TAG, EXPLAIN_TAG, rationale_tasks
 
     cot = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "3 boxes of 4?"},
            {"role": "assistant", "content": "3 times 4 is 12.\nThe answer is 12."}]

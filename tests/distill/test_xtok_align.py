@@ -14,7 +14,7 @@ from distill.logprobs import (
     unpack_topk,
     unpack_topk_bytes,
 )
-from distill.xtok_align import align_chunks, encode_xtok_row, string_index, vocab_strings
+from distill.train.xtok_align import align_chunks, encode_xtok_row, string_index, vocab_strings
 
 END = SpecialToken(b"<|im_end|>")
 # A toy student vocabulary: id -> bytes (special tokens as SpecialToken).
@@ -87,7 +87,7 @@ def test_smollm2_byte_map_is_exact_and_identity_alignment_is_all_single_tokens(b
     comp = SimpleNamespace(text=text, finish_reason="stop", token_ids=sampled,
                            logprobs=[{i: SimpleNamespace(logprob=lp, rank=r + 1) for r, (i, lp) in enumerate(zip(a, lp_row))}
                                      for a, lp_row in zip(alts, lps)])
-    from distill.teacher_vllm import _choice
+    from distill.teacher.vllm_backend import _choice
 
     packed = _choice(comp, vocab).logprobs
     assert [a.tolist() for a in unpack_topk(packed)] == [a.tolist() for a in unpack_topk(pack_topk(alts, lps))]

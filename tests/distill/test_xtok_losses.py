@@ -4,8 +4,8 @@ re-segmentation, masked positions are inert, only the student gets gradients, ch
 import pytest
 import torch
 
-from distill.losses import topk_kd_loss
-from distill.xtok_losses import aligned_kd_loss, binary_kl, uld_loss
+from distill.train.losses import topk_kd_loss
+from distill.train.xtok_losses import aligned_kd_loss, binary_kl, uld_loss
 
 
 def _case(seed=0, b=2, length=7, vocab=11, k=4):

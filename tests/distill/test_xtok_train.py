@@ -9,11 +9,11 @@ import pytest
 from distill.config import ConfigError
 from distill.logprobs import SpecialToken, pack_topk, pack_topk_bytes
 from distill.models import build_tiny_model, load_tokenizer
-from distill.train import train_student
-from distill.train_config import TrainConfig
+from distill.train.config import TrainConfig
+from distill.train.run import train_student
+from distill.train.xtok_align import vocab_strings
 from distill.transplant import train_tokenizer
 from distill.transplant_config import TokenizerTrainConfig
-from distill.xtok_align import vocab_strings
 
 TEXT = "".join(f"What is {i} plus {i}? {i} plus {i} is {2 * i}. The answer is {2 * i}.\n" for i in range(60)) * 3
 

@@ -22,7 +22,7 @@ TEACHER = {"model": "tiny-teacher", "engine": "vllm", "params": json.dumps({"tem
 
 def _row(i: int, style: str, *, gold="4", answer="4", gm=True, finish="stop", reason=None, raw=None,
          judge=None, vote=None, question=None) -> dict:
-    """One row in the dataset contract of distill/dataset.py."""
+    """One row in the dataset contract of distill/data/dataset.py."""
     question = question or f"What is {i} plus {i}?"
     return {
         "seed_id": f"s{i}", "style": style,
@@ -212,7 +212,7 @@ def test_open_dataset_handles_an_empty_split(tmp_path):
     from datasets import Dataset, DatasetDict
 
     full = Dataset.from_list([r | {"split": "train"} for r in TRAIN[:2]])
-    path = tmp_path / "ds"  # built the way distill/dataset.py builds splits: one table, a filter per split
+    path = tmp_path / "ds"  # built the way distill/data/dataset.py builds splits: one table, a filter per split
     DatasetDict({name: full.filter(lambda v, name=name: v == name, input_columns="split").remove_columns("split")
                  for name in ("train", "removed")}).save_to_disk(str(path))
     ix = open_dataset(path)

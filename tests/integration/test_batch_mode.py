@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from distill.batch import BatchPending, journal_path
-from distill.cache import ResponseCache
 from distill.config import ConfigError
-from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+from distill.teacher.batch import BatchPending, journal_path
+from distill.teacher.cache import ResponseCache
+from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
 
 pytestmark = pytest.mark.integration
 

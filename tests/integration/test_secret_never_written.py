@@ -105,5 +105,5 @@ def test_planted_key_is_never_written(repo_root, tmp_path, monkeypatch, vllm_ser
     prefect_db = [n for n in names if n.startswith("prefect_home/") and ".db" in n]
     assert prefect_db, f"no Prefect database under PREFECT_HOME (scanned: {sorted(names)[:50]})"
     # the library's log lines (forwarded to Prefect) are in its database (or its WAL): the scan of it was a real test
-    assert b"distill.dataset" in b"".join((tmp_path / n).read_bytes() for n in prefect_db)
+    assert b"distill.data.dataset" in b"".join((tmp_path / n).read_bytes() for n in prefect_db)
     assert len(files) >= 20

@@ -1,8 +1,8 @@
 """vLLM's OpenAI-compatible server serves an eakd LoRA student unmerged: the base model with the adapter folder
 eakd wrote (``train.lora.save_adapter``: ``adapter/`` in the student) through ``--enable-lora --lora-modules``.
 
-The bundled SmolLM2-135M-Instruct is LoRA-trained for a few steps by ``distill.train.train_student``; the server
-(``tests/serving.py``, through ``distill.serve``) loads the *base* folder plus ``student=<student>/adapter``, lists
+The bundled SmolLM2-135M-Instruct is LoRA-trained for a few steps by ``distill.train.run.train_student``; the server
+(``tests/serving.py``, through ``distill.teacher.serve``) loads the *base* folder plus ``student=<student>/adapter``, lists
 both, and answers three chat prompts greedily as model ``student`` through the ``openai`` client. The answers are
 checked against the same adapter over the same base in transformers (``peft.PeftModel.from_pretrained``, unmerged),
 with the base model alone as the control: the server must be closer to base + adapter than to the base, or the

@@ -1,9 +1,9 @@
 """vLLM's OpenAI-compatible server serves a merged eakd student, and answers as eakd's model does.
 
-The bundled SmolLM2-135M-Instruct is LoRA-trained for 3 steps by ``distill.train.train_student`` (what
+The bundled SmolLM2-135M-Instruct is LoRA-trained for 3 steps by ``distill.train.run.train_student`` (what
 ``eakd train`` runs), which merges the adapters into the weights and saves a plain Hugging Face folder.
 That folder is served by ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 (``tests/serving.py``,
-through ``distill.serve``), asked three chat prompts greedily through the ``openai`` client, and the answers
+through ``distill.teacher.serve``), asked three chat prompts greedily through the ``openai`` client, and the answers
 are checked against the same folder in transformers (teacher-forced top-1 agreement and logprobs of vLLM's
 tokens; free-running greedy equality is reported). The base model's logprobs of the same tokens are the
 control: the server must be closer to the student than to the model the student was trained from, or it

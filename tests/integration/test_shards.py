@@ -69,7 +69,7 @@ def test_sharded_generation_retries_only_failed_shards_and_loses_nothing(repo_ro
 @pytest.fixture
 def second_vllm_server(bundled_dir, tmp_path):
     """A second replica of the bundled teacher (its own vLLM server process on 127.0.0.1)."""
-    from distill.serve import free_port, start_server, stop_server, wait_ready
+    from distill.teacher.serve import free_port, start_server, stop_server, wait_ready
 
     port = free_port()
     log_file = tmp_path / "vllm-2.log"

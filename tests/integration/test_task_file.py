@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from distill.dataset import GenerateConfig, generate_dataset
-from distill.teacher import TeacherConfig
+from distill.data.dataset import GenerateConfig, generate_dataset
+from distill.teacher.query import TeacherConfig
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from distill.serve import free_port
-from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+from distill.teacher.serve import free_port
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from distill.logprobs import unpack_topk
-from distill.teacher import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,8 @@ def test_generate_with_topk_then_offline_logit_kd(repo_root, bundled_dir, tiny_m
 
     from datasets import load_from_disk
 
-    from distill.dataset import GenerateConfig, generate_dataset
-    from distill.train import TrainConfig, train_student
+    from distill.data.dataset import GenerateConfig, generate_dataset
+    from distill.train.run import TrainConfig, train_student
 
     gen = GenerateConfig(seeds=str(repo_root / "flows/configs/demo_seeds.jsonl"), limit=6, styles=["cot", "instruct"],
                          validation_fraction=0.3, drop_truncated=False, sampling={"max_tokens": 32, "top_logprobs": 4})
@@ -67,7 +67,7 @@ def test_generate_with_topk_then_offline_logit_kd(repo_root, bundled_dir, tiny_m
 def test_token_cap_in_process_stops_between_batches_and_resumes(bundled_dir, cache_path):
     from transformers import AutoTokenizer
 
-    from distill.budget import BudgetExceeded
+    from distill.teacher.budget import BudgetExceeded
 
     cfg = TeacherConfig(backend="vllm", model="bundled", cache_path=str(cache_path), max_model_len=1024)
     reqs = requests(cfg.model_id())
@@ -87,7 +87,7 @@ def test_token_cap_in_process_stops_between_batches_and_resumes(bundled_dir, cac
 
 
 def test_structured_outputs_in_process_valid_and_violations_recorded(bundled_dir, cache_path):
-    from distill.selfinstruct import instructions_schema
+    from distill.data.selfinstruct import instructions_schema
 
     cfg = TeacherConfig(backend="vllm", model="bundled", cache_path=str(cache_path), max_model_len=1024,
                         structured_retries=2)
@@ -118,7 +118,7 @@ def test_a_clean_run_shuts_the_engine_down_without_alarm(bundled_dir, tmp_path, 
     import sys
 
     script = (
-        "from distill.teacher import TeacherConfig, TeacherRequest, query_teacher\n"
+        "from distill.teacher.query import TeacherConfig, TeacherRequest, query_teacher\n"
         f"cfg = TeacherConfig(backend='vllm', model='bundled', cache_path={str(tmp_path / 'c.sqlite')!r}, max_model_len=512)\n"
         "req = TeacherRequest(messages=[{'role': 'user', 'content': 'Say hi.'}], model=cfg.model_id(), style='instruct',\n"
         "                     template='instruct', template_sha='t', max_tokens=2)\n"

@@ -1,0 +1,239 @@
+"""Query a teacher LLM: caching and the backend switch (the contracts are in :mod:`distill.teacher.types`).
+
+Two backends, one contract:
+
+- ``vllm``: ``vllm.LLM.chat`` in-process — the fastest path on one machine. It runs in a child
+  process (``python -m distill.teacher.vllm_backend``) that writes responses straight into the cache, so the
+  engine's memory and worker processes are gone before training starts, and a crash of the engine
+  cannot take the flow down with it.
+- ``openai``: ``openai.AsyncOpenAI`` against any OpenAI-compatible URL (vLLM's server, OpenAI,
+  llama.cpp, SGLang, Ollama, TGI) with bounded concurrency and retries (``distill.teacher.openai_backend``).
+
+:func:`query_teacher` looks every request up in the content-addressed cache first, sends only the
+misses, and returns one :class:`TeacherResponse` per request, in order. Errored requests come back
+marked (``error`` set), never dropped.
+
+API keys are read from the environment variable named in the config and never stored in a request,
+a response, the cache, a log line or a report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from distill.teacher.batch import send_batch
+from distill.teacher.budget import Budget, BudgetExceeded, worst_case
+from distill.teacher.cache import ResponseCache
+from distill.teacher.types import (  # the contracts: callers import them from here too
+    BUDGET_ERROR,
+    BUDGET_EXIT,
+    Choice,  # noqa: F401
+    TeacherConfig,
+    TeacherRequest,
+    TeacherResponse,
+    TeacherStats,
+    cpu_thread_env,
+    require_api_key,  # noqa: F401
+)
+
+log = logging.getLogger(__name__)
+
+
+def _run_vllm_worker(pending: list[TeacherRequest], cfg: TeacherConfig, cache_path: Path,
+                     budget: Budget | None = None) -> bool:
+    """Run the in-process engine in a child Python; it writes every response into the cache.
+
+    Returns False when the child stopped at the budget (what is left of ``budget`` is passed to it)."""
+    with tempfile.TemporaryDirectory(prefix="eakd-vllm-") as tmp:
+        req_file = Path(tmp) / "requests.jsonl"
+        with open(req_file, "w") as f:
+            for r in pending:
+                f.write(json.dumps(asdict(r)) + "\n")
+        cfg_file = Path(tmp) / "teacher.json"
+        cfg_file.write_text(cfg.model_dump_json())
+        env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}
+        env |= cpu_thread_env(env)
+        cmd = [sys.executable, "-m", "distill.teacher.vllm_backend", str(req_file), str(cfg_file), str(cache_path)]
+        if budget is not None:
+            left = Path(tmp) / "budget.json"
+            left.write_text(json.dumps({
+                "max_tokens": None if budget.max_tokens is None else budget.max_tokens - budget.spent_tokens - budget.reserved_tokens,
+                "max_cost_usd": None if budget.max_cost_usd is None else budget.max_cost_usd - budget.spent_cost - budget.reserved_cost,
+                "price_prompt_per_mtok": budget.price_prompt_per_mtok, "price_completion_per_mtok": budget.price_completion_per_mtok}))
+            cmd.append(str(left))
+        # its own process group: the engine's worker processes join it, so one killpg cleans them all up
+        # (a plain terminate of the child would leave vLLM's EngineCore/Worker running)
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        try:
+            proc.wait()
+        finally:
+            _stop_group(proc)
+        if proc.returncode == BUDGET_EXIT:
+            return False
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"the vLLM teacher process exited with code {proc.returncode} (its log is above); "
+                "responses it finished are cached — rerun to resume"
+            )
+    return True
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop ``proc``'s process group (the teacher child and the engine processes it started)."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return  # the group is gone
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the child exited; engine processes may linger a moment
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+
+
+def _send_batch(pending: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache, stats: TeacherStats,
+                budget: Budget | None, errors: dict[str, TeacherResponse]) -> bool:
+    """Batch mode (see :mod:`distill.teacher.batch`); with a budget only the head whose worst case fits is sent.
+    Returns True when the budget held requests back."""
+    admitted, worst = pending, []
+    if budget is not None:
+        admitted = []
+        for r in pending:
+            w = worst_case(r)  # a batch has no re-asks
+            if not budget.try_reserve(*w):
+                budget.refused += len(pending) - len(admitted)
+                break
+            admitted.append(r)
+            worst.append(w)
+    if admitted:
+        errors.update(send_batch(admitted, cfg, cache, stats))
+    if budget is not None:
+        got = cache.get_many([r.key() for r in admitted])
+        for r, w in zip(admitted, worst):
+            d = got.get(r.key(), {})
+            budget.settle(*w, d.get("prompt_tokens", 0), d.get("completion_tokens", 0))
+    return len(admitted) < len(pending)
+
+
+def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: TeacherStats | None = None,
+                  budget: Budget | None = None, gate=None) -> list[TeacherResponse]:
+    """Answer every request, from the cache where possible; returns responses in request order.
+
+    ``gate`` (openai backend): an async callable awaited before every request sent — a rate limit shared
+    with other processes, e.g. the pipeline's Prefect rate limit (``run.teacher_rate_limit``).
+
+    ``budget`` (default: the cap ``cfg`` sets, for this call alone) is shared by the calls of one run.
+    Raises :class:`~distill.teacher.budget.BudgetExceeded` after saving every answer when the cap stops the run.
+    """
+    stats = stats if stats is not None else TeacherStats()
+    budget = budget if budget is not None else Budget.from_config(cfg)
+    t0 = time.perf_counter()
+    if stats.started is None:
+        stats.started = time.time()
+    cache_path = Path(cfg.cache_path) if cfg.cache_path else None
+    throwaway = None
+    if not cfg.cache:
+        # a private throwaway cache keeps one code path (the vLLM worker always writes to a cache)
+        throwaway = tempfile.TemporaryDirectory(prefix="eakd-nocache-")
+        cache_path = Path(throwaway.name) / "teacher.sqlite"
+    cache = ResponseCache(cache_path)
+    keys = [r.key() for r in requests]
+    found = cache.get_many(list(dict.fromkeys(keys)))
+    unique_pending: dict[str, TeacherRequest] = {}
+    for k, r in zip(keys, requests):
+        if k not in found:
+            unique_pending.setdefault(k, r)
+    stats.requests += len(requests)
+    stats.cache_hits += len(requests) - sum(1 for k in keys if k not in found)
+    pending = list(unique_pending.values())
+    log.info("teacher: %d requests, %d cached, %d to send (%s)", len(requests), len(requests) - len(pending), len(pending), cfg.backend)
+
+    errors: dict[str, TeacherResponse] = {}
+    if pending:
+        stats.sent += len(pending)
+        if cfg.batch:
+            stopped_by_budget = _send_batch(pending, cfg, cache, stats, budget, errors)
+        elif cfg.backend == "vllm":
+            if cfg.prefix_scheduling:  # the worker orders by the same schedule; count its groups here
+                from distill.teacher.schedule import prefix_groups, prompt_text
+
+                schedule = prefix_groups([prompt_text(r.messages) for r in pending])
+                stats.prefix_groups = (stats.prefix_groups or 0) + len({s.group for s in schedule})
+            stopped_by_budget = not _run_vllm_worker(pending, cfg, cache.path, budget)
+        else:
+            from distill.teacher.openai_backend import send_openai
+
+            stopped_by_budget = False
+            for resp in send_openai(pending, cfg, cache, stats, budget, gate):
+                if resp.error is not None and resp.error.startswith(BUDGET_ERROR):
+                    stopped_by_budget = True
+                elif resp.error is not None:
+                    errors[resp.key] = resp
+        fresh = cache.get_many([r.key() for r in pending])
+        found.update(fresh)
+        stats.add_timeline(cache.created_many(list(fresh)), {k: d.get("completion_tokens", 0) for k, d in fresh.items()})
+        if budget is not None and cfg.backend == "vllm" and not cfg.batch:  # the child kept its own tally
+            for d in fresh.values():
+                budget.settle(0, 0, d.get("prompt_tokens", 0), d.get("completion_tokens", 0))
+        if stopped_by_budget:
+            unanswered = sum(1 for r in pending if r.key() not in found)
+            if budget is not None and cfg.backend == "vllm" and not cfg.batch:  # refused in the child
+                budget.refused += unanswered
+            stats.budget = budget.to_dict() if budget is not None else None
+            cache.close()
+            if throwaway is not None:
+                throwaway.cleanup()
+            raise BudgetExceeded(
+                f"teacher budget reached ({budget.describe() if budget else 'cap'}): {len(pending) - unanswered} of "
+                f"{len(pending)} requests sent in this step were answered and saved to the response cache "
+                f"({cfg.cache_path or 'default cache'}), {unanswered} were not sent. Nothing is lost: raise "
+                "teacher.max_tokens_total / teacher.max_cost_usd (or remove them) and re-run the same command; "
+                "cached answers are reused without paying again."
+                + ("" if cfg.cache else " (teacher.cache is off, so this run's answers were not kept: turn it on)"))
+
+    out: list[TeacherResponse] = []
+    counted: set[str] = set()
+    for k in keys:
+        if k in found:
+            resp = TeacherResponse.from_dict(found[k], cached=k not in unique_pending)
+            if resp.cached:
+                stats.cached_prompt_tokens += resp.prompt_tokens
+                stats.cached_completion_tokens += resp.completion_tokens
+            elif k not in counted:  # tokens paid for in this call, once per request
+                counted.add(k)
+                stats.prompt_tokens += resp.prompt_tokens
+                stats.completion_tokens += resp.completion_tokens
+        elif k in errors:
+            resp = errors[k]
+        else:
+            resp = TeacherResponse(key=k, choices=[], error="no response recorded (engine stopped early)")
+            stats.failures["missing"] = stats.failures.get("missing", 0) + 1
+        out.append(resp)
+    cache.close()
+    if throwaway is not None:
+        throwaway.cleanup()
+    for resp in out:
+        stats.schema_invalid += sum(c.schema_error is not None for c in resp.choices)
+        if cfg.backend == "vllm" and not resp.cached:  # the child re-asked these (the openai sender counts its own)
+            stats.schema_retries += max(0, resp.attempts - 1)
+    stats.wall_s += time.perf_counter() - t0
+    stats.add_cost(cfg)
+    if budget is not None:
+        stats.budget = budget.to_dict()
+    return out

@@ -1,0 +1,12 @@
+"""The train stage: distilling the student from the dataset.
+
+Entry point: :func:`distill.train.run.train_student`; its config is :class:`distill.train.config.TrainConfig`
+(torch-free). It owns row encoding (``data``), the training loop (``loop``), the KD losses (``losses``,
+``xtok_losses``), cross-tokenizer alignment and training (``xtok_align``, ``xtok_train``), checkpoints
+(``checkpoint``), multi-process launch (``launch``), Born-Again generations (``born_again``) and the student's
+card (``card``).
+
+May import: the shared core (``distill.config``, ``distill.models``, ``distill.io``, ``distill.logprobs``, ...);
+never ``distill.data``. One function-local exception: ``launch`` picks a free port with
+``distill.teacher.serve.free_port``.
+"""
