@@ -30,8 +30,9 @@ from typing import Optional
 
 import typer
 
-from distill.config import ConfigError, load_config
+from distill.config import load_config
 from distill.credentials import install_redaction, redact
+from flows.errors import INTERRUPTED_EXIT, RUNTIME_EXIT, exit_code, rule_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="eakd: emergent-ability knowledge distillation — generate, distill, compress.")
@@ -86,30 +87,20 @@ def _write_failure(exc: BaseException, where: Path | None) -> str | None:
 
 
 def _guard(fn, where: Path | None = None):
-    """Run ``fn``; user-fixable problems become one error line and exit 2, run-time failures exit 1,
-    a stop at the teacher budget exits 3, a remote batch still running exits 4 (rerun later to collect it)."""
-    from distill.teacher.batch import BatchPending
-    from distill.teacher.budget import BudgetExceeded
-    from distill.teacher.openai_backend import TeacherUnavailable
-    from prompts import TemplateError
-
+    """Run ``fn``; a known failure becomes one error line and the exit code :mod:`flows.errors` gives it (bad input 2,
+    teacher budget 3, a remote batch still running 4), an unexpected one a traceback and exit 1."""
     try:
         return fn()
-    except (ConfigError, TemplateError) as exc:
-        _fail(str(exc), 2)
-    except BudgetExceeded as exc:  # a clean, resumable stop: its own exit code so schedulers can tell it apart
-        _fail(str(exc), 3)
-    except BatchPending as exc:
-        _fail(str(exc), 4)
-    except TeacherUnavailable as exc:
-        _fail(str(exc), 1)
-    except Exception as exc:  # noqa: BLE001 - a full or read-only disk is one line, anything else a traceback
+    except KeyboardInterrupt:
+        _fail("interrupted; finished work is kept (teacher responses are cached, outputs are written atomically)",
+              INTERRUPTED_EXIT)
+    except Exception as exc:  # noqa: BLE001 - a known failure is one line; a full or read-only disk too
+        if rule_for(exc) is not None:
+            _fail(str(exc), exit_code(exc))
         msg = _write_failure(exc, where)
         if msg is None:
             raise
-        _fail(msg, 1)
-    except KeyboardInterrupt:
-        _fail("interrupted; finished work is kept (teacher responses are cached, outputs are written atomically)", 130)
+        _fail(msg, RUNTIME_EXIT)
 
 
 def _pipeline_cfg(config: Path, overrides: Optional[list[str]]):

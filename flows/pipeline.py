@@ -36,6 +36,7 @@ from prefect import flow, task
 
 from distill.config import ConfigError, dump_config, load_config, shared_data_dir
 from flows.config import PipelineConfig, preflight
+from flows.errors import retryable
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +93,11 @@ def calibration_digest(cfg: PipelineConfig, calib: str | None, dataset_dir: str 
 
 
 def _not_config_error(task, task_run, state) -> bool:
-    from distill.teacher.batch import BatchPending
-    from distill.teacher.budget import BudgetExceeded
-
+    """Prefect's retry condition: retry unless the failure is one a retry repeats (:func:`flows.errors.retryable`)."""
     try:
         state.result()
-    except (ConfigError, BudgetExceeded, BatchPending):  # a retry would fail the same way (or spend past the cap)
-        return False
-    except Exception:  # noqa: BLE001 - anything else is worth a retry
-        return True
+    except Exception as exc:  # noqa: BLE001 - the table in flows.errors decides
+        return retryable(exc)
     return True
 
 

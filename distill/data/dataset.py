@@ -444,7 +444,8 @@ def _require_reachable(responses: list[TeacherResponse], teacher_cfg: TeacherCon
     errors = [r.error for r in responses if r.error is not None]
     if not responses or len(errors) < len(responses) or not all(e.startswith(("connection", "timeout")) for e in errors):
         return
-    from distill.teacher.openai_backend import TeacherUnavailable, _redact
+    from distill.teacher.openai_backend import _redact
+    from distill.teacher.types import TeacherUnavailable
 
     urls = ", ".join(_redact(u) for u in teacher_cfg.urls()) or teacher_cfg.backend
     raise TeacherUnavailable(

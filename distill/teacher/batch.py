@@ -36,6 +36,7 @@ from pathlib import Path
 from distill.logprobs import pack_openai_logprobs
 from distill.teacher.cache import ResponseCache
 from distill.teacher.types import (
+    BatchPending,
     Choice,
     TeacherConfig,
     TeacherRequest,
@@ -180,10 +181,6 @@ def send_batch(pending: list[TeacherRequest], cfg: TeacherConfig, cache: Respons
 # --- remote Batch API (openai backend) ---------------------------------------------------------------
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-class BatchPending(RuntimeError):
-    """A submitted batch is still running after ``teacher.batch_wait_s``; a rerun collects it."""
 
 
 def journal_path(cache: ResponseCache) -> Path:

@@ -37,10 +37,6 @@ def worst_case(r, structured_retries: int = 0, tokenizer=None) -> tuple[int, int
     return prompt * asks, completion * asks
 
 
-class BudgetExceeded(RuntimeError):
-    """The run stopped at its spending cap; everything answered so far is in the response cache."""
-
-
 @dataclass
 class Budget:
     max_tokens: int | None = None  # prompt + completion tokens paid in this run

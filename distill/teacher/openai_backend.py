@@ -57,6 +57,7 @@ from distill.teacher.types import (
     TeacherRequest,
     TeacherResponse,
     TeacherStats,
+    TeacherUnavailable,
     require_api_key,
 )
 
@@ -66,10 +67,6 @@ FATAL_STATUS = {401: "wrong or missing API key", 403: "access denied", 404: "mod
 RETRY_STATUS = {408, 409, 429}
 # words in a 400 that mean "this server has no structured outputs" (not e.g. a prompt that is too long)
 FORMAT_REJECTIONS = ("response_format", "json_schema", "structured", "guided", "grammar", "not supported")
-
-
-class TeacherUnavailable(RuntimeError):
-    """The endpoint refuses every request (auth, unknown model, wrong URL): no point in continuing."""
 
 
 def _body(r: TeacherRequest, model: str, response_format_ok: bool = True) -> dict[str, Any]:

@@ -30,11 +30,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from distill.teacher.batch import send_batch
-from distill.teacher.budget import Budget, BudgetExceeded, worst_case
+from distill.teacher.budget import Budget, worst_case
 from distill.teacher.cache import ResponseCache
 from distill.teacher.types import (  # the contracts: callers import them from here too
     BUDGET_ERROR,
     BUDGET_EXIT,
+    BudgetExceeded,
     Choice,  # noqa: F401
     TeacherConfig,
     TeacherRequest,
@@ -139,7 +140,7 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
     with other processes, e.g. the pipeline's Prefect rate limit (``run.teacher_rate_limit``).
 
     ``budget`` (default: the cap ``cfg`` sets, for this call alone) is shared by the calls of one run.
-    Raises :class:`~distill.teacher.budget.BudgetExceeded` after saving every answer when the cap stops the run.
+    Raises :class:`~distill.teacher.types.BudgetExceeded` after saving every answer when the cap stops the run.
     """
     stats = stats if stats is not None else TeacherStats()
     budget = budget if budget is not None else Budget.from_config(cfg)

@@ -28,6 +28,18 @@ BUDGET_ERROR = "budget:"  # error prefix of a request the budget did not let out
 REQUEST_VERSION = 2  # bump when the request's canonical form or the stored response format changes (invalidates cache keys)
 
 
+class TeacherUnavailable(RuntimeError):
+    """The endpoint refuses every request (auth, unknown model, wrong URL): no point in continuing."""
+
+
+class BatchPending(RuntimeError):
+    """A submitted batch is still running after ``teacher.batch_wait_s``; a rerun collects it."""
+
+
+class BudgetExceeded(RuntimeError):
+    """The run stopped at its spending cap; everything answered so far is in the response cache."""
+
+
 class TeacherConfig(StageConfig):
     """Which teacher to ask and how. Sampling parameters live in the generate config."""
 

@@ -5,9 +5,10 @@ import json
 import pytest
 
 from distill.config import ConfigError
-from distill.teacher.batch import BatchPending, journal_path
+from distill.teacher.batch import journal_path
 from distill.teacher.cache import ResponseCache
 from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+from distill.teacher.types import BatchPending
 
 pytestmark = pytest.mark.integration
 

@@ -3,8 +3,8 @@
 import httpx
 import pytest
 
-from distill.teacher.openai_backend import TeacherUnavailable
 from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+from distill.teacher.types import TeacherUnavailable
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,8 @@ def test_unreachable_url_is_marked_not_lost(cache_path):
 
 
 def test_cost_cap_stops_cleanly_and_the_rerun_resumes(vllm_server, cache_path):
-    from distill.teacher.budget import Budget, BudgetExceeded
+    from distill.teacher.budget import Budget
+    from distill.teacher.types import BudgetExceeded
 
     # $1 per completion token, prompts free: a request's worst case is exactly its max_tokens
     capped = TeacherConfig(backend="openai", model="bundled", base_url=vllm_server, max_concurrency=4,

@@ -67,7 +67,7 @@ def test_generate_with_topk_then_offline_logit_kd(repo_root, bundled_dir, tiny_m
 def test_token_cap_in_process_stops_between_batches_and_resumes(bundled_dir, cache_path):
     from transformers import AutoTokenizer
 
-    from distill.teacher.budget import BudgetExceeded
+    from distill.teacher.types import BudgetExceeded
 
     cfg = TeacherConfig(backend="vllm", model="bundled", cache_path=str(cache_path), max_model_len=1024)
     reqs = requests(cfg.model_id())
