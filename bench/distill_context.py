@@ -292,7 +292,7 @@ def main() -> int:
         sys.exit(f"--train-per-task ({args.train_per_task}) must exceed --shots ({args.shots}): a training "
                  "question's demos are the other training questions of its task")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("distill.train.run").setLevel(logging.INFO)  # one line per 10 steps
+    logging.getLogger("distill.train").setLevel(logging.INFO)  # one line per 10 steps
 
     import torch
 

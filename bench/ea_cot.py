@@ -139,7 +139,7 @@ def main() -> int:
     ap.add_argument("--out", default="ea_cot.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("distill.train.run").setLevel(logging.INFO)
+    logging.getLogger("distill.train").setLevel(logging.INFO)
 
     from distill.teacher.query import TeacherConfig
 

@@ -312,7 +312,7 @@ def main() -> int:
     if unknown := [a for a in args.arm_list if a not in ARMS]:
         sys.exit(f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("distill.train.run").setLevel(logging.INFO)
+    logging.getLogger("distill.train").setLevel(logging.INFO)
 
     from distill.teacher.query import TeacherConfig
 
