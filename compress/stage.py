@@ -68,7 +68,7 @@ from compress.structured import depth_prune, width_prune
 from compress.tensorized import tensorize_model
 from distill.config import ConfigError, shared_data_dir
 from distill.evaluate import load_eval_text
-from distill.io import publish_dir
+from distill.io import publish_dir, write_text_atomic
 from distill.models import check_model_dir, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,7 @@ def _round_to_storage(model: nn.Module, dtype: str, manifest: dict[str, Any]) ->
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _remove_stale_temps(out_dir: Path) -> None:

@@ -32,7 +32,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 from distill.answers import ExtractionConfig, answer_key, answers_match, extract_answer
 from distill.config import ConfigError, StageConfig, dump_config, shared_data_dir
 from distill.generation import generate_greedy
+from distill.io import publish_dir, write_text_atomic
 from distill.lmeval.config import LmEvalConfig
 from distill.models import (
     load_causal_lm,
@@ -477,9 +477,7 @@ def record_in_model_card(model_dir: str | Path, eval_dir: str | Path) -> Path:
         new = head + section + rest.split(CARD_END, 1)[1]
     else:
         new = old.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = card.with_name(f".{card.name}.tmp-{os.getpid()}")
-    tmp.write_text(new)
-    os.replace(tmp, card)
+    write_text_atomic(card, new)
     return card
 
 
@@ -577,8 +575,6 @@ def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: st
         (tmp / "probes.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in probe_rows))
     (tmp / "README.md").write_text(_readme(ev))
     (tmp / "eval.json").write_text(json.dumps(ev, indent=2))
-    if out.exists():  # an empty folder (checked above)
-        out.rmdir()
-    os.replace(tmp, out)
+    publish_dir(tmp, out)  # replaces an empty folder (checked above)
     log.info("evaluation saved to %s (%.1f s)", out, ev["seconds"])
     return out

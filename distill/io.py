@@ -1,8 +1,10 @@
-"""Publishing a finished folder: atomically, and with the permissions the process umask asks for.
+"""Publishing a finished folder or file: atomically, and with the permissions the process umask asks for.
 
 Every artifact eakd hands to someone else (a student, a compressed step, an export, the converted bundled
-teacher, a training checkpoint) is written into a temporary folder and renamed into place by
-:func:`publish_dir`, so a crash never leaves a half-written folder that looks complete.
+teacher, a training checkpoint, a dataset, an evaluation) is written into a temporary folder and renamed into
+place by :func:`publish_dir`, so a crash never leaves a half-written folder that looks complete, and an older
+folder is only removed once the new one is in place. A single file (a card, a journal, a summary) is replaced
+the same way by :func:`write_text_atomic`.
 
 Why the permissions are set here by hand: ``safetensors`` >= 0.8 writes every file through a
 ``tempfile::NamedTempFile`` (mode 0600, whatever the umask) and renames it into place
@@ -69,3 +71,13 @@ def publish_dir(tmp: str | Path, final: str | Path) -> Path:
     else:
         os.replace(tmp, final)
     return final
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Replace ``path`` with ``text`` atomically: written beside it under a hidden temporary name, then renamed, so
+    a crash leaves the old file or the new one, never half of one. Returns ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections import Counter
@@ -81,6 +80,7 @@ from distill.data.selfinstruct import bootstrap_instructions
 from distill.data.synth import synthesize_inputs
 from distill.data.tasks import TaskFile, load_tasks, task_seeds
 from distill.data.templates import resolve_templates
+from distill.io import publish_dir
 from distill.teacher.budget import Budget
 from distill.teacher.context import check_context
 from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
@@ -633,9 +633,7 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     samples = [next(r for r in kept if r["style"] == st) for st in dict.fromkeys(r["style"] for r in kept)]
     (tmp / "README.md").write_text(render_card(cfg, teacher_cfg, templates, stats, samples))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    publish_dir(tmp, out)  # the older dataset is removed only once this one is in place
     if cfg.push_to_hub is not None:  # after the local save: a failed upload loses nothing
         hub = cfg.push_to_hub
         token = get_secret(hub.token_env)

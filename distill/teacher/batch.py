@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from distill.io import write_text_atomic
 from distill.logprobs import pack_openai_logprobs
 from distill.teacher.cache import ResponseCache
 from distill.teacher.types import (
@@ -199,9 +200,7 @@ def _load_journal(path: Path) -> dict[str, dict]:
 
 
 def _save_journal(path: Path, journal: dict[str, dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(journal, indent=1))
-    os.replace(tmp, path)  # atomic: a crash leaves the old or the new journal, never half of one
+    write_text_atomic(path, json.dumps(journal, indent=1))  # a crash leaves the old or the new journal
 
 
 def _retryable(status: int | None) -> bool:

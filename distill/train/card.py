@@ -20,13 +20,13 @@ between :data:`CARD_BEGIN` and :data:`CARD_END`. Torch-free: reads JSON/YAML fil
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from distill.io import write_text_atomic
 from distill.models import BUNDLED_ALIAS, BUNDLED_NAME, BUNDLED_PACKAGE
 
 CARD_BEGIN, CARD_END = "<!-- eakd:evaluation -->", "<!-- /eakd:evaluation -->"
@@ -261,7 +261,5 @@ def write_card(folder: str | Path, text: str, name: str = CARD_NAME) -> Path:
     if CARD_BEGIN in old and CARD_END in old and CARD_BEGIN not in text:
         kept = CARD_BEGIN + old.split(CARD_BEGIN, 1)[1].split(CARD_END, 1)[0] + CARD_END
         text = text.rstrip("\n") + "\n\n" + kept + "\n"
-    tmp = card.with_name(f".{card.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, card)
+    write_text_atomic(card, text)
     return card

@@ -6,6 +6,7 @@ The umask used, 027, gives modes (0640 files, 0750 folders) that neither safeten
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from byte_models import byte_tokenizer, tiny_llama
-from distill.io import apply_umask, current_umask, publish_dir
+from distill.io import apply_umask, current_umask, publish_dir, write_text_atomic
 
 UMASK = 0o027
 
@@ -100,3 +101,27 @@ def test_compressed_step_and_export_follow_the_umask(umask_027, tmp_path):
     _assert_follows_umask(step)
     _assert_follows_umask(export_compressed_tensors(step, tmp_path / "ct"))
     _assert_follows_umask(recode(step, tmp_path / "coded", "zstd"))
+
+
+def test_write_text_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    card = tmp_path / "README.md"
+    card.write_text("old\n")
+    assert write_text_atomic(card, "new\n") == card
+    assert card.read_text() == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
+
+
+def test_write_text_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    card = tmp_path / "README.md"
+    card.write_text("old\n")
+    real = Path.write_text
+
+    def full_disk(self, text, *a, **k):
+        real(self, text[:2], *a, **k)  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        write_text_atomic(card, "new and longer\n")
+    monkeypatch.undo()
+    assert card.read_text() == "old\n"
