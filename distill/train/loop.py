@@ -33,7 +33,6 @@ import torch
 
 from distill.config import ConfigError, dump_config
 from distill.io import publish_dir
-from distill.logprobs import is_byte_level, is_packed
 from distill.models import eos_ids, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from distill.train.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.train.config import KDConfig, TrainConfig
@@ -45,6 +44,7 @@ from distill.train.data import (  # noqa: F401  (re-exported: evaluate, xtok_tra
     tokenize_row,
     tokenize_row_kd,
 )
+from distill.train.encode import encode_splits
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +68,6 @@ def depth_prune(model, keep: int):
         model.config.layer_types = [model.config.layer_types[i] for i in idx]
     log.info("student depth-pruned: kept layers %s of %d", idx, n)
     return model
-
-
-ANSWER_TAG, EXPLAIN_TAG = "[answer]", "[explain]"
-
-
-def rationale_tasks(conversations: list[list[dict]], styles: list[str | None],
-                    answers: list[str | None]) -> list[list[dict]]:
-    """Distilling step-by-step (Hsieh et al. 2023, arXiv 2305.02301) as data: each CoT conversation with a
-    parsed answer becomes two, the user turn prefixed with a task tag — ``[answer]`` -> the answer alone,
-    ``[explain]`` -> the teacher's rationale (its whole CoT answer). Other rows pass through unchanged.
-    At inference the student is asked with ``[answer]``: no rationale to generate, the point of the method."""
-    out = []
-    for conv, style, answer in zip(conversations, styles, answers):
-        if style != "cot" or not answer or len(conv) < 2 or conv[-1]["role"] != "assistant" or conv[-2]["role"] != "user":
-            out.append(conv)
-            continue
-        head, user = conv[:-2], conv[-2]
-        out.append(head + [{"role": "user", "content": f"{ANSWER_TAG} {user['content']}"},
-                           {"role": "assistant", "content": str(answer)}])
-        out.append(head + [{"role": "user", "content": f"{EXPLAIN_TAG} {user['content']}"}, conv[-1]])
-    return out
 
 
 def collate(rows: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
@@ -422,62 +401,7 @@ def run_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path)
     tok = load_tokenizer(model_path)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    xtok_stats: dict[str, dict] = {}
-
-    def cross_tokenizer(d, packed: list[dict]) -> bool:
-        """Whether this split's offline KD crosses tokenizers: byte-level logprobs, and the teacher's ids (if
-        any) are not the student's. Refuses a mismatch the dataset cannot serve, in one line."""
-        ids = d["teacher_token_ids"] if "teacher_token_ids" in d.column_names else None
-        same = ids is not None and all(x is not None for x in ids) and all(is_packed(p) for p in packed) \
-            and same_tokenizer(tok, ids, [m[-1]["content"] for m in d["messages"]])[0]
-        if same or not all(is_byte_level(p) for p in packed):
-            return False  # the same-tokenizer path below (and its errors)
-        if cfg.kd.cross_tokenizer == "off":
-            raise ConfigError(f"train.kd.cross_tokenizer=off but the student's tokenizer ({model_path}) is not the "
-                              "teacher's; set train.kd.cross_tokenizer=aligned (or uld), or train.kd.enabled=false")
-        return True
-
-    def encode(split: str) -> list:
-        if split not in dd or "messages" not in dd[split].column_names:
-            return []
-        if not cfg.kd.enabled or cfg.kd.teacher is not None:  # SFT, or online KD: the teacher scores the tokens
-            convs = dd[split]["messages"]
-            if cfg.rationale_multitask:
-                d = dd[split]
-                convs = rationale_tasks(convs, d["style"] if "style" in d.column_names else [None] * d.num_rows,
-                                        d["answer"] if "answer" in d.column_names else [None] * d.num_rows)
-            return [r for r in (tokenize_row(tok, m, cfg.max_length) for m in convs) if r]
-        if cfg.rationale_multitask:
-            raise ConfigError("train.rationale_multitask with offline logit KD: the answer-only task has no cached "
-                              "teacher top-k; use sequence-level KD (train.kd.enabled=false) or online KD (train.kd.teacher)")
-        d = dd[split]
-        if d.num_rows == 0:
-            return []
-        lps = d["teacher_logprobs"] if "teacher_logprobs" in d.column_names else [None]
-        byte_level = all(x is not None for x in lps) and all(is_byte_level(json.loads(lp)) for lp in lps[:8])
-        if not byte_level and ("teacher_token_ids" not in d.column_names or any(x is None for x in d["teacher_token_ids"])
-                               or any(x is None for x in lps)):
-            raise ConfigError(f"train.kd.enabled: {ds_path} split {split!r} lacks teacher token ids/top-k logprobs; "
-                              "generate with teacher.backend=vllm and generate.sampling.top_logprobs=K")
-        packed = [json.loads(lp) for lp in d["teacher_logprobs"][:8]]
-        if cross_tokenizer(d, packed):
-            from distill.train.xtok_train import encode_xtok_split
-
-            rows, stats = encode_xtok_split(tok, d, max(int(p["k"]) for p in packed) or 1, cfg.max_length)
-            xtok_stats[split] = stats
-            log.info("cross-tokenizer KD (%s) on %s: %s", cfg.kd.cross_tokenizer, split, stats)
-            return rows
-        if not all(is_packed(p) for p in packed):
-            raise ConfigError(f"train.kd.enabled: {ds_path} split {split!r} holds teacher logprobs as token strings "
-                              "(an OpenAI-compatible endpoint), not token ids; generate with teacher.backend=vllm "
-                              "for logit KD, or set train.kd.enabled=false for sequence-level KD")
-        check_same_tokenizer(tok, d["teacher_token_ids"], [m[-1]["content"] for m in d["messages"]])
-        k = max(int(p["k"]) for p in packed) or 1
-        rows = (tokenize_row_kd(tok, m, t, lp, cfg.max_length, k)
-                for m, t, lp in zip(d["messages"], d["teacher_token_ids"], d["teacher_logprobs"]))
-        return [r for r in rows if r]
-
-    train_rows, val_rows = encode("train"), encode("validation")
+    train_rows, val_rows, xtok_stats = encode_splits(cfg, dd, ds_path, tok, model_path)
     if not train_rows:
         raise ConfigError(f"{ds_path}: the train split has no usable rows (see its stats.json for what was removed)")
 

@@ -21,10 +21,9 @@ from pathlib import Path
 from distill.train.born_again import born_again
 from distill.train.card import student_card, write_card
 from distill.train.config import ONLINE_ONLY, KDConfig, LoraConfig, TrainConfig
+from distill.train.encode import ANSWER_TAG, EXPLAIN_TAG, rationale_tasks
 from distill.train.launch import launch_training
 from distill.train.loop import (
-    ANSWER_TAG,
-    EXPLAIN_TAG,
     IGNORE,
     assistant_loss,
     check_inputs,
@@ -40,7 +39,6 @@ from distill.train.loop import (
     mixed_loss_terms,
     on_policy_rows,
     online_kd_terms,
-    rationale_tasks,
     refuse_trained,
     run_training,
     teacher_logits,
