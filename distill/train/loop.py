@@ -383,6 +383,36 @@ def check_inputs(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path)
                           "to sample every micro-batch to weight the step); train on-policy in one process")
 
 
+def training_mode(kd: KDConfig, xtok: str | None) -> tuple[str, str]:
+    """``(the mode id metrics.json records, the sentence the student's README opens with)`` for the loss used;
+    ``xtok`` is the cross-tokenizer loss when the run crossed tokenizers, else None."""
+    if not kd.enabled:
+        return "sft_sequence_kd", "Sequence-level KD (SFT on teacher outputs)"
+    if kd.teacher:
+        return (f"logit_kd_online_{kd.method}",
+                f"Online logit KD ({kd.method}, full vocabulary) from teacher `{kd.teacher}` on the teacher outputs")
+    if xtok:
+        return ("logit_kd_xtok_uld" if xtok == "uld" else f"logit_kd_xtok_aligned_{kd.method}",
+                f"Cross-tokenizer offline KD ({xtok}) on the cached byte-level teacher top-k")
+    return f"logit_kd_topk_{kd.method}", f"Offline logit KD ({kd.method}) on the cached teacher top-k"
+
+
+def save_merged(cfg: TrainConfig, model, tok, tmp: Path):
+    """Write the trained student into the fresh folder ``tmp``: the peft adapter first when asked
+    (``train.lora.save_adapter``), then the LoRA-merged model in ``train.save_dtype`` and the tokenizer.
+    Returns the merged model (on CPU)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if cfg.lora.enabled:
+        if cfg.lora.save_adapter:  # the unmerged peft adapter, before merging folds it into the weights
+            model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        model = model.merge_and_unload()
+    model = model.to("cpu", getattr(torch, cfg.save_dtype))
+    model.config.dtype = cfg.save_dtype
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    return model
+
+
 def run_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path) -> Path:
     """One training run of the student on ``dataset_dir``'s train split (this process, or this rank under
     ``accelerate launch``); saves a merged safetensors model at ``out_dir`` and returns it.
@@ -521,23 +551,9 @@ def run_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path)
     del teacher
 
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if cfg.lora.enabled:
-        if cfg.lora.save_adapter:  # the unmerged peft adapter, before merging folds it into the weights
-            model.save_pretrained(tmp / "adapter", safe_serialization=True)
-        model = model.merge_and_unload()
-    model = model.to("cpu", getattr(torch, cfg.save_dtype))
-    model.config.dtype = cfg.save_dtype
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
+    model = save_merged(cfg, model, tok, tmp)
     xtok = cfg.kd.cross_tokenizer if xtok_stats else None
-    mode = ("sft_sequence_kd" if not cfg.kd.enabled else f"logit_kd_online_{cfg.kd.method}" if cfg.kd.teacher
-            else "logit_kd_xtok_uld" if xtok == "uld" else f"logit_kd_xtok_aligned_{cfg.kd.method}" if xtok
-            else f"logit_kd_topk_{cfg.kd.method}")
-    mode_text = ("Sequence-level KD (SFT on teacher outputs)" if not cfg.kd.enabled else
-                 f"Online logit KD ({cfg.kd.method}, full vocabulary) from teacher `{cfg.kd.teacher}` on the teacher outputs"
-                 if cfg.kd.teacher else f"Cross-tokenizer offline KD ({xtok}) on the cached byte-level teacher top-k"
-                 if xtok else f"Offline logit KD ({cfg.kd.method}) on the cached teacher top-k")
+    mode, mode_text = training_mode(cfg.kd, xtok)
     fifth = max(1, len(history) // 5)  # mean loss over the first and the last fifth of the steps
     first = sum(h["loss"] for h in history[:fifth]) / len(history[:fifth])
     last = sum(h["loss"] for h in history[-fifth:]) / len(history[-fifth:])
