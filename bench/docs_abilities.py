@@ -1,5 +1,5 @@
 """Write the measured tables of docs/abilities.md from bench/results/ (ea_transfer_measure.json, ea_transfer.json,
-ea_transfer_synth.json, ea_transfer_replay.json, ea_transfer_kd_sweep.json, ea_cot.json, ea_compress.json): each table goes between its ``<!-- bench:NAME -->`` / ``<!-- /bench:NAME -->`` markers, so the page
+ea_transfer_synth.json, ea_transfer_replay.json, ea_transfer_kd_sweep.json, ea_cot.json, ea_compress.json, ea_compress_recover.json): each table goes between its ``<!-- bench:NAME -->`` / ``<!-- /bench:NAME -->`` markers, so the page
 always says what the JSON says. A missing JSON leaves its section saying so.
 
 Run: ``.venv/bin/python bench/docs_abilities.py`` after the benchmarks.
@@ -102,7 +102,9 @@ def compress_table(d: dict | None) -> str:
     if d is None:
         return "_Not measured yet: run `make demo`, then `bench/ea_compress.py`._"
     c = d["config"]
-    lines = [f"`bench/ea_compress.py --data {c['data']} --seeds {c['seeds']}{' --recover ' + c['recover'] if c.get('recover', '0') != '0' else ''}` "
+    flags = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in ("steps", "recover", "recover_lr", "out")
+                    if c.get(k) not in (None, "0", "0.0001", "gptq64,wanda50,sparsegpt50", "ea_compress.json"))
+    lines = [f"`bench/ea_compress.py --data {c['data']} --seeds {c['seeds']}{flags}` "
              f"on `{Path(d['run']).name}`'s student ({c['calib']} calibration windows of 512 tokens, {c['per_task']} fresh "
              f"probe items per family and seed; {d['cpu']}; {d['seconds'] / 60:.0f} min).", "",
              "| calibration | step | ICL kept (mean ± sd over seeds) | student ICL 0-shot → step | perplexity student → step |",
@@ -127,7 +129,8 @@ def main() -> int:
                        ("replay", transfer_table(_load("ea_transfer_replay.json"))),
                        ("kd_sweep", transfer_table(_load("ea_transfer_kd_sweep.json"))),
                        ("cot", cot_table(_load("ea_cot.json"))),
-                       ("compress", compress_table(_load("ea_compress.json")))):
+                       ("compress", compress_table(_load("ea_compress.json"))),
+                       ("compress_recover", compress_table(_load("ea_compress_recover.json")))):
         pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
         block = f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->"
         if not pattern.search(text):

@@ -10,8 +10,9 @@ unstructured pruning steps (Wanda, SparseGPT), once per calibration source
   student reads when it does its tasks);
 * ``mix``     — half of each.
 
-With ``--recover N`` a fourth step prunes with Wanda 50 % and then distils the student back into the pruned
-model for N steps on the calibration windows, keeping the zeros (``recover_steps`` on a pruning step).
+``--steps`` picks the presets (default ``gptq64,wanda50,sparsegpt50``; also ``gptq32``, ``int8``). With
+``--recover N`` each pruning preset runs a second time followed by N steps that distil the student back into the
+pruned model on the calibration windows, keeping the zeros (``recover_steps`` on a pruning step).
 
 Every model (the student and each step) answers the EA probes (:mod:`distill.probes`) on fresh held-out
 items of the run's ICL families, zero-shot, plus the control families; the figure is the share of the
@@ -39,15 +40,27 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ea_transfer import cpu_flags  # noqa: E402
 
-STEPS = [{"method": "gptq", "bits": 4, "group_size": 64},
-         {"method": "wanda", "sparsity": 0.5},
-         {"method": "sparsegpt", "sparsity": 0.5}]
+PRESETS = {"gptq64": {"method": "gptq", "bits": 4, "group_size": 64},
+           "gptq32": {"method": "gptq", "bits": 4, "group_size": 32},
+           "int8": {"method": "rtn_int8"},
+           "wanda50": {"method": "wanda", "sparsity": 0.5},
+           "sparsegpt50": {"method": "sparsegpt", "sparsity": 0.5}}
+PRUNING = {"wanda", "sparsegpt", "magnitude"}
 
 
 def steps_for(args) -> list[dict]:
-    """STEPS, plus Wanda 50 % with ``--recover`` masked recovery steps when asked."""
-    return STEPS + ([{"method": "wanda", "sparsity": 0.5, "recover_steps": args.recover, "recover_lr": 1e-4,
-                      "name": f"wanda50+recover{args.recover}"}] if args.recover else [])
+    """The ``--steps`` presets (each named after its preset), and with ``--recover N`` every pruning preset again
+    followed by N masked recovery-KD steps from the student (``recover_steps``: the zeros stay zeros)."""
+    names = [n for n in args.steps.split(",") if n]
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        sys.exit(f"--steps: unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
+    steps = [PRESETS[n] | {"name": n} for n in names]
+    if args.recover:
+        steps += [PRESETS[n] | {"name": f"{n}+recover{args.recover}", "recover_steps": args.recover,
+                                "recover_lr": args.recover_lr}
+                  for n in names if PRESETS[n]["method"] in PRUNING]
+    return steps
 
 
 def newest_run() -> Path:
@@ -58,7 +71,7 @@ def newest_run() -> Path:
 
 
 def compress_once(run: Path, data: str, seed: int, args, work: Path) -> dict:
-    """One ``compress_student`` over STEPS with calibration ``data`` and seed ``seed``: the kept shares."""
+    """One ``compress_student`` over the ``--steps`` presets with calibration ``data`` and seed ``seed``: the kept shares."""
     from compress.eval import ability_scores
     from compress.stage import CalibrationConfig, CompressConfig, CompressStep, EvalConfig, compress_student
     from distill.config import load_config
@@ -108,8 +121,10 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=16, help="calibration windows of 512 tokens")
     ap.add_argument("--windows", type=int, default=8, help="perplexity windows (WikiText-2 test, quick protocol)")
     ap.add_argument("--per-task", type=int, default=8, help="held-out probe items per family")
+    ap.add_argument("--steps", default="gptq64,wanda50,sparsegpt50", help=f"compression presets, from {sorted(PRESETS)}")
     ap.add_argument("--recover", type=int, default=0,
-                    help="also Wanda 50 %% followed by this many masked recovery-KD steps from the student (0: off)")
+                    help="also each pruning preset followed by this many masked recovery-KD steps (0: off)")
+    ap.add_argument("--recover-lr", type=float, default=1e-4, help="recovery AdamW learning rate")
     ap.add_argument("--out", default="ea_compress.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
