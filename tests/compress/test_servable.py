@@ -28,4 +28,5 @@ def test_each_unservable_structure_is_refused_naming_the_folder_and_an_alternati
     with pytest.raises(ConfigError, match=what) as err:
         check_servable(Path("runs/x/03-step"), UNSERVABLE[what], engine)
     message = str(err.value)
-    assert message.startswith("runs/x/03-step:") and "Export" in message and engine in message
+    assert message.startswith("runs/x/03-step:") and "Instead export" in message and "\n" not in message
+    assert {"vllm": "vLLM", "llama.cpp": "llama.cpp"}[engine] in message
