@@ -78,6 +78,10 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     a crash leaves the old file or the new one, never half of one. Returns ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves neither half a file nor a stray temporary
+        raise
     return path
