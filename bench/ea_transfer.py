@@ -16,7 +16,9 @@ The product path, end to end, for several in-context-learning task families at o
 Arms (``--arms``): ``pruned24`` a depth-pruned student (24 of 30 layers) + LoRA, SFT on the teacher's answers;
 ``pruned24_synth`` the same on teacher-written inputs; ``pruned24_kd`` the same data with top-5 logit KD
 (``kd.alpha_ce`` 0.5) instead of SFT; ``lora_teacher`` the bundled model itself + LoRA (student = teacher
-architecture), SFT; ``lora_teacher_replay`` the same with 48 general instructions mixed in (``generate.replay``).
+architecture), SFT; ``lora_teacher_replay`` the same with 48 general instructions mixed in (``generate.replay``);
+``pruned24_kd_if`` the ``pruned24_kd`` arm plus ``--if-prompts`` verifiable instructions, 4 teacher samples each,
+only those passing every check kept (``generate.replay.verifiable``); ``--if-items N`` adds the IF probe.
 
 Gap closed = (student 0-shot − base 0-shot) / (teacher 4-shot − base 0-shot), pooled over the families'
 held-out items; mean and spread over ``--seeds`` (each seed draws new examples, inputs, probe items, demo
@@ -58,6 +60,9 @@ ARMS = {  # name -> (keep_layers, input source, logit KD settings or None for SF
     "pruned24_kd": (24, "hand", KD),
     "lora_teacher": (None, "hand", None),
     "lora_teacher_replay": (None, "hand_replay", None),  # + 48 general instructions (generate.replay)
+    # IF: + --if-prompts verifiable instructions, 4 teacher samples each, kept only where every check passes
+    # (generate.replay.verifiable: rejection sampling with a verifier); measure with --if-items > 0
+    "pruned24_kd_if": (24, "hand_if", KD),
     # SFT vs logit KD, why (--arms ...,pruned24_kd_*): the CE share, the temperature, the divergence
     "pruned24_kd_a0": (24, "hand", {"alpha_ce": 0.0}),
     "pruned24_kd_a09": (24, "hand", {"alpha_ce": 0.9}),
@@ -86,20 +91,34 @@ def write_tasks(path: Path, families: list[str], examples: int, inputs: int, see
     return path
 
 
-def generate(tasks: Path, out: Path, teacher_cfg, seed: int, replay: bool = False) -> tuple[Path, dict]:
-    from distill.data.dataset import GenerateConfig, SamplingConfig, generate_dataset
+def replay_settings(source: str, seed: int, if_prompts: int) -> dict:
+    """The generate settings a source adds: none, 48 general instructions (``_replay``), or ``if_prompts``
+    verifiable ones sampled 4 times each at temperature 0.8, failing samples removed (``_if``)."""
+    from distill.data.config import SamplingConfig
     from distill.data.replay import ReplayConfig
+
+    if source.endswith("_replay"):
+        return {"replay": ReplayConfig(n=48, seed=seed),
+                "sampling_per_style": {"instruct": SamplingConfig(max_tokens=64, top_logprobs=5)}}
+    if source.endswith("_if"):
+        return {"replay": ReplayConfig(n=0, seed=seed, verifiable=if_prompts),
+                "sampling_per_style": {"instruct": SamplingConfig(max_tokens=160, top_logprobs=5, n=4, temperature=0.8,
+                                                                  seed=seed)}}
+    return {}
+
+
+def generate(tasks: Path, out: Path, teacher_cfg, seed: int, source: str = "hand", if_prompts: int = 0) -> tuple[Path, dict]:
+    from distill.data.dataset import GenerateConfig, SamplingConfig, generate_dataset
     from distill.data.synth import SynthesisConfig
 
     cfg = GenerateConfig(tasks=str(tasks), styles=["icl"], num_demos=4, demo_format="chat", erase_demos=True,
                          demo_seed=seed, synthesis=SynthesisConfig(seed=seed),
                          sampling=SamplingConfig(max_tokens=16, stop=["\n"], top_logprobs=5),
-                         replay=ReplayConfig(n=48, seed=seed) if replay else None,
-                         sampling_per_style={"instruct": SamplingConfig(max_tokens=64, top_logprobs=5)} if replay else {})
+                         **replay_settings(source, seed, if_prompts))
     generate_dataset(cfg, teacher_cfg, out)
     stats = json.loads((out / "stats.json").read_text())
-    return out, {"rows": stats["rows"], "synthesis": stats.get("synthesis"), "seconds": stats["seconds"],
-                 "teacher_answers": answer_stats(out)}
+    return out, {"rows": stats["rows"], "synthesis": stats.get("synthesis"), "replay": stats.get("replay"),
+                 "seconds": stats["seconds"], "teacher_answers": answer_stats(out)}
 
 
 def answer_stats(dataset: Path) -> dict:
@@ -199,21 +218,26 @@ def run_seed(seed: int, args, teacher_cfg, work: Path) -> dict:
     data = {}
     for src in sources:
         tasks = write_tasks(work / f"tasks_{src}_{seed}.yaml", args.family_list, args.examples, args.inputs, seed, src == "synth")
-        data[src] = generate(tasks, work / f"data_{src}_{seed}", teacher_cfg, seed, replay=src.endswith("_replay"))
+        data[src] = generate(tasks, work / f"data_{src}_{seed}", teacher_cfg, seed, src, args.if_prompts)
         print(f"seed {seed} {src}: {data[src][1]['rows']}", flush=True)
     seen: set[str] = set()
     for path, _ in data.values():
         train = load_from_disk(str(path))["train"]
         for col in ("messages", "prompt_messages"):
             seen |= training_inputs([{"messages": m} for m in train[col]])
-    probes = ProbesConfig(icl_tasks=args.family_list, controls=["continent", "capital"], cot_tasks=[], if_items=0,
+    probes = ProbesConfig(icl_tasks=args.family_list, controls=["continent", "capital"], cot_tasks=[], if_items=args.if_items,
                           per_task=args.per_task, pool_per_task=8, shots=4, seed=10_000 + seed)
     prompts = build_prompts(probes, seen)
+    trained_text = "\n".join(m["content"] for path, _ in data.values()
+                              for msgs in load_from_disk(str(path))["train"]["prompt_messages"] for m in msgs)
+    if_bases = [p.if_item.base for p in prompts if p.ability == "if"]
     teacher, teacher_records = probe_teacher(prompts, probes, teacher_cfg)
     base, base_controls = probe_dir(resolve_model_path("bundled"), prompts, probes)
     starts = {k: probe_dir(resolve_model_path("bundled"), prompts, probes, k)[0] for k in {ARMS[a][0] for a in args.arm_list} if k}
     result = {"seed": seed, "cpu": cpu_flags(), "generate": {s: d[1] for s, d in data.items()}, "teacher": teacher, "base": base,
               "starts": {str(k): v for k, v in starts.items()}, "arms": {},
+              # held-out IF items whose writing task (not its constraints) also appears in a training prompt
+              "if_probe_bases_in_training": sum(b in trained_text for b in if_bases), "if_probe_items": len(if_bases),
               "control_outputs": {"teacher": control_outputs(teacher_records), "base": base_controls}}
     for arm in args.arm_list:
         out = work / f"{arm}_{seed}"
@@ -246,6 +270,10 @@ def summarize(results: list[dict], arms: list[str]) -> dict:
                     "control_student": stat([r["control"]["student"] for r in rows if "control" in r]),
                     "control_base": stat([r["control"]["base"] for r in rows if "control" in r]),
                     "control_start": stat([r["control"].get("start") for r in rows if "control" in r]),
+                    **{f"if_{who}": stat([r["IF"].get(who) for r in rows if "IF" in r])
+                       for who in ("teacher", "base", "start", "student")},
+                    "if_student_strict": stat([res["arms"][arm]["probes"]["if"]["prompt_strict"] for res in results
+                                               if "if" in res["arms"][arm]["probes"]]),
                     # ability -> in how many seeds it fell below the base (a list per seed read as repeats)
                     "negative_transfer": dict(sorted(Counter(k for r in rows for k, v in r.items()
                                                              if v["negative_transfer"]).items()))}
@@ -270,7 +298,7 @@ def targets(summary: dict) -> list[dict]:
     return out
 
 
-COMPARABLE = ("families", "examples", "inputs", "steps", "per_task")
+COMPARABLE = ("families", "examples", "inputs", "steps", "per_task", "if_items", "if_prompts")
 
 
 def previous_seeds(path: Path, args) -> list[dict]:
@@ -279,7 +307,8 @@ def previous_seeds(path: Path, args) -> list[dict]:
         return []
     prev = json.loads(path.read_text())
     cfg = prev.get("config", {})
-    differ = [k for k in COMPARABLE if str(cfg.get(k)) != str(getattr(args, k))]
+    added_later = {"if_items": 0, "if_prompts": 128}  # files written before these settings existed ran with these
+    differ = [k for k in COMPARABLE if str(cfg.get(k, added_later.get(k))) != str(getattr(args, k))]
     if differ or sorted(prev.get("arms", {})) != sorted(args.arm_list):
         sys.exit(f"--append: {path} was measured with other settings ({', '.join(differ) or 'arms'}); "
                  "run with the same --families/--arms/--examples/--inputs/--steps/--per-task, or pick another --out")
@@ -300,6 +329,9 @@ def main() -> int:
     ap.add_argument("--inputs", type=int, default=24, help="inputs per task: drawn (hand) or written by the teacher (synth)")
     ap.add_argument("--steps", type=int, default=72, help="optimizer steps per arm (batch 8)")
     ap.add_argument("--per-task", type=int, default=8, help="held-out probe items per family")
+    ap.add_argument("--if-items", type=int, default=0, help="held-out verifiable-instruction probe items (0: no IF probe)")
+    ap.add_argument("--if-prompts", type=int, default=128,
+                    help="verifiable instructions in the *_if arms' data (each sampled 4 times, failures removed)")
     ap.add_argument("--measure", action="store_true", help="only measure the teacher on every family")
     ap.add_argument("--keep-work", action="store_true", help="keep the datasets and students")
     ap.add_argument("--append", action="store_true",

@@ -24,7 +24,7 @@ import json
 import random
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill.config import ConfigError, StageConfig
 from distill.data.seeds import Seed
@@ -58,9 +58,10 @@ _FILL = {
 
 
 class ReplayConfig(StageConfig):
-    n: int = Field(48, ge=1, le=100_000, description="general instructions the teacher answers zero-shot, mixed into "
+    n: int = Field(48, ge=0, le=100_000, description="general instructions the teacher answers zero-shot, mixed into "
                                                      "the train split (keeps a narrowly trained student reading the "
-                                                     "instruction; docs/abilities.md)")
+                                                     "instruction; docs/abilities.md); 0 with verifiable > 0: only "
+                                                     "verifiable ones")
     file: str | None = Field(None, description="your own instructions: JSONL {instruction, input?} or one per line of "
                                                "a text file (default: the built-in generator)")
     seed: int = Field(0, description="seeds the built-in generator")
@@ -68,6 +69,14 @@ class ReplayConfig(StageConfig):
                                                              "distill/probes/ifsuite.py, drawn apart from the probes' "
                                                              "seed): a teacher answer that fails its checks is removed "
                                                              "(rejection sampling with a verifier)")
+
+
+    @model_validator(mode="after")
+    def _something_to_replay(self) -> ReplayConfig:
+        if self.n == 0 and self.verifiable == 0:
+            raise ValueError("generate.replay: n and verifiable are both 0, so nothing would be replayed; set n (general "
+                             "instructions) or verifiable (instructions with checks), or remove generate.replay")
+        return self
 
 
 def _generated(n: int, seed: int) -> list[str]:
@@ -116,7 +125,7 @@ def _if_items(cfg: ReplayConfig) -> dict[str, object]:
 def replay_seeds(cfg: ReplayConfig) -> list[Seed]:
     """``cfg.n`` general instructions (the file's first n, else generated) and ``cfg.verifiable`` verifiable ones, as
     instruct seeds for the train split."""
-    pairs = _from_file(cfg.file)[: cfg.n] if cfg.file else [(x, "") for x in _generated(cfg.n, cfg.seed)]
+    pairs = (_from_file(cfg.file)[: cfg.n] if cfg.file else [(x, "") for x in _generated(cfg.n, cfg.seed)]) if cfg.n else []
     seeds = [Seed(id=f"replay/{hashlib.sha256(f'{i}|{x}'.encode()).hexdigest()[:10]}", instruction=i, input=x,
                   task="replay", origin="replay", split="train", style="instruct") for i, x in pairs]
     seeds += [Seed(id=sid, instruction=it.prompt, task="replay_if", origin="replay:if", split="train", style="instruct")

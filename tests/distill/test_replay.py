@@ -65,3 +65,14 @@ def test_verifiable_replay_keeps_only_answers_that_pass_their_checks():
     assert verify_rows(rows, cfg) == {"checked": 2, "kept": 1}
     assert rows[0]["removed_reason"] is None and rows[1]["removed_reason"] == "if_unverified: fails lowercase"
     assert rows[2]["removed_reason"] is None and "lowercase" in KINDS
+
+
+def test_replay_of_verifiable_instructions_only_and_an_empty_replay_is_refused():
+    """n: 0 with verifiable > 0 replays only the instructions with checks; both 0 would replay nothing and is an error
+    that says which keys to set."""
+    from pydantic import ValidationError
+
+    seeds = replay_seeds(ReplayConfig(n=0, verifiable=5))
+    assert [s.origin for s in seeds] == ["replay:if"] * 5
+    with pytest.raises(ValidationError, match="n and verifiable are both 0"):
+        ReplayConfig(n=0)
