@@ -172,7 +172,8 @@ def build_prompts(questions: list[dict], pool: list[dict], shots: int, demo_seed
     :func:`distill.data.dataset.build_requests`' ICL request and ``erase_demos`` student prompt; ``chat`` is its
     ICL request with ``demo_format: chat`` (each demo a user turn, the instruct template's rendering of the
     demo input, and an assistant turn, its gold answer, before the question)."""
-    from distill.data.dataset import GenerateConfig, build_requests, select_demos
+    from distill.data.dataset import GenerateConfig
+    from distill.data.plan import build_requests, select_demos
     from distill.data.seeds import Seed
 
     def seed(r: dict) -> Seed:

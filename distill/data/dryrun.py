@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distill.config import ConfigError
-from distill.data.dataset import GenerateConfig, build_requests, load_generate_seeds
+from distill.data.dataset import GenerateConfig, load_generate_seeds
+from distill.data.plan import build_requests
 from distill.models import BUNDLED_ALIAS, bundled_teacher_dir, load_tokenizer
 from distill.teacher.cache import ResponseCache, default_cache_path
 from distill.teacher.context import check_context

@@ -64,7 +64,7 @@ def zero_shot_messages(item: Item) -> list[dict[str, str]]:
 
 def k_shot_messages(item: Item, demos: list[Item]) -> list[dict[str, str]]:
     """The item after ``demos`` as past user/assistant turns (the generate stage's ``demo_format: chat``)."""
-    from distill.data.dataset import chat_demo_messages
+    from distill.data.plan import chat_demo_messages
     from distill.data.seeds import Seed
 
     seed = Seed(id=item.id, instruction=item.instruction, input=item.input, task=item.task)
@@ -119,7 +119,7 @@ def cot_prompts(items: list[Item], pool: list[Item], shots: int, seed: int) -> l
 def _cot_with_demos(item: Item, demos: list[Item]) -> list[dict[str, str]]:
     """The generate stage's prompt for a cot task (:func:`distill.data.dataset.build_requests`): each worked example
     as a past chat turn (the question in the ``cot`` template, then its steps and "The answer is ...")."""
-    from distill.data.dataset import chat_demo_messages, cot_demo_turn
+    from distill.data.plan import chat_demo_messages, cot_demo_turn
     from distill.data.seeds import Seed
 
     seed = Seed(id=item.id, instruction=item.instruction, input=item.input, task=item.task)
@@ -128,7 +128,7 @@ def _cot_with_demos(item: Item, demos: list[Item]) -> list[dict[str, str]]:
 
 
 def _with_demos(item: Item, instruction: str, demos: list[tuple[Item, str]]) -> list[dict[str, str]]:
-    from distill.data.dataset import chat_demo_messages
+    from distill.data.plan import chat_demo_messages
     from distill.data.seeds import Seed
 
     seed = Seed(id=item.id, instruction=instruction, input=item.input, task=item.task)

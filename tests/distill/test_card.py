@@ -8,7 +8,8 @@ import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from distill.data.card import label_accuracy, row_provenance
-from distill.data.dataset import GenerateConfig, build_requests, generate_dataset
+from distill.data.dataset import GenerateConfig, generate_dataset
+from distill.data.plan import build_requests
 from distill.data.seeds import load_seeds
 from distill.teacher.cache import ResponseCache
 from distill.teacher.query import TeacherConfig

@@ -7,7 +7,9 @@ import pytest
 from distill.answers import majority_vote
 from distill.config import ConfigError
 from distill.data.card import render_card
-from distill.data.dataset import GenerateConfig, _sc_stats, _vote, build_requests, select_demos
+from distill.data.dataset import GenerateConfig
+from distill.data.plan import build_requests, select_demos
+from distill.data.rows import _sc_stats, _vote
 from distill.data.seeds import Seed, detect_format, load_seeds
 from distill.data.selfinstruct import BootstrapConfig, _prompt_vars, parse_instructions
 from distill.teacher.query import TeacherConfig
@@ -196,7 +198,7 @@ def _cot_plan(cfg):
 
 
 def test_structured_cot_asks_for_json_and_trains_on_rationale_then_answer():
-    from distill.data.dataset import _rows_for
+    from distill.data.rows import _rows_for
     from distill.teacher.query import Choice, TeacherResponse
     from distill.teacher.structured import cot_schema, validate_output
 

@@ -1,6 +1,7 @@
 """Prompt building and demonstration selection (no teacher needed)."""
 
-from distill.data.dataset import GenerateConfig, build_requests, select_demos
+from distill.data.dataset import GenerateConfig
+from distill.data.plan import build_requests, select_demos
 from distill.data.seeds import Seed, load_seeds
 
 
@@ -90,7 +91,7 @@ def test_docs_generate_template_table_and_no_system_template_hold(repo_root, tmp
 # --- self-consistency for labels: icl / instruct samples vote on their first line (issue 22, section 2) ------
 import pytest  # noqa: E402
 
-from distill.data.dataset import _rows_for, _sc_stats  # noqa: E402
+from distill.data.rows import _rows_for, _sc_stats  # noqa: E402
 from distill.teacher.query import Choice, TeacherResponse  # noqa: E402
 
 SC = {"sampling": {"n": 4, "temperature": 0.8}}

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from distill.data.dataset import GenerateConfig, build_requests
+from distill.data.dataset import GenerateConfig
 from distill.data.dryrun import dry_run, format_dry_run
+from distill.data.plan import build_requests
 from distill.data.seeds import load_seeds
 from distill.teacher.cache import ResponseCache
 from distill.teacher.query import TeacherConfig

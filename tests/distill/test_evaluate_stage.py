@@ -69,7 +69,9 @@ def test_answer_of_uses_the_datasets_patterns_and_structured_cot_format():
 def test_what_the_student_learned_parses_back_to_the_teachers_answer(structured):
     """The grading reads a student's answer exactly as the dataset builder read the teacher's: for every
     style, the training target (what a perfect student says) parses to the row's ``answer``."""
-    from distill.data.dataset import GenerateConfig, _rows_for, build_requests
+    from distill.data.dataset import GenerateConfig
+    from distill.data.plan import build_requests
+    from distill.data.rows import _rows_for
     from distill.teacher.query import Choice, TeacherResponse
 
     seeds = [Seed(id=f"a{i}", instruction=f"What is {i} plus {i}?", answer=str(2 * i), task="add") for i in range(4)]

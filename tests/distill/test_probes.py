@@ -23,7 +23,7 @@ def test_every_family_draws_distinct_items_deterministically(name):
     assert a == b and len({i.input for i in a}) == 12
     assert all(i.answer and i.task == name and i.instruction == fam.instruction for i in a)
     if fam.ability == "cot":  # worked steps; as a demo they end in the gold answer, as the CoT prompt asks
-        from distill.data.dataset import cot_demo_turn
+        from distill.data.plan import cot_demo_turn
 
         assert all(i.rationale and "The answer is" not in i.rationale for i in a)
         turns = [cot_demo_turn({"input": i.input, "output": i.answer, "rationale": i.rationale}) for i in a]
@@ -56,7 +56,8 @@ def test_split_and_task_file_entries_are_disjoint():
 def test_zero_and_k_shot_prompts_are_what_the_generate_stage_renders():
     """The probe's zero-shot prompt is the erased prompt an erase_demos student trains on, and its k-shot prompt
     is the teacher's chat-demo request for the same item and demos."""
-    from distill.data.dataset import GenerateConfig, build_requests
+    from distill.data.dataset import GenerateConfig
+    from distill.data.plan import build_requests
     from distill.data.seeds import Seed
 
     pool, held = split_items(FAMILIES["review_gb"], 6, 2, seed=0)
@@ -88,7 +89,8 @@ def test_cot_k_shot_prompt_is_what_the_generate_stage_sends_for_a_cot_task(tmp_p
     for the same item and demos, and the erased student prompt is the probe's zero-shot cot prompt."""
     import yaml
 
-    from distill.data.dataset import GenerateConfig, build_requests, load_generate_seeds
+    from distill.data.dataset import GenerateConfig, load_generate_seeds
+    from distill.data.plan import build_requests
 
     (entry,) = task_file_entries(["sum3"], 4, 1, 0, seed=0)
     path = tmp_path / "t.yaml"

@@ -10,10 +10,10 @@ from distill.config import ConfigError
 from distill.data.dataset import (
     GenerateConfig,
     _unit_hash,
-    build_requests,
     load_generate_seeds,
     validation_ids,
 )
+from distill.data.plan import build_requests
 from distill.data.seeds import Seed
 from distill.data.tasks import TaskInput, draw_demos, load_tasks, normalise, task_seeds
 

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from distill.config import ConfigError
-from distill.data.dataset import GenerateConfig, build_requests
+from distill.data.dataset import GenerateConfig
+from distill.data.plan import build_requests
 from distill.data.seeds import Seed
 from distill.data.templates import resolve_templates
 

@@ -193,8 +193,9 @@ def test_the_cases_list_every_prompt_template_build_requests_renders(tmp_path, t
     """The cases' expectations, checked against what renders: every template build_requests hands to the
     renderer for the config's seeds (the judge, bootstrap and synthesis ones are rendered later, by their own
     modules, from the config field the case sets)."""
-    import distill.data.dataset
-    from distill.data.dataset import build_requests, load_generate_seeds
+    import distill.data.plan
+    from distill.data.dataset import load_generate_seeds
+    from distill.data.plan import build_requests
     from distill.data.tasks import load_tasks, task_seeds
 
     cfg = _template_case(tmp_path, template_files, case).generate
@@ -203,8 +204,8 @@ def test_the_cases_list_every_prompt_template_build_requests_renders(tmp_path, t
     else:
         seeds = load_generate_seeds(cfg)
     seen: set[str] = set()
-    render = distill.data.dataset.render_messages
-    monkeypatch.setattr(distill.data.dataset, "render_messages", lambda t, v: seen.add(t.name) or render(t, v))
+    render = distill.data.plan.render_messages
+    monkeypatch.setattr(distill.data.plan, "render_messages", lambda t, v: seen.add(t.name) or render(t, v))
     build_requests(seeds, cfg, "m")
     names = {str(p) if name.startswith("user/") else name: name for name, p in template_files.items()}
     later = {"judge", "user/judge", "synth_inputs", "user/synth_inputs"}
