@@ -280,6 +280,10 @@ def summarize(results: list[dict], arms: list[str]) -> dict:
     return out
 
 
+# what "negative transfer" compares with (distill/probes/score.py ability_table)
+START_REF = "where training started: the base, or a pruned arm's pruned start"
+
+
 def targets(summary: dict) -> list[dict]:
     def mean(arm: str, key: str) -> float | None:
         return summary.get(arm, {}).get(key, {}).get("mean")
@@ -293,7 +297,7 @@ def targets(summary: dict) -> list[dict]:
         out.append({"claim": "teacher-written inputs reach >= 90% of hand-written inputs' gap closed", "met": s / h >= 0.9,
                     "value": round(s / h, 4)})
     for arm, v in summary.items():
-        out.append({"claim": f"{arm}: no negative transfer (controls and abilities within 5 points of the base)",
+        out.append({"claim": f"{arm}: no negative transfer (controls and abilities within 5 points of {START_REF})",
                     "met": not v["negative_transfer"], "value": v["negative_transfer"]})
     return out
 
