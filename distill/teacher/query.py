@@ -141,19 +141,53 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
 
     ``budget`` (default: the cap ``cfg`` sets, for this call alone) is shared by the calls of one run.
     Raises :class:`~distill.teacher.types.BudgetExceeded` after saving every answer when the cap stops the run.
+
+    Phases: :func:`_open_cache` -> :func:`_look_up` -> :func:`_send_pending` -> :func:`_read_answers`
+    (-> :func:`_budget_exceeded` when the cap stopped the sending) -> :func:`_responses` -> :func:`_close_stats`.
     """
     stats = stats if stats is not None else TeacherStats()
     budget = budget if budget is not None else Budget.from_config(cfg)
     t0 = time.perf_counter()
     if stats.started is None:
         stats.started = time.time()
+    cache, throwaway = _open_cache(cfg)
+    keys, found, unique_pending = _look_up(requests, cfg, cache, stats)
+    pending = list(unique_pending.values())
+    errors: dict[str, TeacherResponse] = {}
+    if pending:
+        stopped_by_budget = _send_pending(pending, cfg, cache, stats, budget, gate, errors)
+        found.update(_read_answers(pending, cfg, cache, stats, budget))
+        if stopped_by_budget:
+            exc = _budget_exceeded(pending, found, cfg, stats, budget)
+            _close_cache(cache, throwaway)
+            raise exc
+    out = _responses(keys, found, errors, unique_pending, stats)
+    _close_cache(cache, throwaway)
+    _close_stats(out, cfg, stats, budget, t0)
+    return out
+
+
+def _open_cache(cfg: TeacherConfig) -> tuple[ResponseCache, tempfile.TemporaryDirectory | None]:
+    """The response cache ``cfg`` names, or (``teacher.cache`` off) a private throwaway one and its folder."""
     cache_path = Path(cfg.cache_path) if cfg.cache_path else None
     throwaway = None
     if not cfg.cache:
         # a private throwaway cache keeps one code path (the vLLM worker always writes to a cache)
         throwaway = tempfile.TemporaryDirectory(prefix="eakd-nocache-")
         cache_path = Path(throwaway.name) / "teacher.sqlite"
-    cache = ResponseCache(cache_path)
+    return ResponseCache(cache_path), throwaway
+
+
+def _close_cache(cache: ResponseCache, throwaway: tempfile.TemporaryDirectory | None) -> None:
+    """Close the cache; a throwaway one goes with its folder."""
+    cache.close()
+    if throwaway is not None:
+        throwaway.cleanup()
+
+
+def _look_up(requests: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache,
+             stats: TeacherStats) -> tuple[list[str], dict[str, dict], dict[str, TeacherRequest]]:
+    """(each request's cache key, the cached answers by key, the requests to send: one per uncached key)."""
     keys = [r.key() for r in requests]
     found = cache.get_many(list(dict.fromkeys(keys)))
     unique_pending: dict[str, TeacherRequest] = {}
@@ -162,52 +196,68 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
             unique_pending.setdefault(k, r)
     stats.requests += len(requests)
     stats.cache_hits += len(requests) - sum(1 for k in keys if k not in found)
-    pending = list(unique_pending.values())
-    log.info("teacher: %d requests, %d cached, %d to send (%s)", len(requests), len(requests) - len(pending), len(pending), cfg.backend)
+    n_pending = len(unique_pending)
+    log.info("teacher: %d requests, %d cached, %d to send (%s)", len(requests), len(requests) - n_pending, n_pending, cfg.backend)
+    return keys, found, unique_pending
 
-    errors: dict[str, TeacherResponse] = {}
-    if pending:
-        stats.sent += len(pending)
-        if cfg.batch:
-            stopped_by_budget = _send_batch(pending, cfg, cache, stats, budget, errors)
-        elif cfg.backend == "vllm":
-            if cfg.prefix_scheduling:  # the worker orders by the same schedule; count its groups here
-                from distill.teacher.schedule import prefix_groups, prompt_text
 
-                schedule = prefix_groups([prompt_text(r.messages) for r in pending])
-                stats.prefix_groups = (stats.prefix_groups or 0) + len({s.group for s in schedule})
-            stopped_by_budget = not _run_vllm_worker(pending, cfg, cache.path, budget)
-        else:
-            from distill.teacher.openai_backend import send_openai
+def _send_pending(pending: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache, stats: TeacherStats,
+                  budget: Budget | None, gate, errors: dict[str, TeacherResponse]) -> bool:
+    """Send the uncached requests through the configured backend; answers land in the cache, failed requests
+    in ``errors``. Returns True when the budget stopped the sending."""
+    stats.sent += len(pending)
+    if cfg.batch:
+        return _send_batch(pending, cfg, cache, stats, budget, errors)
+    if cfg.backend == "vllm":
+        if cfg.prefix_scheduling:  # the worker orders by the same schedule; count its groups here
+            from distill.teacher.schedule import prefix_groups, prompt_text
 
-            stopped_by_budget = False
-            for resp in send_openai(pending, cfg, cache, stats, budget, gate):
-                if resp.error is not None and resp.error.startswith(BUDGET_ERROR):
-                    stopped_by_budget = True
-                elif resp.error is not None:
-                    errors[resp.key] = resp
-        fresh = cache.get_many([r.key() for r in pending])
-        found.update(fresh)
-        stats.add_timeline(cache.created_many(list(fresh)), {k: d.get("completion_tokens", 0) for k, d in fresh.items()})
-        if budget is not None and cfg.backend == "vllm" and not cfg.batch:  # the child kept its own tally
-            for d in fresh.values():
-                budget.settle(0, 0, d.get("prompt_tokens", 0), d.get("completion_tokens", 0))
-        if stopped_by_budget:
-            unanswered = sum(1 for r in pending if r.key() not in found)
-            if budget is not None and cfg.backend == "vllm" and not cfg.batch:  # refused in the child
-                budget.refused += unanswered
-            stats.budget = budget.to_dict() if budget is not None else None
-            cache.close()
-            if throwaway is not None:
-                throwaway.cleanup()
-            raise BudgetExceeded(
-                f"teacher budget reached ({budget.describe() if budget else 'cap'}): {len(pending) - unanswered} of "
-                f"{len(pending)} requests sent in this step were answered and saved to the response cache "
-                f"({cfg.cache_path or 'default cache'}), {unanswered} were not sent. Nothing is lost: raise "
-                "teacher.max_tokens_total / teacher.max_cost_usd (or remove them) and re-run the same command; "
-                "cached answers are reused without paying again."
-                + ("" if cfg.cache else " (teacher.cache is off, so this run's answers were not kept: turn it on)"))
+            schedule = prefix_groups([prompt_text(r.messages) for r in pending])
+            stats.prefix_groups = (stats.prefix_groups or 0) + len({s.group for s in schedule})
+        return not _run_vllm_worker(pending, cfg, cache.path, budget)
+    from distill.teacher.openai_backend import send_openai
 
+    stopped_by_budget = False
+    for resp in send_openai(pending, cfg, cache, stats, budget, gate):
+        if resp.error is not None and resp.error.startswith(BUDGET_ERROR):
+            stopped_by_budget = True
+        elif resp.error is not None:
+            errors[resp.key] = resp
+    return stopped_by_budget
+
+
+def _read_answers(pending: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache, stats: TeacherStats,
+                  budget: Budget | None) -> dict[str, dict]:
+    """The answers just sent requests got (read back from the cache), entered in the timeline and — for the
+    vLLM child, which kept its own tally — settled against the budget."""
+    fresh = cache.get_many([r.key() for r in pending])
+    stats.add_timeline(cache.created_many(list(fresh)), {k: d.get("completion_tokens", 0) for k, d in fresh.items()})
+    if budget is not None and cfg.backend == "vllm" and not cfg.batch:  # the child kept its own tally
+        for d in fresh.values():
+            budget.settle(0, 0, d.get("prompt_tokens", 0), d.get("completion_tokens", 0))
+    return fresh
+
+
+def _budget_exceeded(pending: list[TeacherRequest], found: dict[str, dict], cfg: TeacherConfig, stats: TeacherStats,
+                     budget: Budget | None) -> BudgetExceeded:
+    """Count what the cap held back and say how to resume (the caller closes the cache, then raises it)."""
+    unanswered = sum(1 for r in pending if r.key() not in found)
+    if budget is not None and cfg.backend == "vllm" and not cfg.batch:  # refused in the child
+        budget.refused += unanswered
+    stats.budget = budget.to_dict() if budget is not None else None
+    return BudgetExceeded(
+        f"teacher budget reached ({budget.describe() if budget else 'cap'}): {len(pending) - unanswered} of "
+        f"{len(pending)} requests sent in this step were answered and saved to the response cache "
+        f"({cfg.cache_path or 'default cache'}), {unanswered} were not sent. Nothing is lost: raise "
+        "teacher.max_tokens_total / teacher.max_cost_usd (or remove them) and re-run the same command; "
+        "cached answers are reused without paying again."
+        + ("" if cfg.cache else " (teacher.cache is off, so this run's answers were not kept: turn it on)"))
+
+
+def _responses(keys: list[str], found: dict[str, dict], errors: dict[str, TeacherResponse],
+               unique_pending: dict[str, TeacherRequest], stats: TeacherStats) -> list[TeacherResponse]:
+    """One response per request key, in order: the answer (tokens counted as cached or paid once per key), else
+    the backend's error, else a marked "no response recorded"."""
     out: list[TeacherResponse] = []
     counted: set[str] = set()
     for k in keys:
@@ -226,9 +276,12 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
             resp = TeacherResponse(key=k, choices=[], error="no response recorded (engine stopped early)")
             stats.failures["missing"] = stats.failures.get("missing", 0) + 1
         out.append(resp)
-    cache.close()
-    if throwaway is not None:
-        throwaway.cleanup()
+    return out
+
+
+def _close_stats(out: list[TeacherResponse], cfg: TeacherConfig, stats: TeacherStats, budget: Budget | None,
+                 t0: float) -> None:
+    """Schema counts, wall time, cost and the budget's state for this call."""
     for resp in out:
         stats.schema_invalid += sum(c.schema_error is not None for c in resp.choices)
         if cfg.backend == "vllm" and not resp.cached:  # the child re-asked these (the openai sender counts its own)
@@ -237,4 +290,3 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
     stats.add_cost(cfg)
     if budget is not None:
         stats.budget = budget.to_dict()
-    return out

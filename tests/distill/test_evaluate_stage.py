@@ -114,7 +114,7 @@ def test_find_eval_text_order(tmp_path, monkeypatch, sft_dataset):
     (data / "wikitext-2" / "wiki.test.tokens").write_text(" = Wiki = \n")
     assert find_eval_text(None, sft_dataset) == (" = Wiki = \n", "wikitext-2/wiki.test.tokens")
     monkeypatch.setenv("EAKD_DATA_DIR", str(tmp_path / "nothing"))
-    monkeypatch.setattr("distill.evaluate.shared_data_dir", lambda: None)
+    monkeypatch.setattr("distill.eval.perplexity.shared_data_dir", lambda: None)
     with pytest.raises(ConfigError, match="compress.eval.text_path: no evaluation text found"):
         find_eval_text(None, tmp_path, "compress.eval.text_path")
 
@@ -201,7 +201,7 @@ def test_base_model_kl_on_cached_topk_and_fallback_text(tiny_model, tmp_path, mo
     base = build_tiny_model(tmp_path / "base", tiny_model, seed=1)
     ds = _dataset(tmp_path / "ds", ["1"] * 6, ["1"] * 6, kd_tok=load_tokenizer(tiny_model))
     cfg = EvaluateConfig(**(FAST | {"window": 4096}), max_examples=2)
-    monkeypatch.setattr("distill.evaluate.shared_data_dir", lambda: None)  # no WikiText-2 beside the checkout
+    monkeypatch.setattr("distill.eval.perplexity.shared_data_dir", lambda: None)  # no WikiText-2 beside the checkout
     out = evaluate_student(cfg, tiny_model, ds, tmp_path / "eval", base_model=base)
     ev = json.loads((out / "eval.json").read_text())
     assert ev["base_model"] == str(base) and ev["eval_text_source"] == "dataset validation split (teacher outputs)"
@@ -287,7 +287,7 @@ def test_bad_inputs_are_config_errors_before_any_model_loads(tiny_model, sft_dat
 
 
 def test_a_failure_while_writing_leaves_no_output_and_a_rerun_works(tiny_model, sft_dataset, tmp_path, monkeypatch):
-    import distill.evaluate as ev_mod
+    import distill.eval.report as ev_mod
 
     text = tmp_path / "t.txt"
     text.write_text("word " * 200)
