@@ -18,33 +18,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from distill.train.born_again import born_again
-from distill.train.card import student_card, write_card
-from distill.train.config import ONLINE_ONLY, KDConfig, LoraConfig, TrainConfig
-from distill.train.encode import ANSWER_TAG, EXPLAIN_TAG, rationale_tasks
-from distill.train.launch import launch_training
-from distill.train.loop import (
-    IGNORE,
+from distill.train.batch_loss import (
     assistant_loss,
-    check_inputs,
-    check_same_tokenizer,
     collate,
-    depth_prune,
     eval_rows,
     labelled_hidden,
     labelled_logits,
-    length_grouped_batches,
-    load_online_teacher,
     mixed_loss,
     mixed_loss_terms,
-    on_policy_rows,
     online_kd_terms,
-    refuse_trained,
-    run_training,
     teacher_logits,
-    tokenize_row,
-    tokenize_row_kd,
 )
+from distill.train.batches import length_grouped_batches, on_policy_rows
+from distill.train.born_again import born_again
+from distill.train.card import student_card, write_card
+from distill.train.config import ONLINE_ONLY, KDConfig, LoraConfig, TrainConfig
+from distill.train.data import IGNORE, check_same_tokenizer, tokenize_row, tokenize_row_kd
+from distill.train.encode import ANSWER_TAG, EXPLAIN_TAG, rationale_tasks
+from distill.train.launch import launch_training
+from distill.train.loop import check_inputs, depth_prune, load_online_teacher, run_training
+from distill.train.outputs import refuse_trained
 
 __all__ = [  # the names other modules import from distill.train.run
     "ANSWER_TAG", "EXPLAIN_TAG", "IGNORE", "KDConfig", "LoraConfig", "ONLINE_ONLY", "TrainConfig",
