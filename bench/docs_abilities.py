@@ -122,18 +122,27 @@ def cot_table(d: dict | None) -> str:
     if d is None:
         return "_Not measured yet: run `bench/ea_cot.py`._"
     s, c = d["summary"], d["config"]
+    cpu = d["cpu"] if isinstance(d["cpu"], str) else ", ".join(d["cpu"])
     lines = [f"`bench/ea_cot.py --seeds {c['seeds']}` (family {c['family']}, {c['examples']} worked examples, {c['inputs']} "
-             f"questions, {c['samples']} self-consistency samples, {c['steps']} steps; {d['cpu']}).", "",
+             f"questions, {c['samples']} self-consistency samples, {c['steps']} steps; {cpu}).", "",
              f"Teacher: direct {_pct(s['teacher']['direct'])} / CoT {_pct(s['teacher']['cot'])} 0-shot; direct "
              f"{_pct(s['teacher']['direct_k_shot'])} / CoT {_pct(s['teacher']['cot_k_shot'])} 4-shot. Base: direct "
              f"{_pct(s['base']['direct'])} / CoT {_pct(s['base']['cot'])} 0-shot.", "",
-             "| training data | correct rationales kept | student direct 0-shot | student CoT 0-shot | student CoT gain |",
-             "|---|---|---|---|---|"]
-    for arm, label in (("greedy", "greedy, unfiltered"), ("sc", "self-consistency (voted)"), ("gold", "gold-filtered")):
+             "| training data | seeds | correct rationales kept | student direct 0-shot | student CoT 0-shot (± sd) | "
+             "student CoT gain |", "|---|---|---|---|---|---|"]
+    shares = s["correct_rationales"]
+    for arm, label, share in (("greedy", "greedy, unfiltered", shares.get("greedy")),
+                              ("sc", "self-consistency (voted)", shares.get("sc")),
+                              ("gold", "gold-filtered", shares.get("gold")),
+                              ("gold_mt", "gold, rationale multi-task (asked `[answer]` / `[explain]`)", shares.get("gold")),
+                              ("gold_answer", "gold answers alone, no rationale (asked `[answer]`)", None)):
         st = s["students"].get(arm, {})
-        gain = st.get("gain")
-        lines.append(f"| {label} | {_pct(s['correct_rationales'].get(arm))} | {_pct(st.get('direct'))} | "
-                     f"{_pct(st.get('cot'))} | {'—' if gain is None else f'{100 * gain:+.1f} pts'} |")
+        if arm not in ("greedy", "sc", "gold") and not st.get("seeds"):
+            continue
+        gain, sd = st.get("gain"), st.get("cot_sd")
+        lines.append(f"| {label} | {st.get('seeds', len(d['seeds']))} | {_pct(share)} | {_pct(st.get('direct'))} | "
+                     f"{_pct(st.get('cot'))}{'' if sd is None else f' ± {100 * sd:.1f}'} | "
+                     f"{'—' if gain is None else f'{100 * gain:+.1f} pts'} |")
     return "\n".join(lines)
 
 
