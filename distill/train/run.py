@@ -7,8 +7,10 @@
   ``accelerate launch``, whose processes each run :func:`distill.train.loop.run_training` on their share;
 - otherwise one run in this process, :func:`distill.train.loop.run_training`.
 
-The configs live in :mod:`distill.train.config` (torch-free), the encoding and the loop in :mod:`distill.train.loop`;
-both are re-exported here, so ``from distill.train.run import TrainConfig, tokenize_row`` keeps working.
+The configs live in :mod:`distill.train.config` (torch-free), row encoding in :mod:`distill.train.data` and
+:mod:`distill.train.encode`, the loop in :mod:`distill.train.loop` (its batches and loss terms in
+:mod:`distill.train.batches` and :mod:`distill.train.batch_loss`); their public names are re-exported here, so
+``from distill.train.run import TrainConfig, tokenize_row`` keeps working.
 
 Run: ``eakd train flows/configs/demo.yaml`` (or the ``pipeline`` flow).
 """
