@@ -37,9 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import lscpu  # noqa: E402
 from bench.xtok_storage import gsm8k_questions, teacher_answers  # noqa: E402
-from distill.logprobs import pack_topk_bytes  # noqa: E402
+from distill.logprobs import pack_topk_bytes, vocab_strings  # noqa: E402
 from distill.models import load_causal_lm, load_tokenizer, resolve_model_path  # noqa: E402
-from distill.train.xtok_align import vocab_strings  # noqa: E402
 
 
 def save_dataset(rows: list[dict], n_train: int, vocab: list[bytes], path: Path) -> Path:

@@ -25,9 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import lscpu  # noqa: E402
 from distill.config import shared_data_dir  # noqa: E402
-from distill.logprobs import pack_topk, pack_topk_bytes, unpack_topk, unpack_topk_bytes  # noqa: E402
+from distill.logprobs import (  # noqa: E402
+    pack_topk,
+    pack_topk_bytes,
+    unpack_topk,
+    unpack_topk_bytes,
+    vocab_strings,
+)
 from distill.models import load_causal_lm, load_tokenizer, resolve_model_path  # noqa: E402
-from distill.train.xtok_align import vocab_strings  # noqa: E402
 
 GSM8K = "gsm8k/train.jsonl"
 

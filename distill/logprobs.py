@@ -90,6 +90,17 @@ class SpecialToken(bytes):
     name, it occupies no bytes of the response text, and it only matches a special token of the same name."""
 
 
+def vocab_strings(tokenizer) -> list[bytes]:
+    """Per token id, its bytes (GPT-2 byte-level BPE through the byte decoder; SentencePiece ``▁``/``<0xHH>``);
+    added/special tokens as :class:`~distill.logprobs.SpecialToken` of their literal name."""
+    from distill.transplant import token_bytes
+
+    names = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
+    pieces = token_bytes(tokenizer)
+    return [SpecialToken(names[i].encode()) if i in names else (b if b is not None else SpecialToken(b""))
+            for i, b in enumerate(pieces)]
+
+
 @dataclass
 class ByteTopK:
     """One completion's teacher logprobs by byte strings (``T`` generated tokens, ``k`` alternatives each).

@@ -7,6 +7,5 @@ cache (``cache``), prefix-aware scheduling and token counts (``schedule``), the 
 structured outputs (``structured``), the context-window check (``context``) and the local vLLM server (``serve``).
 
 May import: the shared core (``distill.config``, ``distill.models``, ``distill.credentials``, ``distill.logprobs``)
-and ``prompts``; never ``distill.data``. One function-local exception: ``vllm_backend`` reads a tokenizer's byte
-strings with ``distill.train.xtok_align.vocab_strings`` for byte-level top-k.
+and ``prompts``; never ``distill.data`` or ``distill.train``.
 """

@@ -18,17 +18,9 @@ from pathlib import Path
 import httpx
 
 from distill.models import BUNDLED_ALIAS, BUNDLED_NAME, resolve_model_path
+from distill.net import free_port  # noqa: F401 (imported from here by callers)
 
 log = logging.getLogger(__name__)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (for tests and ad-hoc servers)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def server_command(model: str, port: int, host: str = "127.0.0.1", max_model_len: int = 2048,

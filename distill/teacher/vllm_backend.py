@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def _choice(c, vocab: list[bytes] | None = None) -> Choice:
     """One vLLM completion -> a Choice; with the teacher's ``vocab`` (bytes per id, see
-    :func:`distill.train.xtok_align.vocab_strings`) its top-k are stored by bytes and ids (topk-bytes/v1), else by ids."""
+    :func:`distill.logprobs.vocab_strings`) its top-k are stored by bytes and ids (topk-bytes/v1), else by ids."""
     packed = None
     if c.logprobs is not None:
         ids, lps = [], []
@@ -219,7 +219,7 @@ def _generate(llm, batch: list[TeacherRequest], seeds: list[int | None] | None =
 def _vocab_bytes(llm) -> list[bytes] | None:
     """The teacher's bytes per token id, so its logprobs are stored by bytes too (any student tokenizer); None
     (ids only, same-tokenizer KD) for a tokenizer whose vocabulary cannot be read as bytes."""
-    from distill.train.xtok_align import vocab_strings
+    from distill.logprobs import vocab_strings
 
     try:
         return vocab_strings(llm.get_tokenizer())

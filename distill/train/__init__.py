@@ -9,6 +9,5 @@ the KD losses (``losses``, ``xtok_losses``), cross-tokenizer alignment and train
 card (``card``).
 
 May import: the shared core (``distill.config``, ``distill.models``, ``distill.io``, ``distill.logprobs``, ...);
-never ``distill.data``. One function-local exception: ``launch`` picks a free port with
-``distill.teacher.serve.free_port``.
+never ``distill.data`` or ``distill.teacher``.
 """

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from distill.config import ConfigError, dump_config, load_config
+from distill.net import free_port
 from distill.train.config import TrainConfig
 from distill.train.loop import run_training
 
@@ -46,8 +47,6 @@ def launch_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Pa
     except ImportError:
         raise ConfigError(f"train.processes={cfg.processes} hands training to `accelerate launch`; "
                           "install it (pip install accelerate) or set train.processes=1") from None
-    from distill.teacher.serve import free_port
-
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg_file = out.with_name(out.name + ".launch.yaml")

@@ -17,22 +17,10 @@ DistillKit) map vocabularies, not per-answer byte spans, and TRL's GOLD/ULD alig
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from distill.logprobs import ByteTopK, SpecialToken
 
 IGNORE = -100
-
-
-def vocab_strings(tokenizer: Any) -> list[bytes]:
-    """Per token id, its bytes (GPT-2 byte-level BPE through the byte decoder; SentencePiece ``▁``/``<0xHH>``);
-    added/special tokens as :class:`~distill.logprobs.SpecialToken` of their literal name."""
-    from distill.transplant import token_bytes
-
-    names = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
-    pieces = token_bytes(tokenizer)
-    return [SpecialToken(names[i].encode()) if i in names else (b if b is not None else SpecialToken(b""))
-            for i, b in enumerate(pieces)]
 
 
 def string_index(vocab: list[bytes]) -> dict[tuple[bool, bytes], int]:

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from distill.logprobs import unpack_topk_bytes
+from distill.logprobs import unpack_topk_bytes, vocab_strings
 from distill.train.config import KDConfig
 from distill.train.data import IGNORE, render_turns, tokenize_row
-from distill.train.xtok_align import XtokRow, encode_xtok_row, string_index, vocab_strings
+from distill.train.xtok_align import XtokRow, encode_xtok_row, string_index
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from distill.logprobs import (
     pack_topk_bytes,
     unpack_topk,
     unpack_topk_bytes,
+    vocab_strings,
 )
-from distill.train.xtok_align import align_chunks, encode_xtok_row, string_index, vocab_strings
+from distill.train.xtok_align import align_chunks, encode_xtok_row, string_index
 
 END = SpecialToken(b"<|im_end|>")
 # A toy student vocabulary: id -> bytes (special tokens as SpecialToken).

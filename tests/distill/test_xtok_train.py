@@ -7,11 +7,10 @@ import random
 import pytest
 
 from distill.config import ConfigError
-from distill.logprobs import SpecialToken, pack_topk, pack_topk_bytes
+from distill.logprobs import SpecialToken, pack_topk, pack_topk_bytes, vocab_strings
 from distill.models import build_tiny_model, load_tokenizer
 from distill.train.config import TrainConfig
 from distill.train.run import train_student
-from distill.train.xtok_align import vocab_strings
 from distill.transplant import train_tokenizer
 from distill.transplant_config import TokenizerTrainConfig
 
