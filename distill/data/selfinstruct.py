@@ -40,11 +40,11 @@ from typing import Literal
 from pydantic import Field
 
 from distill.config import StageConfig
-from distill.data.filters import BlocklistFilter, FormatFilter, LengthFilter, apply_filters
+from distill.data.filters import BlocklistFilter, FormatFilter, LengthFilter, RowFilter, apply_filters
 from distill.data.novelty import drop_agreement, minhash_dedup_filter, rougel_novelty_filter
 from distill.data.seeds import Seed
 from distill.teacher.budget import Budget
-from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
+from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
 from distill.teacher.structured import validate_output
 from prompts import Template, load_template, render_messages
 
@@ -132,103 +132,161 @@ def _prompt_vars(seeds: list[Seed], machine: list[Seed], cfg: BootstrapConfig, r
     return {"tasks": tasks, "n_new": cfg.new_per_prompt}
 
 
-def bootstrap_instructions(seeds: list[Seed], cfg: BootstrapConfig, teacher_cfg: TeacherConfig,
-                           blocklist: list[str] | None = None, budget: Budget | None = None) -> BootstrapResult:
-    """Run the rounds; returns the kept instructions (as seeds with ids ``si-<round>-<prompt>-<item>``).
-
-    ``budget``: the run's spending cap, shared with the response step (see :mod:`distill.teacher.budget`)."""
-    tmpl = load_template(template_name(cfg))
-    schema = instructions_schema(cfg.new_per_prompt) if cfg.structured else None
-    stats = TeacherStats()
-    heuristics = [FormatFilter(check_response=False),
-                  LengthFilter(min_instruction_words=cfg.min_words, max_instruction_words=cfg.max_words,
-                               min_response_words=None)]
+def _heuristics(cfg: BootstrapConfig, blocklist: list[str] | None) -> list[RowFilter]:
+    """Self-Instruct's heuristic filters on the instruction alone (format, length, an optional blocklist)."""
+    heuristics: list[RowFilter] = [
+        FormatFilter(check_response=False),
+        LengthFilter(min_instruction_words=cfg.min_words, max_instruction_words=cfg.max_words, min_response_words=None)]
     if blocklist:
         heuristics.append(BlocklistFilter(tuple(blocklist), fields=("instruction",)))
-    pool_texts = [s.instruction for s in seeds]
-    machine: list[Seed] = []
-    removed: list[dict] = []
-    res = BootstrapResult(seeds=machine, removed=removed, template=tmpl)
-    agree = {"both": 0, "only_rougel": 0, "only_minhash": 0}
-    seen: set[str] = set()
-    for rnd in range(cfg.max_rounds):
-        if len(machine) >= cfg.target:
-            break
-        res.rounds = rnd + 1
-        reqs = [TeacherRequest(messages=render_messages(tmpl, _prompt_vars(seeds, machine, cfg, rnd, j)),
-                               model=teacher_cfg.model_id(), style="self_instruct", template=tmpl.name,
-                               template_sha=tmpl.sha256, temperature=cfg.temperature, top_p=cfg.top_p,
-                               max_tokens=cfg.max_tokens, n=1, seed=cfg.seed * 1_000_003 + rnd * 4099 + j,
-                               json_schema=schema)
-                for j in range(cfg.prompts_per_round)]
-        responses = query_teacher(reqs, teacher_cfg, stats, budget)
-        cands: list[dict] = []
-        for j, resp in enumerate(responses):
-            origin = f"bootstrap:r{rnd}:p{j}"
-            if resp.error is not None or not resp.choices:
-                removed.append({"instruction": "", "origin": origin, "removed_reason": f"teacher_error: {(resp.error or 'no choices')[:200]}"})
-                continue
-            ch = resp.choices[0]
-            res.batches += 1
-            if schema is not None:
-                items = structured_instructions(ch.text, schema)
-                why = ch.schema_error or validate_output(ch.text, schema)[1]
-            else:
-                items = parse_instructions(ch.text, cfg.new_per_prompt, ch.finish_reason == "length")
-                why = None if items else "no task list found in the answer"
-            if not items:  # kept and marked, never silently dropped
-                removed.append({"instruction": ch.text[:300], "origin": origin, "removed_reason": f"unparseable: {why}"})
-                res.removed_by["unparseable"] = res.removed_by.get("unparseable", 0) + 1
-                continue
-            res.batches_parsed += 1
-            for k, inst in enumerate(items):
-                cands.append({"instruction": inst, "origin": f"{origin}:i{k}", "id": f"si-{rnd}-{j}-{k}"})
-        res.candidates += len(cands)
-        exact = []
-        for c in cands:  # exact repeats (after whitespace/case) are not worth a novelty comparison
-            norm = " ".join(c["instruction"].lower().split())
-            if norm in seen:
-                removed.append(c | {"removed_reason": "novelty: exact repeat of an earlier instruction"})
-                res.removed_by["exact_repeat"] = res.removed_by.get("exact_repeat", 0) + 1
-            else:
-                seen.add(norm)
-                exact.append(c)
-        fr = apply_filters(exact, heuristics)
-        for r in fr.removed:
-            removed.append({"instruction": r["instruction"], "origin": r["origin"], "id": r["id"],
+    return heuristics
+
+
+def _count(res: BootstrapResult, reason: str, n: int = 1) -> None:
+    """Add ``n`` candidates removed for ``reason`` to ``res.removed_by``."""
+    res.removed_by[reason] = res.removed_by.get(reason, 0) + n
+
+
+def _round_requests(seeds: list[Seed], machine: list[Seed], cfg: BootstrapConfig, teacher_cfg: TeacherConfig,
+                    tmpl: Template, schema: dict | None, rnd: int) -> list[TeacherRequest]:
+    """The ``prompts_per_round`` teacher requests of round ``rnd``, each with its own shots and sampling seed."""
+    return [TeacherRequest(messages=render_messages(tmpl, _prompt_vars(seeds, machine, cfg, rnd, j)),
+                           model=teacher_cfg.model_id(), style="self_instruct", template=tmpl.name,
+                           template_sha=tmpl.sha256, temperature=cfg.temperature, top_p=cfg.top_p,
+                           max_tokens=cfg.max_tokens, n=1, seed=cfg.seed * 1_000_003 + rnd * 4099 + j,
+                           json_schema=schema)
+            for j in range(cfg.prompts_per_round)]
+
+
+def _read_candidates(responses: list[TeacherResponse], cfg: BootstrapConfig, schema: dict | None,
+                     res: BootstrapResult, rnd: int) -> list[dict]:
+    """The new instructions in the teacher's answers, as candidates ``{"instruction", "origin", "id"}``.
+
+    A failed or unparseable answer goes to ``res.removed`` with its reason."""
+    cands: list[dict] = []
+    for j, resp in enumerate(responses):
+        origin = f"bootstrap:r{rnd}:p{j}"
+        if resp.error is not None or not resp.choices:
+            res.removed.append({"instruction": "", "origin": origin,
+                                "removed_reason": f"teacher_error: {(resp.error or 'no choices')[:200]}"})
+            continue
+        ch = resp.choices[0]
+        res.batches += 1
+        if schema is not None:
+            items = structured_instructions(ch.text, schema)
+            why = ch.schema_error or validate_output(ch.text, schema)[1]
+        else:
+            items = parse_instructions(ch.text, cfg.new_per_prompt, ch.finish_reason == "length")
+            why = None if items else "no task list found in the answer"
+        if not items:  # kept and marked, never silently dropped
+            res.removed.append({"instruction": ch.text[:300], "origin": origin,
+                                "removed_reason": f"unparseable: {why}"})
+            _count(res, "unparseable")
+            continue
+        res.batches_parsed += 1
+        for k, inst in enumerate(items):
+            cands.append({"instruction": inst, "origin": f"{origin}:i{k}", "id": f"si-{rnd}-{j}-{k}"})
+    return cands
+
+
+def _drop_exact_repeats(cands: list[dict], seen: set[str], res: BootstrapResult) -> list[dict]:
+    """The candidates not seen before (after whitespace/case); exact repeats are not worth a novelty comparison."""
+    exact = []
+    for c in cands:
+        norm = " ".join(c["instruction"].lower().split())
+        if norm in seen:
+            res.removed.append(c | {"removed_reason": "novelty: exact repeat of an earlier instruction"})
+            _count(res, "exact_repeat")
+        else:
+            seen.add(norm)
+            exact.append(c)
+    return exact
+
+
+def _apply_heuristics(cands: list[dict], heuristics: list[RowFilter], res: BootstrapResult) -> list[dict]:
+    """The candidates every heuristic filter passes; the others go to ``res.removed`` with the filter's reason."""
+    fr = apply_filters(cands, heuristics)
+    for r in fr.removed:
+        res.removed.append({"instruction": r["instruction"], "origin": r["origin"], "id": r["id"],
                             "removed_reason": f"{r['removed_by']}: {r['reason']}"})
-            res.removed_by[r["removed_by"]] = res.removed_by.get(r["removed_by"], 0) + 1
-        texts = [c["instruction"] for c in fr.kept]
-        kept_r, drops_r = rougel_novelty_filter(texts, pool_texts, cfg.rougel_threshold)
-        kept_m, drops_m = minhash_dedup_filter(texts, pool_texts, cfg.minhash_threshold, seed=cfg.seed)
-        a = drop_agreement([d.index for d in drops_r], [d.index for d in drops_m])
-        agree["both"] += a.both
-        agree["only_rougel"] += a.only_reference
-        agree["only_minhash"] += a.only_other
-        kept, drops, label = (kept_r, drops_r, "rouge-l") if cfg.novelty == "rougel" else (kept_m, drops_m, "minhash")
-        for d in drops:
-            c = fr.kept[d.index]
-            removed.append(c | {"removed_reason": f"novelty: {label} {d.score:.2f} with {d.match_source} {d.match[:120]!r}"})
-        res.removed_by[f"novelty_{cfg.novelty}"] = res.removed_by.get(f"novelty_{cfg.novelty}", 0) + len(drops)
-        for i in kept:
-            c = fr.kept[i]
-            if len(machine) >= cfg.target:
-                removed.append(c | {"removed_reason": "over_target: the target was reached in this round"})
-                res.removed_by["over_target"] = res.removed_by.get("over_target", 0) + 1
-                continue
-            machine.append(Seed(id=c["id"], instruction=c["instruction"], task="self_instruct"))
-            pool_texts.append(c["instruction"])
-        log.info("self-instruct round %d: %d candidates, %d kept so far (target %d)", rnd, len(cands), len(machine), cfg.target)
+        _count(res, r["removed_by"])
+    return fr.kept
+
+
+def _drop_near_copies(cands: list[dict], pool_texts: list[str], cfg: BootstrapConfig, agree: dict[str, int],
+                      res: BootstrapResult) -> list[dict]:
+    """The candidates that ``cfg.novelty``'s filter finds novel against the pool and each other.
+
+    Both filters run; their drop-sets' agreement is added to ``agree``."""
+    texts = [c["instruction"] for c in cands]
+    kept_r, drops_r = rougel_novelty_filter(texts, pool_texts, cfg.rougel_threshold)
+    kept_m, drops_m = minhash_dedup_filter(texts, pool_texts, cfg.minhash_threshold, seed=cfg.seed)
+    a = drop_agreement([d.index for d in drops_r], [d.index for d in drops_m])
+    agree["both"] += a.both
+    agree["only_rougel"] += a.only_reference
+    agree["only_minhash"] += a.only_other
+    kept, drops, label = (kept_r, drops_r, "rouge-l") if cfg.novelty == "rougel" else (kept_m, drops_m, "minhash")
+    for d in drops:
+        c = cands[d.index]
+        res.removed.append(c | {"removed_reason": f"novelty: {label} {d.score:.2f} with {d.match_source} "
+                                                  f"{d.match[:120]!r}"})
+    _count(res, f"novelty_{cfg.novelty}", len(drops))
+    return [cands[i] for i in kept]
+
+
+def _keep(cands: list[dict], pool_texts: list[str], cfg: BootstrapConfig, res: BootstrapResult) -> None:
+    """Add the novel candidates to the kept instructions and the pool, up to ``cfg.target``."""
+    for c in cands:
+        if len(res.seeds) >= cfg.target:
+            res.removed.append(c | {"removed_reason": "over_target: the target was reached in this round"})
+            _count(res, "over_target")
+            continue
+        res.seeds.append(Seed(id=c["id"], instruction=c["instruction"], task="self_instruct"))
+        pool_texts.append(c["instruction"])
+
+
+def _agreement(agree: dict[str, int], cfg: BootstrapConfig) -> dict:
+    """The ROUGE-L vs MinHash drop-set counts with their Jaccard, MinHash's precision/recall and the settings."""
     union = sum(agree.values())
     both = agree["both"]
-    res.agreement = agree | {
+    return agree | {
         "jaccard": round(both / union, 4) if union else 1.0,
         "minhash_precision": round(both / (both + agree["only_minhash"]), 4) if both + agree["only_minhash"] else 1.0,
         "minhash_recall": round(both / (both + agree["only_rougel"]), 4) if both + agree["only_rougel"] else 1.0,
         "rougel_threshold": cfg.rougel_threshold, "minhash_threshold": cfg.minhash_threshold, "decided_by": cfg.novelty,
     }
+
+
+def bootstrap_instructions(seeds: list[Seed], cfg: BootstrapConfig, teacher_cfg: TeacherConfig,
+                           blocklist: list[str] | None = None, budget: Budget | None = None) -> BootstrapResult:
+    """Run the rounds; returns the kept instructions (as seeds with ids ``si-<round>-<prompt>-<item>``).
+
+    Each round: :func:`_round_requests` -> :func:`~distill.teacher.query.query_teacher` -> :func:`_read_candidates`
+    -> :func:`_drop_exact_repeats` -> :func:`_apply_heuristics` -> :func:`_drop_near_copies` -> :func:`_keep`.
+    ``budget``: the run's spending cap, shared with the response step (see :mod:`distill.teacher.budget`)."""
+    tmpl = load_template(template_name(cfg))
+    schema = instructions_schema(cfg.new_per_prompt) if cfg.structured else None
+    stats = TeacherStats()
+    heuristics = _heuristics(cfg, blocklist)
+    pool_texts = [s.instruction for s in seeds]
+    res = BootstrapResult(seeds=[], removed=[], template=tmpl)
+    agree = {"both": 0, "only_rougel": 0, "only_minhash": 0}
+    seen: set[str] = set()
+    for rnd in range(cfg.max_rounds):
+        if len(res.seeds) >= cfg.target:
+            break
+        res.rounds = rnd + 1
+        reqs = _round_requests(seeds, res.seeds, cfg, teacher_cfg, tmpl, schema, rnd)
+        responses = query_teacher(reqs, teacher_cfg, stats, budget)
+        cands = _read_candidates(responses, cfg, schema, res, rnd)
+        res.candidates += len(cands)
+        fresh = _apply_heuristics(_drop_exact_repeats(cands, seen, res), heuristics, res)
+        _keep(_drop_near_copies(fresh, pool_texts, cfg, agree, res), pool_texts, cfg, res)
+        log.info("self-instruct round %d: %d candidates, %d kept so far (target %d)",
+                 rnd, len(cands), len(res.seeds), cfg.target)
+    res.agreement = _agreement(agree, cfg)
     res.teacher = stats.to_dict()
-    if len(machine) < cfg.target:
+    if len(res.seeds) < cfg.target:
         log.warning("self-instruct: kept %d of the %d instructions asked for after %d rounds (raise max_rounds)",
-                    len(machine), cfg.target, res.rounds)
+                    len(res.seeds), cfg.target, res.rounds)
     return res
