@@ -31,7 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from distill.io import write_text_atomic
 from distill.logprobs import pack_openai_logprobs
@@ -46,6 +48,9 @@ from distill.teacher.types import (
     cpu_thread_env,
     require_api_key,
 )
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -207,93 +212,143 @@ def _retryable(status: int | None) -> bool:
     return status is None or status in (408, 409, 429) or status >= 500
 
 
+@dataclass
+class _RemoteBatches:
+    """What the steps of one :func:`send_remote_batch` call share: the client, the pending requests by cache key,
+    the journal of submitted batches and the errors another batch would not fix."""
+
+    client: openai.OpenAI
+    cfg: TeacherConfig
+    cache: ResponseCache
+    stats: TeacherStats
+    by_key: dict[str, TeacherRequest]
+    jpath: Path
+    journal: dict[str, dict]
+    final: dict[str, str] = field(default_factory=dict)  # custom_id -> error that another batch would not fix
+
+
+def _unanswered(rb: _RemoteBatches) -> list[TeacherRequest]:
+    """The pending requests with neither a cached answer nor a final error."""
+    got = rb.cache.get_many(list(rb.by_key))
+    return [r for k, r in rb.by_key.items() if k not in got and k not in rb.final]
+
+
+def _wait_for(rb: _RemoteBatches, batch_id: str) -> Any:
+    """Poll ``batch_id`` until it ends; raises BatchPending after ``teacher.batch_wait_s``, and RuntimeError
+    when the endpoint refused the whole file."""
+    deadline = time.monotonic() + rb.cfg.batch_wait_s
+    while True:
+        b = rb.client.batches.retrieve(batch_id)
+        if b.status in TERMINAL:
+            break
+        if time.monotonic() >= deadline:
+            raise BatchPending(
+                f"batch {batch_id} is still {b.status} after teacher.batch_wait_s={rb.cfg.batch_wait_s:g} s; it is "
+                f"recorded in {rb.jpath}, so re-running the same command collects it without submitting again")
+        time.sleep(min(rb.cfg.batch_poll_s, max(0.0, deadline - time.monotonic())))
+    if b.status == "failed" and not b.output_file_id:  # the whole file was refused (validation)
+        errs = "; ".join(f"{e.code}: {e.message}" for e in ((b.errors.data or []) if b.errors else []))
+        raise RuntimeError(f"batch {batch_id} failed before any request ran: {errs or 'no reason given'}; "
+                           "nothing was paid for (it stays in the journal until you remove it)")
+    return b
+
+
+def _read_results(rb: _RemoteBatches, batch_id: str,
+                  b: Any) -> tuple[list[TeacherResponse], dict[str, tuple[int | None, str]]]:
+    """The answers and line errors in the output and error files of ``b``, the finished batch ``batch_id``."""
+    answers, errors = [], {}
+    for file_id in (b.output_file_id, b.error_file_id):
+        if file_id:
+            a, e = parse_batch_output(rb.client.files.content(file_id).text, rb.by_key, "openai-batch",
+                                      rb.cfg.model_id(), f"batch {batch_id} file {file_id}")
+            answers += a
+            errors |= e
+    return answers, errors
+
+
+def _collect(rb: _RemoteBatches, batch_id: str) -> None:
+    """Wait for ``batch_id``, cache its answers, keep its non-retryable line errors, and drop it from the journal."""
+    t0 = time.perf_counter()
+    b = _wait_for(rb, batch_id)
+    answers, errors = _read_results(rb, batch_id, b)
+    per = (time.perf_counter() - t0) / max(1, len(answers))
+    for a in answers:
+        a.latency_s = round(per, 4)
+    rb.cache.put_many([(a.key, a.to_dict()) for a in answers])
+    for k, (status, msg) in errors.items():
+        rb.stats.failures["batch"] = rb.stats.failures.get("batch", 0) + 1
+        if not _retryable(status):
+            rb.final[k] = msg
+    log.info("batch %s %s: %d answered, %d line errors", batch_id, b.status, len(answers), len(errors))
+    rb.journal.pop(batch_id, None)
+    _save_journal(rb.jpath, rb.journal)
+
+
+def _reattach(rb: _RemoteBatches) -> None:
+    """Collect the journalled batches of this endpoint that cover any pending request (submitted by an earlier run)."""
+    for batch_id, entry in list(rb.journal.items()):
+        if entry.get("base_url") == rb.cfg.base_url and set(entry.get("custom_ids", ())) & set(rb.by_key):
+            log.info("batch: re-attaching to %s submitted earlier (%d requests)", batch_id, len(entry["custom_ids"]))
+            _collect(rb, batch_id)
+
+
+def _submit(rb: _RemoteBatches, todo: list[TeacherRequest]) -> str:
+    """Upload ``todo`` as one batch and journal it before anything polls it; returns the batch id.
+
+    An endpoint without a Batch API (404) is a ConfigError."""
+    import openai
+
+    cfg = rb.cfg
+    with tempfile.TemporaryDirectory(prefix="eakd-batch-") as tmp:
+        inp = Path(tmp) / "input.jsonl"
+        lines = write_batch_file(todo, cfg.model_id(), inp)
+        try:
+            with open(inp, "rb") as f:
+                file_id = rb.client.files.create(file=f, purpose="batch").id
+            batch = rb.client.batches.create(input_file_id=file_id, endpoint=CHAT_URL,
+                                             completion_window=cfg.batch_completion_window)
+        except openai.NotFoundError as exc:
+            from distill.config import ConfigError
+
+            raise ConfigError(f"teacher.batch: {cfg.base_url} has no Batch API ({exc.request.method} "
+                              f"{exc.request.url.path} -> 404); turn teacher.batch off to send the same "
+                              "requests online (same cache keys)") from exc
+    rb.journal[batch.id] = {"base_url": cfg.base_url, "input_file_id": file_id, "created": time.time(),
+                            "custom_ids": [r.key() for r in todo]}
+    _save_journal(rb.jpath, rb.journal)  # before polling: a crash from here on re-attaches, never resubmits
+    log.info("batch: submitted %d requests as %s", lines, batch.id)
+    return batch.id
+
+
+def _failures(rb: _RemoteBatches) -> dict[str, TeacherResponse]:
+    """The requests still unanswered (or failed for good), as error responses by key."""
+    errors = {r.key(): "no answer after the batch and its resubmissions (expired or retryable errors each time)"
+              for r in _unanswered(rb)} | rb.final
+    if errors:
+        log.warning("batch: %d of %d requests failed; they are not cached, so a rerun resubmits only them",
+                    len(errors), len(rb.by_key))
+    return {k: TeacherResponse(key=k, choices=[], engine="openai-batch", model=rb.cfg.model_id(), error=e)
+            for k, e in errors.items()}
+
+
 def send_remote_batch(pending: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache,
                       stats: TeacherStats) -> dict[str, TeacherResponse]:
     """Answer ``pending`` through the endpoint's Batch API; stores answers, returns failures by key.
 
-    First re-attaches to journalled batches of this endpoint that cover any pending request, then
-    submits what is still unanswered, in at most ``1 + max_retries`` batches.
+    First re-attaches to journalled batches of this endpoint that cover any pending request (:func:`_reattach`),
+    then submits what is still unanswered (:func:`_submit`, :func:`_collect`), in at most ``1 + max_retries``
+    batches; what is left becomes the failures (:func:`_failures`).
     """
     import openai
 
     client = openai.OpenAI(base_url=cfg.base_url, api_key=require_api_key(cfg), timeout=cfg.timeout_s,
                            max_retries=cfg.max_retries)
-    by_key = {r.key(): r for r in pending}
     jpath = journal_path(cache)
-    journal = _load_journal(jpath)
-    final: dict[str, str] = {}  # custom_id -> error that another batch would not fix
-
-    def unanswered() -> list[TeacherRequest]:
-        got = cache.get_many(list(by_key))
-        return [r for k, r in by_key.items() if k not in got and k not in final]
-
-    def collect(batch_id: str) -> None:
-        t0, deadline = time.perf_counter(), time.monotonic() + cfg.batch_wait_s
-        while True:
-            b = client.batches.retrieve(batch_id)
-            if b.status in TERMINAL:
-                break
-            if time.monotonic() >= deadline:
-                raise BatchPending(
-                    f"batch {batch_id} is still {b.status} after teacher.batch_wait_s={cfg.batch_wait_s:g} s; it is "
-                    f"recorded in {jpath}, so re-running the same command collects it without submitting again")
-            time.sleep(min(cfg.batch_poll_s, max(0.0, deadline - time.monotonic())))
-        if b.status == "failed" and not b.output_file_id:  # the whole file was refused (validation)
-            errs = "; ".join(f"{e.code}: {e.message}" for e in ((b.errors.data or []) if b.errors else []))
-            raise RuntimeError(f"batch {batch_id} failed before any request ran: {errs or 'no reason given'}; "
-                               "nothing was paid for (it stays in the journal until you remove it)")
-        answers, errors = [], {}
-        for file_id in (b.output_file_id, b.error_file_id):
-            if file_id:
-                a, e = parse_batch_output(client.files.content(file_id).text, by_key, "openai-batch",
-                                          cfg.model_id(), f"batch {batch_id} file {file_id}")
-                answers += a
-                errors |= e
-        per = (time.perf_counter() - t0) / max(1, len(answers))
-        for a in answers:
-            a.latency_s = round(per, 4)
-        cache.put_many([(a.key, a.to_dict()) for a in answers])
-        for k, (status, msg) in errors.items():
-            stats.failures["batch"] = stats.failures.get("batch", 0) + 1
-            if not _retryable(status):
-                final[k] = msg
-        log.info("batch %s %s: %d answered, %d line errors", batch_id, b.status, len(answers), len(errors))
-        journal.pop(batch_id, None)
-        _save_journal(jpath, journal)
-
-    for batch_id, entry in list(journal.items()):
-        if entry.get("base_url") == cfg.base_url and set(entry.get("custom_ids", ())) & set(by_key):
-            log.info("batch: re-attaching to %s submitted earlier (%d requests)", batch_id, len(entry["custom_ids"]))
-            collect(batch_id)
-
+    rb = _RemoteBatches(client, cfg, cache, stats, {r.key(): r for r in pending}, jpath, _load_journal(jpath))
+    _reattach(rb)
     for _ in range(1 + cfg.max_retries):
-        todo = unanswered()
+        todo = _unanswered(rb)
         if not todo:
             break
-        with tempfile.TemporaryDirectory(prefix="eakd-batch-") as tmp:
-            inp = Path(tmp) / "input.jsonl"
-            lines = write_batch_file(todo, cfg.model_id(), inp)
-            try:
-                with open(inp, "rb") as f:
-                    file_id = client.files.create(file=f, purpose="batch").id
-                batch = client.batches.create(input_file_id=file_id, endpoint=CHAT_URL,
-                                              completion_window=cfg.batch_completion_window)
-            except openai.NotFoundError as exc:
-                from distill.config import ConfigError
-
-                raise ConfigError(f"teacher.batch: {cfg.base_url} has no Batch API ({exc.request.method} "
-                                   f"{exc.request.url.path} -> 404); turn teacher.batch off to send the same "
-                                   "requests online (same cache keys)") from exc
-        journal[batch.id] = {"base_url": cfg.base_url, "input_file_id": file_id, "created": time.time(),
-                             "custom_ids": [r.key() for r in todo]}
-        _save_journal(jpath, journal)  # before polling: a crash from here on re-attaches, never resubmits
-        log.info("batch: submitted %d requests as %s", lines, batch.id)
-        collect(batch.id)
-
-    errors = {r.key(): "no answer after the batch and its resubmissions (expired or retryable errors each time)"
-              for r in unanswered()} | final
-    if errors:
-        log.warning("batch: %d of %d requests failed; they are not cached, so a rerun resubmits only them",
-                    len(errors), len(by_key))
-    return {k: TeacherResponse(key=k, choices=[], engine="openai-batch", model=cfg.model_id(), error=e)
-            for k, e in errors.items()}
+        _collect(rb, _submit(rb, todo))
+    return _failures(rb)
