@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -150,24 +151,76 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
     a masked weight stays exactly zero.
     Returns ``{"steps", "lr", "loss_first", "loss_last", "seconds", "tokens"}`` (losses averaged over the
     first/last fifth of the steps; the KL term alone as ``kd_first``/``kd_last`` when feature terms are on).
+
+    Phases: :func:`_check_settings` and :func:`_resolve_layer_map` (before any change), :func:`_setup` (feature
+    modules, optimizers, eager attention where needed), :func:`_train` (the steps, one :func:`_train_step` each),
+    :func:`_summarize`.
     """
+    _check_settings(steps, lr, hint_weight, attention_weight, adversarial_weight)
+    device = next(student.parameters()).device
+    layer_map = _resolve_layer_map(student, teacher, layer_map, hint_weight > 0 or attention_weight > 0)
+    trainer = _setup(student, teacher, batches, steps, lr, seed, (hint_weight, attention_weight, adversarial_weight),
+                     layer_map, masks, device)
+    start = time.perf_counter()
+    losses, kds, accuracies = _train(trainer, student, teacher, batches, steps, batch_size, chunk_size, device)
+    return _summarize(trainer, steps, lr, batch_size * batches.shape[1], time.perf_counter() - start, losses, kds,
+                      accuracies)
+
+
+def _check_settings(steps: int, lr: float, hint_weight: float, attention_weight: float,
+                    adversarial_weight: float) -> None:
+    """Refuse settings recovery cannot run with, before anything changes."""
     if steps < 1:
         raise ValueError(f"recover_steps must be >= 1, got {steps}")
     if lr <= 0:
         raise ValueError(f"recover_lr must be > 0, got {lr}")
     if hint_weight < 0 or attention_weight < 0 or adversarial_weight < 0:
         raise ValueError("hint_weight, attention_weight and adversarial_weight must be >= 0")
-    device = next(student.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    features = hint_weight > 0 or attention_weight > 0
+
+
+def _resolve_layer_map(student: nn.Module, teacher: nn.Module, layer_map: list[int] | None,
+                       features: bool) -> list[int]:
+    """``layer_map`` (default: block ``j`` learns from teacher block ``j``), checked when feature terms use it."""
     n_student = student.config.num_hidden_layers
     layer_map = list(range(n_student)) if layer_map is None else list(layer_map)
     if features and (len(layer_map) != n_student or not all(0 <= t < teacher.config.num_hidden_layers for t in layer_map)):
         raise ValueError(f"layer_map must name one teacher block (0..{teacher.config.num_hidden_layers - 1}) for each "
                          f"of the student's {n_student} blocks, got {layer_map} (feature terms after an earlier "
                          "depth step in a chain: put the recovery on the depth step)")
+    return layer_map
+
+
+@dataclass
+class _Trainer:
+    """What the recovery steps read and update (built by :func:`_setup`)."""
+
+    hint_weight: float
+    attention_weight: float
+    adversarial_weight: float
+    layer_map: list[int]  # the teacher block each student block learns from
+    projections: nn.ModuleList  # FitNets projections, one per student block (empty without hints)
+    disc: Discriminator | None  # None without the adversarial term
+    disc_opt: torch.optim.Optimizer | None
+    opt: torch.optim.Optimizer  # AdamW over the student and the projections
+    sched: torch.optim.lr_scheduler.LambdaLR  # warmup over the first tenth, then cosine
+    params: list[nn.Parameter]  # what ``opt`` updates (clipped together)
+    named: dict[str, nn.Parameter]  # the student's parameters by name, for ``masks``
+    masks: dict[str, Tensor]
+    order: Tensor  # the seeded order the windows are drawn in
+    extra: dict[str, bool]  # output_hidden_states / output_attentions, for both forwards
+    restore: tuple[str | None, str | None] | None  # (student, teacher) attention implementations to restore
+
+
+def _setup(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int, lr: float, seed: int,
+           weights: tuple[float, float, float], layer_map: list[int], masks: dict[str, Tensor] | None,
+           device: torch.device) -> _Trainer:
+    """Build the projections, discriminator, optimizers and window order; switch both models to eager
+    attention for the attention term, the teacher to eval and the student to train mode."""
+    hint_weight, attention_weight, adversarial_weight = weights
+    gen = torch.Generator().manual_seed(seed)
     hidden = student.config.hidden_size
-    projections = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(n_student if hint_weight else 0))
+    n_projections = student.config.num_hidden_layers if hint_weight else 0
+    projections = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(n_projections))
     for proj in projections:
         nn.init.eye_(proj.weight)
     projections.to(device)
@@ -186,61 +239,83 @@ def recover(student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int,
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     order = torch.randperm(batches.shape[0], generator=gen)
+    extra = {"output_hidden_states": bool(hint_weight or adversarial_weight), "output_attentions": bool(attention_weight)}
+    return _Trainer(hint_weight, attention_weight, adversarial_weight, layer_map, projections, disc, disc_opt, opt,
+                    sched, params, named, masks, order, extra, restore)
+
+
+def _train(t: _Trainer, student: nn.Module, teacher: nn.Module, batches: Tensor, steps: int, batch_size: int,
+           chunk_size: int | None, device: torch.device) -> tuple[list[float], list[float], list[float]]:
+    """Run the ``steps`` steps on micro-batches drawn in ``t.order`` (cycling); returns the per-step total loss,
+    KL term and discriminator accuracy. The student ends in eval mode and both models' attention as it was."""
     losses: list[float] = []
     kds: list[float] = []
     accuracies: list[float] = []
-    extra = {"output_hidden_states": bool(hint_weight or adversarial_weight), "output_attentions": bool(attention_weight)}
-    start = time.perf_counter()
     try:
         for step in tqdm(range(steps), desc="recover", unit="step", leave=False):
-            idx = order[(torch.arange(batch_size) + step * batch_size) % batches.shape[0]]
-            ids = batches[idx].to(device)
-            with torch.no_grad():
-                t_out = teacher(input_ids=ids, use_cache=False, **extra)
-            s_out = student(input_ids=ids, use_cache=False, **extra)
-            loss = kd_loss(s_out.logits[:, :-1], t_out.logits[:, :-1], ids[:, 1:], method="forward_kl",
-                           chunk_size=chunk_size)
-            kds.append(float(loss.detach()))
-            if hint_weight:
-                loss = loss + hint_weight * hint_loss(s_out.hidden_states, t_out.hidden_states, layer_map, projections)
-            if attention_weight:
-                loss = loss + attention_weight * attention_loss(s_out.attentions, t_out.attentions, layer_map)
-            d_loss = None
-            if disc is not None:
-                generator, d_loss, accuracy = adversarial_terms(disc, s_out.hidden_states[-1], t_out.hidden_states[-1])
-                loss = loss + adversarial_weight * generator
+            idx = t.order[(torch.arange(batch_size) + step * batch_size) % batches.shape[0]]
+            loss, kd, accuracy = _train_step(t, student, teacher, batches[idx].to(device), chunk_size)
+            kds.append(kd)
+            if accuracy is not None:
                 accuracies.append(accuracy)
-            del t_out, s_out
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            _apply_masks(named, masks)
-            if disc is not None:  # the generator's backward also reached disc: start its step clean
-                disc_opt.zero_grad(set_to_none=True)
-                d_loss.backward()
-                disc_opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss)
             if step % 10 == 0 or step == steps - 1:
-                log.info("recover step %d | kd %.4f | lr %.2e", step, losses[-1], sched.get_last_lr()[0])
+                log.info("recover step %d | kd %.4f | lr %.2e", step, losses[-1], t.sched.get_last_lr()[0])
     finally:
         student.eval()
-        if restore is not None:
-            for model, previous in zip((student, teacher), restore):
+        if t.restore is not None:
+            for model, previous in zip((student, teacher), t.restore):
                 if previous and previous != "eager":
                     model.set_attn_implementation(previous)
+    return losses, kds, accuracies
+
+
+def _train_step(t: _Trainer, student: nn.Module, teacher: nn.Module, ids: Tensor,
+                chunk_size: int | None) -> tuple[float, float, float | None]:
+    """One AdamW step of the student (masks re-applied) and one of the discriminator on ``ids`` [B, T];
+    returns ``(total loss, KL term, discriminator accuracy or None)``."""
+    with torch.no_grad():
+        t_out = teacher(input_ids=ids, use_cache=False, **t.extra)
+    s_out = student(input_ids=ids, use_cache=False, **t.extra)
+    loss = kd_loss(s_out.logits[:, :-1], t_out.logits[:, :-1], ids[:, 1:], method="forward_kl",
+                   chunk_size=chunk_size)
+    kd = float(loss.detach())
+    if t.hint_weight:
+        loss = loss + t.hint_weight * hint_loss(s_out.hidden_states, t_out.hidden_states, t.layer_map, t.projections)
+    if t.attention_weight:
+        loss = loss + t.attention_weight * attention_loss(s_out.attentions, t_out.attentions, t.layer_map)
+    d_loss = accuracy = None
+    if t.disc is not None:
+        generator, d_loss, accuracy = adversarial_terms(t.disc, s_out.hidden_states[-1], t_out.hidden_states[-1])
+        loss = loss + t.adversarial_weight * generator
+    del t_out, s_out
+    t.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(t.params, 1.0)
+    t.opt.step()
+    _apply_masks(t.named, t.masks)
+    if t.disc is not None:  # the generator's backward also reached disc: start its step clean
+        t.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        t.disc_opt.step()
+    t.sched.step()
+    return float(loss.detach()), kd, accuracy
+
+
+def _summarize(t: _Trainer, steps: int, lr: float, tokens_per_step: int, seconds: float, losses: list[float],
+               kds: list[float], accuracies: list[float]) -> dict:
+    """The stats :func:`recover` returns: averages over the first and last fifth of the steps."""
     fifth = max(1, steps // 5)
     stats = {"steps": steps, "lr": lr, "loss_first": sum(losses[:fifth]) / fifth,
-             "loss_last": sum(losses[-fifth:]) / fifth, "seconds": time.perf_counter() - start,
-             "tokens": steps * batch_size * batches.shape[1]}
-    if features or disc is not None:
-        stats |= {"hint_weight": hint_weight, "attention_weight": attention_weight,
+             "loss_last": sum(losses[-fifth:]) / fifth, "seconds": seconds,
+             "tokens": steps * tokens_per_step}
+    if t.hint_weight > 0 or t.attention_weight > 0 or t.disc is not None:
+        stats |= {"hint_weight": t.hint_weight, "attention_weight": t.attention_weight,
                   "kd_first": sum(kds[:fifth]) / fifth, "kd_last": sum(kds[-fifth:]) / fifth}
-    if masks:
-        stats["masked_layers"] = len(masks)
-    if disc is not None:
-        stats |= {"adversarial_weight": adversarial_weight,
+    if t.masks:
+        stats["masked_layers"] = len(t.masks)
+    if t.disc is not None:
+        stats |= {"adversarial_weight": t.adversarial_weight,
                   "discriminator_accuracy_first": sum(accuracies[:fifth]) / fifth,
                   "discriminator_accuracy_last": sum(accuracies[-fifth:]) / fifth}
     return stats
