@@ -18,7 +18,7 @@ from distill.probes.config import ProbesConfig
 Method = Literal["rtn_int8", "rtn", "gptq", "awq", "qat", "qaf", "magnitude", "wanda", "sparsegpt", "depth", "width",
                  "svd", "asvd", "svdllm", "cp", "tucker"]
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
-QUANT = {"rtn", "gptq", "awq", "qat", "qaf"}  # grouped weight quantization: must end a chain (see _check_order)
+QUANT = {"rtn", "gptq", "awq", "qat", "qaf"}  # grouped weight quantization: must end a chain (see compress/plan.py _check_order)
 STRUCTURED = {"depth", "width"}  # change the architecture: must come before anything recorded by name
 CALIBRATED = {"gptq", "awq", "qat", "qaf", "wanda", "sparsegpt", "depth", "width", "asvd", "svdllm"}
 

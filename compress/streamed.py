@@ -213,7 +213,7 @@ def _compress_block(step: CompressStep, block: nn.Module, prefix: str, stats: di
 
 
 def _step_stats(step: CompressStep, tally: _Tally, manifest: dict[str, Any], n_blocks: int) -> dict[str, Any]:
-    """The stats dict the whole-model method returns (what :func:`compress.stage._run_method` records)."""
+    """The stats dict the whole-model method returns (what :func:`compress.methods._run_method` records)."""
     m, nm = step.method, step.nm_tuple()
     if m in ("rtn", "gptq"):
         log.info("%s: int%d %s, quantized %d linear layers, streamed", m, step.bits,
