@@ -44,16 +44,19 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from compress.card import write_gguf_card
 from compress.gguf_blocks import CodeGrid, exact_reason, pack_codes, quantize_floats
-from compress.gguf_vocab import add_vocab, read_vocab
+from compress.gguf_vocab import Vocab, add_vocab, read_vocab
 from compress.servable import check_servable
 from distill.config import ConfigError
+
+if TYPE_CHECKING:
+    import gguf
 
 log = logging.getLogger(__name__)
 
@@ -185,30 +188,29 @@ def convert_tensor(gguf_name: str, weight: Tensor | None, grid: CodeGrid | None,
     return quantize_floats(w, target), target, rec
 
 
-def export_gguf(src: str | Path, out: str | Path, type: str = "q8_0", overwrite: bool = False) -> Path:
-    """Write the model folder ``src`` as the GGUF file ``out`` (and ``out + '.json'``); returns ``out``.
-
-    ``type`` is one of :data:`TYPES`. Every check (architecture, artifact structure, tokenizer, type,
-    existing output) runs before anything is written; the file appears complete or not at all.
-    """
-    import gguf
-    from tqdm import tqdm
-
-    from distill.provenance import code_version
-
+def _file_types(type: str) -> tuple[str, str]:
+    """``(block type of the matrices, llama.cpp file type name)`` of ``--type``; ConfigError for an unknown one."""
     if type not in TYPES:
         raise ConfigError(f"export --type must be one of {', '.join(TYPES)}, got {type!r}")
-    qtype, ftype = TYPES[type]
-    folder, out = Path(src), Path(out)
+    return TYPES[type]
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """ConfigError when ``out`` is a folder, or exists and ``overwrite`` is off."""
     if out.is_dir():
         raise ConfigError(f"export output {out} is a folder; name the .gguf file to write, e.g. {out / 'model.gguf'}")
     if out.exists() and not overwrite:
         raise ConfigError(f"export output {out} exists; pick a new file name or pass --overwrite")
-    cfg, tensors, grids, kind = read_source(folder)
-    vocab = read_vocab(folder, cfg.vocab_size)
-    n_layers, n_head, n_kv = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+
+
+def _tensor_plan(folder: Path, cfg: Any, tensors: dict[str, Tensor],
+                 grids: dict[str, CodeGrid]) -> list[tuple[str, str]]:
+    """``(Hugging Face name, llama.cpp name)`` of every tensor to write, in the source's order (floats, then codes).
+
+    A tied ``lm_head`` is left out; a tensor with no llama.cpp name is a ConfigError."""
+    import gguf
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
     plan: list[tuple[str, str]] = []
     for hf_name in [*tensors, *grids]:
         if hf_name == "lm_head.weight" and cfg.tie_word_embeddings:
@@ -218,10 +220,15 @@ def export_gguf(src: str | Path, out: str | Path, type: str = "q8_0", overwrite:
             raise ConfigError(f"{folder}: tensor {hf_name!r} has no llama.cpp name in the llama architecture; "
                               "this is not a plain Llama checkpoint")
         plan.append((hf_name, gguf_name))
+    return plan
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+
+def _add_metadata(writer: gguf.GGUFWriter, folder: Path, cfg: Any, ftype: str, vocab: Vocab) -> None:
+    """The ``general.*`` and ``llama.*`` keys (architecture, rope, file type) and the tokenizer."""
+    import gguf
+
+    n_head = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
     rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
     writer.add_name(folder.resolve().name)
     writer.add_quantized_by("eakd")
@@ -229,10 +236,10 @@ def export_gguf(src: str | Path, out: str | Path, type: str = "q8_0", overwrite:
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
-    writer.add_block_count(n_layers)
+    writer.add_block_count(cfg.num_hidden_layers)
     writer.add_feed_forward_length(cfg.intermediate_size)
     writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_kv)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
     writer.add_rope_dimension_count(head_dim)
@@ -245,40 +252,83 @@ def export_gguf(src: str | Path, out: str | Path, type: str = "q8_0", overwrite:
     writer.add_vocab_size(cfg.vocab_size)
     add_vocab(writer, vocab)
 
+
+def _add_tensors(writer: gguf.GGUFWriter, plan: list[tuple[str, str]], tensors: dict[str, Tensor],
+                 grids: dict[str, CodeGrid], cfg: Any, qtype: str, type: str) -> dict[str, dict[str, Any]]:
+    """Convert and add every planned tensor (q/k rows in llama.cpp's rope order); returns the records by GGUF name."""
+    import gguf
+    from tqdm import tqdm
+
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     per_tensor: dict[str, dict[str, Any]] = {}
+    for hf_name, gguf_name in tqdm(plan, desc=f"gguf {type}", unit="tensor", disable=None):
+        weight, grid = tensors.get(hf_name), grids.get(hf_name)
+        heads = n_head if gguf_name.endswith("attn_q.weight") else n_kv if gguf_name.endswith("attn_k.weight") else 0
+        if heads:
+            order = rope_row_order((grid.codes if grid is not None else weight).shape[0], heads)
+            grid, weight = (grid.rows(order), None) if grid is not None else (None, weight[order])
+        data, target, rec = convert_tensor(gguf_name, weight, grid, qtype)
+        raw = None if target in ("F32", "F16") else gguf.GGMLQuantizationType[target]
+        writer.add_tensor(gguf_name, data, raw_dtype=raw)
+        per_tensor[gguf_name] = {"source": hf_name, **rec} | ({"rope_permuted": True} if heads else {})
+    return per_tensor
+
+
+def _export_record(out: Path, tmp: Path, type: str, ftype: str, folder: Path, kind: str, vocab: Vocab,
+                   per_tensor: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The ``OUT.json`` written beside the GGUF file (``tmp``, already written): the source, the types and how
+    each tensor was converted."""
+    from distill.provenance import code_version
+
+    hows = [r["how"] for r in per_tensor.values()]
+    return {
+        "format": "gguf", "file": out.name, "bytes": tmp.stat().st_size, "type": type, "file_type": ftype,
+        "architecture": "llama", "source": str(folder.resolve()), "source_kind": kind, "eakd_version": code_version(),
+        "tensors": {h: hows.count(h) for h in dict.fromkeys(hows)},
+        "exact_codes": sorted(n for n, r in per_tensor.items() if r["how"] == "exact codes"),
+        "requantized": {n: r["why"] for n, r in per_tensor.items() if r["how"] == "re-quantized"},
+        "max_abs_weight_change_exact": max((r["max_abs_weight_change"] for r in per_tensor.values()
+                                            if r["how"] == "exact codes"), default=None),
+        "tokenizer": vocab.record(), "per_tensor": per_tensor,
+    }
+
+
+def export_gguf(src: str | Path, out: str | Path, type: str = "q8_0", overwrite: bool = False) -> Path:
+    """Write the model folder ``src`` as the GGUF file ``out`` (and ``out + '.json'``); returns ``out``.
+
+    ``type`` is one of :data:`TYPES`. Every check (architecture, artifact structure, tokenizer, type,
+    existing output) runs before anything is written; the file appears complete or not at all.
+    Steps: :func:`_file_types`, :func:`_check_output` -> :func:`read_source`, :func:`~compress.gguf_vocab.read_vocab` ->
+    :func:`_tensor_plan` -> :func:`_add_metadata` -> :func:`_add_tensors` -> write -> :func:`_export_record` ->
+    both files renamed into place.
+    """
+    import gguf
+
+    qtype, ftype = _file_types(type)
+    folder, out = Path(src), Path(out)
+    _check_output(out, overwrite)
+    cfg, tensors, grids, kind = read_source(folder)
+    vocab = read_vocab(folder, cfg.vocab_size)
+    plan = _tensor_plan(folder, cfg, tensors, grids)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    rec_tmp = tmp.with_name(tmp.name + ".json")
+    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    _add_metadata(writer, folder, cfg, ftype, vocab)
     try:
-        for hf_name, gguf_name in tqdm(plan, desc=f"gguf {type}", unit="tensor", disable=None):
-            weight, grid = tensors.get(hf_name), grids.get(hf_name)
-            heads = n_head if gguf_name.endswith("attn_q.weight") else n_kv if gguf_name.endswith("attn_k.weight") else 0
-            if heads:
-                order = rope_row_order((grid.codes if grid is not None else weight).shape[0], heads)
-                grid, weight = (grid.rows(order), None) if grid is not None else (None, weight[order])
-            data, target, rec = convert_tensor(gguf_name, weight, grid, qtype)
-            raw = None if target in ("F32", "F16") else gguf.GGMLQuantizationType[target]
-            writer.add_tensor(gguf_name, data, raw_dtype=raw)
-            per_tensor[gguf_name] = {"source": hf_name, **rec} | ({"rope_permuted": True} if heads else {})
+        per_tensor = _add_tensors(writer, plan, tensors, grids, cfg, qtype, type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        hows = [r["how"] for r in per_tensor.values()]
-        record = {
-            "format": "gguf", "file": out.name, "bytes": tmp.stat().st_size, "type": type, "file_type": ftype,
-            "architecture": "llama", "source": str(folder.resolve()), "source_kind": kind, "eakd_version": code_version(),
-            "tensors": {h: hows.count(h) for h in dict.fromkeys(hows)},
-            "exact_codes": sorted(n for n, r in per_tensor.items() if r["how"] == "exact codes"),
-            "requantized": {n: r["why"] for n, r in per_tensor.items() if r["how"] == "re-quantized"},
-            "max_abs_weight_change_exact": max((r["max_abs_weight_change"] for r in per_tensor.values()
-                                                if r["how"] == "exact codes"), default=None),
-            "tokenizer": vocab.record(), "per_tensor": per_tensor,
-        }
-        rec_tmp = tmp.with_name(tmp.name + ".json")
+        record = _export_record(out, tmp, type, ftype, folder, kind, vocab, per_tensor)
         rec_tmp.write_text(json.dumps(record, indent=2) + "\n")
         os.replace(tmp, out)
         os.replace(rec_tmp, record_path(out))
     finally:
         writer.close()
-        for leftover in (tmp, tmp.with_name(tmp.name + ".json")):
+        for leftover in (tmp, rec_tmp):
             leftover.unlink(missing_ok=True)
     log.info("gguf %s: %d tensors (%s) -> %s (%.1f MB)", type, len(per_tensor), record["tensors"], out,
              record["bytes"] / 1e6)
