@@ -3,8 +3,9 @@
 writes the report.
 
 Each stage is a plain function from ``distill``/``compress`` (``stage(config, inputs, out) -> path``);
-here they become Prefect tasks that take configs and paths and return paths — never models or
-clients. Generation retries (it talks to the network); a configuration error is never retried.
+:mod:`flows.stage_tasks` makes them Prefect tasks that take configs and paths and return paths — never
+models or clients. Generation retries (it talks to the network); a configuration error is never retried.
+What a stage reads besides its config (texts, the previous dataset) is resolved in :mod:`flows.stage_inputs`.
 Stage tasks are cached by Prefect on the content hash of their inputs (:mod:`flows.stage_keys`):
 rerunning an unchanged config skips every finished stage, and the new run directory links to the
 outputs it reused; ``refresh=True`` (``eakd run --refresh``) runs them all. Each stage flow publishes
@@ -15,6 +16,9 @@ With no Prefect server configured, Prefect starts a temporary local API for the 
 Run directory ``runs/<run-id>/``: ``config.yaml`` (resolved), ``dataset/``, ``student/``, ``eval/``,
 ``compressed/<step>/``, ``timings.json``, ``report.json``, ``report.md``, ``report.html``.
 
+This module holds the flows and may import every ``flows`` module it orchestrates (:mod:`flows.stage_tasks`,
+:mod:`flows.stage_inputs`, :mod:`flows.stage_keys`, :mod:`flows.report`); none of them imports it.
+
 Run: ``eakd run flows/configs/demo.yaml [key.sub=value ...]`` or
 ``python -m flows.pipeline flows/configs/demo.yaml [key.sub=value ...]``.
 """
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -32,11 +35,12 @@ from pathlib import Path
 import flows  # noqa: F401  (sets Prefect's environment before Prefect is imported)
 
 # isort: split
-from prefect import flow, task
+from prefect import flow
 
-from distill.config import ConfigError, dump_config, load_config, shared_data_dir
+from distill.config import ConfigError, dump_config, load_config
 from flows.config import PipelineConfig, preflight
-from flows.errors import retryable
+from flows.stage_inputs import calibration_digest, previous_dataset, resolve_calib_text, resolve_eval_text
+from flows.stage_tasks import compress_task, evaluate_task, generate_task, shard_task, train_task
 
 log = logging.getLogger(__name__)
 
@@ -51,130 +55,6 @@ def new_run_dir(cfg: PipelineConfig) -> Path:
         run_dir = root / f"{cfg.run.name}-{stamp}-{i}"
     run_dir.mkdir(parents=True)
     return run_dir
-
-
-def resolve_eval_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[str, str]:
-    """(text, source) for the compress stage's perplexity: the configured file, else WikiText-2 test, else
-    held-out teacher outputs (:func:`distill.evaluate.find_eval_text`, which the evaluate stage uses too)."""
-    from distill.evaluate import find_eval_text
-
-    return find_eval_text(cfg.compress.eval.text_path, dataset_dir, "compress.eval.text_path")
-
-
-def resolve_calib_text(cfg: PipelineConfig, dataset_dir: Path | None) -> tuple[str | None, str | None]:
-    """(text, source) for calibration when neither the config nor ../shared/data provides one: the generated
-    dataset's training answers. (None, None) lets the compress stage use its own default."""
-    data = shared_data_dir()
-    if cfg.compress.calibration.text_path or (data and (data / "wikitext-2" / "wiki.valid.tokens").is_file()):
-        return None, None
-    if dataset_dir is not None:
-        from datasets import load_from_disk
-
-        dd = load_from_disk(str(dataset_dir))
-        texts = [m[-1]["content"] for m in dd["train"]["messages"]] if "messages" in dd["train"].column_names else []
-        if texts:
-            return "\n\n".join(texts), "dataset train split (teacher outputs)"
-    return None, None
-
-
-def calibration_digest(cfg: PipelineConfig, calib: str | None, dataset_dir: str | None, dataset_key: str | None) -> str:
-    """The compress key's digest of every calibration input: the text the windows are cut from (``calib``
-    when the flow passes one, else ``text_path``, else WikiText-2 valid) and, with ``calibration.data``
-    dataset/mix, the dataset whose conversations give windows (its generate key when this run made it)."""
-    from flows.stage_keys import digest_bytes, digest_path
-
-    cal, data = cfg.compress.calibration, shared_data_dir()
-    digest = (digest_bytes(calib) if calib is not None else digest_path(cal.text_path) if cal.text_path
-              else digest_path(data / "wikitext-2" / "wiki.valid.tokens") if data else "none")
-    if cal.data == "text":
-        return digest
-    folder = cal.dataset or cfg.compress.eval.tasks_dataset
-    return digest + "+" + (digest_path(folder) if folder else dataset_key or (digest_path(dataset_dir) if dataset_dir else "none"))
-
-
-def _not_config_error(task, task_run, state) -> bool:
-    """Prefect's retry condition: retry unless the failure is one a retry repeats (:func:`flows.errors.retryable`)."""
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the table in flows.errors decides
-        return retryable(exc)
-    return True
-
-
-def _stage_key(context, parameters: dict) -> str:
-    """Prefect's cache key for a stage task: the content hash computed by flows.stage_keys."""
-    return parameters["key"]
-
-
-# The stage tasks: configs and paths in, a path out. Their results (the output path, as JSON) persist
-# under $PREFECT_HOME/storage keyed by the stage's content hash, so an unchanged stage is skipped
-# (state "Cached") and returns the folder the earlier run wrote.
-_CACHED = dict(cache_key_fn=_stage_key, persist_result=True, result_serializer="json")
-
-
-@task(name="generate", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_config_error, **_CACHED)
-def generate_task(cfg_json: str, previous: str | None, out_dir: str, key: str) -> str:
-    from distill.data.dataset import generate_dataset
-
-    cfg = PipelineConfig.model_validate_json(cfg_json)
-    return str(Path(generate_dataset(cfg.generate, cfg.teacher, out_dir, incremental_from=previous)).resolve())
-
-
-@task(name="teacher-shard", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_config_error, **_CACHED)
-def shard_task(cfg_json: str, requests_file: str, shard: int, shards: int, out_path: str, key: str) -> str:
-    """Answer requests ``shard, shard + shards, ...`` of the planned list into the response cache; write this shard's
-    teacher stats to ``out_path``. Requests that failed make the task fail while Prefect retries remain
-    (a retry resends only those: the rest are cached); on the last attempt they are left to the generate
-    stage, which records them."""
-    from prefect.context import TaskRunContext
-
-    from distill.teacher.query import TeacherRequest, TeacherStats, query_teacher
-
-    cfg = PipelineConfig.model_validate_json(cfg_json)
-    with open(requests_file) as fh:
-        reqs = [TeacherRequest(**json.loads(line)) for i, line in enumerate(fh) if i % shards == shard]
-    stats = TeacherStats()
-    gate = None
-    if cfg.run.teacher_rate_limit:  # every request (and retry) takes a slot of the shared, decaying limit
-        from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-        from prefect.concurrency.asyncio import rate_limit
-
-        async def gate() -> None:
-            name = cfg.run.teacher_rate_limit
-            try:
-                await rate_limit(name, occupy=1, strict=True)
-            except ConcurrencySlotAcquisitionError as exc:
-                raise ConfigError(f"run.teacher_rate_limit: {exc}; create it with a slot decay, e.g. "
-                                  f"prefect gcl create {name} --limit 4 --slot-decay-per-second 2") from None
-
-    def ask():
-        return query_teacher(reqs, cfg.teacher, stats, gate=gate)
-
-    if cfg.run.teacher_limit:  # one slot of the shared limit while this shard talks to the teacher
-        from prefect.concurrency.sync import concurrency
-
-        with concurrency(cfg.run.teacher_limit, occupy=1):
-            responses = ask()
-    else:
-        responses = ask()
-    failed = sum(r.error is not None for r in responses)
-    out = Path(out_path)
-    # what earlier attempts of this shard sent and paid (a retry only resends what they left unanswered)
-    partial = out.with_name(out.name + ".attempts")
-    paid = json.loads(partial.read_text()) if partial.is_file() else {}
-    this_attempt = stats.to_dict()
-    counted = {k: this_attempt[k] + paid.get(k, 0) for k in ("sent", "prompt_tokens", "completion_tokens")}
-    ctx = TaskRunContext.get()
-    if failed and ctx is not None and ctx.task_run.run_count <= (ctx.task.retries or 0):
-        partial.write_text(json.dumps(counted))
-        raise RuntimeError(f"teacher shard {shard}/{shards}: {failed} of {len(reqs)} requests failed; retrying them")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"shard": shard, "shards": shards, "requests": len(reqs), "failed": failed,
-                               "attempts": ctx.task_run.run_count if ctx is not None else 1, "pid": os.getpid(),
-                               "teacher": this_attempt | counted}, indent=2))
-    tmp.replace(out)
-    partial.unlink(missing_ok=True)
-    return str(out)
 
 
 def answer_in_shards(cfg: PipelineConfig, cfg_json: str, previous: Path | None, run_dir: Path, refresh: bool) -> dict:
@@ -211,44 +91,6 @@ def answer_in_shards(cfg: PipelineConfig, cfg_json: str, previous: Path | None, 
     return totals
 
 
-def previous_dataset(cfg: PipelineConfig, run_dir: Path) -> Path | None:
-    """The newest earlier run's finished dataset with this run's name (what an incremental run appends to)."""
-    earlier = [d for d in Path(cfg.run.runs_dir).glob(f"{cfg.run.name}-*")
-               if d.resolve() != run_dir.resolve() and (d / "dataset" / "stats.json").is_file()]
-    if not earlier:
-        return None
-    newest = max(earlier, key=lambda d: (d / "dataset" / "stats.json").stat().st_mtime)
-    return (newest / "dataset").resolve()
-
-
-@task(name="train", **_CACHED)
-def train_task(cfg_json: str, dataset_dir: str, out_dir: str, key: str) -> str:
-    from distill.train.run import train_student
-
-    cfg = PipelineConfig.model_validate_json(cfg_json)
-    return str(Path(train_student(cfg.train, dataset_dir, out_dir)).resolve())
-
-
-@task(name="evaluate", **_CACHED)
-def evaluate_task(cfg_json: str, model_dir: str, base_model: str | None, dataset_dir: str, out_dir: str, key: str) -> str:
-    from distill.evaluate import evaluate_student
-
-    cfg = PipelineConfig.model_validate_json(cfg_json)
-    # the perplexity text is found again inside (as for the key): passing it would store it with every task run
-    keep = cfg.train.keep_layers if base_model is not None else None  # the student's start: its base, pruned
-    return str(Path(evaluate_student(cfg.evaluate, model_dir, dataset_dir, out_dir, base_model=base_model,
-                                     teacher_cfg=cfg.teacher, base_keep_layers=keep)).resolve())
-
-
-@task(name="compress", **_CACHED)
-def compress_task(cfg_json: str, model_dir: str, dataset_dir: str | None, out_dir: str, key: str) -> str:
-    from compress.stage import compress_student
-
-    cfg = PipelineConfig.model_validate_json(cfg_json)
-    text, source = resolve_eval_text(cfg, Path(dataset_dir) if dataset_dir else None)
-    calib, calib_source = resolve_calib_text(cfg, Path(dataset_dir) if dataset_dir else None)
-    return str(Path(compress_student(cfg.compress, Path(model_dir), Path(out_dir), eval_text=text, eval_source=source,
-                                     calib_text=calib, calib_source=calib_source, tasks_dataset=dataset_dir)).resolve())
 
 
 # what a finished output of each stage holds (a cached path without it was deleted or moved: redo it)
@@ -511,3 +353,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -13,7 +13,7 @@ from distill.config import ConfigError
 from distill.teacher.types import BatchPending, BudgetExceeded, TeacherUnavailable
 from flows.cli import _guard
 from flows.errors import RULES, exit_code, retryable
-from flows.pipeline import _not_config_error
+from flows.stage_tasks import _not_config_error
 from prompts import TemplateError
 
 
