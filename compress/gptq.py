@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -75,6 +76,124 @@ def _inverse_cholesky(h: Tensor, damp: float) -> tuple[Tensor, float]:
                      "degenerate (too few tokens?) — use more calibration samples or a larger gptq.damp")
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """The grid one GPTQ run rounds to: ``bits``, ``symmetric``, ``group`` (columns per scale) and ``static``
+    (all group scales fixed up front, as act-order needs, instead of when a group's first column is reached)."""
+
+    bits: int
+    symmetric: bool
+    group: int
+    static: bool
+
+
+def _check_gptq_args(w: Tensor, H: Tensor, bits: int, group_size: int | None, damp: float,
+                     block_size: int) -> None:
+    """Raise ValueError unless ``w`` [out, in], ``H`` [in, in] and the settings fit together."""
+    if w.dim() != 2 or H.shape != (w.shape[1], w.shape[1]):
+        raise ValueError(f"gptq expects w [out, in] and H [in, in], got {tuple(w.shape)} and {tuple(H.shape)}")
+    check_quant_args(bits, group_size, w.shape[1])
+    if damp <= 0 or block_size < 1:
+        raise ValueError(f"gptq.damp must be > 0 and block_size >= 1, got damp={damp}, block_size={block_size}")
+
+
+def _drop_dead_inputs(w: Tensor, H: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Float32 copies of ``w`` [out, in] and ``H`` [in, in] with dead inputs neutralised, and ``dead`` [in] bool.
+
+    A dead input (``H_jj == 0``: the channel is always zero) gets ``H_jj = 1`` so ``H`` stays invertible, and
+    ``W[:, j] = 0`` since its weights never reach the output.
+    """
+    W = w.detach().to(torch.float32).clone()
+    H = H.detach().to(torch.float32).clone()
+    dead = torch.diagonal(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    return W, H, dead
+
+
+def _initial_qparams(W: Tensor, grid: _Grid) -> tuple[Tensor, Tensor | None]:
+    """``scale``, ``zero`` [out, n_groups] float32 for ``W`` [out, in]; ``zero`` is None when symmetric.
+
+    Static grids get every group's parameters now, from the original columns; otherwise the tensors are
+    left unset and :func:`_gptq_block` fills each group when it reaches the group's first column.
+    """
+    n_out, n_in = W.shape
+    n_groups = n_in // grid.group
+    scale = torch.empty(n_out, n_groups, device=W.device)
+    zero = None if grid.symmetric else torch.empty(n_out, n_groups, device=W.device)
+    if grid.static:
+        s, z = compute_qparams(W.reshape(n_out, n_groups, grid.group), grid.bits, grid.symmetric)
+        scale.copy_(s)
+        if zero is not None:
+            zero.copy_(z)
+    return scale, zero
+
+
+def _gptq_block(W1: Tensor, later: Tensor, Hinv1: Tensor, first: int, group_of: Tensor, scale: Tensor,
+                zero: Tensor | None, grid: _Grid) -> tuple[Tensor, Tensor]:
+    """Quantize the columns of one block ``W1`` [out, b] in order -> ``(codes [out, b], err [out, b])``.
+
+    After rounding column ``i`` its error, divided by ``Hinv1[i, i]``, is spread over the block's remaining
+    columns with ``Hinv1`` [b, b] (the block's diagonal part of the upper Cholesky factor of ``H^-1``); the
+    returned ``err`` is what the caller spreads over the later columns. ``later`` [out, >= 0]: the columns
+    after the block, read only, for a new group's scale; ``first``: the block's first column (processing
+    order); ``group_of`` [b]: each column's group. Updates ``W1`` and, unless the grid is static,
+    ``scale``/``zero`` [out, n_groups] in place.
+    """
+    codes = torch.zeros_like(W1)
+    err_block = torch.zeros_like(W1)
+    for i in range(W1.shape[1]):
+        g = int(group_of[i])
+        if not grid.static and (first + i) % grid.group == 0:  # a new group: its scale from the updated weights
+            cols = torch.cat([W1[:, i:], later], dim=1)[:, :grid.group]
+            s, z = compute_qparams(cols, grid.bits, grid.symmetric)
+            scale[:, g] = s
+            if zero is not None:
+                zero[:, g] = z
+        zg = None if zero is None else zero[:, g]
+        c = quantize_to_codes(W1[:, i:i + 1], scale[:, g], zg, grid.bits)
+        q = codes_to_weight(c, scale[:, g], zg)[:, 0]
+        codes[:, i] = c[:, 0]
+        err = (W1[:, i] - q) / Hinv1[i, i]
+        W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]  # spread the error over the block's rest
+        err_block[:, i] = err
+    return codes, err_block
+
+
+def _gptq_columns(W: Tensor, Hinv: Tensor, group_of: Tensor, scale: Tensor, zero: Tensor | None, grid: _Grid,
+                  block_size: int) -> Tensor:
+    """Quantize ``W`` [out, in] column by column -> float codes [out, in]; updates ``W`` in place.
+
+    ``W``, ``Hinv`` [in, in] (upper Cholesky factor of the damped ``H^-1``) and ``group_of`` [in] are in
+    processing order. Each block of ``block_size`` columns is quantized by :func:`_gptq_block`; its errors
+    reach the later columns in one matrix product per block (the paper's lazy batch update).
+    """
+    n_in = W.shape[1]
+    codes = torch.zeros_like(W)
+    for i1 in range(0, n_in, block_size):
+        i2 = min(i1 + block_size, n_in)
+        codes[:, i1:i2], err = _gptq_block(W[:, i1:i2].clone(), W[:, i2:], Hinv[i1:i2, i1:i2], i1,
+                                           group_of[i1:i2], scale, zero, grid)
+        W[:, i2:] -= err @ Hinv[i1:i2, i2:]  # ... and, lazily, over all later columns
+    return codes
+
+
+def _pack_codes(codes: Tensor, zero: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Float ``codes`` [out, in] -> int8 codes (symmetric: ``zero`` None) or uint8 codes and uint8 ``zero``
+    [out, n_groups]: the dtypes of :func:`compress.quantize.quantize_weight`."""
+    if zero is None:
+        return codes.to(torch.int8), None
+    return codes.to(torch.uint8), zero.to(torch.uint8)
+
+
+def _error_stats(w: Tensor, w_hat: Tensor, H: Tensor, bits: int, group_size: int | None,
+                 symmetric: bool) -> dict[str, float]:
+    """``rel_error`` of the quantized ``w_hat`` [out, in] against ``w`` [out, in] on Hessian ``H`` [in, in], and
+    ``rtn_rel_error``, the same for plain round-to-nearest, for comparison."""
+    return {"rel_error": relative_output_error(w, w_hat, H),
+            "rtn_rel_error": relative_output_error(w, fake_quantize(w.float(), bits, group_size, symmetric), H)}
+
+
 @torch.no_grad()
 def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | None = 128,
                          symmetric: bool = True, damp: float = 0.01, act_order: bool | str = True,
@@ -98,71 +217,21 @@ def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | 
         return min(runs, key=lambda r: r[3]["rel_error"])
     if not isinstance(act_order, bool):
         raise ValueError(f"gptq.act_order must be true, false or 'auto', got {act_order!r}")
-    if w.dim() != 2 or H.shape != (w.shape[1], w.shape[1]):
-        raise ValueError(f"gptq expects w [out, in] and H [in, in], got {tuple(w.shape)} and {tuple(H.shape)}")
-    check_quant_args(bits, group_size, w.shape[1])
-    if damp <= 0 or block_size < 1:
-        raise ValueError(f"gptq.damp must be > 0 and block_size >= 1, got damp={damp}, block_size={block_size}")
-    n_out, n_in = w.shape
+    _check_gptq_args(w, H, bits, group_size, damp, block_size)
+    n_in = w.shape[1]
     gs = n_in if group_size is None else group_size
-    W = w.detach().to(torch.float32).clone()
-    H = H.detach().to(torch.float32).clone()
-    H_orig = H.clone()
-
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-
-    n_groups = n_in // gs
-    scale = torch.empty(n_out, n_groups, device=W.device)
-    zero = None if symmetric else torch.empty(n_out, n_groups, device=W.device)
-    static = act_order  # with act-order, groups must be fixed up front to keep the plain layout
-    if static:
-        s, z = compute_qparams(W.reshape(n_out, n_groups, gs), bits, symmetric)
-        scale.copy_(s)
-        if zero is not None:
-            zero.copy_(z)
-
-    diag = torch.diagonal(H)
-    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(n_in, device=W.device)
-    W, H = W[:, perm], H[perm][:, perm]
-    group_of = perm // gs  # the (original-order) group of each processed column
-
-    Hinv, used_damp = _inverse_cholesky(H, damp)
-    codes = torch.zeros_like(W)
-    for i1 in range(0, n_in, block_size):
-        i2 = min(i1 + block_size, n_in)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            g = int(group_of[col])
-            if not static and col % gs == 0:  # a new group: its scale from the updated weights
-                cols = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :gs]
-                s, z = compute_qparams(cols, bits, symmetric)
-                scale[:, g] = s
-                if zero is not None:
-                    zero[:, g] = z
-            zg = None if zero is None else zero[:, g]
-            c = quantize_to_codes(W1[:, i:i + 1], scale[:, g], zg, bits)
-            q = codes_to_weight(c, scale[:, g], zg)[:, 0]
-            codes[:, col] = c[:, 0]
-            err = (W1[:, i] - q) / Hinv1[i, i]
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]  # spread the error over the block's rest
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # ... and, lazily, over all later columns
-
-    codes = codes[:, torch.argsort(perm)]
-    if zero is None:
-        q_out, zero_out = codes.to(torch.int8), None
-    else:
-        q_out, zero_out = codes.to(torch.uint8), zero.to(torch.uint8)
-    w_hat = dequantize_weight(q_out, scale, zero_out, group_size)
-    stats = {"rel_error": relative_output_error(w, w_hat, H_orig),
-             "rtn_rel_error": relative_output_error(w, fake_quantize(w.float(), bits, group_size, symmetric), H_orig),
-             "dead_columns": int(dead.sum()), "damp": used_damp, "act_order": act_order}
-    return q_out, scale, zero_out, stats
+    grid = _Grid(bits, symmetric, gs, static=act_order)  # act-order fixes groups up front: plain layout
+    H_orig = H.detach().to(torch.float32).clone()
+    W, H, dead = _drop_dead_inputs(w, H_orig)
+    scale, zero = _initial_qparams(W, grid)
+    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(n_in, device=W.device)
+    Hinv, used_damp = _inverse_cholesky(H[perm][:, perm], damp)
+    codes = _gptq_columns(W[:, perm], Hinv, perm // gs, scale, zero, grid, block_size)  # perm // gs: groups
+    q, zero_q = _pack_codes(codes[:, torch.argsort(perm)], zero)
+    stats: dict[str, Any] = _error_stats(w, dequantize_weight(q, scale, zero_q, group_size), H_orig, bits,
+                                         group_size, symmetric)
+    stats.update(dead_columns=int(dead.sum()), damp=used_damp, act_order=act_order)
+    return q, scale, zero_q, stats
 
 
 def _block_prefix(model: nn.Module, block: nn.Module) -> str:
