@@ -25,10 +25,10 @@ weighs every dropped component by an estimate of the *loss* increase it causes (
 its output error weighted by the empirical-Fisher diagonal of the layer's output, measured with one extra
 backward pass), which is comparable across layers without a per-layer normalisation.
 
-**Calibration**: one full forward on the *original* model (:func:`compress.calibrate.collect_input_stats`),
-not :func:`compress.calibrate.run_sequential`: the global allocation needs every layer's spectrum before
-any layer is factorized, SVD-LLM's Algorithm 1 whitens with the original model's activations, and one pass
-costs one forward instead of one per block. Layers that read the same tensor (q/k/v; gate/up in Llama)
+**Calibration** (:mod:`compress.lowrank_calibration`, re-exported here): one full forward on the *original*
+model (:func:`compress.calibrate.collect_input_stats`), not :func:`compress.calibrate.run_sequential`: the
+global allocation needs every layer's spectrum before any layer is factorized, SVD-LLM's Algorithm 1 whitens
+with the original model's activations, and one pass costs one forward instead of one per block. Layers that read the same tensor (q/k/v; gate/up in Llama)
 share one Gram. Written by hand: the reference code of both papers is research scripts tied to their own
 model loaders, and neither torch nor transformers offers these decompositions.
 
@@ -41,17 +41,20 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from compress.calibrate import InputStats, collect_input_stats
+from compress.calibrate import InputStats
 from compress.factorize import allocate_ranks, allocated_params, low_rank_from_factors, svd_factors
 from compress.linears import replace_module, target_linears
+from compress.lowrank_calibration import (  # noqa: F401 (collect_output_fisher: re-exported, public here)
+    LayerCalibration,
+    calibrate_layers,
+    collect_output_fisher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,6 @@ Method = Literal["svd", "asvd", "svdllm"]
 METHODS = ("svd", "asvd", "svdllm")
 Allocation = Literal["auto", "energy", "fisher", "uniform", "per_layer"]
 ALLOCATIONS = ("auto", "energy", "fisher", "uniform", "per_layer")
-
-# In Llama-style blocks these read exactly the tensor their sibling reads (the same normed hidden state),
-# so one Gram serves all of them: 3/7 fewer [in, in] accumulations and less memory.
-_SHARED_INPUT = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}
 
 
 def _check_weight(weight: Tensor, rank: int, what: str) -> None:
@@ -215,89 +214,92 @@ def component_losses(weight: Tensor, method: Method, stats: InputStats, fisher: 
     return 0.5 * s.square() * through.clamp_min(0) * sensitivity
 
 
-@dataclass
-class LayerCalibration:
-    """What the aware methods measure on calibration text for each decoder linear; reusable across methods."""
+def _resolve_allocation(method: Method, param_reduction: float, allocation: Allocation, batches: Tensor | None,
+                        calibration: LayerCalibration | None) -> tuple[str, bool]:
+    """Validate the settings of :func:`factorize_model_aware` -> ``(allocation, needs_data)``, ``"auto"``
+    resolved; raises ValueError before any work when calibration data is needed and missing."""
+    if method not in METHODS:
+        raise ValueError(f"low-rank method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not 0.0 < param_reduction < 1.0:
+        raise ValueError(f"param_reduction must be in (0, 1), got {param_reduction}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if allocation == "auto":
+        has_fisher = calibration.fisher is not None if calibration is not None else batches is not None
+        allocation = "fisher" if has_fisher else "energy"
+    needs_data = method != "svd" or allocation == "fisher"
+    if needs_data and calibration is None and (batches is None or batches.dim() != 2 or batches.numel() == 0):
+        raise ValueError(f"method {method!r} with allocation {allocation!r} needs calibration batches [n, T] of "
+                         f"token ids (or a calibration), got {None if batches is None else tuple(batches.shape)}")
+    return allocation, needs_data
 
-    stats: dict[str, InputStats]  # inputs' Gram and mean |x|; one shared object for q/k/v and for gate/up
-    fisher: dict[str, Tensor] | None = None  # [out] mean squared loss gradient per output channel
-    seconds: float = 0.0  # wall time of the calibration passes
 
+def _layer_stats(model: nn.Module, linears: dict[str, nn.Linear], batches: Tensor | None, allocation: str,
+                 needs_data: bool, batch_size: int, skip: tuple[str, ...], calibration: LayerCalibration | None
+                 ) -> tuple[dict[str, InputStats], dict[str, Tensor] | None]:
+    """``(stats, fisher)`` for ``linears``: from ``calibration``, else measured on ``batches`` [n, T] when the
+    method or allocation needs data (``fisher`` [out] per layer only for allocation ``"fisher"``).
 
-def collect_output_fisher(model: nn.Module, batches: Tensor, names: list[str],
-                          batch_size: int = 2) -> dict[str, Tensor]:
-    """Empirical-Fisher diagonal of each named linear's output: ``{name: f [out]}`` (float64), ``f_j`` = mean
-    over predicted tokens of ``(∂ℓ/∂y_j)²`` with ``ℓ`` the summed next-token cross-entropy on ``batches`` [n, T].
-
-    One forward + backward per micro-batch (about 3x a forward). Only activations get gradients: the
-    weights' ``requires_grad`` is switched off for the pass and restored afterwards.
+    Raises ValueError when a given ``calibration`` lacks some layer or the Fisher diagonal it needs.
     """
-    sums: dict[str, Tensor] = {}
-
-    def hook(name: str) -> Callable:
-        def on_output(_module: nn.Module, _args: tuple, out: Tensor) -> None:
-            def on_grad(grad: Tensor) -> None:
-                g2 = grad.detach().reshape(-1, grad.shape[-1]).to(torch.float64).square().sum(0)
-                sums[name] = sums[name] + g2 if name in sums else g2
-            out.register_hook(on_grad)
-        return on_output
-
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    device = params[0].device
-    predicted = 0
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            for chunk in batches.split(batch_size):
-                chunk = chunk.to(device)
-                embeds = model.get_input_embeddings()(chunk).detach().requires_grad_(True)
-                logits = model(inputs_embeds=embeds, use_cache=False).logits
-                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                                         chunk[:, 1:].flatten(), reduction="sum")
-                loss.backward()
-                predicted += chunk[:, 1:].numel()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-    missing = [n for n in names if n not in sums]
-    if missing:
-        raise ValueError(f"no loss gradient reached {missing[:3]}; is the model's forward using them?")
-    return {n: sums[n] / max(predicted, 1) for n in names}
+    if needs_data and calibration is None:
+        calibration = calibrate_layers(model, batches, fisher=allocation == "fisher", batch_size=batch_size,
+                                       skip=skip)
+    stats = calibration.stats if calibration is not None else {}
+    fisher = calibration.fisher if calibration is not None else None
+    missing = [n for n in linears if needs_data and n not in stats]
+    if missing or (allocation == "fisher" and (fisher is None or any(n not in fisher for n in linears))):
+        raise ValueError(f"the calibration lacks layers (e.g. {(missing or list(linears))[0]!r}) or, for "
+                         "allocation 'fisher', the Fisher diagonal; run calibrate_layers on this model")
+    return stats, fisher
 
 
-def calibrate_layers(model: nn.Module, batches: Tensor, fisher: bool = False, batch_size: int = 8,
-                     skip: tuple[str, ...] = ("lm_head",)) -> LayerCalibration:
-    """Statistics of every decoder linear of the *original* model on ``batches`` [n, T] token ids.
+def _layer_scores(linears: dict[str, nn.Linear], method: Method, allocation: str, stats: dict[str, InputStats],
+                  fisher: dict[str, Tensor] | None, alpha: float, damp: float) -> dict[str, tuple[int, int, Tensor]]:
+    """``{name: (out, in, scores [min(out, in)])}`` for :func:`compress.factorize.allocate_ranks`: each
+    component's estimated loss increase (:func:`component_losses`) for allocation ``"fisher"``, else the
+    singular values the method truncates (:func:`layer_spectrum`)."""
+    if allocation == "fisher":
+        return {name: (*lin.weight.shape, component_losses(lin.weight, method, stats[name], fisher[name], alpha,
+                                                           damp))
+                for name, lin in tqdm(linears.items(), desc=f"{method} losses", unit="layer", leave=False)}
+    return {name: (*lin.weight.shape, layer_spectrum(lin.weight, method, stats.get(name), alpha, damp))
+            for name, lin in tqdm(linears.items(), desc=f"{method} spectra", unit="layer", leave=False)}
 
-    Input statistics from one forward (:func:`compress.calibrate.collect_input_stats`; layers in
-    :data:`_SHARED_INPUT` share their sibling's); with ``fisher=True`` also the output Fisher diagonal
-    (:func:`collect_output_fisher`). Pass the result to :func:`factorize_model_aware` as ``calibration`` to
-    compare methods on one calibration.
-    """
-    if batches.dim() != 2 or batches.numel() == 0:
-        raise ValueError(f"calibration batches must be [n, T] token ids, got {tuple(batches.shape)}")
-    start = time.perf_counter()
-    names = [n for n, _ in target_linears(model, skip=skip, include_low_rank=False)]
-    source: dict[str, str] = {}
-    for name in names:
-        prefix, _, leaf = name.rpartition(".")
-        sibling = f"{prefix}.{_SHARED_INPUT[leaf]}" if leaf in _SHARED_INPUT else None
-        source[name] = sibling if sibling in names else name
-    hooked = {n: model.get_submodule(n) for n in sorted(set(source.values()), key=names.index)}
-    stats = collect_input_stats(model, batches, hooked, batch_size=batch_size)
-    missing = [n for n in hooked if n not in stats]
-    if missing:
-        raise ValueError(f"calibration never reached {missing[:3]}; is the model's forward using them?")
-    result = LayerCalibration({n: stats[source[n]] for n in names})
-    if fisher:
-        result.fisher = collect_output_fisher(model, batches, names, batch_size=max(1, batch_size // 4))
-    result.seconds = time.perf_counter() - start
-    return result
+
+def _replace_with_factors(model: nn.Module, linears: dict[str, nn.Linear], ranks: dict[str, int | None],
+                          method: Method, stats: dict[str, InputStats], alpha: float, damp: float) -> dict[str, int]:
+    """Replace each of ``linears`` with an allocated rank (None: it stays dense) by a
+    :class:`compress.factorize.LowRankLinear` of the method's factors, in ``model``; -> ``{name: rank}``."""
+    factorized: dict[str, int] = {}
+    for name, rank in tqdm(ranks.items(), desc=f"{method} factors", unit="layer", leave=False):
+        if rank is None:
+            continue
+        w = linears[name].weight
+        if method == "svd":
+            up, down = svd_factors(w, rank)
+        elif method == "asvd":
+            up, down = asvd_factors(w, stats[name].abs_mean, rank, alpha)
+        else:
+            up, down = svdllm_factors(w, stats[name].gram, rank, damp)
+        replace_module(model, name, low_rank_from_factors(linears[name], up, down))
+        factorized[name] = rank
+    return factorized
+
+
+def _log_ranks(method: Method, allocation: str, ranks: dict[str, int | None], n_factorized: int, n_skipped: int,
+               before: int, after: int, param_reduction: float) -> None:
+    """One INFO line for the whole model, then one per layer kind (``q_proj``, ...) with its rank range."""
+    by_kind: dict[str, list[int | None]] = defaultdict(list)
+    for name, rank in ranks.items():
+        by_kind[name.rsplit(".", 1)[-1]].append(rank)
+    log.info("%s/%s: %d layers factorized, %d dense; weights %d -> %d (%.1f%% fewer, target %.1f%%)", method,
+             allocation, n_factorized, n_skipped, before, after, 100 * (1 - after / before),
+             100 * param_reduction)
+    for kind, kind_ranks in by_kind.items():
+        kept = [r for r in kind_ranks if r is not None]
+        span = f"rank {min(kept)}-{max(kept)}, mean {sum(kept) / len(kept):.0f}" if kept else "-"
+        log.info("  %-10s %3d dense, %3d factorized (%s)", kind, len(kind_ranks) - len(kept), len(kept), span)
 
 
 @torch.no_grad()
@@ -319,71 +321,22 @@ def factorize_model_aware(model: nn.Module, batches: Tensor | None, method: Meth
     reason}, "params_before", "params_after", "params_target", "seconds"}`` — counts over the touched
     layers' weights, as :func:`compress.factorize.factorize_model` reports them.
     """
-    if method not in METHODS:
-        raise ValueError(f"low-rank method must be one of {', '.join(METHODS)}, got {method!r}")
-    if not 0.0 < param_reduction < 1.0:
-        raise ValueError(f"param_reduction must be in (0, 1), got {param_reduction}")
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
-    if allocation == "auto":
-        has_fisher = calibration.fisher is not None if calibration is not None else batches is not None
-        allocation = "fisher" if has_fisher else "energy"
-    needs_data = method != "svd" or allocation == "fisher"
-    if needs_data and calibration is None and (batches is None or batches.dim() != 2 or batches.numel() == 0):
-        raise ValueError(f"method {method!r} with allocation {allocation!r} needs calibration batches [n, T] of "
-                         f"token ids (or a calibration), got {None if batches is None else tuple(batches.shape)}")
+    allocation, needs_data = _resolve_allocation(method, param_reduction, allocation, batches, calibration)
     start = time.perf_counter()
     linears = dict(target_linears(model, skip=skip, include_low_rank=False))
     if not linears:
         raise ValueError("the model has no decoder nn.Linear layers left to factorize")
-    if needs_data and calibration is None:
-        calibration = calibrate_layers(model, batches, fisher=allocation == "fisher", batch_size=batch_size,
-                                       skip=skip)
-    stats = calibration.stats if calibration is not None else {}
-    fisher = calibration.fisher if calibration is not None else None
-    missing = [n for n in linears if needs_data and n not in stats]
-    if missing or (allocation == "fisher" and (fisher is None or any(n not in fisher for n in linears))):
-        raise ValueError(f"the calibration lacks layers (e.g. {(missing or list(linears))[0]!r}) or, for "
-                         "allocation 'fisher', the Fisher diagonal; run calibrate_layers on this model")
+    stats, fisher = _layer_stats(model, linears, batches, allocation, needs_data, batch_size, skip, calibration)
     calibrated = time.perf_counter()
 
-    if allocation == "fisher":
-        layers = {name: (*lin.weight.shape, component_losses(lin.weight, method, stats[name], fisher[name], alpha,
-                                                             damp))
-                  for name, lin in tqdm(linears.items(), desc=f"{method} losses", unit="layer", leave=False)}
-    else:
-        layers = {name: (*lin.weight.shape, layer_spectrum(lin.weight, method, stats.get(name), alpha, damp))
-                  for name, lin in tqdm(linears.items(), desc=f"{method} spectra", unit="layer", leave=False)}
+    layers = _layer_scores(linears, method, allocation, stats, fisher, alpha, damp)
     ranks = allocate_ranks(layers, 1.0 - param_reduction, "loss" if allocation == "fisher" else allocation)
-
-    factorized: dict[str, int] = {}
-    for name, rank in tqdm(ranks.items(), desc=f"{method} factors", unit="layer", leave=False):
-        if rank is None:
-            continue
-        w = linears[name].weight
-        if method == "svd":
-            up, down = svd_factors(w, rank)
-        elif method == "asvd":
-            up, down = asvd_factors(w, stats[name].abs_mean, rank, alpha)
-        else:
-            up, down = svdllm_factors(w, stats[name].gram, rank, damp)
-        replace_module(model, name, low_rank_from_factors(linears[name], up, down))
-        factorized[name] = rank
+    factorized = _replace_with_factors(model, linears, ranks, method, stats, alpha, damp)
     skipped = {n: "its allocated rank reached break-even (rank * (in + out) >= in * out): dense is smaller "
                   "and exact" for n, r in ranks.items() if r is None}
-
     before = sum(o * i for o, i, _ in layers.values())
     after = allocated_params(layers, ranks)
-    by_kind: dict[str, list[int | None]] = defaultdict(list)
-    for name, rank in ranks.items():
-        by_kind[name.rsplit(".", 1)[-1]].append(rank)
-    log.info("%s/%s: %d layers factorized, %d dense; weights %d -> %d (%.1f%% fewer, target %.1f%%)", method,
-             allocation, len(factorized), len(skipped), before, after, 100 * (1 - after / before),
-             100 * param_reduction)
-    for kind, kind_ranks in by_kind.items():
-        kept = [r for r in kind_ranks if r is not None]
-        span = f"rank {min(kept)}-{max(kept)}, mean {sum(kept) / len(kept):.0f}" if kept else "-"
-        log.info("  %-10s %3d dense, %3d factorized (%s)", kind, len(kind_ranks) - len(kept), len(kept), span)
+    _log_ranks(method, allocation, ranks, len(factorized), len(skipped), before, after, param_reduction)
     done = time.perf_counter()
     return {"method": method, "allocation": allocation, "param_reduction": param_reduction,
             "factorized": factorized, "skipped": skipped, "params_before": before, "params_after": after,
