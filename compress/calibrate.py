@@ -113,7 +113,13 @@ def collect_input_stats(model: nn.Module, batches: Tensor, modules: dict[str, nn
                         batch_size: int = 8) -> dict[str, InputStats]:
     """One full forward over ``batches`` [n, T]; returns ``{name: InputStats}`` for each of ``modules``."""
     collector = _Collector()
-    handles = _hooked(modules, collector)
+    forward_with_hooks(model, batches, _hooked(modules, collector), batch_size)
+    return collector.stats
+
+
+def forward_with_hooks(model: nn.Module, batches: Tensor, handles: list, batch_size: int = 8) -> None:
+    """One forward over ``batches`` [n, T], ``batch_size`` rows at a time, for what the hook ``handles`` record;
+    the hooks are removed afterwards, also when the forward fails."""
     device = next(model.parameters()).device
     try:
         for chunk in batches.split(batch_size):
@@ -121,7 +127,6 @@ def collect_input_stats(model: nn.Module, batches: Tensor, modules: dict[str, nn
     finally:
         for h in handles:
             h.remove()
-    return collector.stats
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:

@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from compress.calibrate import capture_block_inputs, decoder_blocks
+from compress.calibrate import capture_block_inputs, decoder_blocks, forward_with_hooks
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +177,7 @@ def width_importance(model: nn.Module, batches: Tensor, agg: Aggregation = "mean
     for i, block in enumerate(blocks):
         handles.append(block.mlp.down_proj.register_forward_pre_hook(mlp_hook(i)))
         handles.append(_attn(block).o_proj.register_forward_pre_hook(head_hook(i)))
-    device = next(model.parameters()).device
-    try:
-        for chunk in batches.split(batch_size):
-            model(input_ids=chunk.to(device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, batches, handles, batch_size)
     finish = (lambda s: s / max(count[0], 1)) if agg == "mean" else torch.sqrt
     mlp = [finish(s).float() for s in mlp_acc]
     groups = [finish(s).float().view(kv, heads // kv).sum(-1) for s in head_acc]
