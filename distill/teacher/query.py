@@ -151,18 +151,18 @@ def query_teacher(requests: list[TeacherRequest], cfg: TeacherConfig, stats: Tea
     if stats.started is None:
         stats.started = time.time()
     cache, throwaway = _open_cache(cfg)
-    keys, found, unique_pending = _look_up(requests, cfg, cache, stats)
-    pending = list(unique_pending.values())
-    errors: dict[str, TeacherResponse] = {}
-    if pending:
-        stopped_by_budget = _send_pending(pending, cfg, cache, stats, budget, gate, errors)
-        found.update(_read_answers(pending, cfg, cache, stats, budget))
-        if stopped_by_budget:
-            exc = _budget_exceeded(pending, found, cfg, stats, budget)
-            _close_cache(cache, throwaway)
-            raise exc
-    out = _responses(keys, found, errors, unique_pending, stats)
-    _close_cache(cache, throwaway)
+    try:  # the cache is closed (and a throwaway one removed) however the call ends
+        keys, found, unique_pending = _look_up(requests, cfg, cache, stats)
+        pending = list(unique_pending.values())
+        errors: dict[str, TeacherResponse] = {}
+        if pending:
+            stopped_by_budget = _send_pending(pending, cfg, cache, stats, budget, gate, errors)
+            found.update(_read_answers(pending, cfg, cache, stats, budget))
+            if stopped_by_budget:
+                raise _budget_exceeded(pending, found, cfg, stats, budget)
+        out = _responses(keys, found, errors, unique_pending, stats)
+    finally:
+        _close_cache(cache, throwaway)
     _close_stats(out, cfg, stats, budget, t0)
     return out
 
