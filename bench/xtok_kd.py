@@ -63,7 +63,7 @@ def score(model_dir: Path, conversations: list[list[dict]]) -> dict[str, float]:
     """Per-byte NLL of the assistant turns and top-1 agreement with their tokens, under ``model_dir``."""
     import torch
 
-    from distill.train.loop import IGNORE, render_turns, tokenize_row
+    from distill.train.data import IGNORE, render_turns, tokenize_row
 
     model, tok = load_causal_lm(model_dir, dtype="float32").eval(), load_tokenizer(model_dir)
     nll, nbytes, agree, ntok = 0.0, 0, 0, 0

@@ -42,14 +42,7 @@ from distill.train.batch_loss import assistant_loss, collate, eval_rows
 from distill.train.batches import length_grouped_batches, on_policy_rows
 from distill.train.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.train.config import KDConfig, TrainConfig
-from distill.train.data import (  # noqa: F401  (re-exported: bench/xtok_kd.py imports them from here)
-    IGNORE,
-    check_same_tokenizer,
-    render_turns,
-    same_tokenizer,
-    tokenize_row,
-    tokenize_row_kd,
-)
+from distill.train.data import IGNORE
 from distill.train.distributed import all_reduce_grads, join_process_group
 from distill.train.encode import encode_splits
 from distill.train.outputs import loss_ends, refuse_trained, save_merged, student_readme, training_mode
