@@ -1,5 +1,5 @@
 """Write the measured tables of docs/abilities.md from bench/results/ (ea_transfer_measure.json, ea_transfer.json,
-ea_transfer_synth.json, ea_transfer_replay.json, ea_transfer_kd_sweep.json, ea_transfer_if.json, ea_cot.json, ea_compress.json, ea_compress_recover.json): each table goes between its ``<!-- bench:NAME -->`` / ``<!-- /bench:NAME -->`` markers, so the page
+ea_transfer_synth.json, ea_transfer_replay.json, ea_transfer_kd_sweep.json, ea_transfer_if.json, ea_cot.json, ea_compress.json, ea_compress_recover.json, ea_compress_qat.json): each table goes between its ``<!-- bench:NAME -->`` / ``<!-- /bench:NAME -->`` markers, so the page
 always says what the JSON says. A missing JSON leaves its section saying so.
 
 Run: ``.venv/bin/python bench/docs_abilities.py`` after the benchmarks.
@@ -153,8 +153,11 @@ def compress_table(d: dict | None) -> str:
     if d is None:
         return "_Not measured yet: run `make demo`, then `bench/ea_compress.py`._"
     c = d["config"]
-    flags = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in ("steps", "recover", "recover_lr", "out")
-                    if c.get(k) not in (None, "0", "0.0001", "gptq64,wanda50,sparsegpt50", "ea_compress.json"))
+    defaults = {"steps": "gptq64,wanda50,sparsegpt50", "recover": "0", "recover_lr": "0.0001", "qat_steps": "32",
+                "qat_lr": "0.0001", "out": "ea_compress.json"}
+    flags = "".join(f" --{k.replace('_', '-')} {c[k]}" for k, default in defaults.items()
+                    if c.get(k) not in (None, default)
+                    and (not k.startswith("qat_") or "qat" in c.get("steps", "")))
     lines = [f"`bench/ea_compress.py --data {c['data']} --seeds {c['seeds']}{flags}` "
              f"on `{Path(d['run']).name}`'s student ({c['calib']} calibration windows of 512 tokens, {c['per_task']} fresh "
              f"probe items per family and seed; {d['cpu']}; {d['seconds'] / 60:.0f} min).", "",
@@ -182,7 +185,8 @@ def main() -> int:
                        ("if", if_table(_load("ea_transfer_if.json"))),
                        ("cot", cot_table(_load("ea_cot.json"))),
                        ("compress", compress_table(_load("ea_compress.json"))),
-                       ("compress_recover", compress_table(_load("ea_compress_recover.json")))):
+                       ("compress_recover", compress_table(_load("ea_compress_recover.json"))),
+                       ("compress_qat", compress_table(_load("ea_compress_qat.json")))):
         pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
         block = f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->"
         if not pattern.search(text):

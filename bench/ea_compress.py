@@ -10,9 +10,11 @@ unstructured pruning steps (Wanda, SparseGPT), once per calibration source
   student reads when it does its tasks);
 * ``mix``     — half of each.
 
-``--steps`` picks the presets (default ``gptq64,wanda50,sparsegpt50``; also ``gptq32``, ``int8``). With
-``--recover N`` each pruning preset runs a second time followed by N steps that distil the student back into the
-pruned model on the calibration windows, keeping the zeros (``recover_steps`` on a pruning step).
+``--steps`` picks the presets (default ``gptq64,wanda50,sparsegpt50``; also ``gptq32``, ``int8``,
+``sparsegpt40``/``sparsegpt30`` for a sparsity sweep, and ``qat64``/``qat32``: int4 quantization-aware training,
+``--qat-steps`` KD steps from the student through the fake quantizer, :mod:`compress.qat`). With ``--recover N``
+each pruning preset runs a second time followed by N steps that distil the student back into the pruned model on
+the calibration windows, keeping the zeros (``recover_steps`` on a pruning step).
 
 Every model (the student and each step) answers the EA probes (:mod:`distill.probes`) on fresh held-out
 items of the run's ICL families, zero-shot, plus the control families; the figure is the share of the
@@ -44,8 +46,13 @@ PRESETS = {"gptq64": {"method": "gptq", "bits": 4, "group_size": 64},
            "gptq32": {"method": "gptq", "bits": 4, "group_size": 32},
            "int8": {"method": "rtn_int8"},
            "wanda50": {"method": "wanda", "sparsity": 0.5},
-           "sparsegpt50": {"method": "sparsegpt", "sparsity": 0.5}}
+           "sparsegpt50": {"method": "sparsegpt", "sparsity": 0.5},
+           "sparsegpt40": {"method": "sparsegpt", "sparsity": 0.4},
+           "sparsegpt30": {"method": "sparsegpt", "sparsity": 0.3},
+           "qat64": {"method": "qat", "bits": 4, "group_size": 64},
+           "qat32": {"method": "qat", "bits": 4, "group_size": 32}}
 PRUNING = {"wanda", "sparsegpt", "magnitude"}
+TRAINED = {"qat", "qaf"}  # quantization-aware: their training steps are part of the method (--qat-steps)
 
 
 def steps_for(args) -> list[dict]:
@@ -55,7 +62,8 @@ def steps_for(args) -> list[dict]:
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
         sys.exit(f"--steps: unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
-    steps = [PRESETS[n] | {"name": n} for n in names]
+    steps = [PRESETS[n] | {"name": n} | ({"recover_steps": args.qat_steps, "recover_lr": args.qat_lr}
+                                          if PRESETS[n]["method"] in TRAINED else {}) for n in names]
     if args.recover:
         steps += [PRESETS[n] | {"name": f"{n}+recover{args.recover}", "recover_steps": args.recover,
                                 "recover_lr": args.recover_lr}
@@ -125,6 +133,9 @@ def main() -> int:
     ap.add_argument("--recover", type=int, default=0,
                     help="also each pruning preset followed by this many masked recovery-KD steps (0: off)")
     ap.add_argument("--recover-lr", type=float, default=1e-4, help="recovery AdamW learning rate")
+    ap.add_argument("--qat-steps", type=int, default=32,
+                    help="qat presets: KD steps through the int4 fake quantizer from the student (4 windows each)")
+    ap.add_argument("--qat-lr", type=float, default=1e-4, help="qat presets: AdamW peak learning rate")
     ap.add_argument("--out", default="ea_compress.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
