@@ -129,7 +129,13 @@ def _publish(key: str, markdown: str, description: str) -> None:
         log.warning("could not publish the %s artifact: %s", key, exc)
 
 
-@flow(name="generate_dataset", log_prints=True)
+# Prefect's log_prints patches `print` into the run logger, which also catches third-party prints that were meant
+# to be captured: dill (which `datasets` fingerprints with) reads `dis.dis` output from a redirected stdout, so
+# each dataset write logged pages of bytecode and dill saw no globals. The stages log through `logging`.
+LOG_PRINTS = False
+
+
+@flow(name="generate_dataset", log_prints=LOG_PRINTS)
 def generate_flow(cfg_json: str, run_dir: str, refresh: bool = False) -> dict:
     """Teacher data for the config's seeds -> ``run_dir/dataset`` (or the cached dataset it links to)."""
     from flows.stage_keys import digest_path, generate_key
@@ -158,7 +164,7 @@ def generate_flow(cfg_json: str, run_dir: str, refresh: bool = False) -> dict:
     return {"path": path, "cached": cached, "key": key}
 
 
-@flow(name="train_student", log_prints=True)
+@flow(name="train_student", log_prints=LOG_PRINTS)
 def train_flow(cfg_json: str, dataset_dir: str, upstream_key: str, run_dir: str, refresh: bool = False) -> dict:
     """The student distilled on ``dataset_dir`` -> ``run_dir/student`` (or the cached student)."""
     from flows.stage_keys import train_key
@@ -175,7 +181,7 @@ def train_flow(cfg_json: str, dataset_dir: str, upstream_key: str, run_dir: str,
     return {"path": path, "cached": cached, "key": key}
 
 
-@flow(name="evaluate_student", log_prints=True)
+@flow(name="evaluate_student", log_prints=LOG_PRINTS)
 def evaluate_flow(cfg_json: str, model_dir: str, upstream_key: str | None, base_model: str | None, dataset_dir: str,
                   dataset_key: str | None, run_dir: str, refresh: bool = False) -> dict:
     """Perplexity, validation loss, teacher agreement and task accuracy of ``model_dir`` (and of ``base_model``)
@@ -200,7 +206,7 @@ def evaluate_flow(cfg_json: str, model_dir: str, upstream_key: str | None, base_
     return {"path": path, "cached": cached, "key": key}
 
 
-@flow(name="compress_student", log_prints=True)
+@flow(name="compress_student", log_prints=LOG_PRINTS)
 def compress_flow(cfg_json: str, model_dir: str, upstream_key: str | None, dataset_dir: str | None, run_dir: str,
                   refresh: bool = False, dataset_key: str | None = None) -> dict:
     """The configured compression chain on ``model_dir`` -> ``run_dir/compressed`` (or the cached one)."""
@@ -312,7 +318,7 @@ def _pipeline_body(cfg: PipelineConfig, run_dir: Path, refresh: bool) -> str:
     return str(run_dir)
 
 
-@flow(name="eakd-pipeline", log_prints=True)
+@flow(name="eakd-pipeline", log_prints=LOG_PRINTS)
 def pipeline(config: str, overrides: list[str] | None = None, refresh: bool = False, run_dir: str | None = None) -> str:
     """generate -> train -> evaluate -> compress -> report for the YAML ``config`` (re-read on every run, so a
     scheduled deployment picks up a grown seed file); returns the run directory. Stages whose inputs

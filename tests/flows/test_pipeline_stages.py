@@ -234,3 +234,29 @@ def test_evaluate_flow_is_cached_and_reruns_when_its_config_changes(tiny_model, 
     assert not changed["cached"] and changed["key"] != first["key"]
     ev = json.loads((tmp_path / "run3" / "eval" / "eval.json").read_text())
     assert ev["student"]["perplexity"]["windows"] == 1 and ev["student"]["accuracy"]["accuracy"] is None
+
+
+@pytest.mark.parametrize("log_prints", [False, True])
+def test_stage_flows_keep_library_prints_out_of_the_run_log(log_prints, prefect_api, caplog):
+    """A `datasets` fingerprint (dill disassembles a function into a redirected stdout) inside a flow with the
+    stages' setting logs no bytecode; with Prefect's log_prints on (the control) it does, which the demo's log
+    showed after every dataset write."""
+    import logging
+
+    import pyarrow as pa
+    from datasets.fingerprint import Hasher
+    from prefect import flow
+
+    from flows import pipeline
+
+    stages = (pipeline.generate_flow, pipeline.train_flow, pipeline.evaluate_flow, pipeline.compress_flow,
+              pipeline.pipeline)
+    assert {f.log_prints for f in stages} == {pipeline.LOG_PRINTS}
+
+    @flow(name="fingerprint", log_prints=pipeline.LOG_PRINTS if not log_prints else True)
+    def fingerprint() -> str:
+        return Hasher.hash(pa.table({"a": [1, 2]}))
+
+    with caplog.at_level(logging.INFO):
+        fingerprint()
+    assert ("LOAD_GLOBAL" in caplog.text) == log_prints
