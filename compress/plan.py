@@ -5,9 +5,8 @@ dtype, the task set for accuracy, the streaming decision (:func:`compress.stream
 check of ``cfg.steps`` that can fail before expensive work (order in a chain, per-step settings, quality gates
 that need task accuracy). Its result is a :class:`Plan`; nothing here loads a model or writes a file.
 
-May import: :mod:`compress.artifact`, :mod:`compress.config`, :mod:`compress.eval`, :mod:`compress.methods`
-(which methods accept recovery), :mod:`compress.streamed`, :mod:`distill.config`, :mod:`distill.evaluate`,
-:mod:`distill.models`. Not :mod:`compress.stage`, which imports it.
+May import: :mod:`compress.artifact`, :mod:`compress.config`, :mod:`compress.eval`, :mod:`compress.streamed`,
+:mod:`distill.config`, :mod:`distill.evaluate`, :mod:`distill.models`. Not :mod:`compress.stage`, which imports it.
 
 Run: through :func:`compress.stage.compress_student`.
 """
@@ -22,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import is_grouped_entry, new_manifest, read_manifest
-from compress.config import QUANT, STORAGE_DTYPES, STRUCTURED, CompressConfig, CompressStep
+from compress.config import QUANT, STORAGE_DTYPES, STRUCTURED, CompressConfig, OwlFields, PruneFields, Step, SvdStep
 from compress.eval import TaskSet, load_tasks
-from compress.methods import RECOVERABLE, TRAINED
 from compress.streamed import streaming_plan
 from distill.config import ConfigError
 from distill.evaluate import load_eval_text
@@ -113,30 +111,29 @@ def _load_tasks(cfg: CompressConfig, tasks_dataset: str | Path | None) -> TaskSe
     return tasks
 
 
-def _check_steps(steps: list[CompressStep], tasks: TaskSet | None) -> None:
-    """Refuse a step whose settings do not fit its method, or whose gate needs task accuracy that is not measured."""
+def _check_steps(steps: list[Step], tasks: TaskSet | None) -> None:
+    """Refuse a step whose settings do not fit together, or whose gate needs task accuracy that is not measured.
+
+    A field of another method never gets here: each method's config class refuses it (compress.config)."""
     for i, step in enumerate(steps):
         if step.min_accuracy is not None and tasks is None:
             raise ConfigError(f"compress.steps[{i}].min_accuracy needs task accuracy: set compress.eval.tasks_dataset "
                               "to an eakd dataset with gold answers (the pipeline uses its generated one) and "
                               "compress.eval.max_examples > 0")
-        step.nm_tuple()  # validates N:M before any work
-        if step.allocation == "owl" and (step.method not in ("wanda", "sparsegpt") or step.nm is not None):
+        if isinstance(step, PruneFields):
+            step.nm_tuple()  # validates N:M before any work
+        if isinstance(step, OwlFields) and step.allocation == "owl" and step.nm is not None:
             raise ConfigError(f"compress.steps[{i}].allocation: owl sets a sparsity per block for unstructured "
-                              f"wanda/sparsegpt, not {step.method}{' with nm ' + step.nm if step.nm else ''}")
-        if step.rank_allocation != "auto" and (step.method not in ("svd", "asvd", "svdllm") or step.rank_ratio is not None):
+                              f"wanda/sparsegpt, not {step.method} with nm {step.nm}")
+        if isinstance(step, SvdStep) and step.rank_allocation != "auto" and step.rank_ratio is not None:
             raise ConfigError(f"compress.steps[{i}].rank_allocation splits a param_reduction budget over the layers of "
-                              f"svd/asvd/svdllm, not {step.method}{' with rank_ratio' if step.rank_ratio is not None else ''}"
-                              "; remove it (or rank_ratio)")
-        if step.method in TRAINED and not step.recover_steps:
+                              f"svd/asvd/svdllm, not {step.method} with rank_ratio; remove it (or rank_ratio)")
+        if step.trained and not step.recover_steps:
             raise ConfigError(f"compress.steps[{i}] ({step.method}): set recover_steps to the number of "
                               "quantization-aware training steps (e.g. 50)")
-        if step.recover_steps and step.method not in RECOVERABLE | TRAINED:
-            raise ConfigError(f"compress.steps[{i}].recover_steps: recovery follows {', '.join(sorted(RECOVERABLE))} "
-                              f"steps, not {step.method} (it would move pruned/quantized weights off their grid)")
 
 
-def _check_order(steps: list[CompressStep], manifest: dict[str, Any], chain: bool) -> None:
+def _check_order(steps: list[Step], manifest: dict[str, Any], chain: bool) -> None:
     """Refuse chains whose later steps would invalidate what earlier steps recorded (before any work)."""
     if any(is_grouped_entry(e) for e in manifest["quantized"].values()) and steps:
         raise ConfigError("the source model is already int4/grouped-quantized (rtn/gptq/awq); compress the "

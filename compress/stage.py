@@ -38,21 +38,19 @@ from compress.artifact import load_compressed, save_compressed, write_folder_fil
 from compress.calib_data import calibration_windows
 from compress.card import step_card
 from compress.config import (
-    CALIBRATED,
-    CalibrationConfig,  # noqa: F401  (re-exported: the tests build it from compress.stage)
-    CompressConfig,
-    CompressStep,
-    EvalConfig,  # noqa: F401  (re-exported: the tests and bench build it from compress.stage)
-)
-from compress.eval import measure, probe_prompts
-from compress.methods import (
-    RECOVERABLE,  # noqa: F401  (re-exported, as the next two: defined here before compress.methods held them)
+    RECOVERABLE,  # noqa: F401  (re-exported, as the next two: defined here before compress.config derived them)
     SPARSIFYING,  # noqa: F401
     TRAINED,  # noqa: F401
-    apply_step,
-    round_to_storage,
-    scalar_stats,
+    CalibrationConfig,  # noqa: F401  (re-exported: the tests build it from compress.stage)
+    CompressConfig,
+    CompressStep,  # noqa: F401  (re-exported: the tests and bench build steps with it from compress.stage)
+    EvalConfig,  # noqa: F401  (re-exported: the tests and bench build it from compress.stage)
+    RankBudgetFields,
+    Step,
+    recover_steps,
 )
+from compress.eval import measure, probe_prompts
+from compress.methods import apply_step, round_to_storage, scalar_stats
 from compress.plan import Plan, plan_compress
 from compress.streamed import measure_streamed, source_configs, stream_step
 from distill.config import ConfigError
@@ -145,7 +143,8 @@ def _setup(cfg: CompressConfig, plan: Plan, model_dir: Path, out_dir: Path, cali
     model = None if stream else load_compressed(model_dir, dtype="float32")
     tokenizer = load_tokenizer(model_dir)
     calib, calib_from = None, None
-    if any(step.method in CALIBRATED or step.recover_steps or step.rank_allocation == "fisher" for step in cfg.steps):
+    if any(step.calibrated or recover_steps(step) or (isinstance(step, RankBudgetFields) and step.rank_allocation == "fisher")
+           for step in cfg.steps):
         calib, calib_from = calibration_windows(cfg.calibration, tokenizer, calib_text, calib_source, plan.dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out_dir)
@@ -157,7 +156,7 @@ def _setup(cfg: CompressConfig, plan: Plan, model_dir: Path, out_dir: Path, cali
     summary = _new_summary(cfg, plan, model_dir, baseline, calib, calib_from)
     source_state = (copy.deepcopy(plan.manifest), list(plan.recipe))
     # the pre-compression model teaches recovery steps (kept only when one asks for it)
-    teacher = copy.deepcopy(model).requires_grad_(False) if any(s.recover_steps for s in cfg.steps) else None
+    teacher = copy.deepcopy(model).requires_grad_(False) if any(recover_steps(s) for s in cfg.steps) else None
     configs = source_configs(model_dir) if stream else None
     return (_Run(cfg, plan, model_dir, out_dir, tokenizer, calib, probes, baseline, summary, teacher, configs,
                  source_state), _Chain(model, plan.manifest, plan.recipe, baseline, model_dir))
@@ -183,7 +182,7 @@ def _new_summary(cfg: CompressConfig, plan: Plan, model_dir: Path, baseline: dic
     }
 
 
-def _compress_step(run: _Run, index: int, step: CompressStep, chain: _Chain) -> None:
+def _compress_step(run: _Run, index: int, step: Step, chain: _Chain) -> None:
     """Step ``index`` (from 1): apply it to ``chain`` (side by side: reset to the source first), publish its
     artifact unless its gate failed, record it in ``summary.json``; ``chain`` becomes what the next step starts
     from (updated in place, so a replaced model is freed as soon as its successor is loaded).
@@ -218,7 +217,7 @@ def _compress_step(run: _Run, index: int, step: CompressStep, chain: _Chain) -> 
     chain.before, chain.previous = after, final
 
 
-def _write_step(run: _Run, index: int, step: CompressStep, name: str, chain: _Chain, final: Path) -> _StepResult:
+def _write_step(run: _Run, index: int, step: Step, name: str, chain: _Chain, final: Path) -> _StepResult:
     """Run the step's method on ``chain`` (in place), write the artifact with its ``recipe.json``,
     ``metrics.json`` and README into a temp folder beside ``final``, measure it and check its gate; the
     folder is renamed to ``final`` unless the gate failed, and a temp folder never outlives the call."""
@@ -259,7 +258,7 @@ def _write_step(run: _Run, index: int, step: CompressStep, name: str, chain: _Ch
     return _StepResult(stats, after, gate, why, method_seconds)
 
 
-def _gate(step: CompressStep, baseline: dict[str, Any], after: dict[str, Any]) -> tuple[str | None, str]:
+def _gate(step: Step, baseline: dict[str, Any], after: dict[str, Any]) -> tuple[str | None, str]:
     """(None | "passed" | "failed", why it failed) for a step's quality gates, measured against the baseline."""
     why = []
     rise = after["perplexity"] / baseline["perplexity"] - 1.0

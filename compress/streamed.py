@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from compress.artifact import compressed_tensors, grouped_entry, quant_entry, read_manifest, safetensors_bytes
 from compress.calibrate import block_input_stats, block_outputs, capture_block_inputs, decoder_blocks
-from compress.config import CALIBRATED, CompressConfig, CompressStep, EvalConfig
+from compress.config import CompressConfig, EvalConfig, OwlFields, PruneFields, Step, recover_steps
 from compress.gptq import gptq_block
 from compress.linears import target_linears
 from compress.prune import magnitude_mask, nm_mask, resolve_sparsity, sparsity_summary, wanda_block
@@ -56,13 +56,13 @@ STREAMED = {"rtn_int8", "rtn", "gptq", "magnitude", "wanda", "sparsegpt"}
 WHOLE_MODEL_FACTOR = 2.0  # the whole-model path peaks near 2x the fp32 weights (model + the tensors being saved)
 
 
-def step_blocker(step: CompressStep, last: bool) -> str | None:
+def step_blocker(step: Step, last: bool) -> str | None:
     """Why ``step`` cannot run streamed (None when it can)."""
     if step.method not in STREAMED:
         return f"{step.method} is not streamed (only {', '.join(sorted(STREAMED))})"
-    if step.recover_steps:
+    if recover_steps(step):
         return "recovery distillation trains the whole model"
-    if step.allocation == "owl":
+    if isinstance(step, OwlFields) and step.allocation == "owl":
         return "owl allocation scores every block of the dense model first"
     if step.method == "rtn_int8" and not last:
         return "steps after rtn_int8 re-quantize its layers over the whole model"
@@ -176,10 +176,10 @@ class _Tally:
 
 
 @torch.no_grad()
-def _compress_block(step: CompressStep, block: nn.Module, prefix: str, stats: dict, manifest: dict[str, Any],
+def _compress_block(step: Step, block: nn.Module, prefix: str, stats: dict, manifest: dict[str, Any],
                     codes: dict[str, tuple], tally: _Tally) -> None:
     """One block of ``step``, in place: the per-block step of its whole-model method (same order, same math)."""
-    m, nm = step.method, step.nm_tuple()
+    m, nm = step.method, step.nm_tuple() if isinstance(step, PruneFields) else None
     if m in ("rtn", "gptq"):
         if m == "rtn":
             with _quiet("compress.quantize"):
@@ -212,9 +212,9 @@ def _compress_block(step: CompressStep, block: nn.Module, prefix: str, stats: di
         tally.obs_loss = (tally.obs_loss or []) + [loss for _lin, loss in pruned]
 
 
-def _step_stats(step: CompressStep, tally: _Tally, manifest: dict[str, Any], n_blocks: int) -> dict[str, Any]:
+def _step_stats(step: Step, tally: _Tally, manifest: dict[str, Any], n_blocks: int) -> dict[str, Any]:
     """The stats dict the whole-model method returns (what :func:`compress.methods._run_method` records)."""
-    m, nm = step.method, step.nm_tuple()
+    m, nm = step.method, step.nm_tuple() if isinstance(step, PruneFields) else None
     if m in ("rtn", "gptq"):
         log.info("%s: int%d %s, quantized %d linear layers, streamed", m, step.bits,
                  "per-channel" if step.group_size is None else f"g{step.group_size}", tally.layers)
@@ -255,7 +255,7 @@ def _block_tensors(block: nn.Module, prefix: str, manifest: dict[str, Any], code
 
 
 @torch.no_grad()
-def stream_step(source: Path, out: Path, step: CompressStep, manifest: dict[str, Any], calib: Tensor | None,
+def stream_step(source: Path, out: Path, step: Step, manifest: dict[str, Any], calib: Tensor | None,
                 storage: str, batch_size: int = 8) -> StreamedStep:
     """Apply ``step`` to the model at ``source`` block by block, writing ``out/model.safetensors``.
 
@@ -268,10 +268,11 @@ def stream_step(source: Path, out: Path, step: CompressStep, manifest: dict[str,
     layers, tied = _block_prefix(model), tied_aliases(model)
     if step.method in ("rtn", "gptq"):
         check_model_quant_args(target_linears(model), step.bits, step.group_size)
-    resolve_sparsity(step.sparsity, step.nm_tuple())
+    if isinstance(step, PruneFields):
+        resolve_sparsity(step.sparsity, step.nm_tuple())
     owners = _outside_modules(model, layers, tied)
     _load_outside(model, reader, owners, tied)
-    states = capture_block_inputs(model, calib, batch_size) if step.method in CALIBRATED else None
+    states = capture_block_inputs(model, calib, batch_size) if step.calibrated else None
     writer, tally, blocks = PartWriter(out), _Tally(), decoder_blocks(model)
     for owner in owners:  # written and freed now: a large vocabulary's embeddings need not sit beside a block
         writer.add(_block_tensors(model.get_submodule(owner), owner, manifest, {}, storage))
