@@ -87,6 +87,10 @@ def evaluate_student(cfg: EvaluateConfig, model_dir: str | Path, dataset_dir: st
     results, teacher_probes = _measure_models(cfg, models, inputs, dd, teacher_cfg)
     lm_eval, lm_records = _lm_eval_block(results, dd)
     predictions, probe_rows = _pop_records(results, teacher_probes)
+    if lm_eval is not None:  # where lm-eval and the task accuracy scored the same questions: side by side
+        from distill.lmeval.run import agreement
+
+        lm_eval["agreement"] = agreement(lm_records, predictions)
     ev = {"format": "eakd-eval/v1", "eakd_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
           "model": str(model_path), "base_model": None if base_path is None else str(base_path), "dataset": str(ds_path),
           "eval_text_source": eval_source or "passed in by the caller",

@@ -151,9 +151,10 @@ def _evaluate_section(e: dict) -> list[str]:
                for part in ("perplexity", "validation", "accuracy") if m[part].get("reason")}
     lines += [""] + [f"- no {r}" for r in sorted(reasons)] if reasons else []
     if e.get("lm_eval"):  # evaluate.lm_eval: lm-evaluation-harness on local tasks (distill/lmeval/)
-        from distill.lmeval.run import markdown_table
+        from distill.lmeval.run import agreement_lines, markdown_table
 
-        lines += ["", "lm-evaluation-harness (value ± stderr):", "", *markdown_table(e["lm_eval"])]
+        lines += ["", "lm-evaluation-harness (value ± stderr):", "", *markdown_table(e["lm_eval"]),
+                  *agreement_lines(e["lm_eval"])]
     return lines
 
 

@@ -287,6 +287,12 @@ def _evaluate_section(ev: dict) -> str:
     reasons = sorted({f"{part}: {m[part]['reason']}" for m in (ev.get("base"), ev.get("student")) if m
                       for part in ("perplexity", "validation", "accuracy") if m[part].get("reason")})
     parts += [f'<p class="note">no {e(r)}</p>' for r in reasons]
+    if ev.get("lm_eval"):  # evaluate.lm_eval: the scores, then eakd's grades of the same questions beside them
+        from distill.lmeval.run import AGREEMENT_NOTE, agreement_rows, score_rows
+
+        parts += ["<h3>lm-evaluation-harness</h3>", _table(*score_rows(ev["lm_eval"]), "lm-eval")]
+        head, rows = agreement_rows(ev["lm_eval"])
+        parts += [f"<p>{e(AGREEMENT_NOTE)}</p>", _table(head, rows, "lm-eval-agreement")] if rows else []
     return "".join(parts) + "</section>"
 
 

@@ -69,10 +69,10 @@ def _readme(ev: dict[str, Any]) -> str:
         lines += ["", "Abilities (held-out probes, distill/probes/; gap closed = (student - base) / (teacher - base)):", "",
                   *ability_markdown(ev["abilities"])]
     if ev.get("lm_eval"):
-        from distill.lmeval.run import markdown_table
+        from distill.lmeval.run import agreement_lines, markdown_table
 
         lines += ["", "lm-evaluation-harness (distill/lmeval/; value ± stderr over the scored documents):", "",
-                  *markdown_table(ev["lm_eval"])]
+                  *markdown_table(ev["lm_eval"]), *agreement_lines(ev["lm_eval"])]
     return "\n".join(lines) + "\n\nEverything, with the reasons for any missing number: `eval.json`; " \
         "each graded answer: `predictions.jsonl` (probes: `probes.jsonl`).\n"
 

@@ -180,14 +180,82 @@ def compare(per_model: dict[str, dict[str, Any]], train_ids: set[str] | None = N
                                        for n, r in per_model.items()}}
 
 
+def agreement(lm_records: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    """lm-eval's grading beside eakd's task accuracy where both scored the same question for the same model.
+
+    ``lm_records``: the scored samples (``{"model", "task", "filter", "id", "scores"}``); ``predictions``:
+    ``predictions.jsonl``'s rows (``{"model", "id": "<seed id>:<style>:<n>", "answer", "gold", "correct"}``). A
+    question is matched by its seed id (the demo's held-out items carry it in both). eakd's task accuracy is
+    lenient (:func:`distill.answers.answers_match`: a label stated as a whole word counts), the shipped lm-eval
+    tasks are strict exact match, so each eakd answer is also graded by the strict rule
+    (:func:`distill.answers.answers_match_strict`) and the comparison is made with both. Returns
+    ``{task[ (filter)]: {model: {"questions", "lm_eval", "eakd", "eakd_strict", "same", "same_strict", "differ":
+    [seed ids lm-eval and eakd's strict grade disagree on]}}}``, accuracies as fractions; empty when no question
+    is shared."""
+    from distill.answers import answers_match_strict
+
+    eakd = {(p["model"], str(p["id"]).rsplit(":", 2)[0]): (bool(p.get("correct")),
+                                                            answers_match_strict(p.get("answer"), p.get("gold")) is True)
+            for p in predictions if p.get("id")}
+    tally: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in lm_records:
+        score = next((r["scores"][k] for k in ("exact_match", "acc") if k in r.get("scores", {})), None)
+        key = (r.get("model"), r.get("id"))
+        if score is None or key not in eakd:
+            continue
+        name = r["task"] + ("" if r.get("filter") in (None, "none") else f" ({r['filter']})")
+        t = tally.setdefault(name, {}).setdefault(r["model"], {"questions": 0, "lm_eval": 0, "eakd": 0,
+                                                                "eakd_strict": 0, "same": 0, "differ": []})
+        (lenient, strict), theirs = eakd[key], score >= 1.0
+        t["questions"] += 1
+        t["lm_eval"] += theirs
+        t["eakd"] += lenient
+        t["eakd_strict"] += strict
+        t["same"] += lenient == theirs
+        if strict != theirs:
+            t["differ"].append(r["id"])
+    return {task: {model: {"questions": t["questions"],
+                           **{k: round(t[k] / t["questions"], 4) for k in ("lm_eval", "eakd", "eakd_strict")},
+                           "same": t["same"], "same_strict": t["questions"] - len(t["differ"]),
+                           "differ": sorted(t["differ"])} for model, t in models.items()}
+            for task, models in tally.items()}
+
+
+AGREEMENT_NOTE = ("The same questions graded by eakd (matched by id): its task accuracy is lenient (the label as a "
+                  "whole word counts), lm-eval's tasks are strict exact match, so eakd's answers are graded strictly too.")
+
+
+def agreement_rows(block: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the ``agreement`` part of eval.json's ``lm_eval`` block (no rows when nothing is shared)."""
+    head = ["task", "model", "questions", "lm-eval", "eakd task accuracy", "eakd strict", "graded alike (strict)"]
+    rows = [[task, model, str(a["questions"]), f"{a['lm_eval']:.1%}", f"{a['eakd']:.1%}", f"{a['eakd_strict']:.1%}",
+             f"{a['same_strict']} of {a['questions']}" + (
+                 f" (differ: {', '.join(a['differ'][:4])}{' …' if len(a['differ']) > 4 else ''})" if a["differ"] else "")]
+            for task, models in (block.get("agreement") or {}).items() for model, a in models.items()]
+    return head, rows
+
+
+def score_rows(block: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the ``lm_eval`` block of eval.json: one row per task and metric, a column per model."""
+    names = list(block["models"])
+    rows = [[task, metric, f"{t['samples']} of {t['of']}",
+             *["—" if vals.get(n) is None else
+               f"{vals[n]:.3f}" + ("" if vals.get(f"{n}_stderr") is None else f" ± {vals[f'{n}_stderr']:.3f}")
+               for n in names]]
+            for task, t in block["tasks"].items() for metric, vals in t["metrics"].items()]
+    return ["task", "metric", "docs", *names], rows
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def agreement_lines(block: dict[str, Any]) -> list[str]:
+    """The ``agreement`` part of eval.json's ``lm_eval`` block as Markdown lines (none when nothing is shared)."""
+    head, rows = agreement_rows(block)
+    return ["", AGREEMENT_NOTE, "", *_markdown(head, rows)] if rows else []
+
+
 def markdown_table(block: dict[str, Any]) -> list[str]:
     """The ``lm_eval`` block of eval.json as Markdown table lines: one row per task and metric, a column per model."""
-    names = list(block["models"])
-    lines = ["| task | metric | docs | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
-    for task, t in block["tasks"].items():
-        for metric, vals in t["metrics"].items():
-            cells = ["—" if vals.get(n) is None else
-                     f"{vals[n]:.3f}" + ("" if vals.get(f"{n}_stderr") is None else f" ± {vals[f'{n}_stderr']:.3f}")
-                     for n in names]
-            lines.append(f"| {task} | {metric} | {t['samples']} of {t['of']} | " + " | ".join(cells) + " |")
-    return lines
+    return _markdown(*score_rows(block))

@@ -143,3 +143,33 @@ def test_cli_lm_eval_option_bad_task_is_one_line_and_exit_2(tiny_model, sft_data
     assert result.exit_code == 2, result.output
     assert "error: evaluate.lm_eval.tasks: unknown lm-eval task 'nope'" in result.output
     assert not (tmp_path / "eval").exists()
+
+
+def test_agreement_pairs_lm_eval_and_eakd_grading_of_the_same_questions():
+    """Matched by seed id, per model and task (and filter); questions only one side scored are left out; eakd's
+    lenient grade (a whole-word label counts) and its strict grade are both compared with lm-eval's."""
+    from distill.lmeval.run import agreement, agreement_lines
+
+    def lm(model, task, qid, score, flt="none"):
+        return {"model": model, "task": task, "filter": flt, "id": qid, "scores": {"exact_match": score}}
+
+    def ours(model, qid, answer, gold, correct):
+        return {"model": model, "id": qid, "answer": answer, "gold": gold, "correct": correct}
+
+    records = [lm("student", "eakd_demo_icl", "a/held_out-1", 1.0), lm("student", "eakd_demo_icl", "a/held_out-2", 0.0),
+               lm("student", "eakd_demo_icl", "a/held_out-3", 0.0), lm("base", "eakd_demo_icl", "a/held_out-1", 0.0),
+               lm("student", "eakd_demo_cot", "s/held_out-9", 1.0, "the-answer-is"),
+               lm("student", "eakd_demo_icl", "a/held_out-7", 1.0)]  # eakd never scored it: left out
+    predictions = [ours("student", "a/held_out-1:icl:0", "good", "good", True),
+                   ours("student", "a/held_out-2:icl:0", "It was a bad one.", "bad", True),  # lenient only
+                   ours("student", "a/held_out-3:icl:0", "bad", "bad", True),  # lm-eval disagrees outright
+                   ours("base", "a/held_out-1:icl:0", "great", "good", False),
+                   ours("student", "s/held_out-9:cot:0", "12", "12", True)]
+    got = agreement(records, predictions)
+    assert got["eakd_demo_icl"]["student"] == {"questions": 3, "lm_eval": 0.3333, "eakd": 1.0, "eakd_strict": 0.6667,
+                                               "same": 1, "same_strict": 2, "differ": ["a/held_out-3"]}
+    assert got["eakd_demo_icl"]["base"]["same_strict"] == 1 and got["eakd_demo_icl"]["base"]["differ"] == []
+    assert got["eakd_demo_cot (the-answer-is)"]["student"]["same_strict"] == 1
+    lines = agreement_lines({"agreement": got})
+    assert "| eakd_demo_icl | student | 3 | 33.3% | 100.0% | 66.7% | 2 of 3 (differ: a/held_out-3) |" in lines
+    assert agreement(records, []) == {} and agreement_lines({"agreement": {}}) == []

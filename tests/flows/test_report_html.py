@@ -192,3 +192,21 @@ def test_ability_table_leads_the_markdown_and_html_reports():
     assert page.index('id="abilities"') < page.index('id="evaluate"') and 'id="abilities-plot"' in page
     assert "negative transfer" in page
     assert 'id="abilities"' not in render_html(_report("r") | {"evaluate": _eval()})  # no probes: no section
+
+
+def test_lm_eval_scores_and_their_agreement_with_eakd_show_in_markdown_and_html():
+    from flows.report import render_markdown
+
+    lm = {"tasks": {"eakd_demo_icl": {"samples": 2, "of": 24, "n_shot": 0, "metrics": {
+              "exact_match,none": {"base": 0.5, "base_stderr": 0.5, "student": 1.0, "student_stderr": 0.0}}}},
+          "models": {"base": {}, "student": {}},
+          "agreement": {"eakd_demo_icl": {"student": {"questions": 2, "lm_eval": 1.0, "eakd": 1.0, "eakd_strict": 0.5,
+                                                      "same": 2, "same_strict": 1, "differ": ["<q>/held_out-1"]}}}}
+    rep = _report("r") | {"evaluate": _eval() | {"lm_eval": lm}}
+    md = render_markdown(rep)
+    assert "| eakd_demo_icl | exact_match,none | 2 of 24 | 0.500 ± 0.500 | 1.000 ± 0.000 |" in md
+    assert "| eakd_demo_icl | student | 2 | 100.0% | 100.0% | 50.0% | 1 of 2 (differ: <q>/held_out-1) |" in md
+    page = render_html(rep)
+    assert 'id="lm-eval"' in page and 'id="lm-eval-agreement"' in page and "&lt;q&gt;/held_out-1" in page
+    without = render_html(_report("r") | {"evaluate": _eval() | {"lm_eval": lm | {"agreement": {}}}})
+    assert 'id="lm-eval"' in without and 'id="lm-eval-agreement"' not in without

@@ -71,6 +71,7 @@ def test_planted_key_is_never_written(repo_root, tmp_path, monkeypatch, vllm_ser
         "generate.limit=9", "generate.sampling.max_tokens=48", "generate.drop_truncated=false",
         # the probes ask the teacher over HTTP with the planted key too; a few items keep it fast
         "evaluate.probes.per_task=1", "evaluate.probes.if_items=2", "compress.eval.probes.per_task=1",
+        "evaluate.lm_eval=null",  # local tasks on local models: no key involved, and minutes on CI
         f"train.student={tiny_model}", "train.keep_layers=null", "train.kd.enabled=false", "train.max_steps=4", "train.batch_size=2",
         "train.save_every=2", "train.log_every=1", "train.max_length=256",
         "compress.steps=[{method: rtn_int8}, {method: gptq, bits: 4, group_size: 64}, {method: magnitude, sparsity: 0.5}]",
