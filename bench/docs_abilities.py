@@ -168,10 +168,13 @@ def compress_table(d: dict | None) -> str:
         for step, ab in steps.items():
             k = ab.get("ICL")
             cell = "—" if k is None else f"{100 * k['mean']:.0f} %" + (f" ± {100 * k['stdev']:.0f}" if k["stdev"] is not None else "")
-            before = statistics.mean(r["student"]["ICL"] for r in runs)
-            after = statistics.mean(r["steps"][step]["scores"]["ICL"] for r in runs)
-            ppl = (statistics.mean(r["student_perplexity"] for r in runs), statistics.mean(r["steps"][step]["perplexity"] for r in runs))
+            ran = [r for r in runs if step in r["steps"]]  # a step may be missing from a seed (see the file's note)
+            before = statistics.mean(r["student"]["ICL"] for r in ran)
+            after = statistics.mean(r["steps"][step]["scores"]["ICL"] for r in ran)
+            ppl = (statistics.mean(r["student_perplexity"] for r in ran), statistics.mean(r["steps"][step]["perplexity"] for r in ran))
             lines.append(f"| {data} | {step} | {cell} | {_pct(before)} → {_pct(after)} | {ppl[0]:.1f} → {ppl[1]:.1f} |")
+    if d.get("note"):
+        lines += ["", f"How it ran: {d['note']}."]
     return "\n".join(lines)
 
 
