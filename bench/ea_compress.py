@@ -41,6 +41,7 @@ RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
 from bench.ea_transfer import cpu_flags  # noqa: E402
+from compress.config import SPARSIFYING, TRAINED  # noqa: E402  (torch-free)
 
 PRESETS = {"gptq64": {"method": "gptq", "bits": 4, "group_size": 64},
            "gptq32": {"method": "gptq", "bits": 4, "group_size": 32},
@@ -51,8 +52,6 @@ PRESETS = {"gptq64": {"method": "gptq", "bits": 4, "group_size": 64},
            "sparsegpt30": {"method": "sparsegpt", "sparsity": 0.3},
            "qat64": {"method": "qat", "bits": 4, "group_size": 64},
            "qat32": {"method": "qat", "bits": 4, "group_size": 32}}
-PRUNING = {"wanda", "sparsegpt", "magnitude"}
-TRAINED = {"qat", "qaf"}  # quantization-aware: their training steps are part of the method (--qat-steps)
 
 
 def steps_for(args) -> list[dict]:
@@ -67,7 +66,7 @@ def steps_for(args) -> list[dict]:
     if args.recover:
         steps += [PRESETS[n] | {"name": f"{n}+recover{args.recover}", "recover_steps": args.recover,
                                 "recover_lr": args.recover_lr}
-                  for n in names if PRESETS[n]["method"] in PRUNING]
+                  for n in names if PRESETS[n]["method"] in SPARSIFYING]
     return steps
 
 
