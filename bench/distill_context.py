@@ -192,10 +192,10 @@ def build_prompts(questions: list[dict], pool: list[dict], shots: int, demo_seed
     chat, _ = build_requests(seeds, cfg.model_copy(update={"demo_format": "chat"}), "bundled")
     out = []
     for plan, turns in zip(plans, chat):
-        s = plan["seed"]
+        s = plan.seed
         out.append({"id": s.id, "task": s.task, "gold": s.answer, "demo_ids": demo_ids[s.id],
-                    "zero_shot": plan["student_prompt"], "text": plan["request"].messages,
-                    "chat": turns["request"].messages})
+                    "zero_shot": plan.student_prompt, "text": plan.request.messages,
+                    "chat": turns.request.messages})
     return out
 
 

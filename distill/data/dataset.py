@@ -65,10 +65,10 @@ from distill.data.config import (  # the config and its parts: callers import th
     SelfConsistencyConfig,  # noqa: F401
     Style,  # noqa: F401
 )
-from distill.data.plan import build_requests
+from distill.data.plan import Plan, Planned, Skipped, build_requests
 from distill.data.publish import publish_dataset
 from distill.data.replay import replay_seeds, verify_rows
-from distill.data.rows import _blank_row, _rows_for, _sc_stats, _token_counts
+from distill.data.rows import Row, _blank_row, _rows_for, _sc_stats, _token_counts
 from distill.data.screening import Screens, prepare_screens, screen_rows
 from distill.data.seeds import Seed, load_seeds
 from distill.data.selfinstruct import bootstrap_instructions
@@ -136,7 +136,7 @@ def plan_requests(cfg: GenerateConfig, teacher_cfg: TeacherConfig,
         plans, _ = build_requests(seeds, cfg, teacher_cfg.model_id(), (), targets)
     except TemplateError as exc:
         raise ConfigError(f"generate.templates: {exc}") from None
-    return [p["request"] for p in plans if "request" in p]
+    return [p.request for p in plans if isinstance(p, Plan)]
 
 
 @dataclass
@@ -157,7 +157,7 @@ class _SeedPool:
     seeds: list[Seed]  # seed-file or task seeds, then replay's
     bootstrapped: list[Seed]  # Self-Instruct's new instructions (instruct prompts only, never demos)
     targets: set[str] | None  # an incremental run: the seed ids the previous dataset lacks
-    extra_rows: list[dict]  # removed rows of screened-out synthesized inputs and bootstrapped instructions
+    extra_rows: list[Row]  # removed rows of screened-out synthesized inputs and bootstrapped instructions
     synth_stats: dict | None
     boot_stats: dict | None
 
@@ -166,9 +166,9 @@ class _SeedPool:
 class _Asked:
     """The planned requests and the teacher's answers (:func:`_ask_teacher`)."""
 
-    plans: list[dict]  # every plan, skipped ones included (:func:`distill.data.plan.build_requests`)
+    plans: list[Planned]  # every plan, skipped ones included (:func:`distill.data.plan.build_requests`)
     templates: dict[str, Template]
-    live: list[dict]  # the plans that carry a request, in the order sent
+    live: list[Plan]  # the plans that carry a request, in the order sent
     responses: list[TeacherResponse]  # one per live plan
     tstats: TeacherStats
 
@@ -244,7 +244,7 @@ def _gather_seeds(prep: _Prepared, cfg: GenerateConfig, teacher_cfg: TeacherConf
 
 
 def _synthesize(tasks: TaskFile, cfg: GenerateConfig, teacher_cfg: TeacherConfig,
-                budget: Budget) -> tuple[list[Seed], list[dict], dict | None]:
+                budget: Budget) -> tuple[list[Seed], list[Row], dict | None]:
     """A task file's seeds (:func:`distill.data.synth.synthesize_inputs`, then
     :func:`distill.data.tasks.task_seeds`): returns them, a removed row per screened-out input, and the
     synthesis figures (None when no task asked for inputs)."""
@@ -258,7 +258,7 @@ def _synthesize(tasks: TaskFile, cfg: GenerateConfig, teacher_cfg: TeacherConfig
 
 
 def _bootstrap(seeds: list[Seed], cfg: GenerateConfig, teacher_cfg: TeacherConfig,
-               budget: Budget) -> tuple[list[Seed], list[dict], dict]:
+               budget: Budget) -> tuple[list[Seed], list[Row], dict]:
     """Self-Instruct bootstrapping (:func:`distill.data.selfinstruct.bootstrap_instructions`): returns the new
     instructions, a removed row per rejected candidate, and the figures ``stats.json`` reports."""
     try:
@@ -283,10 +283,10 @@ def _ask_teacher(pool: _SeedPool, cfg: GenerateConfig, teacher_cfg: TeacherConfi
         plans, templates = build_requests(pool.seeds, cfg, teacher_cfg.model_id(), pool.bootstrapped, pool.targets)
     except TemplateError as exc:
         raise ConfigError(f"generate.templates: {exc}") from None
-    check_context(plans, cfg.seeds or cfg.tasks, teacher_cfg)  # a prompt the engine would refuse fails here, before the teacher
-    live = [p for p in plans if "request" in p]
+    live = [p for p in plans if isinstance(p, Plan)]
+    check_context(live, cfg.seeds or cfg.tasks, teacher_cfg)  # a prompt the engine would refuse fails here, before the teacher
     tstats = TeacherStats()
-    responses = query_teacher([p["request"] for p in live], teacher_cfg, tstats, budget)
+    responses = query_teacher([p.request for p in live], teacher_cfg, tstats, budget)
     _require_reachable(responses, teacher_cfg)
     return _Asked(plans, templates, live, responses, tstats)
 
@@ -307,22 +307,22 @@ def _require_reachable(responses: list[TeacherResponse], teacher_cfg: TeacherCon
         "teacher serve`) or fix teacher.base_url, then rerun the same command. Nothing was written")
 
 
-def _make_rows(asked: _Asked, pool: _SeedPool, cfg: GenerateConfig) -> tuple[list[dict], set[str], dict | None]:
+def _make_rows(asked: _Asked, pool: _SeedPool, cfg: GenerateConfig) -> tuple[list[Row], set[str], dict | None]:
     """The rows of every response (:func:`distill.data.rows._rows_for`: parsed, checked, voted), each in its
     seed's split; replay's verifiable prompts are checked. Returns the rows, the validation seed ids and the
     replay figures (None without ``replay``)."""
     val_ids = validation_ids(pool.seeds, cfg.validation_fraction)
     # a bootstrapped instruction goes with the split of nothing in particular: split it by its own id too
     val_ids |= validation_ids(pool.bootstrapped, cfg.validation_fraction)
-    rows: list[dict] = []
+    rows: list[Row] = []
     for plan, resp in zip(asked.live, asked.responses):
-        rows += _rows_for(plan, resp, cfg, "validation" if plan["seed"].id in val_ids else "train")
+        rows += _rows_for(plan, resp, cfg, "validation" if plan.seed.id in val_ids else "train")
     replay_stats = verify_rows(rows, cfg.replay) if cfg.replay is not None else None  # verifiable replay: checked
     return rows, val_ids, replay_stats
 
 
-def _merge_versions(rows: list[dict], previous: Previous | None, targets: set[str] | None,
-                    tstats: TeacherStats) -> tuple[list[dict], list[dict] | None]:
+def _merge_versions(rows: list[Row], previous: Previous | None, targets: set[str] | None,
+                    tstats: TeacherStats) -> tuple[list[Row], list[dict] | None]:
     """An incremental run: this run's removed rows go to the removed split, the previous rows are carried over
     and a version entry is added (:mod:`distill.data.versions`). Returns the rows and the versions (None
     for a fresh dataset)."""
@@ -335,7 +335,7 @@ def _merge_versions(rows: list[dict], previous: Previous | None, targets: set[st
     return merge_rows(previous.rows, rows), versions
 
 
-def _dataset_stats(cfg: GenerateConfig, teacher_cfg: TeacherConfig, pool: _SeedPool, asked: _Asked, rows: list[dict],
+def _dataset_stats(cfg: GenerateConfig, teacher_cfg: TeacherConfig, pool: _SeedPool, asked: _Asked, rows: list[Row],
                    val_ids: set[str], figures: dict, versions: list[dict] | None, t0: float) -> dict:
     """``stats.json``: counts per split, style and removal reason, gold-match and label accuracy, provenance, demo
     settings, token counts, the self-consistency, contamination, judge, bootstrap, replay and synthesis
@@ -354,7 +354,7 @@ def _dataset_stats(cfg: GenerateConfig, teacher_cfg: TeacherConfig, pool: _SeedP
         "format": DATASET_FORMAT, "eakd_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seeds": len(seeds), "seeds_train": len(seeds) - len(val_ids & {s.id for s in seeds}),
         "seeds_validation": len(val_ids & {s.id for s in seeds}),
-        "requests": len(asked.live), "skipped": dict(Counter(p["skip"] for p in plans if "skip" in p)),
+        "requests": len(asked.live), "skipped": dict(Counter(p.reason for p in plans if isinstance(p, Skipped))),
         "rows": {"generated": len(rows), "train": sum(r["split"] == "train" for r in kept),
                  "validation": sum(r["split"] == "validation" for r in kept), "removed": len(removed)},
         "kept_per_style": dict(Counter(r["style"] for r in kept)),

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from distill.config import ConfigError
 from distill.data.dataset import GenerateConfig, load_generate_seeds
-from distill.data.plan import build_requests
+from distill.data.plan import Plan, build_requests
 from distill.models import BUNDLED_ALIAS, bundled_teacher_dir, load_tokenizer
 from distill.teacher.cache import ResponseCache, default_cache_path
 from distill.teacher.context import check_context
@@ -108,7 +108,8 @@ def _bootstrap_bounds(cfg: GenerateConfig, tmpl: Template, seeds, count) -> dict
             "example": first[0] if first else None}
 
 
-def _judge_bounds(cfg: GenerateConfig, tmpl: Template, live: list, boot: dict | None, count) -> dict:
+def _judge_bounds(cfg: GenerateConfig, tmpl: Template, live: list[tuple[Plan, TeacherRequest]], boot: dict | None,
+                  count) -> dict:
     """Upper bounds of the judge's verdicts: one per generated row, each prompt at most the judge
     template + the row's prompt + a full-length response."""
     from prompts import render_messages
@@ -128,10 +129,10 @@ def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style:
         plans, templates = build_requests(seeds, cfg, teacher_cfg.model_id(), [])  # templates: every role's
     except TemplateError as exc:
         raise ConfigError(f"generate.templates: {exc}") from None
-    live: list[tuple[dict, TeacherRequest]] = [(p, p["request"]) for p in plans if "request" in p]
+    live: list[tuple[Plan, TeacherRequest]] = [(p, p.request) for p in plans if isinstance(p, Plan)]
     count, counter = _token_counter(teacher_cfg)
     if not counter.startswith("estimate"):  # the run's own context check, with the tokenizer found on disk
-        check_context(plans, cfg.seeds or cfg.tasks, teacher_cfg, count)
+        check_context([p for p, _ in live], cfg.seeds or cfg.tasks, teacher_cfg, count)
 
     cached: dict[str, dict] = {}
     cache_path = Path(teacher_cfg.cache_path) if teacher_cfg.cache_path else default_cache_path()
@@ -145,11 +146,11 @@ def dry_run(cfg: GenerateConfig, teacher_cfg: TeacherConfig, examples_per_style:
     styles: dict[str, StyleEstimate] = {}
     seen: set[str] = set()
     for plan, req in live:
-        est = styles.setdefault(plan["style"], StyleEstimate())
+        est = styles.setdefault(plan.style, StyleEstimate())
         est.requests += 1
         if len(est.examples) < examples_per_style:
             est.examples.append(req.messages)
-            est.student_examples.append(plan["student_prompt"] if plan["student_prompt"] != req.messages else None)
+            est.student_examples.append(plan.student_prompt if plan.student_prompt != req.messages else None)
         key = req.key()
         if key in cached:
             est.cached += 1

@@ -2,9 +2,9 @@
 
 Owns demo choice for one seed (:func:`select_demos`, over :mod:`distill.data.demos`' rankers), the variables every
 prompt template sees, demos as chat turns (:func:`chat_demo_messages`, :func:`cot_demo_turn`; the probes render
-their prompts with these too) and :func:`build_requests`, which turns seeds into plans: a
-:class:`~distill.teacher.query.TeacherRequest` plus the bookkeeping rows need (demo ids, the student's prompt,
-origin), or a ``skip`` reason. Pure: renders templates, sends nothing.
+their prompts with these too) and :func:`build_requests`, which turns seeds into plans: a :class:`Plan` (a
+:class:`~distill.teacher.query.TeacherRequest` plus the bookkeeping rows need: demo ids, the student's prompt,
+origin), or a :class:`Skipped` with its reason. Pure: renders templates, sends nothing.
 
 May import: the data config, seeds, demos and templates of :mod:`distill.data`, the teacher's request types
 (:mod:`distill.teacher.query`, :mod:`distill.teacher.structured`) and ``prompts``; never
@@ -12,6 +12,8 @@ May import: the data config, seeds, demos and templates of :mod:`distill.data`, 
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from distill.data.config import GenerateConfig
 from distill.data.demos import BM25Index
@@ -21,6 +23,31 @@ from distill.data.templates import resolve_templates
 from distill.teacher.query import TeacherRequest
 from distill.teacher.structured import cot_schema
 from prompts import Template, render_messages
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One (seed, style) prompt to send: the teacher's request and what its rows record."""
+
+    seed: Seed  # the seed asked about (a bootstrapped instruction's is its own Seed)
+    style: str  # icl, cot or instruct: the prompt's style, and its rows'
+    request: TeacherRequest  # the rendered chat request, demos included; its key() is the cache key
+    demo_ids: list[str]  # ids of the demos shown in ``request``, in order; [] without demos
+    student_prompt: list[dict[str, str]]  # the messages the student trains on: ``request``'s, or with the demos erased
+    origin: str  # where the seed came from (``seed``, ``task:<name>``, ``replay``, ``bootstrap:<id>``, ...); rows copy it
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A (seed, style) that gets no prompt; ``stats.json`` counts these under ``skipped`` by ``reason``."""
+
+    seed: Seed
+    style: str
+    reason: str  # why there is no prompt: ``no_demos`` (ICL, or few-shot CoT, found no demonstration)
+    origin: str  # as :attr:`Plan.origin`
+
+
+Planned = Plan | Skipped  # what build_requests returns per (seed, style), in order
 
 
 def _seed_tokens(seed: Seed) -> int:
@@ -75,15 +102,15 @@ def cot_demo_turn(demo: dict[str, str]) -> dict[str, str]:
 
 
 def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
-                   bootstrapped: list[Seed] = (), targets: set[str] | None = None) -> tuple[list[dict], dict[str, Template]]:
+                   bootstrapped: list[Seed] = (), targets: set[str] | None = None) -> tuple[list[Planned], dict[str, Template]]:
     """Render every (seed, style) prompt, plus the instruct prompt of each ``bootstrapped`` instruction
-    (they have no gold answer, so no ICL/CoT; they are never demos). Returns plans (request +
-    bookkeeping, ``origin``) and the templates used. ``targets``: only these seed ids get prompts (an
+    (they have no gold answer, so no ICL/CoT; they are never demos). Returns a :class:`Plan` or :class:`Skipped` per
+    (seed, style), in order, and the templates used. ``targets``: only these seed ids get prompts (an
     incremental run); demos are still drawn from every seed. The templates, by role, are
     :func:`distill.data.templates.resolve_templates`' (the ones the stage key hashes): ICL through ``icl``, or through
     ``instruct`` with chat demos; the erased prompts through ``instruct`` (ICL) and ``cot_zero_shot`` (CoT)."""
     templates = resolve_templates(cfg)
-    plans = []
+    plans: list[Planned] = []
     indexes: dict[tuple[str | None, bool], BM25Index] = {}  # one BM25 index per candidate pool, not per target
 
     def demos_for(seed: Seed, k: int, rationale: bool) -> list[tuple[str, dict[str, str]]]:
@@ -112,7 +139,7 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
         elif style == "cot" and cfg.cot_shots:
             demos = demos_for(seed, cfg.cot_shots, True)
         if style == "icl" and not demos or style == "cot" and cfg.cot_shots and not demos:
-            plans.append({"seed": seed, "style": style, "skip": "no_demos", "origin": origin})
+            plans.append(Skipped(seed, style, "no_demos", origin))
             continue
         if style == "icl" and cfg.demo_format == "chat":
             tmpl = templates["instruct"]
@@ -136,6 +163,5 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
             student_prompt = render_messages(templates["instruct"], _template_vars(seed, []))
         if style == "cot" and cfg.erase_demos and demos:
             student_prompt = render_messages(templates["cot_zero_shot"], _template_vars(seed, []))
-        plans.append({"seed": seed, "style": style, "request": req, "demo_ids": [i for i, _ in demos],
-                      "student_prompt": student_prompt, "origin": origin})
+        plans.append(Plan(seed, style, req, [i for i, _ in demos], student_prompt, origin))
     return plans, templates

@@ -1,27 +1,77 @@
 """The generate stage's rows: a teacher response parsed into dataset rows, self-consistency voting, row figures.
 
-Owns the row schema (:func:`_blank_row` is a row that never got an answer; :func:`_rows_for` makes one row per
+Owns the row schema (:class:`Row` with its :class:`Quality` and :class:`RowTeacher` parts: typed dicts, since rows
+become the HF dataset's rows; :func:`_blank_row` is a row that never got an answer; :func:`_rows_for` makes one row per
 sample: the student's messages, the parsed rationale/answer, quality fields, the teacher's token ids and
 log-probs), the self-consistency vote over a prompt's samples (:func:`_vote`, :func:`distill.answers.majority_vote`)
 and the figures ``stats.json`` reports about rows (:func:`_token_counts`, :func:`_sc_stats`). Every row that
 fails something keeps a ``removed_reason``; nothing is dropped here.
 
-May import: :mod:`distill.answers`, the data config and seeds, and the teacher's response type; it sends nothing
-and never imports :mod:`distill.data.dataset` (which calls it).
+May import: :mod:`distill.answers`, the data config, seeds and plans, and the teacher's response type; it sends
+nothing and never imports :mod:`distill.data.dataset` (which calls it).
 """
 
 from __future__ import annotations
 
 import json
+from typing import TypedDict
 
 from distill.answers import answer_key, answers_match, extract_answer, majority_vote
 from distill.data.config import GenerateConfig
+from distill.data.plan import Plan
 from distill.data.seeds import Seed
 from distill.teacher.query import TeacherResponse
 
 
+class RowTeacher(TypedDict):
+    """A row's ``teacher``: who answered and with what prompt; all "" in a row that never got an answer."""
+
+    model: str  # the model that answered (the response's name for it, else the request's)
+    engine: str  # the engine that served it, as the backend reports it
+    params: str  # the request's sampling parameters, as JSON (temperature, top_p, max_tokens, n, seed, ...)
+    template: str  # the prompt template's name, ``+chat_demos`` when the demos were chat turns
+    template_sha: str  # the template's sha256
+
+
+class Quality(TypedDict):
+    """A row's ``quality``: how its answer was read and checked."""
+
+    gold_match: bool | None  # the answer matches the seed's gold one; None without gold or answer
+    finish_reason: str | None  # the teacher's (stop, length, ...); None when it never answered
+    extraction: str  # how the answer was found: json, first_line, an extract_answer method, or none
+    choice: int  # the sample's index among the response's n
+    vote_share: float | None  # self-consistency: the voted answer's share of the prompt's samples; else None
+    voted_answer: str | None  # self-consistency: the answer the samples voted for; else None
+    completion_tokens: int | None  # the answer's length in teacher tokens, where the backend returned its ids
+    judge_score: int | None  # the LLM judge's 1-5 score (generate.filters.judge); else None
+    judge_reason: str | None  # the judge's reason, or why it gave no verdict; else None
+
+
+class Row(TypedDict):
+    """One dataset row: one sample of one prompt (DESIGN.md's dataset row), or a removed row that has none."""
+
+    seed_id: str
+    task: str | None
+    style: str  # the prompt's style (icl, cot, instruct), or synth for a screened-out synthesized input
+    prompt_messages: list[dict[str, str]]  # what the teacher was sent
+    gold: str | None  # the seed's gold answer
+    demo_ids: list[str]  # the demos in ``prompt_messages``
+    origin: str  # the seed's origin (:attr:`distill.data.plan.Plan.origin`)
+    split: str  # train, validation or removed
+    teacher: RowTeacher
+    id: str  # ``<seed_id>:<style>:<choice>``
+    messages: list[dict[str, str]]  # what the student learns: its prompt, then the teacher's answer
+    raw_output: str  # the sample's text as the teacher wrote it
+    rationale: str  # CoT: the reasoning before the answer; else ""
+    answer: str | None  # the extracted final answer (CoT) or the first line
+    quality: Quality
+    teacher_logprobs: str | None  # the sample's top log-probs per token, as JSON, where the backend returned them
+    teacher_token_ids: list[int] | None  # the sample's token ids, where the backend returned them
+    removed_reason: str | None  # why the row is in the removed split; None for a kept row
+
+
 def _blank_row(seed_id: str, style: str, reason: str, origin: str, split: str = "removed",
-               instruction: str = "", task: str | None = None) -> dict:
+               instruction: str = "", task: str | None = None) -> Row:
     """A removed row that never got (or never needed) a teacher answer, in the dataset's schema."""
     return {"seed_id": seed_id, "task": task, "style": style, "prompt_messages": [{"role": "user", "content": instruction}] if instruction else [],
             "gold": None, "demo_ids": [], "origin": origin, "split": split,
@@ -33,7 +83,7 @@ def _blank_row(seed_id: str, style: str, reason: str, origin: str, split: str = 
             "teacher_logprobs": None, "teacher_token_ids": None, "removed_reason": reason}
 
 
-def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str) -> list[dict]:
+def _rows_for(plan: Plan, resp: TeacherResponse, cfg: GenerateConfig, split: str) -> list[Row]:
     """The rows of one plan (:func:`distill.data.plan.build_requests`) and its teacher response, one per sample.
 
     CoT samples are split into rationale and answer (the JSON object under ``structured_cot``, else
@@ -41,17 +91,17 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
     empty, truncated (``drop_truncated``) or schema-invalid sample, or one off the gold answer
     (``require_gold_match``) gets its ``removed_reason``; then, for a self-consistency style, the samples vote.
     """
-    seed, style, req = plan["seed"], plan["style"], plan["request"]
-    teacher = {"model": resp.model or req.model, "engine": resp.engine,
+    seed, style, req = plan.seed, plan.style, plan.request
+    teacher: RowTeacher = {"model": resp.model or req.model, "engine": resp.engine,
                "params": json.dumps({k: getattr(req, k) for k in ("temperature", "top_p", "max_tokens", "n", "seed", "top_logprobs",
                                                                      "stop", "repetition_penalty")}),
                "template": req.template, "template_sha": req.template_sha}
     base = {"seed_id": seed.id, "task": seed.task, "style": style, "prompt_messages": req.messages, "gold": seed.answer,
-            "demo_ids": plan["demo_ids"], "origin": plan.get("origin", "seed"), "teacher": teacher, "split": split}
+            "demo_ids": plan.demo_ids, "origin": plan.origin, "teacher": teacher, "split": split}
     if resp.error is not None:
         row = _blank_row(seed.id, style, f"teacher_error: {resp.error[:200]}", base["origin"], split)
         return [row | base | {"removed_reason": row["removed_reason"]}]
-    rows = []
+    rows: list[Row] = []
     for i, choice in enumerate(resp.choices):
         text = choice.text.strip()
         target = text  # what the student learns
@@ -78,7 +128,7 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
         ntok = len(choice.token_ids) if choice.token_ids is not None else None
         rows.append(base | {
             "id": f"{seed.id}:{style}:{i}",
-            "messages": plan["student_prompt"] + [{"role": "assistant", "content": target}],
+            "messages": plan.student_prompt + [{"role": "assistant", "content": target}],
             "raw_output": choice.text, "rationale": rationale, "answer": answer,
             "quality": {"gold_match": gold_match, "finish_reason": choice.finish_reason, "extraction": method, "choice": i,
                         "vote_share": None, "voted_answer": None, "completion_tokens": ntok,
@@ -92,7 +142,7 @@ def _rows_for(plan: dict, resp: TeacherResponse, cfg: GenerateConfig, split: str
     return rows
 
 
-def _vote(rows: list[dict], seed: Seed, keep: str) -> None:
+def _vote(rows: list[Row], seed: Seed, keep: str) -> None:
     """Self-consistency over one prompt's samples, any style: record the vote, remove samples off the kept answer.
 
     Each sample's ``answer`` votes (CoT: the extracted final answer; ICL / instruct: the first line), compared
@@ -114,7 +164,7 @@ def _vote(rows: list[dict], seed: Seed, keep: str) -> None:
         elif not agrees:
             r["removed_reason"] = f"sc_minority: answer {r['answer']!r}, voted {vote.answer!r} ({vote.votes}/{vote.samples})"
 
-def _token_counts(kept: list[dict]) -> dict:
+def _token_counts(kept: list[Row]) -> dict:
     """Teacher tokens in the kept rows, per style: exact ids where the backend returned them, else ~chars/4."""
     out: dict[str, dict[str, int]] = {}
     for r in kept:
@@ -129,7 +179,7 @@ def _token_counts(kept: list[dict]) -> dict:
     return out
 
 
-def _sc_figures(by_q: dict[tuple[str, str], list[dict]]) -> dict:
+def _sc_figures(by_q: dict[tuple[str, str], list[Row]]) -> dict:
     """Single-sample vs voted vs kept correctness over voting prompts (``by_q``: a prompt's samples)."""
     gold_q = {q: rs for q, rs in by_q.items() if rs[0]["gold"]}
     first = [rs[0]["quality"]["gold_match"] is True for rs in gold_q.values()]
@@ -154,10 +204,10 @@ def _sc_figures(by_q: dict[tuple[str, str], list[dict]]) -> dict:
     }
 
 
-def _sc_stats(rows: list[dict]) -> dict:
+def _sc_stats(rows: list[Row]) -> dict:
     """Self-consistency figures over every voting prompt (a seed in one style: ICL labels and CoT answers of the
     same seed are two votes), overall and ``per_style``."""
-    by_q: dict[tuple[str, str], list[dict]] = {}
+    by_q: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
         if r["quality"]["vote_share"] is not None:
             by_q.setdefault((r["seed_id"], r["style"]), []).append(r)

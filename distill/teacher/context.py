@@ -11,7 +11,9 @@ Kept cheap: a token covers at least one byte of the prompt, so only prompts whos
 chat-template allowance plus ``max_tokens`` exceeds the context are counted with the teacher's
 tokenizer and chat template (:func:`distill.teacher.schedule.chat_token_count`).
 
-Run: called by :func:`distill.data.dataset.generate_dataset` and :func:`distill.data.dryrun.dry_run`.
+Run: called by :func:`distill.data.dataset.generate_dataset` and :func:`distill.data.dryrun.dry_run`, with their
+plans (:class:`distill.data.plan.Plan`). The teacher client never imports :mod:`distill.data`, so a plan is typed here
+by what this check reads of it (:class:`PlannedRequest`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from distill.config import ConfigError
-from distill.teacher.query import TeacherConfig
+from distill.teacher.query import TeacherConfig, TeacherRequest
 from distill.teacher.schedule import chat_token_count, prompt_text
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,29 @@ CHAT_FRAME_TOKENS = 256
 PER_MESSAGE_TOKENS = 16
 
 TokenCounter = Callable[[list[dict[str, str]]], int]
+
+
+class _SeedId(Protocol):
+    """A seed, as far as the error message reads it."""
+
+    @property
+    def id(self) -> str: ...
+
+
+class PlannedRequest(Protocol):
+    """What :func:`check_context` reads of a plan (:class:`distill.data.plan.Plan` has these and more)."""
+
+    @property
+    def seed(self) -> _SeedId: ...  # the seed asked about: its id names it in the error
+
+    @property
+    def style(self) -> str: ...
+
+    @property
+    def request(self) -> TeacherRequest: ...  # the rendered request whose messages + max_tokens must fit
+
+    @property
+    def origin(self) -> str: ...  # ``seed`` (then the error names the seed file's line) or where else it came from
 
 
 def teacher_token_counter(teacher_cfg: TeacherConfig, fetch: bool = True) -> TokenCounter | None:
@@ -69,17 +95,18 @@ def _seed_line(seeds_path: str, seed_id: str) -> str:
     return str(p)
 
 
-def check_context(plans: list[dict], seeds_path: str, teacher_cfg: TeacherConfig,
+def check_context(plans: list[PlannedRequest], seeds_path: str, teacher_cfg: TeacherConfig,
                   count: TokenCounter | None = None) -> None:
-    """Raise ConfigError when a planned request (``plans`` from :func:`distill.data.dataset.build_requests`)
-    does not fit ``teacher.max_model_len`` with its ``max_tokens``. ``count``: the token counter to use
-    (default: the teacher's tokenizer, fetched if needed). No-op for the openai backend."""
+    """Raise ConfigError when a planned request does not fit ``teacher.max_model_len`` with its ``max_tokens``.
+    ``plans``: the plans of :func:`distill.data.plan.build_requests` that carry a request (skipped ones left
+    out). ``count``: the token counter to use (default: the teacher's tokenizer, fetched if needed). No-op for
+    the openai backend."""
     if teacher_cfg.backend != "vllm":
         return
     limit = teacher_cfg.max_model_len
-    suspects = [p for p in plans if "request" in p
-                and len(prompt_text(p["request"].messages).encode("utf-8")) + CHAT_FRAME_TOKENS
-                + PER_MESSAGE_TOKENS * len(p["request"].messages) + p["request"].max_tokens > limit]
+    suspects = [p for p in plans
+                if len(prompt_text(p.request.messages).encode("utf-8")) + CHAT_FRAME_TOKENS
+                + PER_MESSAGE_TOKENS * len(p.request.messages) + p.request.max_tokens > limit]
     if not suspects:
         return
     count = count or teacher_token_counter(teacher_cfg)
@@ -89,16 +116,16 @@ def check_context(plans: list[dict], seeds_path: str, teacher_cfg: TeacherConfig
         return
     over = []
     for p in suspects:
-        n = count(p["request"].messages)
-        if n + p["request"].max_tokens > limit:
+        n = count(p.request.messages)
+        if n + p.request.max_tokens > limit:
             over.append((p, n))
     if not over:
         return
     p, n = over[0]
-    seed, req = p["seed"], p["request"]
-    where = _seed_line(seeds_path, seed.id) if p.get("origin", "seed") == "seed" else f"{seeds_path} ({p['origin']})"
+    seed, req = p.seed, p.request
+    where = _seed_line(seeds_path, seed.id) if p.origin == "seed" else f"{seeds_path} ({p.origin})"
     more = f" (and {len(over) - 1} more prompts)" if len(over) > 1 else ""
     raise ConfigError(
-        f"{where}: seed {seed.id!r} ({p['style']} prompt): {n} prompt tokens + generate.sampling.max_tokens "
+        f"{where}: seed {seed.id!r} ({p.style} prompt): {n} prompt tokens + generate.sampling.max_tokens "
         f"{req.max_tokens} exceed teacher.max_model_len {limit}{more}; raise teacher.max_model_len, lower "
         "generate.sampling.max_tokens or generate.num_demos, or shorten or drop the seed")

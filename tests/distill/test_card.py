@@ -9,7 +9,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 
 from distill.data.card import label_accuracy, row_provenance
 from distill.data.dataset import GenerateConfig, generate_dataset
-from distill.data.plan import build_requests
+from distill.data.plan import Plan, build_requests
 from distill.data.seeds import load_seeds
 from distill.teacher.cache import ResponseCache
 from distill.teacher.query import TeacherConfig
@@ -38,9 +38,9 @@ def answer(seed) -> str:
 def cache_answers(cfg: GenerateConfig, teacher: TeacherConfig) -> None:
     plans, _ = build_requests(load_seeds(cfg.seeds), cfg, teacher.model_id())
     cache = ResponseCache(teacher.cache_path)
-    cache.put_many([(p["request"].key(), {"key": p["request"].key(), "prompt_tokens": 20, "completion_tokens": 6,
-                                          "choices": [{"text": answer(p["seed"]), "finish_reason": "stop"}]})
-                    for p in plans if "request" in p])
+    cache.put_many([(p.request.key(), {"key": p.request.key(), "prompt_tokens": 20, "completion_tokens": 6,
+                                          "choices": [{"text": answer(p.seed), "finish_reason": "stop"}]})
+                    for p in plans if isinstance(p, Plan)])
     cache.close()
 
 
@@ -163,7 +163,7 @@ def test_card_of_a_task_file_dataset_names_the_file_and_its_split(tmp_path, teac
     cfg = GenerateConfig(tasks=str(tasks), styles=["icl"], num_demos=2, demo_format="chat", erase_demos=True)
     plans, _ = build_requests(load_generate_seeds(cfg), cfg, teacher.model_id())
     cache = ResponseCache(teacher.cache_path)
-    cache.put_many([(p["request"].key(), {"key": p["request"].key(), "prompt_tokens": 20, "completion_tokens": 2,
+    cache.put_many([(p.request.key(), {"key": p.request.key(), "prompt_tokens": 20, "completion_tokens": 2,
                                           "choices": [{"text": "Santiago", "finish_reason": "stop"}]}) for p in plans])
     cache.close()
     path = generate_dataset(cfg, teacher, tmp_path / "ds")
@@ -202,10 +202,10 @@ def test_icl_labels_vote_and_the_card_reports_it(tmp_path, teacher):
     label = {"Italy": "Rome", "Spain": "Madrid", "Chile": "Santiago"}
     plans, _ = build_requests(load_generate_seeds(cfg), cfg, teacher.model_id())
     cache = ResponseCache(teacher.cache_path)
-    cache.put_many([(p["request"].key(), {"key": p["request"].key(), "prompt_tokens": 20, "completion_tokens": 2,
+    cache.put_many([(p.request.key(), {"key": p.request.key(), "prompt_tokens": 20, "completion_tokens": 2,
                                           "choices": [{"text": t, "finish_reason": "stop"} for t in
-                                                      [label[p["seed"].input], "Lima", f"{label[p['seed'].input]}.\nIt is.",
-                                                       label[p["seed"].input].lower()]]}) for p in plans])
+                                                      [label[p.seed.input], "Lima", f"{label[p.seed.input]}.\nIt is.",
+                                                       label[p.seed.input].lower()]]}) for p in plans])
     cache.close()
     path = generate_dataset(cfg, teacher, tmp_path / "ds")
     stats = json.loads((path / "stats.json").read_text())

@@ -115,9 +115,9 @@ def test_build_requests_few_shot_cot_with_prompt_erasure():
     plans, templates = build_requests(gsm_pool(), cfg, "m")
     assert templates["cot"].name == "cot_fewshot"
     p = plans[0]
-    assert len(p["demo_ids"]) == 2 and "Reasoning:" in p["request"].messages[-1]["content"]
-    assert "Reasoning:" not in p["student_prompt"][-1]["content"]  # the student learns to do it zero-shot
-    assert p["request"].template_sha == load_template("cot_fewshot").sha256
+    assert len(p.demo_ids) == 2 and "Reasoning:" in p.request.messages[-1]["content"]
+    assert "Reasoning:" not in p.student_prompt[-1]["content"]  # the student learns to do it zero-shot
+    assert p.request.template_sha == load_template("cot_fewshot").sha256
 
 
 @pytest.mark.parametrize("data, needle", [
@@ -205,10 +205,10 @@ def test_structured_cot_asks_for_json_and_trains_on_rationale_then_answer():
     cfg = GenerateConfig(seeds="unused", styles=["cot"], structured_cot=True)
     plan = _cot_plan(cfg)
     schema = cot_schema(cfg.sampling.max_tokens)
-    assert plan["request"].json_schema == schema and plan["request"].template == "cot_json"
+    assert plan.request.json_schema == schema and plan.request.template == "cot_json"
     assert schema["properties"]["rationale"]["maxLength"] == 2 * (256 - 48)  # room left for the answer
-    plain = _cot_plan(GenerateConfig(seeds="unused", styles=["cot"]))["request"]
-    assert plain.json_schema is None and plain.key() != plan["request"].key()  # the schema is part of the cache key
+    plain = _cot_plan(GenerateConfig(seeds="unused", styles=["cot"])).request
+    assert plain.json_schema is None and plain.key() != plan.request.key()  # the schema is part of the cache key
     good = '{"rationale": "3 boxes of 4 is 12.", "answer": "12"}'
     bad = '{"rationale": "3 boxes of 4 is 12.", "answer": 12'  # cut off: not JSON
     choices = [Choice(text=t, finish_reason="stop", schema_error=validate_output(t, schema)[1]) for t in (good, bad)]

@@ -1,7 +1,7 @@
 """Prompt building and demonstration selection (no teacher needed)."""
 
 from distill.data.dataset import GenerateConfig
-from distill.data.plan import build_requests, select_demos
+from distill.data.plan import Plan, Skipped, build_requests, select_demos
 from distill.data.seeds import Seed, load_seeds
 
 
@@ -38,16 +38,16 @@ def test_build_requests_all_styles_and_provenance(repo_root):
     seeds = load_seeds(repo_root / "flows/configs/demo_seeds.jsonl")
     cfg = GenerateConfig(seeds="unused", erase_demos=True)
     plans, templates = build_requests(seeds, cfg, "M")
-    live = [p for p in plans if "request" in p]
-    assert {p["style"] for p in live} == {"icl", "cot", "instruct"}
+    live = [p for p in plans if isinstance(p, Plan)]
+    assert {p.style for p in live} == {"icl", "cot", "instruct"}
     # open-ended seeds have no gold answers, so no ICL demos: skipped and counted, not faked
-    assert {p["seed"].task for p in plans if p.get("skip") == "no_demos"} == {"open"}
-    icl = next(p for p in live if p["style"] == "icl")
-    assert icl["request"].template_sha == templates["icl"].sha256
-    assert "Example 1:" in icl["request"].messages[-1]["content"]
+    assert {p.seed.task for p in plans if isinstance(p, Skipped) and p.reason == "no_demos"} == {"open"}
+    icl = next(p for p in live if p.style == "icl")
+    assert icl.request.template_sha == templates["icl"].sha256
+    assert "Example 1:" in icl.request.messages[-1]["content"]
     # prompt erasure: the student's prompt has no demonstrations
-    assert "Example 1:" not in icl["student_prompt"][-1]["content"]
-    assert len({p["request"].key() for p in live}) == len(live)
+    assert "Example 1:" not in icl.student_prompt[-1]["content"]
+    assert len({p.request.key() for p in live}) == len(live)
 
 
 def test_chat_demo_format_gives_each_demo_its_own_turns():
@@ -56,15 +56,15 @@ def test_chat_demo_format_gives_each_demo_its_own_turns():
     cfg = GenerateConfig(seeds="unused", styles=["icl"], num_demos=2, demo_format="chat", erase_demos=True)
     plans, templates = build_requests(seeds, cfg, "M")
     plan, text = plans[0], text_plans[0]
-    msgs = plan["request"].messages
-    assert plan["demo_ids"] == text["demo_ids"]  # the same demos, only their layout differs
-    demos = [next(s for s in seeds if s.id == i) for i in plan["demo_ids"]]
+    msgs = plan.request.messages
+    assert plan.demo_ids == text.demo_ids  # the same demos, only their layout differs
+    demos = [next(s for s in seeds if s.id == i) for i in plan.demo_ids]
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert [msgs[2]["content"], msgs[4]["content"]] == [d.answer for d in demos]
-    assert demos[0].input in msgs[1]["content"] and plan["seed"].input in msgs[-1]["content"]
-    assert msgs[-1] == plan["student_prompt"][-1]  # erasure leaves exactly the question's own turn
-    assert plan["request"].template == "instruct+chat_demos" and plan["request"].template_sha == templates["instruct"].sha256
-    assert plan["request"].key() != text["request"].key()
+    assert demos[0].input in msgs[1]["content"] and plan.seed.input in msgs[-1]["content"]
+    assert msgs[-1] == plan.student_prompt[-1]  # erasure leaves exactly the question's own turn
+    assert plan.request.template == "instruct+chat_demos" and plan.request.template_sha == templates["instruct"].sha256
+    assert plan.request.key() != text.request.key()
 
 
 def test_docs_generate_template_table_and_no_system_template_hold(repo_root, tmp_path):
@@ -79,13 +79,13 @@ def test_docs_generate_template_table_and_no_system_template_hold(repo_root, tmp
     cfg = GenerateConfig(seeds="unused", styles=["icl", "instruct"], num_demos=2, demo_format="chat", erase_demos=True,
                          templates={"instruct": str(jinja), "icl": str(unused)})
     plans, _ = build_requests(seeds, cfg, "M")
-    icl = next(p for p in plans if p["style"] == "icl")
-    assert icl["request"].template == f"{jinja}+chat_demos"
-    assert [m["role"] for m in icl["request"].messages] == ["user", "assistant", "user", "assistant", "user"]
-    assert [m["role"] for m in icl["student_prompt"]] == ["user"] and icl["student_prompt"][0]["content"].startswith("Add.")
-    assert all(m["role"] != "system" for p in plans if "request" in p for m in p["request"].messages)
+    icl = next(p for p in plans if p.style == "icl")
+    assert icl.request.template == f"{jinja}+chat_demos"
+    assert [m["role"] for m in icl.request.messages] == ["user", "assistant", "user", "assistant", "user"]
+    assert [m["role"] for m in icl.student_prompt] == ["user"] and icl.student_prompt[0]["content"].startswith("Add.")
+    assert all(m["role"] != "system" for p in plans if isinstance(p, Plan) for m in p.request.messages)
     text, _ = build_requests(seeds, GenerateConfig(seeds="unused", styles=["icl"], num_demos=2), "M")
-    assert text[0]["request"].template == "icl" and text[0]["request"].messages[0]["role"] == "system"
+    assert text[0].request.template == "icl" and text[0].request.messages[0]["role"] == "system"
 
 
 # --- self-consistency for labels: icl / instruct samples vote on their first line (issue 22, section 2) ------
@@ -104,7 +104,7 @@ def _voted_rows(style, texts, gold=None, keep="voted", sc_styles=("icl",), style
     cfg = GenerateConfig(seeds="unused", styles=list(styles), num_demos=1, **SC,
                          self_consistency={"enabled": True, "keep": keep, "styles": list(sc_styles)})
     plans, _ = build_requests([seed], cfg, "m")
-    plan = next(p for p in plans if p["style"] == style)
+    plan = next(p for p in plans if p.style == style)
     resp = TeacherResponse(key="k", choices=[Choice(text=t, finish_reason="stop") for t in texts])
     return _rows_for(plan, resp, cfg, "train")
 

@@ -6,7 +6,7 @@ import pytest
 
 from distill.data.dataset import GenerateConfig
 from distill.data.dryrun import dry_run, format_dry_run
-from distill.data.plan import build_requests
+from distill.data.plan import Plan, build_requests
 from distill.data.seeds import load_seeds
 from distill.teacher.cache import ResponseCache
 from distill.teacher.query import TeacherConfig
@@ -45,7 +45,7 @@ def test_dry_run_counts_requests_cache_hits_tokens_and_cost(seeds_file, tmp_path
 
     # two answers already in the cache: they are counted as hits, not as tokens to pay
     plans, _ = build_requests(load_seeds(str(seeds_file)), cfg, teacher.model_id(), [])
-    reqs = [p["request"] for p in plans if "request" in p][:2]
+    reqs = [p.request for p in plans if isinstance(p, Plan)][:2]
     cache = ResponseCache(tmp_path / "cache.sqlite")
     for r in reqs:
         cache.put(r.key(), {"key": r.key(), "choices": [], "prompt_tokens": 10, "completion_tokens": 30})
@@ -68,8 +68,8 @@ def test_dry_run_counts_prompt_tokens_with_the_teacher_tokenizer(seeds_file, tmp
     tok = AutoTokenizer.from_pretrained(tiny_model)
     plans, _ = build_requests(load_seeds(str(seeds_file)), cfg, teacher.model_id(), [])
     # counted independently: render each chat to text, then tokenize the text
-    exact = sum(len(tok(tok.apply_chat_template(p["request"].messages, tokenize=False, add_generation_prompt=True),
-                        add_special_tokens=False)["input_ids"]) for p in plans if "request" in p)
+    exact = sum(len(tok(tok.apply_chat_template(p.request.messages, tokenize=False, add_generation_prompt=True),
+                        add_special_tokens=False)["input_ids"]) for p in plans if isinstance(p, Plan))
     assert exact > 12 * 20  # a real count, not the number of keys of an encoding
     assert d.token_counter == f"tokenizer:{tiny_model}" and d.prompt_tokens == exact
     assert not any("estimated" in w for w in d.warnings)

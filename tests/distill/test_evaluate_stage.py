@@ -70,7 +70,7 @@ def test_what_the_student_learned_parses_back_to_the_teachers_answer(structured)
     """The grading reads a student's answer exactly as the dataset builder read the teacher's: for every
     style, the training target (what a perfect student says) parses to the row's ``answer``."""
     from distill.data.dataset import GenerateConfig
-    from distill.data.plan import build_requests
+    from distill.data.plan import Plan, build_requests
     from distill.data.rows import _rows_for
     from distill.teacher.query import Choice, TeacherResponse
 
@@ -81,8 +81,8 @@ def test_what_the_student_learned_parses_back_to_the_teachers_answer(structured)
     texts = {"icl": "4\nbecause 2 + 2 = 4", "instruct": "Four (4).\nDone.",
              "cot": '{"rationale": "2 and 2 make 4.", "answer": "4"}' if structured else "2 and 2 make 4.\nAnswer: 4"}
     n = 0
-    for plan in (p for p in plans if "request" in p):
-        row = _rows_for(plan, TeacherResponse(key="k", choices=[Choice(text=texts[plan["style"]], finish_reason="stop")]),
+    for plan in (p for p in plans if isinstance(p, Plan)):
+        row = _rows_for(plan, TeacherResponse(key="k", choices=[Choice(text=texts[plan.style], finish_reason="stop")]),
                         cfg, "validation")[0]
         assert row["answer"] is not None
         assert answer_of(row["messages"][-1]["content"], row["style"], cfg.extraction, structured) == row["answer"]

@@ -69,7 +69,7 @@ def test_zero_and_k_shot_prompts_are_what_the_generate_stage_renders():
         seed = Seed(id=item.id, instruction=item.instruction, input=item.input, task=item.task, demos=demos)
         cfg = GenerateConfig(seeds="x.jsonl", styles=["icl"], num_demos=3, erase_demos=True, demo_format="chat")
         (plan,), _ = build_requests([seed], cfg, "m")
-        assert zero.messages == plan["student_prompt"] and k.messages == plan["request"].messages
+        assert zero.messages == plan.student_prompt and k.messages == plan.request.messages
         assert item.id not in k.demo_ids and len(k.demo_ids) == 3
 
 
@@ -106,8 +106,8 @@ def test_cot_k_shot_prompt_is_what_the_generate_stage_sends_for_a_cot_task(tmp_p
     ordered = [demo_order[d["input"]] for d in seed.demos]  # the seed's own demo order
     from distill.probes.suite import _cot_with_demos
 
-    assert plan["request"].messages == _cot_with_demos(item, ordered)
-    assert plan["student_prompt"] == by_mode["cot"].messages
+    assert plan.request.messages == _cot_with_demos(item, ordered)
+    assert plan.student_prompt == by_mode["cot"].messages
     assert set(by_mode) == {"direct", "cot", "direct_k_shot", "cot_k_shot"}
     bad = cfg.model_copy(update={"styles": ["icl"]})
     with pytest.raises(ConfigError, match="style cot but generate.styles"):

@@ -38,10 +38,10 @@ def test_replay_rows_are_asked_with_the_instruct_template_beside_icl_tasks(tmp_p
                          replay=ReplayConfig(n=3), sampling_per_style={"instruct": {"max_tokens": 77}})
     seeds = load_generate_seeds(cfg)
     plans, templates = build_requests(seeds, cfg, "m")
-    styles = [(p["seed"].origin, p["style"], p["request"].max_tokens) for p in plans]
+    styles = [(p.seed.origin, p.style, p.request.max_tokens) for p in plans]
     assert styles == [("task:t", "icl", 256)] * 2 + [("replay", "instruct", 77)] * 3
     replay = plans[-1]
-    assert replay["request"].messages == replay["student_prompt"] and len(replay["request"].messages) == 2
+    assert replay.request.messages == replay.student_prompt and len(replay.request.messages) == 2
     assert "instruct" in templates
 
 

@@ -175,11 +175,11 @@ def test_task_rows_carry_origin_and_erased_zero_shot_prompts(tmp_path):
     seeds = task_seeds(load_tasks(path), {"t": [TaskInput("t/synth-1-0", "made up input", "synth:t:1")]}, 2, 0)
     cfg = GenerateConfig(tasks=str(path), styles=["icl"], num_demos=2, erase_demos=True, demo_format="chat")
     plans, _ = build_requests(seeds, cfg, "m")
-    assert [p["origin"] for p in plans] == ["task:t", "task:t", "synth:t:1", "held_out:t"]
+    assert [p.origin for p in plans] == ["task:t", "task:t", "synth:t:1", "held_out:t"]
     for p, s in zip(plans, seeds):
-        teacher_msgs, student = p["request"].messages, p["student_prompt"]
+        teacher_msgs, student = p.request.messages, p.student_prompt
         assert [m["content"] for m in teacher_msgs if m["role"] == "assistant"] == [d["output"] for d in s.demos]
-        assert p["demo_ids"] == [f"{s.id}/demo-0", f"{s.id}/demo-1"]
+        assert p.demo_ids == [f"{s.id}/demo-0", f"{s.id}/demo-1"]
         assert [m["role"] for m in student] == ["system", "user"] and s.input in student[-1]["content"]
         assert not any(d["input"] in student[-1]["content"] for d in s.demos)
 

@@ -20,7 +20,7 @@ def test_build_requests_renders_with_the_resolved_templates():
     plans, templates = build_requests(seeds, cfg, "m")
     assert {r: t.name for r, t in templates.items()} == {r: t.name for r, t in resolve_templates(cfg).items()} == {
         "icl": "icl", "cot": "cot_fewshot", "cot_zero_shot": "cot", "instruct": "instruct", "judge": "judge"}
-    assert {(p["style"], p["request"].template_sha) for p in plans} == {
+    assert {(p.style, p.request.template_sha) for p in plans} == {
         (s, templates[s].sha256) for s in ("icl", "cot", "instruct")}
 
 
