@@ -49,6 +49,10 @@ class KDConfig(StageConfig):
 
     @model_validator(mode="after")
     def _online_methods_need_a_teacher(self) -> KDConfig:
+        if self.served() and "@" in self.teacher.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("the URL holds credentials (user:key@host), which would be written to the run's "
+                             "train_config.yaml: drop them and put the key in the env var named by "
+                             "kd.served_api_key_env")
         if self.enabled and self.served() and self.method in ONLINE_ONLY:
             raise ValueError(f"method {self.method!r} needs the teacher's full distribution, but a served teacher "
                              f"(kd.teacher is a URL) gives its top-{self.served_top_k} only: use forward_kl or reverse_kl")

@@ -77,6 +77,9 @@ def test_a_served_teacher_takes_top_k_methods_and_on_policy_but_no_full_vocab_di
     assert kd.served() and not KDConfig(teacher="bundled").served()
     with pytest.raises(ValidationError, match="a served teacher .* gives its top-20 only"):
         KDConfig(enabled=True, teacher="http://127.0.0.1:8000/v1", method="generalized_jsd")
+    with pytest.raises(ValidationError, match="holds credentials") as err:  # never written to train_config.yaml
+        KDConfig(enabled=True, teacher="http://user:sk-secret@127.0.0.1:8000/v1")
+    assert "sk-secret" not in str(err.value)
 
 
 def test_score_keys_depend_on_model_ids_and_k():
