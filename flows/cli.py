@@ -224,7 +224,8 @@ def train(config: Path = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
     Offline logit KD (train.kd.enabled): against the teacher's top-k logprobs the dataset stores (generate.sampling.top_logprobs).
     flows/configs/demo.yaml does this.
 
-    Online logit KD (train.kd.enabled and train.kd.teacher): against a local teacher model run beside the student."""
+    Online logit KD (train.kd.enabled and train.kd.teacher): against a local teacher model run beside the student,
+    or a vLLM server's URL (http://127.0.0.1:8000/v1) that scores each batch's top-k over HTTP."""
     _setup_logging()
     from distill.train.run import train_student
 

@@ -297,10 +297,10 @@ def _require_reachable(responses: list[TeacherResponse], teacher_cfg: TeacherCon
     errors = [r.error for r in responses if r.error is not None]
     if not responses or len(errors) < len(responses) or not all(e.startswith(("connection", "timeout")) for e in errors):
         return
-    from distill.teacher.openai_backend import _redact
+    from distill.net import redact_url
     from distill.teacher.types import TeacherUnavailable
 
-    urls = ", ".join(_redact(u) for u in teacher_cfg.urls()) or teacher_cfg.backend
+    urls = ", ".join(redact_url(u) for u in teacher_cfg.urls()) or teacher_cfg.backend
     raise TeacherUnavailable(
         f"teacher.base_url: could not reach the teacher at {urls}: all {len(responses)} requests failed "
         f"({errors[0].split(':', 1)[0]} errors after {teacher_cfg.max_retries} retries); start the server (e.g. `eakd "

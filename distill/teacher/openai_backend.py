@@ -24,13 +24,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import random
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import openai
@@ -38,6 +36,7 @@ from tqdm import tqdm
 
 from distill.config import ConfigError
 from distill.logprobs import pack_openai_logprobs
+from distill.net import backoff_s, redact_url, retry_after_s
 from distill.teacher.budget import Budget, worst_case
 from distill.teacher.cache import ResponseCache
 from distill.teacher.schedule import (
@@ -103,17 +102,6 @@ def _choice(c) -> Choice:
     return Choice(text=c.message.content or "", finish_reason=c.finish_reason, logprobs=lps)
 
 
-def _retry_after(exc: Exception) -> float | None:
-    resp = getattr(exc, "response", None)
-    if resp is None:
-        return None
-    raw = resp.headers.get("retry-after")
-    try:
-        return max(0.0, float(raw)) if raw is not None else None
-    except ValueError:
-        return None
-
-
 def _classify(exc: Exception) -> tuple[str, bool]:
     """(failure kind, retryable) for an exception raised by the client."""
     if isinstance(exc, openai.APITimeoutError):
@@ -126,14 +114,6 @@ def _classify(exc: Exception) -> tuple[str, bool]:
     if isinstance(exc, (httpx.TransportError, ValueError)):  # resets mid-body, malformed JSON
         return "malformed", True
     return type(exc).__name__, False
-
-
-def _redact(url: str) -> str:
-    """A URL fit for logs and reports: credentials in the authority part are dropped."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @dataclass
@@ -314,11 +294,11 @@ async def _attempts(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: Teac
                 # a server without structured outputs: ask for the JSON in words from now on, validate after
                 replica.response_format_ok = False
                 log.warning("%s rejected response_format (json_schema): %s; falling back to prompting + validation",
-                            _redact(replica.url), str(exc)[:200])
+                            redact_url(replica.url), str(exc)[:200])
                 continue
             if isinstance(exc, openai.APIStatusError) and exc.status_code in FATAL_STATUS:
                 raise TeacherUnavailable(
-                    f"teacher at {_redact(replica.url)} answered {exc.status_code} ({FATAL_STATUS[exc.status_code]}) "
+                    f"teacher at {redact_url(replica.url)} answered {exc.status_code} ({FATAL_STATUS[exc.status_code]}) "
                     f"for model {model!r}: check teacher.base_url, teacher.model and ${cfg.api_key_env}"
                 ) from None
             kind, retryable = _classify(exc)
@@ -336,11 +316,11 @@ async def _attempts(pool: _Pool, rate: RateLimiter, r: TeacherRequest, cfg: Teac
                 return TeacherResponse(key=key, choices=[], engine="openai", model=model,
                                        error=f"{kind}: {exc}"[:500], attempts=attempt)
             stats.retries += 1
-            wait = _retry_after(exc)
+            wait = retry_after_s(exc)
         finally:
             await pool.release(replica)
         if wait is None:
-            wait = random.uniform(0, min(30.0, 0.5 * 2 ** (attempt - 1)))  # full jitter
+            wait = backoff_s(attempt)  # full jitter
         await asyncio.sleep(wait)
 
 
@@ -392,7 +372,7 @@ async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: R
             t.cancel()
         for rep in replicas:
             await rep.client.close()
-            stats.replicas[_redact(rep.url)] = stats.replicas.get(_redact(rep.url), 0) + rep.answered
+            stats.replicas[redact_url(rep.url)] = stats.replicas.get(redact_url(rep.url), 0) + rep.answered
         lowest = min(rep.limit.lowest for rep in replicas)
         stats.concurrency_lowest = lowest if stats.concurrency_lowest is None else min(lowest, stats.concurrency_lowest)
         stats.concurrency_final = sum(rep.limit.cap for rep in replicas)

@@ -34,7 +34,10 @@ class KDConfig(StageConfig):
                     "skew_reverse_kl"] = Field("forward_kl", description="divergence (offline top-k: forward_kl or reverse_kl on the top-k + tail buckets; online: any of distill.train.losses)")
     alpha_ce: float = Field(0.5, ge=0.0, le=1.0, description="loss = (1 - alpha_ce) * KD + alpha_ce * CE on the teacher's tokens")
     temperature: float = Field(1.0, gt=0.0, le=20.0, description="softening of both distributions (T^2-scaled)")
-    teacher: str | None = Field(None, description="online logit KD: the teacher model (a folder or 'bundled', same tokenizer as the student) run in eval/no-grad beside the student, full-vocabulary loss; null: offline top-k from the dataset")
+    teacher: str | None = Field(None, description="online logit KD: the teacher model (a folder or 'bundled', same tokenizer as the student) run in eval/no-grad beside the student, full-vocabulary loss; or a vLLM server's URL (http://127.0.0.1:8000/v1, same tokenizer) that scores each batch with its prompt_logprobs top-k (forward_kl/reverse_kl on the top-k + tail, as offline); null: offline top-k from the dataset")
+    served_top_k: int = Field(20, ge=1, le=1000, description="served teacher (kd.teacher is a URL): top-k logprobs per position asked of the server (vLLM's prompt_logprobs; its --max-logprobs, default 20, must be >= k)")
+    served_api_key_env: str = Field("OPENAI_API_KEY", description="served teacher: name of the env var (or secrets-file entry) holding the server's API key, if it wants one (never the key)")
+    served_cache_path: str | None = Field(None, description="served teacher: SQLite cache of the server's scores (null: $EAKD_HOME/cache/teacher.sqlite), so a resumed run does not ask again")
     teacher_dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="online KD: the teacher's weights (bfloat16 halves its memory; auto: the student's compute dtype)")
     chunk_size: int | None = Field(256, ge=1, description="online KD: positions per chunk of the loss, so [positions x vocab] fp32 intermediates stay small (null: all at once)")
     on_policy: float = Field(0.0, ge=0.0, le=1.0, description="GKD's lambda: the share of micro-batches whose answers the student samples itself, scored by the online teacher (needs kd.teacher)")
@@ -46,12 +49,23 @@ class KDConfig(StageConfig):
 
     @model_validator(mode="after")
     def _online_methods_need_a_teacher(self) -> KDConfig:
+        if self.served() and "@" in self.teacher.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("the URL holds credentials (user:key@host), which would be written to the run's "
+                             "train_config.yaml: drop them and put the key in the env var named by "
+                             "kd.served_api_key_env")
+        if self.enabled and self.served() and self.method in ONLINE_ONLY:
+            raise ValueError(f"method {self.method!r} needs the teacher's full distribution, but a served teacher "
+                             f"(kd.teacher is a URL) gives its top-{self.served_top_k} only: use forward_kl or reverse_kl")
         if self.enabled and self.teacher is None and self.method in ONLINE_ONLY:
             raise ValueError(f"method {self.method!r} needs the teacher's full distribution: set train.kd.teacher "
                              "(online KD), or use forward_kl/reverse_kl with the dataset's cached top-k")
         if self.enabled and self.teacher is None and self.on_policy > 0:
             raise ValueError("on_policy > 0 needs a teacher to score the student's own answers: set train.kd.teacher")
         return self
+
+    def served(self) -> bool:
+        """Whether the teacher is a server (a URL) rather than a model loaded beside the student."""
+        return self.teacher is not None and self.teacher.startswith(("http://", "https://"))
 
     def method_kw(self) -> dict[str, float]:
         return {"generalized_jsd": {"beta": self.beta}, "skew_forward_kl": {"alpha": self.skew},

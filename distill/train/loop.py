@@ -46,6 +46,7 @@ from distill.train.data import IGNORE
 from distill.train.distributed import all_reduce_grads, join_process_group
 from distill.train.encode import encode_splits
 from distill.train.outputs import loss_ends, refuse_trained, save_merged, student_readme, training_mode
+from distill.train.served import load_served_teacher, served_rows
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class _Setup:
     world: int
     model: object
     teacher: object | None  # the online-KD teacher, else None
+    served: object | None  # the served teacher (distill.teacher.scoring.ServedTeacher) scoring each batch, else None
     params: list[torch.nn.Parameter]  # the trainable ones
     n_trainable: int
     opt: torch.optim.Optimizer
@@ -175,6 +177,9 @@ def _setup_model(cfg: TrainConfig, data: _Rows) -> _Setup:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
     rank, world, device = join_process_group(device)
+    served = load_served_teacher(cfg.kd, data.tok) if cfg.kd.enabled and cfg.kd.served() else None
+    if served is not None:  # validation rows get the teacher's top-k once, as offline KD's rows carry it
+        data.val_rows = served_rows(served, data.val_rows)
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial adapters
     model = load_causal_lm(data.model_path, dtype="float32", device=device)
     if cfg.keep_layers:
@@ -187,14 +192,14 @@ def _setup_model(cfg: TrainConfig, data: _Rows) -> _Setup:
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
     teacher = load_online_teacher(cfg.kd, data.tok, device, resolve_dtype(cfg.dtype, device.split(":")[0])) \
-        if cfg.kd.enabled and cfg.kd.teacher is not None else None
+        if cfg.kd.enabled and cfg.kd.teacher is not None and served is None else None
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     compute = resolve_dtype(cfg.dtype, device.split(":")[0])
     autocast_dtype = torch.bfloat16 if compute == "bfloat16" else None
-    return _Setup(device, rank, world, model, teacher, params, n_trainable, opt, compute, autocast_dtype)
+    return _Setup(device, rank, world, model, teacher, served, params, n_trainable, opt, compute, autocast_dtype)
 
 
 def _start_or_resume(cfg: TrainConfig, out: Path, data: _Rows, s: _Setup) -> _Progress:
@@ -270,6 +275,8 @@ def _micro_batches(cfg: TrainConfig, data: _Rows, s: _Setup, prog: _Progress,
             rows = on_policy_rows(s.model, rows, data.tok, cfg.kd.on_policy_max_new_tokens,
                                   cfg.kd.on_policy_temperature, seed=cfg.seed * 1_000_003 + step * 1009 + i)
             prog.on_policy_batches += 1
+        if s.served is not None and i % s.world == s.rank:  # the server scores this rank's share
+            rows = served_rows(s.served, rows)
         micro.append(collate(rows, data.pad_id))
     return micro
 
@@ -327,7 +334,7 @@ def _save_student(cfg: TrainConfig, out: Path, data: _Rows, s: _Setup, prog: _Pr
         "val_rows": len(data.val_rows), "tokens": tokens_seen, "seconds": round(prog.seconds, 2),
         "tokens_per_s": round(run_tokens / max(1e-9, prog.seconds), 1),
         "resumed_from_step": prog.start_step or None, "processes": s.world,
-        "kd_loss": None if not cfg.kd.enabled else "online_full_vocab" if cfg.kd.teacher else
+        "kd_loss": None if not cfg.kd.enabled else "served_topk" if cfg.kd.served() else "online_full_vocab" if cfg.kd.teacher else
         f"xtok_{xtok}" if xtok else "topk_same_tokenizer", "xtok": data.xtok_stats or None,
         "on_policy": cfg.kd.on_policy if cfg.kd.enabled else 0.0, "on_policy_batches": prog.on_policy_batches,
         "teacher_agreement_before": prog.before["agreement"], "teacher_agreement_after": agreement_after,
@@ -362,6 +369,9 @@ def run_training(cfg: TrainConfig, dataset_dir: str | Path, out_dir: str | Path)
         return out
     after = eval_rows(s.model, data.val_rows, data.pad_id, cfg.batch_size, s.autocast_dtype, cfg.kd, s.teacher)
     s.teacher = None  # free the online teacher before the merged copy is made
+    if s.served is not None:
+        log.info("served teacher: %d scoring requests, %d retries", s.served.requests, s.served.retries)
+        s.served.close()
     _save_student(cfg, out, data, s, prog, after)
     if s.world > 1:
         torch.distributed.barrier()

@@ -34,6 +34,9 @@ def training_mode(kd: KDConfig, xtok: str | None) -> tuple[str, str]:
     ``xtok`` is the cross-tokenizer loss when the run crossed tokenizers, else None."""
     if not kd.enabled:
         return "sft_sequence_kd", "Sequence-level KD (SFT on teacher outputs)"
+    if kd.served():
+        return (f"logit_kd_served_{kd.method}", f"Online logit KD ({kd.method}, top-{kd.served_top_k} + tail) from "
+                f"a served teacher (vLLM prompt_logprobs) on the {'student-sampled and ' if kd.on_policy else ''}teacher outputs")
     if kd.teacher:
         return (f"logit_kd_online_{kd.method}",
                 f"Online logit KD ({kd.method}, full vocabulary) from teacher `{kd.teacher}` on the teacher outputs")
