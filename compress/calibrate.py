@@ -2,8 +2,10 @@
 
 GPTQ, SparseGPT, Wanda, AWQ, ASVD and SVD-LLM all need, for each ``nn.Linear``, statistics of the
 inputs it sees on calibration text: the Gram matrix ``H = sum_t x_t x_t^T`` (GPTQ/SparseGPT Hessian,
-SVD-LLM whitening; its diagonal gives Wanda's ``||X_j||^2``) and the mean absolute activation per input
-channel (AWQ, ASVD). This module produces them once, in one readable place.
+SVD-LLM whitening), the sum of squares per input channel (Wanda's ``||X_j||^2``) and the mean absolute
+activation per input channel (AWQ, ASVD). This module produces them once, in one readable place. A method that
+reads no Gram (Wanda) asks for the per-channel sums alone (``gram=False``): the Gram of one wide linear is
+``in^2`` floats (a 1.5B model's ``down_proj``: 8960^2 fp32 = 321 MB), the sums ``in``.
 
 :func:`run_sequential` is the layer-by-layer scheme of GPTQ (Frantar et al. 2023, Sec. 4 "Step 3"):
 capture the inputs of decoder block 0 once, then for each block collect its linears' statistics,
@@ -67,9 +69,10 @@ def conversation_text(tokenizer: Any, dataset_dir: str | Path) -> str:
 class InputStats:
     """Running statistics of one linear layer's inputs ``x`` [*, in]."""
 
-    gram: Tensor  # [in, in] fp32, sum_t x_t x_t^T
+    gram: Tensor | None  # [in, in] fp32, sum_t x_t x_t^T; None when collected with gram=False
     abs_sum: Tensor  # [in] fp32, sum_t |x_t|
     count: int = 0  # number of token vectors seen
+    sq_sum: Tensor | None = None  # [in] fp32, sum_t x_t^2 (None: read the Gram's diagonal)
 
     @property
     def abs_mean(self) -> Tensor:
@@ -79,15 +82,18 @@ class InputStats:
     @property
     def sq_norm(self) -> Tensor:
         """``||X_j||_2^2`` per input channel [in] (Wanda's activation norm, squared)."""
-        return torch.diagonal(self.gram).clone()
+        return self.sq_sum.clone() if self.sq_sum is not None else torch.diagonal(self.gram).clone()
 
     def hessian(self) -> Tensor:
         """``2 H / n`` [in, in]: the layer-wise reconstruction Hessian GPTQ/SparseGPT use."""
+        if self.gram is None:
+            raise ValueError("these statistics were collected without the Gram (gram=False); collect with gram=True")
         return 2.0 * self.gram / max(self.count, 1)
 
 
 @dataclass
 class _Collector:
+    gram: bool = True  # accumulate each linear's Gram (False: the per-channel sums alone)
     stats: dict[str, InputStats] = field(default_factory=dict)
 
     def hook(self, name: str) -> Callable:
@@ -96,9 +102,13 @@ class _Collector:
             s = self.stats.get(name)
             if s is None:
                 n = x.shape[-1]
-                s = self.stats[name] = InputStats(torch.zeros(n, n, device=x.device),
-                                                  torch.zeros(n, device=x.device))
-            s.gram.addmm_(x.T, x)
+                gram = torch.zeros(n, n, device=x.device) if self.gram else None
+                s = self.stats[name] = InputStats(gram, torch.zeros(n, device=x.device),
+                                                  sq_sum=None if self.gram else torch.zeros(n, device=x.device))
+            if s.gram is not None:
+                s.gram.addmm_(x.T, x)
+            else:
+                s.sq_sum.add_(x.square().sum(0))
             s.abs_sum.add_(x.abs().sum(0))
             s.count += x.shape[0]
         return fn
@@ -110,9 +120,10 @@ def _hooked(modules: dict[str, nn.Module], collector: _Collector) -> list:
 
 @torch.no_grad()
 def collect_input_stats(model: nn.Module, batches: Tensor, modules: dict[str, nn.Module],
-                        batch_size: int = 8) -> dict[str, InputStats]:
-    """One full forward over ``batches`` [n, T]; returns ``{name: InputStats}`` for each of ``modules``."""
-    collector = _Collector()
+                        batch_size: int = 8, gram: bool = True) -> dict[str, InputStats]:
+    """One full forward over ``batches`` [n, T]; returns ``{name: InputStats}`` for each of ``modules``
+    (``gram=False``: without the Gram, see :class:`InputStats`)."""
+    collector = _Collector(gram)
     forward_with_hooks(model, batches, _hooked(modules, collector), batch_size)
     return collector.stats
 
@@ -177,12 +188,14 @@ def _block_out(out: Any) -> Tensor:
 
 @torch.no_grad()
 def block_input_stats(block: nn.Module, states: list[tuple[Tensor, dict]],
-                      linear_filter: Callable[[str, nn.Linear], bool] | None = None) -> dict[str, InputStats]:
+                      linear_filter: Callable[[str, nn.Linear], bool] | None = None,
+                      gram: bool = True) -> dict[str, InputStats]:
     """Run ``block`` on ``states`` (``[(hidden [b, T, d], kwargs)]``) and return :class:`InputStats` for its
-    ``nn.Linear`` children (names relative to the block, in the order they first ran)."""
+    ``nn.Linear`` children (names relative to the block, in the order they first ran; ``gram=False``: without
+    the Gram)."""
     linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)
                and (linear_filter is None or linear_filter(n, m))}
-    collector = _Collector()
+    collector = _Collector(gram)
     handles = _hooked(linears, collector)
     try:
         for hidden, kwargs in states:
@@ -203,18 +216,18 @@ def block_outputs(block: nn.Module, states: list[tuple[Tensor, dict]]) -> list[t
 def run_sequential(model: nn.Module, batches: Tensor,
                    compress_block: Callable[[int, nn.Module, dict[str, InputStats]], Any],
                    linear_filter: Callable[[str, nn.Linear], bool] | None = None,
-                   batch_size: int = 8) -> list[Any]:
+                   batch_size: int = 8, gram: bool = True) -> list[Any]:
     """Calibrate and compress block by block (GPTQ's sequential scheme); returns the callbacks' results.
 
     For block ``i``: collect :class:`InputStats` for its ``nn.Linear`` children (names relative to the
     block, e.g. ``"mlp.up_proj"``; ``linear_filter(name, module)`` may exclude some), call
     ``compress_block(i, block, stats)`` which modifies the block in place, then re-run the block to get
-    block ``i+1``'s inputs. (:mod:`compress.streamed` runs the same two steps on one loaded block at a time.)
+    block ``i+1``'s inputs. ``gram=False``: the statistics carry no Gram (a method that reads none). (:mod:`compress.streamed` runs the same two steps on one loaded block at a time.)
     """
     states = capture_block_inputs(model, batches, batch_size)
     results = []
     for i, block in enumerate(decoder_blocks(model)):
-        results.append(compress_block(i, block, block_input_stats(block, states, linear_filter)))
+        results.append(compress_block(i, block, block_input_stats(block, states, linear_filter, gram)))
         states = block_outputs(block, states)
     return results
 

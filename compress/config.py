@@ -36,6 +36,7 @@ class StepBase(StageConfig):
     """What every step has: its method, a name and the quality gates; and the traits the stage reads."""
 
     calibrated: ClassVar[bool] = False  # reads calibration windows (compress.calib_data)
+    reads_gram: ClassVar[bool] = True  # a calibrated method reads each linear's input Gram (False: per-channel sums)
     structured: ClassVar[bool] = False  # changes the architecture: must come before anything recorded by name
     trained: ClassVar[bool] = False  # trains inside the method, the pre-compression model teaching (recover_steps = its steps)
 
@@ -220,6 +221,7 @@ class WandaStep(RecoveryFields, OwlFields):
     """Wanda: |W| x ||X|| per output row (compress.prune)."""
 
     calibrated: ClassVar[bool] = True
+    reads_gram: ClassVar[bool] = False  # ||X_j||^2 alone
     method: Literal["wanda"] = "wanda"
 
 

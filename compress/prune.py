@@ -182,7 +182,7 @@ def owl_block_sparsities(model: nn.Module, batches: Tensor, target: float, m: fl
     blocks = decoder_blocks(model)
     names = {f"{i}.{n}": mod for i, block in enumerate(blocks) for n, mod in block.named_modules()
              if isinstance(mod, nn.Linear)}
-    stats = collect_input_stats(model, batches, names, batch_size)
+    stats = collect_input_stats(model, batches, names, batch_size, gram=False)
     ratios, sizes = [], []
     for i in range(len(blocks)):
         outliers = weights = 0
@@ -274,7 +274,7 @@ def wanda_model(model: nn.Module, batches: Tensor, sparsity: float = 0.5, nm: tu
         bar.update(1)
 
     try:
-        run_sequential(model, batches, prune_block, batch_size=batch_size)
+        run_sequential(model, batches, prune_block, batch_size=batch_size, gram=False)
     finally:
         bar.close()
     return sparsity_report("wanda", target, pruned, nm) | {"allocation": allocation, "block_sparsity": per_block}

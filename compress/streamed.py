@@ -280,7 +280,7 @@ def stream_step(source: Path, out: Path, step: Step, manifest: dict[str, Any], c
     for i, block in enumerate(blocks):
         prefix = f"{layers}.{i}"
         load_module(block, reader.module_state(model, prefix))
-        stats = block_input_stats(block, states) if states is not None else {}
+        stats = block_input_stats(block, states, gram=step.reads_gram) if states is not None else {}
         codes: dict[str, tuple] = {}
         _compress_block(step, block, prefix, stats, manifest, codes, tally)
         writer.add(_block_tensors(block, prefix, manifest, codes, storage))

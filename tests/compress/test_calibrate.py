@@ -55,3 +55,20 @@ def test_sequential_sees_compressed_inputs(tiny_model):
 
     grams = run_sequential(model, batches, zero_first)
     assert torch.allclose(grams[0], plain[0]) and not torch.allclose(grams[1], plain[1])
+
+
+def test_stats_without_the_gram_keep_the_per_channel_figures(tiny_model):
+    """gram=False (Wanda's statistics): no [in, in] matrix is held, and the per-channel figures equal the
+    Gram's diagonal and the same |x| means; asking such statistics for a Hessian is refused."""
+    model, tok = load_causal_lm(tiny_model), load_tokenizer(tiny_model)
+    batches = calibration_batches(tok, TEXT, n_samples=3, seq_len=24)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
+    full = collect_input_stats(model, batches, linears, batch_size=2)
+    lean = collect_input_stats(model, batches, linears, batch_size=2, gram=False)
+    assert set(lean) == set(full)
+    for name, s in lean.items():
+        assert s.gram is None and s.count == full[name].count
+        torch.testing.assert_close(s.sq_norm, torch.diagonal(full[name].gram), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(s.abs_mean, full[name].abs_mean)
+    with pytest.raises(ValueError, match="gram=True"):
+        next(iter(lean.values())).hessian()
