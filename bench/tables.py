@@ -664,6 +664,29 @@ def transplant(d: dict | None) -> str:
     return "\n".join(lines)
 
 
+def model_scaling(d: dict | None) -> str:
+    if d is None:
+        return _missing("model_scaling.json", "bench/model_scaling.py")
+    st = d["settings"]
+    lines = [f"Calibration {st['calibration']}; perplexity {st['eval']}; weights {st['weights']}. Peak RSS is each "
+             "child process's `VmHWM` (imports included). Target: " + d["target"] + " — "
+             + ("**met**." if d["target_met"] else "**not met**."), "",
+             "| shape | parameters | method | path | peak RSS | × fp32 weights | wall | machine |",
+             "|---|---|---|---|---|---|---|---|"]
+    order = {"135m": 0, "0.5b": 1, "1.5b": 2}
+    for r in sorted(d["rows"], key=lambda r: (order.get(r["shape"], 9), r["method"], not r.get("streamed"))):
+        path = "streamed" if r.get("streamed") else "whole model"
+        if "vmhwm_bytes" not in r:
+            lines.append(f"| {r['shape']} | {_m(r['params'])} | {r['method']} | {path} | — | — | — | "
+                         f"{r.get('skipped') or r.get('error', '?')} |")
+            continue
+        same = {True: ", same bytes as streamed", False: ", bytes differ from streamed"}.get(r.get("same_bytes_as_streamed"), "")
+        lines.append(f"| {r['shape']} | {_m(r['params'])} | {r['method']} | {path}{same} | "
+                     f"{r['vmhwm_bytes'] / 2 ** 30:.2f} GiB | {r['vmhwm_bytes'] / r['fp32_bytes']:.2f}× | "
+                     f"{_s(r['wall_s'])} | {r.get('cpu', '?')} |")
+    return "\n".join(lines)
+
+
 # ---- pages ---------------------------------------------------------------------------------------------------------
 
 def _blocks() -> dict[str, dict[str, Callable[[], str]]]:
@@ -707,6 +730,7 @@ def _blocks() -> dict[str, dict[str, Callable[[], str]]]:
         "report.md": {"viewer_scale": lambda: viewer_scale(L("viewer_scale.json"))},
         "compression.md": {"gguf_roundtrip": lambda: gguf_roundtrip(L("gguf_roundtrip.json"))},
         "transplant.md": {"transplant": lambda: transplant(L("transplant.json"))},
+        "scaling.md": {"model_scaling": lambda: model_scaling(L("model_scaling.json"))},
     }
 
 

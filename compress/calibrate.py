@@ -84,11 +84,21 @@ class InputStats:
         """``||X_j||_2^2`` per input channel [in] (Wanda's activation norm, squared)."""
         return self.sq_sum.clone() if self.sq_sum is not None else torch.diagonal(self.gram).clone()
 
-    def hessian(self) -> Tensor:
-        """``2 H / n`` [in, in]: the layer-wise reconstruction Hessian GPTQ/SparseGPT use."""
+    def _own_gram(self) -> Tensor:
         if self.gram is None:
             raise ValueError("these statistics were collected without the Gram (gram=False); collect with gram=True")
-        return 2.0 * self.gram / max(self.count, 1)
+        return self.gram
+
+    def hessian(self) -> Tensor:
+        """``2 H / n`` [in, in]: the layer-wise reconstruction Hessian GPTQ/SparseGPT use."""
+        return 2.0 * self._own_gram() / max(self.count, 1)
+
+    def take_hessian(self) -> Tensor:
+        """:meth:`hessian` (the same values), computed in the Gram's own memory: the statistics give up their Gram
+        (None afterwards), so a caller that needs the Hessian alone holds one ``[in, in]`` matrix, not two."""
+        h = self._own_gram().mul_(2.0).div_(max(self.count, 1))
+        self.gram = None
+        return h
 
 
 @dataclass

@@ -133,7 +133,7 @@ def sparsegpt_block(block: nn.Module, stats: dict[str, InputStats], sparsity: fl
     out = []
     for name, s in stats.items():
         lin = block.get_submodule(name)
-        new, st = sparsegpt_prune_weight(lin.weight, s.hessian(), sparsity, nm, damp, block_size)
+        new, st = sparsegpt_prune_weight(lin.weight, s.take_hessian(), sparsity, nm, damp, block_size)
         lin.weight.copy_(new)
         out.append((lin, st["obs_loss"]))
         log.debug("sparsegpt: %s | obs loss %.4g | dead %d", name, st["obs_loss"], st["dead"])
