@@ -33,12 +33,34 @@ def test_vllm_in_process_generates_caches_and_returns_logprobs(bundled_dir, cach
         assert top_ids.shape[1] >= 3 and (top_ids[:, 0] == c.token_ids).all()  # greedy: top-1 is the token
         assert (np.diff(top_lps, axis=1) <= 0).all() and (top_lps[:, 0] <= 0).all()
     assert "5" in first[0].choices[0].text
+    _check_byte_records(first, bundled_dir)
     # a second run pays for nothing and returns the same records
     stats2 = TeacherStats()
     second = query_teacher(reqs, cfg, stats2)
     assert stats2.sent == 0 and stats2.cache_hits == 3
     assert [r.to_dict() for r in second] == [r.to_dict() for r in first]
     assert all(r.cached for r in second)
+
+
+def _check_byte_records(responses, bundled_dir):
+    """The byte vocabulary the engine stored its logprobs with (distill.teacher.vllm_backend._vocab_bytes, read from
+    vLLM's own tokenizer) is the HF tokenizer's, read here without vLLM: every sampled token and every top-k
+    alternative has the bytes of its id, and the sampled tokens' bytes, special tokens left out, spell the answer."""
+    from distill.logprobs import SpecialToken, unpack_topk_bytes, vocab_strings
+    from distill.models import load_tokenizer
+
+    vocab = vocab_strings(load_tokenizer(bundled_dir))
+    for r in responses:
+        c = r.choices[0]
+        rec = unpack_topk_bytes(c.logprobs)
+        tokens = [rec.token_bytes(t) for t in range(len(rec.token))]
+        assert tokens == [vocab[i] for i in c.token_ids] and rec.token_ids.tolist() == c.token_ids
+        alts = [(rec.strings[a], vocab[i]) for a, i in zip(rec.alt.ravel().tolist(), rec.ids.ravel().tolist()) if i >= 0]
+        assert alts and all(got == want and type(got) is type(want) for got, want in alts)
+        spelled = b"".join(bytes(s) for s in tokens if not isinstance(s, SpecialToken))
+        assert spelled.decode("utf-8") == c.text, (spelled, c.text)
+        assert rec.offsets.tolist() == [len(b"".join(bytes(s) for s in tokens[:t] if not isinstance(s, SpecialToken)))
+                                        for t in range(len(tokens))]
 
 
 def test_generate_with_topk_then_offline_logit_kd(repo_root, bundled_dir, tiny_model, tmp_path):
