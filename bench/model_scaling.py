@@ -13,8 +13,8 @@ byte where both ran). Writes ``bench/results/model_scaling.json`` and ``model_sc
 parameters).
 
 Run: ``nice -n 10 .venv/bin/python bench/model_scaling.py [--sizes 135m,0.5b,1.5b] [--calib 4] [--seq 128] [--merge]``
-(``--merge``: keep the rows of other shapes already in the result file, measured with the same settings; the
-file records each row's ``cpu``).
+(``--merge``: keep the result file's rows of the (shape, method) pairs this run does not measure, if measured with
+the same settings; each row records its ``cpu``).
 """
 
 from __future__ import annotations
@@ -131,16 +131,16 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def merged(rows: list[dict], settings: dict) -> list[dict]:
-    """``rows`` plus the result file's rows of the shapes this run did not measure; refused (exit) when the file
-    was measured with other settings."""
+    """``rows`` plus the result file's rows of the (shape, method) pairs this run did not measure; refused (exit)
+    when the file was measured with other settings."""
     path = RESULTS / "model_scaling.json"
     if not path.is_file():
         return rows
     old = json.loads(path.read_text())
     if old.get("settings") != settings:
         sys.exit(f"--merge: {path} was measured with other settings ({old.get('settings')}); rerun without --merge")
-    shapes = {r["shape"] for r in rows}
-    return [r for r in old["rows"] if r["shape"] not in shapes] + rows
+    done = {(r["shape"], r["method"]) for r in rows}
+    return [r for r in old["rows"] if (r["shape"], r["method"]) not in done] + rows
 
 
 def main() -> None:
@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128, help="tokens per calibration and perplexity window")
     ap.add_argument("--gptq-max-params", type=float, default=2e9, help="run GPTQ up to this size (CPU time)")
     ap.add_argument("--whole-max-params", type=float, default=6e8, help="run the whole-model path up to this size")
-    ap.add_argument("--merge", action="store_true", help="keep the result file's rows of other shapes (same settings)")
+    ap.add_argument("--merge", action="store_true", help="keep the result file's rows of other (shape, method) pairs (same settings)")
     args = ap.parse_args()
     from bench.machine import lscpu
     from distill.models import fetch_bundled_teacher
