@@ -91,7 +91,8 @@ def main() -> int:
                      "seconds": statistics.mean(r["seconds"] for r in rs)} for arm, rs in runs.items()}
     for arm in summary:
         summary[arm]["seconds_vs_offline"] = round(summary[arm]["seconds"] / summary["offline"]["seconds"], 2)
-    cpu, _ = lscpu()
+    model, flags = lscpu()
+    cpu = f"{model}; {'AVX-512 BF16' if 'avx512_bf16' in flags else 'AVX2 only'}"
     print(f"\n{args.n} demo seeds, top-{args.k}, tiny student, {args.steps} steps x {args.batch_size}, seeds "
           f"{args.seeds}; {cpu}\n")
     print("| arm | held-out KL(teacher‖student) | top-1 agreement | CE | train s | s vs offline |")
