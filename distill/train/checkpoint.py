@@ -46,8 +46,9 @@ def _tensors(model, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(root: Path, step: int, model, opt, sampler: random.Random, queue: list[list[int]],
-                    history: list[dict], before: dict, fingerprint: str) -> Path:
-    """Write ``root/step-NNNNNN`` atomically; returns it."""
+                    history: list[dict], before: dict, fingerprint: str, on_policy_batches: int = 0) -> Path:
+    """Write ``root/step-NNNNNN`` atomically; returns it. ``on_policy_batches``: the student-sampled micro-batches
+    so far (metrics.json counts the whole run's, not the resumed process's)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
@@ -56,7 +57,8 @@ def save_checkpoint(root: Path, step: int, model, opt, sampler: random.Random, q
     save_file(dict(sorted(_tensors(model, opt).items())), str(tmp / "state.safetensors"))
     version, internal, gauss = sampler.getstate()
     meta = {"step": step, "fingerprint": fingerprint, "sampler": [version, list(internal), gauss],
-            "queue": queue, "history": history, "before": before}
+            "queue": queue, "history": history, "before": before,
+            "on_policy_batches": on_policy_batches}
     (tmp / "meta.json").write_text(json.dumps(meta))
     publish_dir(tmp, final)
     for old in sorted(root.glob("step-*"))[:-KEEP]:

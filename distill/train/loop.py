@@ -150,7 +150,7 @@ class _Progress:
     history: list[dict] = field(default_factory=list)  # one entry per optimizer step, metrics.json's "history"
     before: dict = field(default_factory=dict)  # validation loss and teacher agreement before training
     tokens_seen: int = 0  # this process's, since it started (not since a resumed run's start)
-    on_policy_batches: int = 0
+    on_policy_batches: int = 0  # the whole run's, a resumed one's included
     seconds: float = 0.0  # this process's share of the step loop when resumed
 
 
@@ -222,6 +222,7 @@ def _start_or_resume(cfg: TrainConfig, out: Path, data: _Rows, s: _Setup) -> _Pr
         meta = load_checkpoint(latest, s.model, s.opt, rng, fingerprint)
         prog.start_step, prog.queue = meta["step"], meta["queue"]
         prog.history, prog.before = meta["history"], meta["before"]
+        prog.on_policy_batches = meta.get("on_policy_batches", 0)  # absent from checkpoints written before it was kept
         log.info("resuming from %s (step %d of %d)", latest, prog.start_step, total_steps)
     elif s.rank == 0:  # the others wait for it at the first gradient all-reduce
         ev = eval_rows(s.model, data.val_rows, data.pad_id, cfg.batch_size, s.autocast_dtype, cfg.kd, s.teacher)
@@ -256,7 +257,7 @@ def _train_steps(cfg: TrainConfig, data: _Rows, s: _Setup, prog: _Progress) -> N
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < prog.total_steps:
             if s.rank == 0:  # every rank holds the same weights and optimizer state
                 save_checkpoint(prog.ckpt_root, step + 1, s.model, s.opt, prog.rng, prog.queue, prog.history,
-                                prog.before, prog.fingerprint)
+                                prog.before, prog.fingerprint, prog.on_policy_batches)
             if s.world > 1:
                 torch.distributed.barrier()
     prog.seconds = time.perf_counter() - t0  # this process's share when resumed

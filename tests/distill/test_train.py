@@ -184,6 +184,22 @@ def test_a_half_written_checkpoint_is_never_read_as_complete(tmp_path):
     assert latest_checkpoint(root).name == "step-000003"
 
 
+def test_a_checkpoint_brings_back_the_sampler_and_the_on_policy_count(tmp_path):
+    import random
+
+    from distill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    rng = random.Random(12)
+    rng.random()
+    save_checkpoint(tmp_path, 1, model, opt, rng, [[0, 1]], [{"step": 1}], {}, "fp", on_policy_batches=1)
+    want = rng.random()
+    meta = load_checkpoint(latest_checkpoint(tmp_path), model, opt, fresh := random.Random(0), "fp")
+    assert meta["on_policy_batches"] == 1 and meta["queue"] == [[0, 1]]
+    assert fresh.random() == want  # the next on-policy draw is the one the uninterrupted run makes
+
+
 def test_rationale_multitask_splits_cot_rows_into_answer_and_explain_tasks(tiny_model, tmp_path):
     from datasets import Dataset, DatasetDict
 
