@@ -92,8 +92,9 @@ class ServedTeacher:
         self.retries = 0
         self.model = self._model_id()
 
-    def _call(self, path: str, body: dict | None = None) -> dict:
-        """GET (no body) or POST ``path`` (a full URL) with retries; the JSON answer."""
+    def _call(self, path: str, body: dict | None = None, complete=None) -> dict:
+        """GET (no body) or POST ``path`` (a full URL) with retries; the JSON answer. ``complete(answer)``: False
+        for a 200 that is missing what was asked (retried like a 5xx)."""
         last = ""
         for attempt in range(1, self.max_retries + 2):
             try:
@@ -107,7 +108,10 @@ class ServedTeacher:
                     raise ConfigError(f"train.kd.teacher: {redact_url(path)} answered {r.status_code} "
                                       f"({r.text[:200]!r}); start vLLM with --max-logprobs >= train.kd.served_top_k "
                                       "and --max-model-len >= train.max_length")
-                return r.json()
+                answer = r.json()
+                if complete is not None and not complete(answer):
+                    raise _Retryable("a 200 without what was asked")
+                return answer
             except (_Retryable, httpx.TransportError, json.JSONDecodeError) as exc:  # a body cut off mid-JSON too
                 last, wait = f"{type(exc).__name__}: {exc}"[:200], retry_after_s(exc)
             if attempt <= self.max_retries:
@@ -152,16 +156,8 @@ class ServedTeacher:
     def _completions(self, body: dict, n: int) -> list[dict]:
         """The answer's ``n`` choices in prompt order; a 200 without them is retried, one without
         ``prompt_logprobs`` refused (the server is no vLLM)."""
-        for attempt in range(1, self.max_retries + 2):
-            choices = sorted(self._call(f"{self.url}/completions", body).get("choices") or [],
-                             key=lambda c: c.get("index", 0))
-            if len(choices) == n:
-                break
-            self.retries += 1
-            time.sleep(backoff_s(attempt))
-        else:
-            raise TeacherUnavailable(f"train.kd.teacher: {redact_url(self.url)}/completions keeps answering without "
-                                     f"its {n} choices; check the server's log")
+        answer = self._call(f"{self.url}/completions", body, complete=lambda a: len(a.get("choices") or []) == n)
+        choices = sorted(answer["choices"], key=lambda c: c.get("index", 0))
         self.requests += 1
         if any(c.get("prompt_logprobs") is None for c in choices):
             raise ConfigError(f"train.kd.teacher: {redact_url(self.url)} returned no prompt_logprobs; served KD needs "
