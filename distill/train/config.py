@@ -7,6 +7,7 @@ sensible value. Run: ``python -c "from distill.train.config import TrainConfig; 
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
@@ -49,7 +50,7 @@ class KDConfig(StageConfig):
 
     @model_validator(mode="after")
     def _online_methods_need_a_teacher(self) -> KDConfig:
-        if self.served() and "@" in self.teacher.split("://", 1)[1].split("/", 1)[0]:
+        if self.served() and urlsplit(self.teacher).username is not None:
             raise ValueError("the URL holds credentials (user:key@host), which would be written to the run's "
                              "train_config.yaml: drop them and put the key in the env var named by "
                              "kd.served_api_key_env")
