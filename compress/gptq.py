@@ -10,7 +10,8 @@ applied lazily in blocks of ``block_size`` columns (the paper's speed trick; the
 
 Details that follow the reference implementation (github.com/IST-DASLab/gptq):
 
-* dampening: ``damp * mean(diag H)`` is added to the diagonal (``damp=0.01``), retried x10 if Cholesky fails;
+* dampening: ``damp * mean(diag H)`` is added to the diagonal (``damp=0.01``), retried x10 if Cholesky fails
+  (:func:`compress.hessian.inverse_cholesky_`, which does it inside the Hessian's own memory);
 * dead inputs (``H_jj == 0``: the channel is always zero) get ``H_jj = 1`` and ``W[:, j] = 0``;
 * act-order: columns are processed in order of decreasing ``H_jj`` (the most salient first). With groups,
   the group scales are then computed up front on the original columns ("static groups"), so the codes
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from compress.calibrate import InputStats, run_sequential
+from compress.hessian import inverse_cholesky_, permute_symmetric_, quadratic_error, upper_rows
 from compress.quantize import (
     check_model_quant_args,
     check_quant_args,
@@ -53,33 +55,9 @@ from compress.quantize import (
     dequantize_weight,
     fake_quantize,
     quantize_to_codes,
-    relative_output_error,
 )
 
 log = logging.getLogger(__name__)
-
-
-def _inverse_cholesky(h: Tensor, damp: float) -> tuple[Tensor, float]:
-    """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^-1`` [in, in]; retries with 10x damping.
-
-    Holds at most two more ``[in, in]`` matrices beside ``h`` at any time (the damped copy or the factor, and
-    the inverse): for a 1.5B model's ``down_proj`` each is 321 MB."""
-    mean_diag = torch.diagonal(h).mean()
-    for _ in range(4):
-        damped = h.clone()
-        damped.diagonal().add_(damp * mean_diag)
-        l_factor, info = torch.linalg.cholesky_ex(damped)
-        del damped
-        if int(info) == 0:
-            h_inv = torch.cholesky_inverse(l_factor)
-            del l_factor
-            u_factor, info = torch.linalg.cholesky_ex(h_inv, upper=True)
-            if int(info) == 0:
-                return u_factor, damp
-        log.warning("gptq: Hessian not positive definite with damp=%g, retrying with %g", damp, damp * 10)
-        damp *= 10
-    raise ValueError(f"gptq: Hessian stays singular even with damp={damp / 10:g}; the calibration inputs are "
-                     "degenerate (too few tokens?) — use more calibration samples or a larger gptq.damp")
 
 
 @dataclass(frozen=True)
@@ -103,18 +81,18 @@ def _check_gptq_args(w: Tensor, H: Tensor, bits: int, group_size: int | None, da
         raise ValueError(f"gptq.damp must be > 0 and block_size >= 1, got damp={damp}, block_size={block_size}")
 
 
-def _drop_dead_inputs(w: Tensor, H: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Float32 copies of ``w`` [out, in] and ``H`` [in, in] with dead inputs neutralised, and ``dead`` [in] bool.
+def _drop_dead_inputs(w: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """A float32 copy of ``w`` [out, in] with dead inputs neutralised in it and in ``h`` [in, in] (in place), and
+    ``dead`` [in] bool.
 
     A dead input (``H_jj == 0``: the channel is always zero) gets ``H_jj = 1`` so ``H`` stays invertible, and
     ``W[:, j] = 0`` since its weights never reach the output.
     """
     W = w.detach().to(torch.float32).clone()
-    H = H.detach().to(torch.float32).clone()
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
     W[:, dead] = 0.0
-    return W, H, dead
+    return W, dead
 
 
 def _initial_qparams(W: Tensor, grid: _Grid) -> tuple[Tensor, Tensor | None]:
@@ -170,17 +148,18 @@ def _gptq_columns(W: Tensor, Hinv: Tensor, group_of: Tensor, scale: Tensor, zero
                   block_size: int) -> Tensor:
     """Quantize ``W`` [out, in] column by column -> float codes [out, in]; updates ``W`` in place.
 
-    ``W``, ``Hinv`` [in, in] (upper Cholesky factor of the damped ``H^-1``) and ``group_of`` [in] are in
-    processing order. Each block of ``block_size`` columns is quantized by :func:`_gptq_block`; its errors
+    ``W``, ``Hinv`` [in, in] (upper Cholesky factor of the damped ``H^-1`` in its upper triangle, see
+    :func:`compress.hessian.inverse_cholesky_`) and ``group_of`` [in] are in processing order. Each block of ``block_size`` columns is quantized by :func:`_gptq_block`; its errors
     reach the later columns in one matrix product per block (the paper's lazy batch update).
     """
     n_in = W.shape[1]
     codes = torch.zeros_like(W)
     for i1 in range(0, n_in, block_size):
         i2 = min(i1 + block_size, n_in)
-        codes[:, i1:i2], err = _gptq_block(W[:, i1:i2].clone(), W[:, i2:], Hinv[i1:i2, i1:i2], i1,
+        rows = upper_rows(Hinv, i1, i2)  # [b, in - i1]; Hinv's lower triangle is not zero (compress.hessian)
+        codes[:, i1:i2], err = _gptq_block(W[:, i1:i2].clone(), W[:, i2:], rows[:, : i2 - i1], i1,
                                            group_of[i1:i2], scale, zero, grid)
-        W[:, i2:] -= err @ Hinv[i1:i2, i2:]  # ... and, lazily, over all later columns
+        W[:, i2:] -= err @ rows[:, i2 - i1:]  # ... and, lazily, over all later columns
     return codes
 
 
@@ -192,18 +171,29 @@ def _pack_codes(codes: Tensor, zero: Tensor | None) -> tuple[Tensor, Tensor | No
     return codes.to(torch.uint8), zero.to(torch.uint8)
 
 
-def _error_stats(w: Tensor, w_hat: Tensor, H: Tensor, bits: int, group_size: int | None,
-                 symmetric: bool) -> dict[str, float]:
-    """``rel_error`` of the quantized ``w_hat`` [out, in] against ``w`` [out, in] on Hessian ``H`` [in, in], and
-    ``rtn_rel_error``, the same for plain round-to-nearest, for comparison."""
-    return {"rel_error": relative_output_error(w, w_hat, H),
-            "rtn_rel_error": relative_output_error(w, fake_quantize(w.float(), bits, group_size, symmetric), H)}
+def _error_stats(w: Tensor, w_hat: Tensor, h: Tensor, diag: Tensor, order: Tensor | None, bits: int,
+                 group_size: int | None, symmetric: bool) -> dict[str, float]:
+    """``rel_error`` of the quantized ``w_hat`` [out, in] against ``w`` [out, in], and ``rtn_rel_error``, the same for
+    plain round-to-nearest, for comparison: ``||(W - Q) X||^2 / ||W X||^2`` on the Hessian held in ``h``'s strict
+    lower triangle and ``diag`` [in] (:func:`compress.hessian.quadratic_error`), in processing ``order`` (None:
+    the identity)."""
+    w = w.float()
+    rtn = fake_quantize(w, bits, group_size, symmetric)
+    if order is not None:
+        w, w_hat, rtn = w[:, order], w_hat[:, order], rtn[:, order]
+    den = quadratic_error(w, h, diag)
+
+    def rel(e: Tensor) -> float:
+        num = quadratic_error(e, h, diag)
+        return float(num / den) if den > 0 else float(num)
+
+    return {"rel_error": rel(w - w_hat), "rtn_rel_error": rel(w - rtn)}
 
 
 @torch.no_grad()
 def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | None = 128,
                          symmetric: bool = True, damp: float = 0.01, act_order: bool | str = True,
-                         block_size: int = 128) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Any]]:
+                         block_size: int = 128, overwrite_h: bool = False) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Any]]:
     """GPTQ one layer: ``w`` [out, in], Hessian ``H`` [in, in] -> ``(q, scale, zero, stats)``.
 
     ``q`` [out, in], ``scale``/``zero`` [out, n_groups] are on the grid of
@@ -216,10 +206,14 @@ def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | 
     act-order's static group scales are fixed before any update, so on layers with a few huge input
     channels (the "massive activations" of late down_proj layers) the updates push weights past their
     group's range and get clipped, and the original order wins there.
+
+    Memory: one ``[in, in]`` matrix besides ``H`` (see :mod:`compress.hessian`); with ``overwrite_h`` none: the
+    work happens inside a float32 ``H``, which is garbage afterwards (:func:`gptq_block` passes the Hessian it
+    took from the statistics).
     """
-    if act_order == "auto":
-        runs = [gptq_quantize_weight(w, H, bits, group_size, symmetric, damp, order, block_size)
-                for order in (True, False)]
+    if act_order == "auto":  # the first run works on a copy: the second needs H
+        runs = [gptq_quantize_weight(w, H, bits, group_size, symmetric, damp, order, block_size,
+                                     overwrite_h=overwrite_h and not order) for order in (True, False)]
         return min(runs, key=lambda r: r[3]["rel_error"])
     if not isinstance(act_order, bool):
         raise ValueError(f"gptq.act_order must be true, false or 'auto', got {act_order!r}")
@@ -227,20 +221,22 @@ def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | 
     n_in = w.shape[1]
     gs = n_in if group_size is None else group_size
     grid = _Grid(bits, symmetric, gs, static=act_order)  # act-order fixes groups up front: plain layout
-    W, H, dead = _drop_dead_inputs(w, H)  # the one copy of H held here (memory: see _inverse_cholesky)
+    h = H.detach().to(torch.float32, copy=not overwrite_h)  # the one [in, in] matrix held here
+    W, dead = _drop_dead_inputs(w, h)
     scale, zero = _initial_qparams(W, grid)
-    if act_order:
-        perm = torch.argsort(torch.diagonal(H), descending=True)
-        Hinv, used_damp = _inverse_cholesky(H[perm][:, perm], damp)
+    perm = torch.argsort(torch.diagonal(h), descending=True) if act_order else None
+    if perm is not None:
+        permute_symmetric_(h, perm)
+    Hinv, diag, used_damp = inverse_cholesky_(h, damp, tries=4, method="gptq")  # Hinv is h on CPU
+    if perm is not None:
         codes = _gptq_columns(W[:, perm], Hinv, perm // gs, scale, zero, grid, block_size)  # perm // gs: groups
         codes = codes[:, torch.argsort(perm)]
-    else:  # the identity order: no permuted copies of H and W
-        Hinv, used_damp = _inverse_cholesky(H, damp)
+    else:  # the identity order: no permuted copy of W
         codes = _gptq_columns(W, Hinv, torch.arange(n_in, device=W.device) // gs, scale, zero, grid, block_size)
     del Hinv
     q, zero_q = _pack_codes(codes, zero)
-    H[dead, dead] = 0.0  # back to the Hessian as given: dead inputs add nothing to the output error
-    stats: dict[str, Any] = _error_stats(w, dequantize_weight(q, scale, zero_q, group_size), H, bits,
+    diag[dead[perm] if perm is not None else dead] = 0.0  # the Hessian as given: dead inputs add no error
+    stats: dict[str, Any] = _error_stats(w, dequantize_weight(q, scale, zero_q, group_size), h, diag, perm, bits,
                                          group_size, symmetric)
     stats.update(dead_columns=int(dead.sum()), damp=used_damp, act_order=act_order)
     return q, scale, zero_q, stats
@@ -267,7 +263,7 @@ def gptq_block(block: nn.Module, stats: dict[str, InputStats], prefix: str, bits
         linear = block.get_submodule(name)
         start = time.perf_counter()
         q, scale, zero, info = gptq_quantize_weight(linear.weight, st.take_hessian(), bits, group_size, symmetric,
-                                                    damp, act_order, block_size)
+                                                    damp, act_order, block_size, overwrite_h=True)
         linear.weight.copy_(dequantize_weight(q, scale, zero, group_size, linear.weight.dtype))
         info["seconds"] = time.perf_counter() - start
         results[f"{prefix}.{name}"] = (q, scale, zero, info)

@@ -34,29 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from compress.calibrate import InputStats, run_sequential
+from compress.hessian import inverse_cholesky_, upper_rows
 from compress.prune import block_progress, block_sparsities, resolve_sparsity, sparsity_report
 
 log = logging.getLogger(__name__)
 
 
-def _inverse_hessian_chol(H: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^-1`` [in, in], retrying with more damping."""
-    mean_diag = torch.diagonal(H).mean()
-    for attempt in range(6):
-        Hd = H.clone()
-        Hd.diagonal().add_(damp * (10 ** attempt) * mean_diag)
-        L, info = torch.linalg.cholesky_ex(Hd)
-        if int(info) == 0:
-            if attempt:
-                log.warning("sparsegpt: H not positive definite, used damp=%g", damp * 10 ** attempt)
-            return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-    raise ValueError("sparsegpt: Hessian is not positive definite even with 1e5x damping; "
-                     "check the calibration inputs for NaN/inf")
-
-
 @torch.no_grad()
 def sparsegpt_prune_weight(w: Tensor, H: Tensor, sparsity: float, nm: tuple[int, int] | None = None,
-                           damp: float = 0.01, block_size: int = 128) -> tuple[Tensor, dict]:
+                           damp: float = 0.01, block_size: int = 128, overwrite_h: bool = False) -> tuple[Tensor, dict]:
     """Prune ``w`` [out, in] given the layer Hessian ``H`` [in, in]; returns ``(w_pruned, stats)``.
 
     ``w_pruned`` has ``w``'s dtype and device and, unstructured, exactly ``round(sparsity * numel)``
@@ -65,7 +51,9 @@ def sparsegpt_prune_weight(w: Tensor, H: Tensor, sparsity: float, nm: tuple[int,
     ``stats``: ``{"sparsity" (realized), "obs_loss" (sum of the OBS errors w^2/U_jj^2 / 2), "dead" (unseen
     inputs), "target_zeros"}``.
     ``damp`` is the fraction of ``mean(diag H)`` added to the diagonal; ``block_size`` the number of
-    columns per lazy-update block (and per adaptive-mask choice).
+    columns per lazy-update block (and per adaptive-mask choice). ``overwrite_h``: work inside a float32 ``H``
+    (garbage afterwards) instead of a copy, as :func:`sparsegpt_block` does with the Hessian it took
+    (:mod:`compress.hessian`: one ``[in, in]`` matrix in all).
     """
     sparsity = resolve_sparsity(sparsity, nm)
     if w.dim() != 2 or H.shape != (w.shape[1], w.shape[1]):
@@ -80,18 +68,19 @@ def sparsegpt_prune_weight(w: Tensor, H: Tensor, sparsity: float, nm: tuple[int,
         if block_size % m:
             block_size = max(m, block_size // m * m)  # an N:M group must not straddle two blocks
     W = w.detach().float().clone()
-    H = H.detach().float().to(W.device).clone()
+    H = H.detach().to(W.device, torch.float32, copy=not overwrite_h)
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    U = _inverse_hessian_chol(H, damp)
+    U, _, _ = inverse_cholesky_(H, damp, tries=6, method="sparsegpt")  # U is H on CPU
     obs_loss = torch.zeros(rows, device=W.device)
     total_target = int(round(sparsity * rows * cols))
 
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = W[:, i1:i2].clone()
-        U1 = U[i1:i2, i1:i2]
+        u_rows = upper_rows(U, i1, i2)  # [b, cols - i1]: U's lower triangle is not zero (compress.hessian)
+        U1 = u_rows[:, : i2 - i1]
         d = torch.diagonal(U1)
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
@@ -115,7 +104,7 @@ def sparsegpt_prune_weight(w: Tensor, H: Tensor, sparsity: float, nm: tuple[int,
             W1[:, i:] -= e[:, None] * U1[i, i:][None, :]
             Err1[:, i] = e
         W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+        W[:, i2:] -= Err1 @ u_rows[:, i2 - i1:]
 
     out = W.to(dtype=w.dtype)
     zeros = int((out == 0).sum())
@@ -133,7 +122,8 @@ def sparsegpt_block(block: nn.Module, stats: dict[str, InputStats], sparsity: fl
     out = []
     for name, s in stats.items():
         lin = block.get_submodule(name)
-        new, st = sparsegpt_prune_weight(lin.weight, s.take_hessian(), sparsity, nm, damp, block_size)
+        new, st = sparsegpt_prune_weight(lin.weight, s.take_hessian(), sparsity, nm, damp, block_size,
+                                         overwrite_h=True)
         lin.weight.copy_(new)
         out.append((lin, st["obs_loss"]))
         log.debug("sparsegpt: %s | obs loss %.4g | dead %d", name, st["obs_loss"], st["dead"])
