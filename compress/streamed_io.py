@@ -116,8 +116,34 @@ def load_module(module: nn.Module, state: dict[str, Tensor]) -> None:
 
 
 def release_module(module: nn.Module) -> None:
-    """Free ``module``'s tensors (back to the meta device)."""
+    """Free ``module``'s tensors (back to the meta device) and give the freed memory back to the system."""
     module.to("meta")
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """glibc's ``malloc_trim(0)``: return the free pages of every malloc arena to the system, holes included.
+
+    A block's tensors of a few MB (under glibc's dynamic mmap threshold, which rises to 32 MB after the first large
+    frees) live on the heap; freed between blocks, they leave holes the next block's tensors do not exactly fit,
+    and the process's resident set climbs block after block (measured on a 28-block 1.5B-shaped model: streamed
+    Wanda 1.42 GiB without, see docs/scaling.md). Trimming after each block keeps it at one block's worth.
+    A no-op where libc is not glibc."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 class WeightReader:
