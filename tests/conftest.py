@@ -6,6 +6,7 @@ it fetch it on demand (idempotent). Each test gets its own response cache and Pr
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -24,6 +25,19 @@ os.environ.setdefault("EAKD_CPU_AUTO_DTYPE", "float32")
 # Prefect keeps a SQLite database under PREFECT_HOME; tests use their own (never the user's).
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="eakd-test-prefect-"))
 
+# One Prefect API server for the whole session, started now (before Prefect reads its settings) and stopped at exit:
+# every flow run, in this process and in the `eakd` commands tests start, talks to it instead of starting
+# Prefect's temporary server, which costs each process 13-18 s of CPU on 2 cores (CI time, issue 23). It never
+# is the user's own server: PREFECT_API_URL is set to it for the session. A test that needs Prefect's temporary
+# API unsets PREFECT_API_URL in its child's environment; `_prefect_api_ready` waits for the server to answer.
+import prefect_server  # noqa: E402
+
+_PREFECT_HOME, _PREFECT_PORT = Path(os.environ["PREFECT_HOME"]) / "api-server", prefect_server.free_port()
+_PREFECT_API = f"http://127.0.0.1:{_PREFECT_PORT}/api"
+_PREFECT_SERVER = prefect_server.start(_PREFECT_HOME, _PREFECT_PORT, services=False)
+atexit.register(prefect_server.stop, _PREFECT_SERVER)
+os.environ["PREFECT_API_URL"] = _PREFECT_API
+
 import flows  # noqa: E402,F401  (Prefect's environment, before Prefect is imported)
 
 # isort: split
@@ -32,6 +46,12 @@ import flows  # noqa: E402,F401  (Prefect's environment, before Prefect is impor
 # pytest's session capture: first imported inside a test's CliRunner, it kept that runner's stream, which
 # closes when the test ends, and every later in-process flow crashed writing its logs to it.
 import prefect.main  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prefect_api_ready():
+    """The session's Prefect API server answers before the first test runs (it started while tests were collected)."""
+    prefect_server.wait_healthy(_PREFECT_API, _PREFECT_SERVER, _PREFECT_HOME)
 
 
 @pytest.fixture(autouse=True)

@@ -77,6 +77,7 @@ from distill.data.tasks import TaskFile, load_tasks, task_seeds
 from distill.data.versions import Previous, known_seed_ids, load_previous, merge_rows, next_version
 from distill.teacher.budget import Budget
 from distill.teacher.context import check_context
+from distill.teacher.engine import engine_session
 from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherResponse, TeacherStats, query_teacher
 from prompts import Template, TemplateError
 
@@ -185,11 +186,12 @@ def generate_dataset(cfg: GenerateConfig, teacher_cfg: TeacherConfig, out_dir: s
     _check_output(cfg, out)
     t0 = time.perf_counter()
     prep = _load_and_check(cfg, teacher_cfg, incremental_from)  # inputs and filters: fails before any teacher call
-    pool = _gather_seeds(prep, cfg, teacher_cfg)
-    asked = _ask_teacher(pool, cfg, teacher_cfg, prep.budget)
-    rows, val_ids, replay_stats = _make_rows(asked, pool, cfg)
-    # configured filters, then the contamination check, then the judge, on rows that survived generation
-    figures = screen_rows(rows, prep.screens, cfg.filters, teacher_cfg, prep.budget) | {"replay": replay_stats}
+    with engine_session():  # synthesis, bootstrap rounds, answers and judge share one in-process engine
+        pool = _gather_seeds(prep, cfg, teacher_cfg)
+        asked = _ask_teacher(pool, cfg, teacher_cfg, prep.budget)
+        rows, val_ids, replay_stats = _make_rows(asked, pool, cfg)
+        # configured filters, then the contamination check, then the judge, on rows that survived generation
+        figures = screen_rows(rows, prep.screens, cfg.filters, teacher_cfg, prep.budget) | {"replay": replay_stats}
     rows, versions = _merge_versions(rows + pool.extra_rows, prep.previous, pool.targets, asked.tstats)
     stats = _dataset_stats(cfg, teacher_cfg, pool, asked, rows, val_ids, figures, versions, t0)
     publish_dataset(rows, stats, cfg, teacher_cfg, asked.templates, out)

@@ -5,7 +5,8 @@ Two backends, one contract:
 - ``vllm``: ``vllm.LLM.chat`` in-process — the fastest path on one machine. It runs in a child
   process (``python -m distill.teacher.vllm_backend``) that writes responses straight into the cache, so the
   engine's memory and worker processes are gone before training starts, and a crash of the engine
-  cannot take the flow down with it.
+  cannot take the flow down with it; inside :func:`distill.teacher.engine.engine_session` the calls share
+  one such child (:mod:`distill.teacher.engine`).
 - ``openai``: ``openai.AsyncOpenAI`` against any OpenAI-compatible URL (vLLM's server, OpenAI,
   llama.cpp, SGLang, Ollama, TGI) with bounded concurrency and retries (``distill.teacher.openai_backend``).
 
@@ -19,93 +20,28 @@ a response, the cache, a log line or a report.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from distill.teacher.batch import send_batch
 from distill.teacher.budget import Budget, worst_case
 from distill.teacher.cache import ResponseCache
+from distill.teacher.engine import run_engine
 from distill.teacher.types import (  # the contracts: callers import them from here too
     BUDGET_ERROR,
-    BUDGET_EXIT,
     BudgetExceeded,
     Choice,  # noqa: F401
     TeacherConfig,
     TeacherRequest,
     TeacherResponse,
     TeacherStats,
-    cpu_thread_env,
+    cpu_thread_env,  # noqa: F401
     require_api_key,  # noqa: F401
 )
 
 log = logging.getLogger(__name__)
-
-
-def _run_vllm_worker(pending: list[TeacherRequest], cfg: TeacherConfig, cache_path: Path,
-                     budget: Budget | None = None) -> bool:
-    """Run the in-process engine in a child Python; it writes every response into the cache.
-
-    Returns False when the child stopped at the budget (what is left of ``budget`` is passed to it)."""
-    with tempfile.TemporaryDirectory(prefix="eakd-vllm-") as tmp:
-        req_file = Path(tmp) / "requests.jsonl"
-        with open(req_file, "w") as f:
-            for r in pending:
-                f.write(json.dumps(asdict(r)) + "\n")
-        cfg_file = Path(tmp) / "teacher.json"
-        cfg_file.write_text(cfg.model_dump_json())
-        env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}
-        env |= cpu_thread_env(env)
-        cmd = [sys.executable, "-m", "distill.teacher.vllm_backend", str(req_file), str(cfg_file), str(cache_path)]
-        if budget is not None:
-            left = Path(tmp) / "budget.json"
-            left.write_text(json.dumps({
-                "max_tokens": None if budget.max_tokens is None else budget.max_tokens - budget.spent_tokens - budget.reserved_tokens,
-                "max_cost_usd": None if budget.max_cost_usd is None else budget.max_cost_usd - budget.spent_cost - budget.reserved_cost,
-                "price_prompt_per_mtok": budget.price_prompt_per_mtok, "price_completion_per_mtok": budget.price_completion_per_mtok}))
-            cmd.append(str(left))
-        # its own process group: the engine's worker processes join it, so one killpg cleans them all up
-        # (a plain terminate of the child would leave vLLM's EngineCore/Worker running)
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-        try:
-            proc.wait()
-        finally:
-            _stop_group(proc)
-        if proc.returncode == BUDGET_EXIT:
-            return False
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"the vLLM teacher process exited with code {proc.returncode} (its log is above); "
-                "responses it finished are cached — rerun to resume"
-            )
-    return True
-
-
-def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """Stop ``proc``'s process group (the teacher child and the engine processes it started)."""
-    import signal
-
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return  # the group is gone
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        try:  # the child exited; engine processes may linger a moment
-            time.sleep(0.5)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return
 
 
 def _send_batch(pending: list[TeacherRequest], cfg: TeacherConfig, cache: ResponseCache, stats: TeacherStats,
@@ -214,7 +150,7 @@ def _send_pending(pending: list[TeacherRequest], cfg: TeacherConfig, cache: Resp
 
             schedule = prefix_groups([prompt_text(r.messages) for r in pending])
             stats.prefix_groups = (stats.prefix_groups or 0) + len({s.group for s in schedule})
-        return not _run_vllm_worker(pending, cfg, cache.path, budget)
+        return not run_engine(pending, cfg, cache.path, budget)
     from distill.teacher.openai_backend import send_openai
 
     stopped_by_budget = False

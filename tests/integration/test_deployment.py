@@ -14,23 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
+import prefect_server
 import pytest
 import yaml
 
 pytestmark = pytest.mark.integration
-
-
-def _start_server(home: Path, port: int) -> subprocess.Popen:
-    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_HOST": "127.0.0.1",
-                        "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("w")
-    return subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
 
 
 def _wait(predicate, timeout: float, what: str, step: float = 1.0):
@@ -62,19 +52,12 @@ def prefect_api(tmp_path):
     home.mkdir()
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    server = _start_server(home, port)
+    server = prefect_server.start(home, port)  # with Prefect's services: the work pool test needs them
     try:
-        _wait(lambda: _healthy(api), 240, "prefect server start", step=2)
+        prefect_server.wait_healthy(api, server, home)
         yield api, os.environ | {"PREFECT_API_URL": api, "PREFECT_HOME": str(home / "client")}
     finally:
         _stop(server)
-
-
-def _healthy(api: str) -> bool:
-    try:
-        return httpx.get(f"{api}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _deployment_id(api: str, name: str) -> str | None:

