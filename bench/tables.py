@@ -693,6 +693,25 @@ def model_scaling(d: dict | None) -> str:
     return "\n".join(lines)
 
 
+def train_mfu(d: dict | None) -> str:
+    if d is None:
+        return _missing("train_mfu.json", "bench/train_mfu.py")
+    st, peak, m = d["settings"], d["gemm_peak_gflops"], d["machine"]
+    spread = {k: (peak["before"][k]["gflops"], peak["after"][k]["gflops"]) for k in peak["used"]}
+    lines = [f"{st['student']}, {st['steps']} steps of {st['batch_size']} × {st['max_length']} tokens "
+             f"({st['data']}); {m['cpu']}{' with AVX-512 BF16' if m['avx512_bf16'] else ''}, {m['cores']} cores, "
+             f"{m['torch_threads']} torch threads. FLOPs per token: {st['flops']}. GEMM peak measured in the same "
+             "run, before and after the arms: " + "; ".join(f"{k} {a:.0f} / {b:.0f} GFLOP/s" for k, (a, b) in spread.items())
+             + f". Target: {d['target']} — **{'met' if d['target_met'] else 'not met'}**.", "",
+             "| arm | tokens/s | GFLOP/s achieved | MFU (of the same dtype's GEMM peak) |", "|---|---|---|---|"]
+    for name, r in d["arms"].items():
+        if "mfu" not in r:
+            lines.append(f"| {name} | — | — | {r.get('skipped', '?')} |")
+            continue
+        lines.append(f"| {name} | {r['tokens_per_s']:.1f} | {r['achieved_gflops']:.1f} | {100 * r['mfu']:.1f} % |")
+    return "\n".join(lines)
+
+
 # ---- pages ---------------------------------------------------------------------------------------------------------
 
 def _blocks() -> dict[str, dict[str, Callable[[], str]]]:
@@ -736,7 +755,8 @@ def _blocks() -> dict[str, dict[str, Callable[[], str]]]:
         "report.md": {"viewer_scale": lambda: viewer_scale(L("viewer_scale.json"))},
         "compression.md": {"gguf_roundtrip": lambda: gguf_roundtrip(L("gguf_roundtrip.json"))},
         "transplant.md": {"transplant": lambda: transplant(L("transplant.json"))},
-        "scaling.md": {"model_scaling": lambda: model_scaling(L("model_scaling.json"))},
+        "scaling.md": {"model_scaling": lambda: model_scaling(L("model_scaling.json")),
+                       "train_mfu": lambda: train_mfu(L("train_mfu.json"))},
     }
 
 
