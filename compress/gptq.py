@@ -146,14 +146,15 @@ def _gptq_block(W1: Tensor, later: Tensor, Hinv1: Tensor, first: int, group_of: 
 
 def _gptq_columns(W: Tensor, Hinv: Tensor, group_of: Tensor, scale: Tensor, zero: Tensor | None, grid: _Grid,
                   block_size: int) -> Tensor:
-    """Quantize ``W`` [out, in] column by column -> float codes [out, in]; updates ``W`` in place.
+    """Quantize ``W`` [out, in] column by column -> codes [out, in] (int8 symmetric, else uint8); updates ``W`` in
+    place.
 
     ``W``, ``Hinv`` [in, in] (upper Cholesky factor of the damped ``H^-1`` in its upper triangle, see
     :func:`compress.hessian.inverse_cholesky_`) and ``group_of`` [in] are in processing order. Each block of ``block_size`` columns is quantized by :func:`_gptq_block`; its errors
     reach the later columns in one matrix product per block (the paper's lazy batch update).
     """
     n_in = W.shape[1]
-    codes = torch.zeros_like(W)
+    codes = torch.zeros(W.shape, dtype=torch.int8 if grid.symmetric else torch.uint8, device=W.device)
     for i1 in range(0, n_in, block_size):
         i2 = min(i1 + block_size, n_in)
         rows = upper_rows(Hinv, i1, i2)  # [b, in - i1]; Hinv's lower triangle is not zero (compress.hessian)
@@ -164,30 +165,29 @@ def _gptq_columns(W: Tensor, Hinv: Tensor, group_of: Tensor, scale: Tensor, zero
 
 
 def _pack_codes(codes: Tensor, zero: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Float ``codes`` [out, in] -> int8 codes (symmetric: ``zero`` None) or uint8 codes and uint8 ``zero``
-    [out, n_groups]: the dtypes of :func:`compress.quantize.quantize_weight`."""
+    """``codes`` [out, in] as int8 (symmetric: ``zero`` None) or uint8 codes and uint8 ``zero`` [out, n_groups]:
+    the dtypes of :func:`compress.quantize.quantize_weight`."""
     if zero is None:
         return codes.to(torch.int8), None
     return codes.to(torch.uint8), zero.to(torch.uint8)
 
 
-def _error_stats(w: Tensor, w_hat: Tensor, h: Tensor, diag: Tensor, order: Tensor | None, bits: int,
-                 group_size: int | None, symmetric: bool) -> dict[str, float]:
-    """``rel_error`` of the quantized ``w_hat`` [out, in] against ``w`` [out, in], and ``rtn_rel_error``, the same for
-    plain round-to-nearest, for comparison: ``||(W - Q) X||^2 / ||W X||^2`` on the Hessian held in ``h``'s strict
-    lower triangle and ``diag`` [in] (:func:`compress.hessian.quadratic_error`), in processing ``order`` (None:
-    the identity)."""
+def _error_stats(w: Tensor, q: Tensor, scale: Tensor, zero: Tensor | None, grid: _Grid, group_size: int | None,
+                 h: Tensor, diag: Tensor, order: Tensor | None) -> dict[str, float]:
+    """``rel_error`` of the quantized weight (codes ``q``, ``scale``/``zero``) against ``w`` [out, in], and
+    ``rtn_rel_error``, the same for plain round-to-nearest, for comparison: ``||(W - Q) X||^2 / ||W X||^2`` on the
+    Hessian held in ``h``'s strict lower triangle and ``diag`` [in] (:func:`compress.hessian.quadratic_error`), in
+    processing ``order`` (None: the identity). One error matrix at a time."""
     w = w.float()
-    rtn = fake_quantize(w, bits, group_size, symmetric)
-    if order is not None:
-        w, w_hat, rtn = w[:, order], w_hat[:, order], rtn[:, order]
-    den = quadratic_error(w, h, diag)
 
-    def rel(e: Tensor) -> float:
-        num = quadratic_error(e, h, diag)
-        return float(num / den) if den > 0 else float(num)
+    def quad(e: Tensor) -> Tensor:
+        return quadratic_error(e if order is None else e[:, order], h, diag)
 
-    return {"rel_error": rel(w - w_hat), "rtn_rel_error": rel(w - rtn)}
+    den = quad(w)
+    num = quad(w - dequantize_weight(q, scale, zero, group_size))
+    num_rtn = quad(w - fake_quantize(w, grid.bits, group_size, grid.symmetric))
+    return {"rel_error": float(num / den) if den > 0 else float(num),
+            "rtn_rel_error": float(num_rtn / den) if den > 0 else float(num_rtn)}
 
 
 @torch.no_grad()
@@ -229,15 +229,16 @@ def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | 
         permute_symmetric_(h, perm)
     Hinv, diag, used_damp = inverse_cholesky_(h, damp, tries=4, method="gptq")  # Hinv is h on CPU
     if perm is not None:
-        codes = _gptq_columns(W[:, perm], Hinv, perm // gs, scale, zero, grid, block_size)  # perm // gs: groups
+        W = W[:, perm]  # processing order (the unpermuted copy goes)
+    groups = (perm if perm is not None else torch.arange(n_in, device=W.device)) // gs
+    codes = _gptq_columns(W, Hinv, groups, scale, zero, grid, block_size)
+    del W, Hinv
+    if perm is not None:
         codes = codes[:, torch.argsort(perm)]
-    else:  # the identity order: no permuted copy of W
-        codes = _gptq_columns(W, Hinv, torch.arange(n_in, device=W.device) // gs, scale, zero, grid, block_size)
-    del Hinv
     q, zero_q = _pack_codes(codes, zero)
+    del codes
     diag[dead[perm] if perm is not None else dead] = 0.0  # the Hessian as given: dead inputs add no error
-    stats: dict[str, Any] = _error_stats(w, dequantize_weight(q, scale, zero_q, group_size), h, diag, perm, bits,
-                                         group_size, symmetric)
+    stats: dict[str, Any] = _error_stats(w, q, scale, zero_q, grid, group_size, h, diag, perm)
     stats.update(dead_columns=int(dead.sum()), damp=used_damp, act_order=act_order)
     return q, scale, zero_q, stats
 

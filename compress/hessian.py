@@ -137,10 +137,11 @@ def quadratic_error(e: Tensor, h: Tensor, diag: Tensor) -> Tensor:
     [in] (what :func:`inverse_cholesky_` leaves): ``Σ_i diag_i |E_i|² + 2 Σ_{i>j} H_ij E_i·E_j``, in column
     blocks of ``h`` (no ``[in, in]`` temporary)."""
     e = e.to(torch.float32)
-    total = (e.square().sum(0) * diag).sum()
+    total = e.new_zeros(())
     n = h.shape[0]
     for c0 in range(0, n, _BLOCK):
         c1 = min(c0 + _BLOCK, n)
         lower = h[c0:, c0:c1].tril(-1)  # H_ij for i > j, columns j in c0:c1: [in - c0, b]
+        total = total + (e[:, c0:c1].square().sum(0) * diag[c0:c1]).sum()
         total = total + 2.0 * ((e[:, c0:] @ lower) * e[:, c0:c1]).sum()
     return total
