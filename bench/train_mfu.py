@@ -62,7 +62,7 @@ def model_flops(cfg, n_matmul: int, n_lora: int, seq: int, lora: bool) -> int:
     return (4 * n_matmul + 6 * n_lora if lora else 6 * n_matmul) + attention
 
 
-def dataset(tokenizer, out: Path, rows: int, max_length: int) -> Path:
+def dataset(out: Path, rows: int, max_length: int) -> Path:
     """``rows`` train rows whose chat encoding is longer than ``max_length`` tokens (cut to it: no padding)."""
     from datasets import Dataset, DatasetDict
 
@@ -104,12 +104,12 @@ def main() -> None:
     import torch
 
     from bench.machine import lscpu
-    from distill.models import fetch_bundled_teacher, load_causal_lm, load_tokenizer
+    from distill.models import fetch_bundled_teacher, load_causal_lm
 
     model_name, flags = lscpu()
     bf16_native = bool({"avx512_bf16", "amx_bf16"} & flags)
     student = fetch_bundled_teacher()
-    model, tok = load_causal_lm(student), load_tokenizer(student)
+    model = load_causal_lm(student)
     cfg = model.config
     n_matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))  # head included
     del model
@@ -120,7 +120,7 @@ def main() -> None:
     peak_before = {k: gemm_peak(d, shapes) for k, d in dtypes.items()}
     results = {}
     with tempfile.TemporaryDirectory(prefix="eakd-mfu-") as tmp:
-        ds = dataset(tok, Path(tmp) / "ds", args.steps * args.batch_size, args.max_length)
+        ds = dataset(Path(tmp) / "ds", args.steps * args.batch_size, args.max_length)
         for name in args.arms.split(","):
             lora, dt = name.startswith("lora"), name.rsplit("_", 1)[1]
             if dt == "bf16" and not bf16_native:

@@ -146,12 +146,13 @@ def _gptq_block(W1: Tensor, later: Tensor, Hinv1: Tensor, first: int, group_of: 
 
 def _gptq_columns(W: Tensor, Hinv: Tensor, group_of: Tensor, scale: Tensor, zero: Tensor | None, grid: _Grid,
                   block_size: int) -> Tensor:
-    """Quantize ``W`` [out, in] column by column -> codes [out, in] (int8 symmetric, else uint8); updates ``W`` in
-    place.
+    """Quantize ``W`` [out, in] column by column -> codes [out, in] (int8 symmetric, else uint8: the dtypes of
+    :func:`compress.quantize.quantize_weight`); updates ``W`` in place.
 
     ``W``, ``Hinv`` [in, in] (upper Cholesky factor of the damped ``H^-1`` in its upper triangle, see
-    :func:`compress.hessian.inverse_cholesky_`) and ``group_of`` [in] are in processing order. Each block of ``block_size`` columns is quantized by :func:`_gptq_block`; its errors
-    reach the later columns in one matrix product per block (the paper's lazy batch update).
+    :func:`compress.hessian.inverse_cholesky_`) and ``group_of`` [in] are in processing order. Each block of
+    ``block_size`` columns is quantized by :func:`_gptq_block`; its errors reach the later columns in one matrix
+    product per block (the paper's lazy batch update).
     """
     n_in = W.shape[1]
     codes = torch.zeros(W.shape, dtype=torch.int8 if grid.symmetric else torch.uint8, device=W.device)
@@ -164,12 +165,6 @@ def _gptq_columns(W: Tensor, Hinv: Tensor, group_of: Tensor, scale: Tensor, zero
     return codes
 
 
-def _pack_codes(codes: Tensor, zero: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """``codes`` [out, in] as int8 (symmetric: ``zero`` None) or uint8 codes and uint8 ``zero`` [out, n_groups]:
-    the dtypes of :func:`compress.quantize.quantize_weight`."""
-    if zero is None:
-        return codes.to(torch.int8), None
-    return codes.to(torch.uint8), zero.to(torch.uint8)
 
 
 def _error_stats(w: Tensor, q: Tensor, scale: Tensor, zero: Tensor | None, grid: _Grid, group_size: int | None,
@@ -231,12 +226,11 @@ def gptq_quantize_weight(w: Tensor, H: Tensor, bits: int = 4, group_size: int | 
     if perm is not None:
         W = W[:, perm]  # processing order (the unpermuted copy goes)
     groups = (perm if perm is not None else torch.arange(n_in, device=W.device)) // gs
-    codes = _gptq_columns(W, Hinv, groups, scale, zero, grid, block_size)
+    q = _gptq_columns(W, Hinv, groups, scale, zero, grid, block_size)
     del W, Hinv
     if perm is not None:
-        codes = codes[:, torch.argsort(perm)]
-    q, zero_q = _pack_codes(codes, zero)
-    del codes
+        q = q[:, torch.argsort(perm)]
+    zero_q = None if zero is None else zero.to(torch.uint8)  # the dtypes of quantize.quantize_weight
     diag[dead[perm] if perm is not None else dead] = 0.0  # the Hessian as given: dead inputs add no error
     stats: dict[str, Any] = _error_stats(w, q, scale, zero_q, grid, group_size, h, diag, perm)
     stats.update(dead_columns=int(dead.sum()), damp=used_damp, act_order=act_order)

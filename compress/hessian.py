@@ -28,6 +28,7 @@ it is a dozen lines of LAPACK calls.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -68,9 +69,9 @@ def _factor_in_place(h: Tensor, diag: Tensor, shift: float) -> Tensor | None:
 
     a = h.numpy().T  # the same buffer in Fortran order: LAPACK's lower triangle of ``a`` is h's upper one
     torch.diagonal(h).copy_(diag).add_(shift)
-    for step in (lapack.spotrf, lapack.spotri, lapack.spotrf):
-        out, info = step(a, lower=1, overwrite_c=1) if step is lapack.spotri else step(a, lower=1, overwrite_a=1,
-                                                                                         clean=0)
+    factor = partial(lapack.spotrf, lower=1, clean=0, overwrite_a=1)  # clean=0: leave h's lower triangle (H) alone
+    for step in (factor, partial(lapack.spotri, lower=1, overwrite_c=1), factor):
+        out, info = step(a)
         if out.ctypes.data != a.ctypes.data:  # SciPy copies a buffer it cannot use in place: never silently
             raise RuntimeError("LAPACK did not work in place on the Hessian (unexpected memory layout)")
         if info != 0:
