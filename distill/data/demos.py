@@ -170,9 +170,39 @@ def _rank_bm25(target: Seed, cands: list[Seed], index: BM25Index, rng: random.Ra
     return sorted(cands, key=lambda s: (-by_id[s.id], tiebreak[s.id]))
 
 
+@dataclass(frozen=True)
+class DemoPool:
+    """A demo pool made ready once for many targets, as :func:`distill.data.plan.build_requests` plans every seed
+    against the same few pools: the candidates (with a gold answer where required) sorted by id, their normalised
+    texts, and the BM25 index over the whole pool in its given order (``bm25``). :func:`select_demos` picks exactly
+    the same demos over it as over the plain list, in one linear pass per target instead of normalising and
+    sorting the pool again for each (quadratic in the seeds: 100k seeds took ~37 min to plan)."""
+
+    seeds: list[Seed]  # sorted by id
+    norms: list[str]  # _normalised(seed), aligned with seeds
+    by_id: dict[str, Seed]
+    require_answer: bool
+    index: BM25Index | None = None
+
+    @classmethod
+    def of(cls, pool: Sequence[Seed], require_answer: bool = True, bm25: bool = False,
+           index: BM25Index | None = None) -> DemoPool:
+        """Ready ``pool``; ``index``: a BM25 index already built over it (else one is built when ``bm25``).
+        Raises ValueError on duplicate ids or an index built over another pool."""
+        if len({s.id for s in pool}) != len(pool):
+            raise ValueError("select_demos: pool ids must be unique")
+        if index is not None and (len(index) != len(pool) or index.ids != [s.id for s in pool]):
+            raise ValueError("select_demos: index was not built over this pool (use BM25Index.from_seeds(pool))")
+        if index is None and bm25:
+            index = BM25Index.from_seeds(pool)
+        cands = sorted((s for s in pool if s.answer or not require_answer), key=lambda s: s.id)
+        return cls(cands, [" ".join(tokenize(seed_text(s))) for s in cands], {s.id: s for s in cands},
+                   require_answer, index)
+
+
 def select_demos(
     target: Seed,
-    pool: Sequence[Seed],
+    pool: Sequence[Seed] | DemoPool,
     k: int,
     method: Method = "random",
     seed: int = 0,
@@ -181,7 +211,8 @@ def select_demos(
     index: BM25Index | None = None,
     require_answer: bool = True,
 ) -> DemoSelection:
-    """Pick up to ``k`` demonstrations for ``target`` from ``pool``.
+    """Pick up to ``k`` demonstrations for ``target`` from ``pool`` (a list, or a :class:`DemoPool` readied once for
+    many targets: the same choice, faster).
 
     ``index`` (bm25 only): a :class:`BM25Index` built once with ``BM25Index.from_seeds(pool)`` and reused
     across targets; built on the fly when None. ``require_answer``: only pool items with a gold
@@ -193,22 +224,21 @@ def select_demos(
         raise ValueError(f"select_demos: k must be >= 0, got {k}")
     if budget_tokens is not None and budget_tokens < 0:
         raise ValueError(f"select_demos: budget_tokens must be >= 0 or None, got {budget_tokens}")
-    if len({s.id for s in pool}) != len(pool):
-        raise ValueError("select_demos: pool ids must be unique")
+    if not isinstance(pool, DemoPool):
+        pool = DemoPool.of(pool, require_answer, bm25=method == "bm25", index=index)
+    elif pool.require_answer != require_answer or method == "bm25" and pool.index is None:
+        raise ValueError(f"select_demos: the DemoPool was made with require_answer={pool.require_answer} and "
+                         f"{'no' if pool.index is None else 'a'} BM25 index; make it with DemoPool.of(pool, "
+                         f"{require_answer}, bm25={method == 'bm25'})")
     target_norm = _normalised(target)
-    cands = sorted((s for s in pool if s.id != target.id and _normalised(s) != target_norm
-                    and (s.answer or not require_answer)), key=lambda s: s.id)
+    cands = [s for s, norm in zip(pool.seeds, pool.norms) if s.id != target.id and norm != target_norm]
     rng = _rng(seed, target)
     if method == "random":
         ranked = _rank_random(cands, rng)
     elif method == "stratified":
         ranked = _rank_stratified(cands, rng)
     else:
-        if index is None:
-            index = BM25Index.from_seeds(pool)
-        elif len(index) != len(pool) or index.ids != [s.id for s in pool]:
-            raise ValueError("select_demos: index was not built over this pool (use BM25Index.from_seeds(pool))")
-        ranked = _rank_bm25(target, cands, index, rng)
+        ranked = _rank_bm25(target, cands, pool.index, rng)
     top = ranked[:k]
     if budget_tokens is None:
         chosen, dropped, used = top, [], None

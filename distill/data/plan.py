@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distill.data.config import GenerateConfig
-from distill.data.demos import BM25Index
+from distill.data.demos import BM25Index, DemoPool
 from distill.data.demos import select_demos as rank_demos
 from distill.data.seeds import Seed
 from distill.data.templates import resolve_templates
@@ -56,25 +56,31 @@ def _seed_tokens(seed: Seed) -> int:
 
 
 def select_demos(seed: Seed, pool: list[Seed], k: int, rng_seed: int, method: str = "random", same_task: bool = True,
-                 budget_tokens: int | None = None, rationale: bool = False,
-                 index: BM25Index | None = None) -> list[tuple[str, dict[str, str]]]:
+                 budget_tokens: int | None = None, rationale: bool = False, index: BM25Index | None = None,
+                 prepared: DemoPool | None = None) -> list[tuple[str, dict[str, str]]]:
     """k demonstrations for ``seed``: its own ``demos`` if it has them, else other gold-labelled seeds.
 
     ``method`` / ``budget_tokens``: see :func:`distill.data.demos.select_demos` (seeded per seed id, so the
     choice does not depend on seed order; the seed itself, or a seed with the same text, is never a
     demo). ``same_task`` limits random/bm25 to the seed's task. ``rationale``: demos must carry one
-    (few-shot CoT). Returns ``[(demo_id, {"input", "output", "rationale"}), …]``.
+    (few-shot CoT). ``prepared``: the candidate pool (:func:`demo_pool`) readied once for many seeds; ``pool``,
+    ``same_task`` and ``index`` are then not read. Returns ``[(demo_id, {"input", "output", "rationale"}), …]``.
     """
     if seed.demos and not rationale:
         return [(f"{seed.id}/demo-{i}", d) for i, d in enumerate(seed.demos[:k])]
-    cands = [s for s in pool if (s.rationale or not rationale)
-             and (s.task == seed.task or not same_task or method == "stratified")]
-    if index is not None and [s.id for s in cands] != index.ids:
-        index = None
-    sel = rank_demos(seed, cands, k, method=method, seed=rng_seed, budget_tokens=budget_tokens,
-                     count_tokens=_seed_tokens, index=index)
-    by_id = {s.id: s for s in cands}
-    return [(i, d | {"rationale": by_id[i].rationale}) for i, d in zip(sel.ids, sel.demos)]
+    if prepared is None:
+        cands = candidates(pool, seed.task if same_task and method != "stratified" else None, rationale)
+        if index is not None and [s.id for s in cands] != index.ids:
+            index = None
+        prepared = DemoPool.of(cands, bm25=method == "bm25", index=index)
+    sel = rank_demos(seed, prepared, k, method=method, seed=rng_seed, budget_tokens=budget_tokens,
+                     count_tokens=_seed_tokens)
+    return [(i, d | {"rationale": prepared.by_id[i].rationale}) for i, d in zip(sel.ids, sel.demos)]
+
+
+def candidates(pool: list[Seed], task: str | None, rationale: bool) -> list[Seed]:
+    """The seeds of ``pool`` that may be demos: of ``task`` (None: any), with a rationale when ``rationale``."""
+    return [s for s in pool if (s.rationale or not rationale) and (task is None or s.task == task)]
 
 
 def _template_vars(seed: Seed, demos: list[dict[str, str]]) -> dict:
@@ -111,18 +117,17 @@ def build_requests(seeds: list[Seed], cfg: GenerateConfig, model_id: str,
     ``instruct`` with chat demos; the erased prompts through ``instruct`` (ICL) and ``cot_zero_shot`` (CoT)."""
     templates = resolve_templates(cfg)
     plans: list[Planned] = []
-    indexes: dict[tuple[str | None, bool], BM25Index] = {}  # one BM25 index per candidate pool, not per target
+    pools: dict[tuple[str | None, bool], DemoPool] = {}  # one readied pool per (task, rationale), not per target
 
     def demos_for(seed: Seed, k: int, rationale: bool) -> list[tuple[str, dict[str, str]]]:
-        index = None
-        if cfg.demo_method == "bm25" and not (seed.demos and not rationale):
-            key = (seed.task if cfg.demo_same_task else None, rationale)
-            if key not in indexes:
-                pool = [x for x in seeds if (x.rationale or not rationale) and (key[0] is None or x.task == key[0])]
-                indexes[key] = BM25Index.from_seeds(pool)
-            index = indexes[key]
+        prepared = None
+        if not (seed.demos and not rationale):
+            key = (seed.task if cfg.demo_same_task and cfg.demo_method != "stratified" else None, rationale)
+            if key not in pools:
+                pools[key] = DemoPool.of(candidates(seeds, *key), bm25=cfg.demo_method == "bm25")
+            prepared = pools[key]
         return select_demos(seed, seeds, k, cfg.demo_seed, cfg.demo_method, cfg.demo_same_task,
-                            cfg.demo_budget_tokens, rationale=rationale, index=index)
+                            cfg.demo_budget_tokens, rationale=rationale, prepared=prepared)
 
     # a seed with its own style (a task's, replay's instruct) is asked in that style only
     work = [(seed, style, seed.origin) for seed in seeds for style in (cfg.styles if seed.style is None else [seed.style])

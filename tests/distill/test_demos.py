@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from distill.data.demos import BM25Index, select_demos
+from distill.data.demos import BM25Index, DemoPool, select_demos
 from distill.data.seeds import Seed
 
 METHODS = ["random", "stratified", "bm25"]
@@ -30,6 +30,26 @@ def test_never_leaks_target_or_duplicate_text(method):
         sel = select_demos(target, pool, k=len(pool), method=method, seed=seed)
         assert target.id not in sel.ids and "twin" not in sel.ids
         assert len(sel.ids) == len(pool) - 2 == len(set(sel.ids))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_readied_pool_picks_what_the_plain_list_picks(method):
+    pool = make_pool() + [Seed(id="noans", instruction="geo question without an answer", task="geo")]
+    ready = DemoPool.of(pool, bm25=method == "bm25")
+    for target in pool:
+        for seed in range(3):
+            plain = select_demos(target, pool, 4, method=method, seed=seed, budget_tokens=40)
+            assert select_demos(target, ready, 4, method=method, seed=seed, budget_tokens=40) == plain
+
+
+def test_a_readied_pool_refuses_what_it_was_not_made_for():
+    pool = make_pool()
+    with pytest.raises(ValueError, match="BM25 index"):
+        select_demos(pool[0], DemoPool.of(pool), 3, method="bm25")
+    with pytest.raises(ValueError, match="require_answer"):
+        select_demos(pool[0], DemoPool.of(pool), 3, require_answer=False)
+    with pytest.raises(ValueError, match="unique"):
+        DemoPool.of(pool + pool[:1])
 
 
 @pytest.mark.parametrize("method", METHODS)
