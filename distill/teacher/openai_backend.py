@@ -131,6 +131,7 @@ class _Replica:
         return self.inflight / self.limit.cap
 
 
+WINDOW_MIN, WINDOW_PER_SLOT = 1024, 16  # requests started ahead of the answers: at least 1024, 16 per slot
 DEAD_STREAK = 6  # refusal pauses in a row (0.5 + 1 + ... + 16 s) after which a replica counts as down
 
 
@@ -355,11 +356,26 @@ async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: R
     out: list[TeacherResponse] = []
     tokens = 0
     t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(run(rank, s)) for rank, s in enumerate(schedule)]
+    # tasks start in schedule order, at most ``window`` at a time: 200k requests no longer make 200k coroutines,
+    # events and queue entries up front (~3.5 KB each), and slots still go by rank among the started ones
+    window = max(WINDOW_MIN, WINDOW_PER_SLOT * sum(rep.limit.ceiling for rep in replicas))
+    finished: asyncio.Queue = asyncio.Queue()
+    live: set[asyncio.Future] = set()
+
+    def start_more() -> None:
+        while len(out) + len(live) < len(schedule) and len(live) < window:
+            rank = len(out) + len(live)
+            fut = asyncio.ensure_future(run(rank, schedule[rank]))
+            fut.add_done_callback(finished.put_nowait)
+            live.add(fut)
+
     try:
-        with tqdm(total=len(tasks), desc="teacher", unit="req") as bar:
-            for fut in asyncio.as_completed(tasks):
-                resp = await fut
+        with tqdm(total=len(schedule), desc="teacher", unit="req") as bar:
+            start_more()
+            while live:
+                fut = await finished.get()
+                live.discard(fut)
+                resp = fut.result()
                 if resp.error is None:
                     cache.put(resp.key, resp.to_dict())
                     tokens += resp.completion_tokens
@@ -367,8 +383,9 @@ async def _send_all(requests: list[TeacherRequest], cfg: TeacherConfig, cache: R
                 bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - t0):.0f}",
                                 window=sum(r.limit.cap for r in replicas))
                 bar.update()
+                start_more()
     finally:
-        for t in tasks:
+        for t in live:
             t.cancel()
         for rep in replicas:
             await rep.client.close()
