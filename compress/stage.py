@@ -53,6 +53,7 @@ from compress.eval import measure, probe_prompts
 from compress.methods import apply_step, round_to_storage, scalar_stats
 from compress.plan import Plan, plan_compress
 from compress.streamed import measure_streamed, source_configs, stream_step
+from compress.streamed_resume import BlockCheckpoints, resume_key
 from distill.config import ConfigError
 from distill.io import publish_dir, write_text_atomic
 from distill.models import load_tokenizer
@@ -227,7 +228,8 @@ def _write_step(run: _Run, index: int, step: Step, name: str, chain: _Chain, fin
     try:
         t_method = time.perf_counter()
         try:  # streamed: reads the previous step's artifact, writes tmp/model.safetensors block by block
-            streamed = stream_step(chain.previous, tmp, step, chain.manifest, run.calib, storage) if stream else None
+            streamed = stream_step(chain.previous, tmp, step, chain.manifest, run.calib, storage,
+                                   work=_block_work(run, step, chain, final)) if stream else None
             stats = (scalar_stats(streamed.stats) if stream
                      else apply_step(chain.model, step, chain.manifest, codes, run.calib, run.teacher))
         except ValueError as exc:  # the methods validate their arguments against the model before any change
@@ -256,6 +258,13 @@ def _write_step(run: _Run, index: int, step: Step, name: str, chain: _Chain, fin
         if tmp.exists():
             shutil.rmtree(tmp)
     return _StepResult(stats, after, gate, why, method_seconds)
+
+
+def _block_work(run: _Run, step: Step, chain: _Chain, final: Path) -> BlockCheckpoints:
+    """Where a streamed step keeps its parts and checkpoints (``.<step>.blocks`` beside its folder), so a killed run's
+    rerun takes up its last checkpointed block (:mod:`compress.streamed_resume`)."""
+    key = resume_key(step.model_dump(mode="json"), run.plan.storage, run.calib, Path(chain.previous))
+    return BlockCheckpoints(run.out_dir / f".{final.name}.blocks", key)
 
 
 def _gate(step: Step, baseline: dict[str, Any], after: dict[str, Any]) -> tuple[str | None, str]:

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from compress.prune import magnitude_mask, nm_mask, resolve_sparsity, sparsity_s
 from compress.quantize import check_model_quant_args, quantize_model, quantize_model_rtn
 from compress.sparsegpt import sparsegpt_block
 from compress.streamed_io import PartWriter, WeightReader, load_module, release_module, skeleton, tied_aliases
+from compress.streamed_resume import BlockCheckpoints, Resumed
 from distill.evaluate import window_ids, window_nll
 from distill.models import resolve_dtype
 
@@ -256,12 +257,13 @@ def _block_tensors(block: nn.Module, prefix: str, manifest: dict[str, Any], code
 
 @torch.no_grad()
 def stream_step(source: Path, out: Path, step: Step, manifest: dict[str, Any], calib: Tensor | None,
-                storage: str, batch_size: int = 8) -> StreamedStep:
+                storage: str, batch_size: int = 8, work: BlockCheckpoints | None = None) -> StreamedStep:
     """Apply ``step`` to the model at ``source`` block by block, writing ``out/model.safetensors``.
 
     Adds the step's quantized layers to ``manifest["quantized"]`` as the whole-model path does; the caller
     records the step and writes the rest of the folder (:func:`compress.artifact.write_folder_files`).
-    Raises ValueError (before any block is changed) on arguments the layers cannot take.
+    ``work``: keep the parts there and checkpoint (:mod:`compress.streamed_resume`), taking up a killed run's last
+    checkpoint. Raises ValueError (before any block is changed) on arguments the layers cannot take.
     """
     start = time.perf_counter()
     model, reader = skeleton(source), WeightReader(source)
@@ -273,12 +275,16 @@ def stream_step(source: Path, out: Path, step: Step, manifest: dict[str, Any], c
     owners = _outside_modules(model, layers, tied)
     _load_outside(model, reader, owners, tied)
     states = capture_block_inputs(model, calib, batch_size) if step.calibrated else None
-    writer, tally, blocks = PartWriter(out), _Tally(), decoder_blocks(model)
-    for owner in owners:  # written and freed now: a large vocabulary's embeddings need not sit beside a block
-        writer.add(_block_tensors(model.get_submodule(owner), owner, manifest, {}, storage))
+    resumed = work.load() if work is not None else None
+    writer, tally, blocks = PartWriter(out, work.parts if work is not None else None), _Tally(), decoder_blocks(model)
+    if resumed is None:
+        for owner in owners:  # written and freed now: a large vocabulary's embeddings need not sit beside a block
+            writer.add(_block_tensors(model.get_submodule(owner), owner, manifest, {}, storage))
+    else:
+        states = _take_up(resumed, writer, manifest, tally, states, len(blocks))
     _release_outside(model, owners, tied)
-    for i, block in enumerate(blocks):
-        prefix = f"{layers}.{i}"
+    for i in range(resumed.block + 1 if resumed else 0, len(blocks)):
+        block, prefix = blocks[i], f"{layers}.{i}"
         load_module(block, reader.module_state(model, prefix))
         stats = block_input_stats(block, states, gram=step.reads_gram) if states is not None else {}
         codes: dict[str, tuple] = {}
@@ -287,9 +293,28 @@ def stream_step(source: Path, out: Path, step: Step, manifest: dict[str, Any], c
         if states is not None and i + 1 < len(blocks):
             states = block_outputs(block, states)
         release_module(block)
+        if work is not None:
+            work.maybe_save(i, writer.count, manifest["quantized"], asdict(tally),
+                            [h for h, _kw in states] if states is not None else None, last=i + 1 == len(blocks))
         log.debug("streamed %s: block %d/%d written", step.method, i + 1, len(blocks))
     writer.assemble({"format": "pt"})
+    if work is not None:
+        work.clear()
     return StreamedStep(_step_stats(step, tally, manifest, len(blocks)), tied, time.perf_counter() - start)
+
+
+def _take_up(resumed: Resumed, writer: PartWriter, manifest: dict[str, Any], tally: _Tally,
+             states: list[tuple[Tensor, dict]] | None, n_blocks: int) -> list[tuple[Tensor, dict]] | None:
+    """Restore a killed run's checkpoint: its parts, quantized entries and tallies; the next block's hidden states
+    with this run's block kwargs (the same for every block). Returns the states."""
+    log.info("streamed: resuming after block %d/%d from %s", resumed.block + 1, n_blocks, writer.parts.parent)
+    writer.reopen(resumed.parts)
+    manifest["quantized"] = resumed.quantized
+    for name, value in resumed.tally.items():
+        setattr(tally, name, value)
+    if states is None:
+        return None
+    return [(h, kwargs) for h, (_old, kwargs) in zip(resumed.hiddens, states, strict=True)]
 
 
 @torch.no_grad()

@@ -210,17 +210,31 @@ def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: d
 class PartWriter:
     """Collects an artifact's tensors part by part under ``folder/.parts`` and assembles ``model.safetensors``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, parts: Path | None = None) -> None:
         self.folder = folder
-        self.parts = folder / ".parts"
+        self.parts = parts or folder / ".parts"  # elsewhere when a resumable step keeps them beyond this run
         self.parts.mkdir(parents=True, exist_ok=True)
         self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], Path]] = {}
+
+    @property
+    def count(self) -> int:
+        """Part files written so far."""
+        return len(list(self.parts.glob("*.safetensors")))
+
+    def reopen(self, keep: int) -> None:
+        """Take over the first ``keep`` part files a killed run wrote (its checkpointed blocks); delete the rest."""
+        for path in sorted(self.parts.glob("*.safetensors")):
+            if int(path.stem) >= keep:
+                path.unlink()
+                continue
+            for name, info in read_header(path)[1].items():
+                self.entries[name] = (_BY_NAME[info["dtype"]], tuple(info["shape"]), path)
 
     def add(self, tensors: dict[str, Tensor]) -> None:
         """Write ``tensors`` (contiguous CPU) as the next part file."""
         if not tensors:
             return
-        path = self.parts / f"{len(list(self.parts.iterdir())):05d}.safetensors"
+        path = self.parts / f"{self.count:05d}.safetensors"
         save_file(tensors, str(path))
         for name, t in tensors.items():
             if name in self.entries:
