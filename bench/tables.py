@@ -712,6 +712,34 @@ def train_mfu(d: dict | None) -> str:
     return "\n".join(lines)
 
 
+def data_scaling(d: dict | None) -> str:
+    if d is None:
+        return _missing("data_scaling.json", "python bench/data_scaling.py")
+    m, st, c = d["machine"], d["settings"], d["cache_lookup"]
+    lines = [f"The generate stage through the `openai` backend against `bench/loopback_stub.py` (answers at once), "
+             f"{', '.join(st['styles'])} prompts ({st['num_demos']} demos), max_concurrency {st['concurrency']}, a response "
+             f"cache pre-filled with {st['cache_prefill_entries']:,} entries; {m['cpu']}"
+             f"{' with AVX-512 BF16' if m['avx512_bf16'] else ''}, {m['cores']} cores. Each size in a fresh process.", "",
+             "| requests | stage wall | per request (stage / teacher phase) | peak RSS (VmHWM) | rows train / validation / removed | on disk |",
+             "|---|---|---|---|---|---|"]
+    for n, r in d["runs"].items():
+        rows = r["rows"]
+        lines.append(f"| {int(n):,} | {_s(r['wall_s'])} | {r['overhead_ms_per_request']:.2f} / {r['teacher_ms_per_request']:.2f} ms "
+                     f"| {r['peak_rss_mib']:.0f} MiB | {rows['train']:,} / {rows['validation']:,} / {rows['removed']:,} "
+                     f"| {r['disk_mib']:.0f} MiB |")
+    sizes = list(d["runs"])
+    ratio = d["peak_rss_ratio_largest_to_smallest"]
+    v = d["viewer"]
+    lines += ["", f"Peak RSS at {int(sizes[-1]):,} / at {int(sizes[0]):,} requests: **{ratio:.2f}×** (target ≤ 2×: "
+              f"**{'met' if ratio <= 2 else 'not met'}**). Response cache at {c['entries']:,} entries ({c['file_mib']:.0f} MiB): "
+              f"a lookup of one stored key p50 {c['hit']['single_p50_us']:.0f} µs (p95 {c['hit']['single_p95_us']:.0f} µs), "
+              f"{c['hit']['batched_us_per_key']:.0f} µs a key in batches of 500; a missing key {c['miss']['single_p50_us']:.0f} µs. "
+              f"`eakd view` on the {int(sizes[-1]):,}-request dataset: indexed in {v['index_build_s']:.2f} s, first page "
+              f"{v['first_page']['first_ms']:.0f} ms (p50 {v['first_page']['p50_ms']:.0f} ms), "
+              f"{v['open_to_first_page_s']:.2f} s from open to the first page."]
+    return "\n".join(lines)
+
+
 # ---- pages ---------------------------------------------------------------------------------------------------------
 
 def _blocks() -> dict[str, dict[str, Callable[[], str]]]:
@@ -756,7 +784,8 @@ def _blocks() -> dict[str, dict[str, Callable[[], str]]]:
         "compression.md": {"gguf_roundtrip": lambda: gguf_roundtrip(L("gguf_roundtrip.json"))},
         "transplant.md": {"transplant": lambda: transplant(L("transplant.json"))},
         "scaling.md": {"model_scaling": lambda: model_scaling(L("model_scaling.json")),
-                       "train_mfu": lambda: train_mfu(L("train_mfu.json"))},
+                       "train_mfu": lambda: train_mfu(L("train_mfu.json")),
+                       "data_scaling": lambda: data_scaling(L("data_scaling.json"))},
     }
 
 
