@@ -141,8 +141,9 @@ def _setup(cfg: CompressConfig, plan: Plan, model_dir: Path, out_dir: Path, cali
     draw the calibration windows, clear a killed run's leftovers, measure the baseline and start the summary;
     returns the run and what its first step starts from."""
     stream = plan.stream
-    model = None if stream else load_compressed(model_dir, dtype="float32")
     tokenizer = load_tokenizer(model_dir)
+    _check_eval_text(tokenizer, plan, cfg.eval)
+    model = None if stream else load_compressed(model_dir, dtype="float32")
     calib, calib_from = None, None
     if any(step.calibrated or recover_steps(step) or (isinstance(step, RankBudgetFields) and step.rank_allocation == "fisher")
            for step in cfg.steps):
@@ -161,6 +162,17 @@ def _setup(cfg: CompressConfig, plan: Plan, model_dir: Path, out_dir: Path, cali
     configs = source_configs(model_dir) if stream else None
     return (_Run(cfg, plan, model_dir, out_dir, tokenizer, calib, probes, baseline, summary, teacher, configs,
                  source_state), _Chain(model, plan.manifest, plan.recipe, baseline, model_dir))
+
+
+def _check_eval_text(tokenizer: Any, plan: Plan, ev: EvalConfig) -> None:
+    """Fail before loading anything when the perplexity text cannot fill one window: where the text came from
+    and the two fixes, in one line (the generic error would come from deep inside the baseline measurement)."""
+    n = len(tokenizer(plan.eval_text, add_special_tokens=False, verbose=False)["input_ids"])
+    if n < ev.window:
+        raise ConfigError(f"compress.eval: the perplexity text ({plan.eval_source}) has {n} tokens, fewer than one "
+                          f"window of {ev.window}; set compress.eval.text_path to a longer text (WikiText-2 test, "
+                          "../shared/data/wikitext-2/wiki.test.tokens, is used when it is there) or lower "
+                          "compress.eval.window")
 
 
 def _new_summary(cfg: CompressConfig, plan: Plan, model_dir: Path, baseline: dict[str, Any], calib: Tensor | None,

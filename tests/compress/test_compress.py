@@ -210,3 +210,11 @@ def test_missing_inputs_raise_config_error(tmp_path, model_dir):
         compress_student(CompressConfig(eval=EVAL), model_dir, tmp_path / "out")
     with pytest.raises(ConfigError, match="does not exist"):
         compress_student(CompressConfig(eval=EVAL), tmp_path / "nope", tmp_path / "out", TEXT)
+
+
+def test_a_perplexity_text_shorter_than_a_window_fails_first_naming_its_source(tmp_path, model_dir):
+    with pytest.raises(ConfigError, match=r"compress.eval: the perplexity text \(held-out answers\) has \d+ tokens, "
+                                          r"fewer than one window of 4096; set compress.eval.text_path"):
+        compress_student(CompressConfig(eval=EvalConfig(window=4096, max_windows=1)), model_dir, tmp_path / "out",
+                         "too short", eval_source="held-out answers")
+    assert not (tmp_path / "out").exists(), "nothing is written before the check"
