@@ -77,6 +77,8 @@ class BlockCheckpoints:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             meta = None
+        if meta is not None and not self._whole(meta):
+            meta = None  # a part or the states file went missing: start again rather than write a partial artifact
         if meta is None or meta.get("key") != self.key:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder.mkdir(parents=True)
@@ -87,6 +89,11 @@ class BlockCheckpoints:
             raw = read_tensors(self.folder / meta["states"], [f"h{i}" for i in range(meta["batches"])])
             hiddens = [raw[f"h{i}"] for i in range(meta["batches"])]
         return Resumed(meta["block"], meta["parts"], meta["quantized"], meta["tally"], hiddens)
+
+    def _whole(self, meta: dict[str, Any]) -> bool:
+        """Whether every file ``meta`` names is still there."""
+        parts = all((self.parts / f"{i:05d}.safetensors").is_file() for i in range(meta.get("parts", 0)))
+        return parts and (meta.get("states") is None or (self.folder / meta["states"]).is_file())
 
     def maybe_save(self, block: int, parts: int, quantized: dict[str, Any], tally: dict[str, Any],
                    hiddens: list[Tensor] | None, last: bool) -> bool:

@@ -78,3 +78,21 @@ def test_a_checkpoint_from_other_inputs_is_not_taken_up(tmp_path, monkeypatch):
     seen = _count_blocks(monkeypatch, None)
     _run(model_dir, out, True, [CompressStep(method="gptq", bits=4, group_size=64)])  # another step: same folder name
     assert seen[0] == "model.layers.0", "a checkpoint of group 32 must not seed a group-64 run"
+
+
+def test_a_checkpoint_missing_a_part_starts_again(tmp_path, monkeypatch):
+    model_dir = _tiny_dir(tmp_path, True, torch.float32)
+    step = CompressStep(method="gptq", bits=4, group_size=32)
+    reference = _run(model_dir, tmp_path / "whole", True, [step])
+    monkeypatch.setattr(resume, "CHECKPOINT_S", 0.0)
+    out = tmp_path / "out"
+    _count_blocks(monkeypatch, kill_at=1)
+    with pytest.raises(Killed):
+        _run(model_dir, out, True, [step])
+    next(next(out.glob(".*.blocks")).glob("parts/00000.safetensors")).unlink()
+    seen = _count_blocks(monkeypatch, None)
+    again = _run(model_dir, out, True, [step])
+    assert seen[0] == "model.layers.0"
+    name = "model.safetensors"
+    assert (Path(again["steps"][0]["artifact"]) / name).read_bytes() == \
+        (Path(reference["steps"][0]["artifact"]) / name).read_bytes()
