@@ -63,7 +63,7 @@ def select_demos(seed: Seed, pool: list[Seed], k: int, rng_seed: int, method: st
     ``method`` / ``budget_tokens``: see :func:`distill.data.demos.select_demos` (seeded per seed id, so the
     choice does not depend on seed order; the seed itself, or a seed with the same text, is never a
     demo). ``same_task`` limits random/bm25 to the seed's task. ``rationale``: demos must carry one
-    (few-shot CoT). ``prepared``: the candidate pool (:func:`demo_pool`) readied once for many seeds; ``pool``,
+    (few-shot CoT). ``prepared``: the candidate pool (:class:`~distill.data.demos.DemoPool`) readied once for many seeds; ``pool``,
     ``same_task`` and ``index`` are then not read. Returns ``[(demo_id, {"input", "output", "rationale"}), …]``.
     """
     if seed.demos and not rationale:
