@@ -164,8 +164,12 @@ def test_kill_9_and_resume_reproduces_the_uninterrupted_run(tiny_model, sft_data
         train_student(TrainConfig(**(base | {"lr": 5e-3}), save_every=3), sft_dataset, out)
     resumed = json.loads((train_student(cfg, sft_dataset, out) / "metrics.json").read_text())
     assert resumed["resumed_from_step"] == 6
-    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in ref["history"]]
-    assert resumed["val_loss_after"] == ref["val_loss_after"]
+    # the same trajectory: a wrong sampler or RNG state would move the losses by ~1e-1. Not bit for bit: the reference
+    # runs in this process and the first six steps in the child; on an Intel Xeon (AVX-512, MKL BLAS) one full-suite
+    # run saw a loss differ in the 7th digit between the two processes (10.98831 vs 10.9883; alone, twice: equal)
+    losses = [h["loss"] for h in resumed["history"]]
+    assert losses == pytest.approx([h["loss"] for h in ref["history"]], rel=1e-5, abs=0)
+    assert resumed["val_loss_after"] == pytest.approx(ref["val_loss_after"], rel=1e-5, abs=0)
     assert not checkpoint_root(out).exists()
     reliability["crashes_survived"] += 1
 
