@@ -3,7 +3,7 @@
 A streamed step on a large model runs for many minutes a block at a time; a run killed in block 20 of 28
 should not start again at block 0. With a work folder (the compress stage passes ``.<step>.blocks`` beside
 the step's folder) the step keeps its per-block part files there and, at most every ``every_s`` seconds
-(and after the last block), a checkpoint: the last finished block, the part files that hold it, the
+(never after the last block: the step is then assembled at once), a checkpoint: the last finished block, the part files that hold it, the
 manifest's quantized entries and the method's tallies (``checkpoint.json``), and the calibration hidden
 states the next block reads (``states-<block>.safetensors``; the block kwargs — rotary embeddings, mask —
 are the same for every block and are recomputed from the embeddings). The states are written before the
@@ -82,7 +82,6 @@ class BlockCheckpoints:
         if meta is None or meta.get("key") != self.key:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder.mkdir(parents=True)
-            (self.folder / "key").write_text(self.key + "\n")
             return None
         hiddens = None
         if meta["states"] is not None:

@@ -196,7 +196,7 @@ class DemoPool:
         if index is None and bm25:
             index = BM25Index.from_seeds(pool)
         cands = sorted((s for s in pool if s.answer or not require_answer), key=lambda s: s.id)
-        return cls(cands, [" ".join(tokenize(seed_text(s))) for s in cands], {s.id: s for s in cands},
+        return cls(cands, [_normalised(s) for s in cands], {s.id: s for s in cands},
                    require_answer, index)
 
 
